@@ -1,0 +1,624 @@
+//! The forwarding database: (VNI, MAC) → local port or remote VTEP.
+//!
+//! Contract:
+//! - Lookup and learning are O(1) and never allocate; all memory is sized at construction.
+//! - Dynamic entries are learned from source MACs and expire `aging` after they were last seen. An
+//!   expired entry is invisible to [`Fdb::lookup`] at once and its slot is reclaimed by
+//!   [`Fdb::age`] / [`Fdb::age_step`], which remove exactly the expired dynamic entries.
+//! - Static entries (pushed by the control plane) never age and are never overwritten by learning;
+//!   a frame that claims a static MAC from elsewhere is reported as [`Learn::StaticConflict`].
+//! - A station move (the MAC appears behind another port or VTEP) updates the entry on its first
+//!   frame.
+//! - Capacity is hard: when full, new dynamic entries are not learned ([`Learn::TableFull`]) and
+//!   nothing is evicted. Each source (port or VTEP) may own at most `max_per_source` dynamic
+//!   entries ([`Learn::SourceLimit`]), so one MAC-flooding guest cannot fill the table.
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::mac::MacAddr;
+use crate::port::PortId;
+use crate::table::{mix, FixedMap, TableKey};
+use crate::tunnel::{PeerId, Vni};
+
+/// Where frames for a MAC go.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dest {
+    /// A local port.
+    Port(PortId),
+    /// A remote switch, reached through a VXLAN tunnel.
+    Vtep(PeerId),
+}
+
+/// An FDB key: a MAC address within one tenant network.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct FdbKey {
+    /// The tenant network.
+    pub vni: Vni,
+    /// The station address.
+    pub mac: MacAddr,
+}
+
+impl TableKey for FdbKey {
+    #[inline]
+    fn hash_with(&self, seed: u64) -> u64 {
+        mix(self.mac.to_u64(), u64::from(self.vni.get()), seed)
+    }
+}
+
+/// An FDB entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FdbEntry {
+    /// Where the station is.
+    pub dest: Dest,
+    /// When a frame from the station was last seen (static entries: when installed).
+    pub last_seen: Timestamp,
+    /// Installed by the control plane: never ages, never overwritten by learning.
+    pub is_static: bool,
+}
+
+/// What learning a source MAC did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Learn {
+    /// Already known at this place; its age was reset.
+    Refreshed,
+    /// A new entry.
+    Learned,
+    /// The station moved; the entry now points at the new place.
+    Moved {
+        /// Where the station was.
+        from: Dest,
+    },
+    /// A static entry places this MAC elsewhere; nothing changed.
+    StaticConflict,
+    /// The table is full; not learned.
+    TableFull,
+    /// The source already owns its maximum number of dynamic entries; not learned.
+    SourceLimit,
+}
+
+/// FDB sizing and timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbConfig {
+    /// Maximum number of entries, static and dynamic together.
+    pub capacity: usize,
+    /// How long a dynamic entry lives without being seen.
+    pub aging: Duration,
+    /// Maximum dynamic entries one port or one VTEP may own.
+    pub max_per_source: u32,
+}
+
+impl Default for FdbConfig {
+    fn default() -> Self {
+        FdbConfig {
+            capacity: 1 << 20,
+            aging: Duration::from_secs(300),
+            max_per_source: 4096,
+        }
+    }
+}
+
+/// Control-plane errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FdbError {
+    /// No room for a static entry.
+    #[error("FDB is full ({capacity} entries): cannot add static entry {mac} in VNI {vni}")]
+    Full {
+        /// The VNI of the rejected entry.
+        vni: Vni,
+        /// The MAC of the rejected entry.
+        mac: MacAddr,
+        /// The table's capacity.
+        capacity: usize,
+    },
+    /// A static entry must name a unicast station address.
+    #[error("static FDB entry {mac} in VNI {vni}: not a unicast station address")]
+    InvalidMac {
+        /// The VNI of the rejected entry.
+        vni: Vni,
+        /// The rejected MAC.
+        mac: MacAddr,
+    },
+}
+
+const SOURCES: usize = 1 << 16;
+
+/// The forwarding database.
+pub struct Fdb {
+    map: FixedMap<FdbKey, FdbEntry>,
+    config: FdbConfig,
+    /// Dynamic entries owned by each port, indexed by `PortId`.
+    per_port: Box<[u32]>,
+    /// Dynamic entries owned by each VTEP, indexed by `PeerId`.
+    per_peer: Box<[u32]>,
+    sweep_cursor: usize,
+}
+
+impl Fdb {
+    /// An empty FDB, hashing with `seed` (use a random seed outside tests).
+    pub fn new(config: FdbConfig, seed: u64) -> Fdb {
+        Fdb {
+            map: FixedMap::with_capacity(config.capacity, seed),
+            config,
+            per_port: vec![0; SOURCES].into_boxed_slice(),
+            per_peer: vec![0; SOURCES].into_boxed_slice(),
+            sweep_cursor: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FdbConfig {
+        &self.config
+    }
+
+    /// Number of entries (including expired ones not yet swept).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Maximum number of entries.
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
+    #[inline]
+    fn owned_mut(&mut self, dest: Dest) -> &mut u32 {
+        match dest {
+            Dest::Port(p) => &mut self.per_port[usize::from(p.get())],
+            Dest::Vtep(p) => &mut self.per_peer[usize::from(p.get())],
+        }
+    }
+
+    /// Dynamic entries `dest` owns.
+    pub fn owned_by(&self, dest: Dest) -> u32 {
+        match dest {
+            Dest::Port(p) => self.per_port[usize::from(p.get())],
+            Dest::Vtep(p) => self.per_peer[usize::from(p.get())],
+        }
+    }
+
+    #[inline]
+    fn expired(&self, e: &FdbEntry, now: Timestamp) -> bool {
+        !e.is_static && now.since(e.last_seen) >= self.config.aging
+    }
+
+    /// Where `mac` in `vni` lives, if known and not expired.
+    #[inline]
+    pub fn lookup(&self, vni: Vni, mac: MacAddr, now: Timestamp) -> Option<Dest> {
+        let e = self.map.get(&FdbKey { vni, mac })?;
+        if self.expired(e, now) {
+            None
+        } else {
+            Some(e.dest)
+        }
+    }
+
+    /// The entry for `mac` in `vni`, expired or not.
+    pub fn get(&self, vni: Vni, mac: MacAddr) -> Option<&FdbEntry> {
+        self.map.get(&FdbKey { vni, mac })
+    }
+
+    /// Learns that `mac` in `vni` was seen behind `dest` at `now`.
+    #[inline]
+    pub fn learn(&mut self, vni: Vni, mac: MacAddr, dest: Dest, now: Timestamp) -> Learn {
+        let key = FdbKey { vni, mac };
+        let aging = self.config.aging;
+        let limit = self.config.max_per_source;
+        if let Some(e) = self.map.get_mut(&key) {
+            if e.is_static {
+                return if e.dest == dest {
+                    Learn::Refreshed
+                } else {
+                    Learn::StaticConflict
+                };
+            }
+            let was_expired = now.since(e.last_seen) >= aging;
+            if e.dest == dest {
+                e.last_seen = now;
+                return if was_expired {
+                    Learn::Learned
+                } else {
+                    Learn::Refreshed
+                };
+            }
+            let from = e.dest;
+            if self.owned_by(dest) >= limit {
+                return Learn::SourceLimit;
+            }
+            // Re-borrow after the limit check (owned_by borrows self immutably).
+            if let Some(e) = self.map.get_mut(&key) {
+                e.dest = dest;
+                e.last_seen = now;
+            }
+            *self.owned_mut(from) -= 1;
+            *self.owned_mut(dest) += 1;
+            return if was_expired {
+                Learn::Learned
+            } else {
+                Learn::Moved { from }
+            };
+        }
+        if self.owned_by(dest) >= limit {
+            return Learn::SourceLimit;
+        }
+        let entry = FdbEntry {
+            dest,
+            last_seen: now,
+            is_static: false,
+        };
+        match self.map.insert(key, entry) {
+            Ok(_) => {
+                *self.owned_mut(dest) += 1;
+                Learn::Learned
+            }
+            Err(_) => Learn::TableFull,
+        }
+    }
+
+    /// Installs a static entry, replacing any entry for the same key.
+    ///
+    /// # Errors
+    /// [`FdbError::InvalidMac`] for a group or zero address; [`FdbError::Full`] when the key is
+    /// new and the table is at capacity.
+    pub fn insert_static(
+        &mut self,
+        vni: Vni,
+        mac: MacAddr,
+        dest: Dest,
+        now: Timestamp,
+    ) -> Result<(), FdbError> {
+        if !mac.is_valid_source() {
+            return Err(FdbError::InvalidMac { vni, mac });
+        }
+        let entry = FdbEntry {
+            dest,
+            last_seen: now,
+            is_static: true,
+        };
+        match self.map.insert(FdbKey { vni, mac }, entry) {
+            Ok(Some(old)) => {
+                if !old.is_static {
+                    *self.owned_mut(old.dest) -= 1;
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(_) => Err(FdbError::Full {
+                vni,
+                mac,
+                capacity: self.capacity(),
+            }),
+        }
+    }
+
+    /// Removes the entry for `mac` in `vni`, static or dynamic.
+    pub fn remove(&mut self, vni: Vni, mac: MacAddr) -> Option<FdbEntry> {
+        let old = self.map.remove(&FdbKey { vni, mac })?;
+        if !old.is_static {
+            *self.owned_mut(old.dest) -= 1;
+        }
+        Some(old)
+    }
+
+    /// Removes every entry (static too) pointing at `dest`: the port or peer is gone.
+    pub fn flush_dest(&mut self, dest: Dest) -> usize {
+        let n = self.map.remove_where(|_, e| e.dest == dest);
+        *self.owned_mut(dest) = 0;
+        n
+    }
+
+    /// Removes every dynamic entry of `vni` (the network was removed or reconfigured).
+    pub fn flush_vni(&mut self, vni: Vni) -> usize {
+        let mut freed: Vec<Dest> = Vec::new();
+        let n = self.map.remove_where(|k, e| {
+            let hit = k.vni == vni && !e.is_static;
+            if hit {
+                freed.push(e.dest);
+            }
+            hit
+        });
+        for d in freed {
+            *self.owned_mut(d) -= 1;
+        }
+        n
+    }
+
+    /// Removes every expired dynamic entry; returns how many.
+    pub fn age(&mut self, now: Timestamp) -> usize {
+        let slots = self.map.slot_count();
+        self.age_step(now, slots)
+    }
+
+    /// Visits `budget` slots of the table (continuing where the last call stopped) and removes
+    /// the expired dynamic entries there; returns how many. Calling it with a small budget on
+    /// every poll spreads aging so no call stalls the data path.
+    pub fn age_step(&mut self, now: Timestamp, budget: usize) -> usize {
+        let aging = self.config.aging;
+        let mut cursor = self.sweep_cursor;
+        let (per_port, per_peer) = (&mut self.per_port, &mut self.per_peer);
+        let n = self.map.sweep(&mut cursor, budget, |_, e| {
+            let hit = !e.is_static && now.since(e.last_seen) >= aging;
+            if hit {
+                match e.dest {
+                    Dest::Port(p) => per_port[usize::from(p.get())] -= 1,
+                    Dest::Vtep(p) => per_peer[usize::from(p.get())] -= 1,
+                }
+            }
+            hit
+        });
+        self.sweep_cursor = cursor;
+        n
+    }
+
+    /// All entries, in table order.
+    pub fn entries(&self) -> impl Iterator<Item = (FdbKey, FdbEntry)> + '_ {
+        self.map.iter().map(|(k, v)| (*k, *v))
+    }
+}
+
+impl std::fmt::Debug for Fdb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fdb")
+            .field("len", &self.len())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn vni(v: u32) -> Vni {
+        Vni::new(v).unwrap()
+    }
+    fn mac(i: u64) -> MacAddr {
+        MacAddr::from_u64(0x0200_0000_0000 | i)
+    }
+    fn port(i: u16) -> Dest {
+        Dest::Port(PortId::new(i))
+    }
+    fn vtep(i: u16) -> Dest {
+        Dest::Vtep(PeerId::new(i))
+    }
+    fn small(capacity: usize, max_per_source: u32) -> Fdb {
+        Fdb::new(
+            FdbConfig {
+                capacity,
+                aging: Duration::from_secs(300),
+                max_per_source,
+            },
+            42,
+        )
+    }
+    const T0: Timestamp = Timestamp::ZERO;
+
+    #[test]
+    fn learns_refreshes_and_looks_up_per_vni() {
+        let mut f = small(16, 16);
+        assert_eq!(f.learn(vni(1), mac(1), port(1), T0), Learn::Learned);
+        assert_eq!(f.learn(vni(1), mac(1), port(1), T0), Learn::Refreshed);
+        assert_eq!(f.lookup(vni(1), mac(1), T0), Some(port(1)));
+        assert_eq!(
+            f.lookup(vni(2), mac(1), T0),
+            None,
+            "VNIs are separate namespaces"
+        );
+        assert_eq!(f.learn(vni(2), mac(1), port(2), T0), Learn::Learned);
+        assert_eq!(f.lookup(vni(2), mac(1), T0), Some(port(2)));
+        assert_eq!(f.lookup(vni(1), mac(1), T0), Some(port(1)));
+    }
+
+    #[test]
+    fn station_moves_follow_the_first_frame() {
+        let mut f = small(16, 16);
+        f.learn(vni(1), mac(1), port(1), T0);
+        assert_eq!(
+            f.learn(vni(1), mac(1), vtep(3), T0),
+            Learn::Moved { from: port(1) }
+        );
+        assert_eq!(f.lookup(vni(1), mac(1), T0), Some(vtep(3)));
+        assert_eq!(f.owned_by(port(1)), 0);
+        assert_eq!(f.owned_by(vtep(3)), 1);
+    }
+
+    #[test]
+    fn static_entries_win_over_learning_and_never_age() {
+        let mut f = small(16, 16);
+        f.learn(vni(1), mac(1), port(1), T0);
+        f.insert_static(vni(1), mac(1), port(2), T0).unwrap();
+        assert_eq!(
+            f.owned_by(port(1)),
+            0,
+            "replaced dynamic entry no longer counts"
+        );
+        assert_eq!(f.learn(vni(1), mac(1), port(1), T0), Learn::StaticConflict);
+        assert_eq!(f.learn(vni(1), mac(1), port(2), T0), Learn::Refreshed);
+        let later = Timestamp::from_secs(100_000);
+        assert_eq!(f.age(later), 0);
+        assert_eq!(f.lookup(vni(1), mac(1), later), Some(port(2)));
+        assert!(f
+            .insert_static(vni(1), MacAddr::BROADCAST, port(2), T0)
+            .is_err());
+    }
+
+    #[test]
+    fn aging_hides_then_removes_expired_entries() {
+        let mut f = small(16, 16);
+        f.learn(vni(1), mac(1), port(1), T0);
+        f.learn(vni(1), mac(2), port(1), Timestamp::from_secs(200));
+        let t = Timestamp::from_secs(300);
+        assert_eq!(
+            f.lookup(vni(1), mac(1), t),
+            None,
+            "expired at exactly the aging time"
+        );
+        assert_eq!(f.lookup(vni(1), mac(2), t), Some(port(1)));
+        assert_eq!(f.age(t), 1);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.owned_by(port(1)), 1);
+    }
+
+    #[test]
+    fn relearning_an_expired_entry_counts_as_new() {
+        let mut f = small(16, 16);
+        f.learn(vni(1), mac(1), port(1), T0);
+        let t = Timestamp::from_secs(301);
+        assert_eq!(f.learn(vni(1), mac(1), port(2), t), Learn::Learned);
+        assert_eq!(f.owned_by(port(1)), 0);
+        assert_eq!(f.owned_by(port(2)), 1);
+    }
+
+    #[test]
+    fn full_table_refuses_new_entries_and_evicts_nothing() {
+        let mut f = small(4, 100);
+        for i in 0..4 {
+            assert_eq!(f.learn(vni(1), mac(i), port(1), T0), Learn::Learned);
+        }
+        assert_eq!(f.learn(vni(1), mac(9), port(1), T0), Learn::TableFull);
+        assert!(matches!(
+            f.insert_static(vni(1), mac(10), port(1), T0),
+            Err(FdbError::Full { .. })
+        ));
+        assert_eq!(f.len(), 4);
+        for i in 0..4 {
+            assert_eq!(f.lookup(vni(1), mac(i), T0), Some(port(1)));
+        }
+    }
+
+    #[test]
+    fn per_source_limit_stops_a_mac_flood() {
+        let mut f = small(100, 3);
+        for i in 0..3 {
+            assert_eq!(f.learn(vni(1), mac(i), port(1), T0), Learn::Learned);
+        }
+        assert_eq!(f.learn(vni(1), mac(3), port(1), T0), Learn::SourceLimit);
+        assert_eq!(f.learn(vni(1), mac(3), port(2), T0), Learn::Learned);
+        assert_eq!(
+            f.learn(vni(1), mac(3), port(1), T0),
+            Learn::SourceLimit,
+            "a move is limited too"
+        );
+        assert_eq!(f.lookup(vni(1), mac(3), T0), Some(port(2)));
+    }
+
+    #[test]
+    fn flushes_by_destination_and_vni() {
+        let mut f = small(16, 16);
+        f.learn(vni(1), mac(1), port(1), T0);
+        f.learn(vni(2), mac(2), port(1), T0);
+        f.insert_static(vni(1), mac(3), port(1), T0).unwrap();
+        f.learn(vni(1), mac(4), vtep(1), T0);
+        assert_eq!(f.flush_vni(vni(2)), 1);
+        assert_eq!(f.owned_by(port(1)), 1);
+        assert_eq!(f.flush_dest(port(1)), 2);
+        assert_eq!(f.owned_by(port(1)), 0);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.remove(vni(1), mac(4)).map(|e| e.dest), Some(vtep(1)));
+        assert_eq!(f.owned_by(vtep(1)), 0);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Learn { mac: u8, vni: u8, dest: u8, dt: u16 },
+        Static { mac: u8, vni: u8, dest: u8 },
+        Remove { mac: u8, vni: u8 },
+        AgeStep { budget: u8, dt: u16 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (any::<u8>(), 0u8..3, 0u8..6, 0u16..200).prop_map(|(mac, vni, dest, dt)| Op::Learn { mac, vni, dest, dt }),
+            1 => (any::<u8>(), 0u8..3, 0u8..6).prop_map(|(mac, vni, dest)| Op::Static { mac, vni, dest }),
+            1 => (any::<u8>(), 0u8..3).prop_map(|(mac, vni)| Op::Remove { mac, vni }),
+            1 => (any::<u8>(), 0u16..400).prop_map(|(budget, dt)| Op::AgeStep { budget, dt }),
+        ]
+    }
+
+    fn dest_of(d: u8) -> Dest {
+        if d < 3 {
+            port(u16::from(d))
+        } else {
+            vtep(u16::from(d - 3))
+        }
+    }
+
+    proptest! {
+        /// Under any sequence of learning, static inserts, removals and partial aging sweeps:
+        /// the table never exceeds its capacity, per-source counts match the entries, and static
+        /// entries keep their destination until removed.
+        #[test]
+        fn invariants_hold_under_any_sequence(cap in 1usize..64, limit in 1u32..20, ops in proptest::collection::vec(op(), 0..400)) {
+            let mut f = Fdb::new(FdbConfig { capacity: cap, aging: Duration::from_secs(300), max_per_source: limit }, 9);
+            let mut statics: HashMap<(u32, u64), Dest> = HashMap::new();
+            let mut now = T0;
+            for op in ops {
+                match op {
+                    Op::Learn { mac: m, vni: v, dest, dt } => {
+                        now = now.add(Duration::from_secs(u64::from(dt)));
+                        let r = f.learn(vni(u32::from(v) + 1), mac(u64::from(m)), dest_of(dest), now);
+                        if let Some(d) = statics.get(&(u32::from(v) + 1, u64::from(m))) {
+                            prop_assert!(matches!(r, Learn::Refreshed | Learn::StaticConflict));
+                            prop_assert_eq!(r == Learn::Refreshed, *d == dest_of(dest));
+                        }
+                    }
+                    Op::Static { mac: m, vni: v, dest } => {
+                        if f.insert_static(vni(u32::from(v) + 1), mac(u64::from(m)), dest_of(dest), now).is_ok() {
+                            statics.insert((u32::from(v) + 1, u64::from(m)), dest_of(dest));
+                        }
+                    }
+                    Op::Remove { mac: m, vni: v } => {
+                        f.remove(vni(u32::from(v) + 1), mac(u64::from(m)));
+                        statics.remove(&(u32::from(v) + 1, u64::from(m)));
+                    }
+                    Op::AgeStep { budget, dt } => {
+                        now = now.add(Duration::from_secs(u64::from(dt)));
+                        f.age_step(now, usize::from(budget));
+                    }
+                }
+                prop_assert!(f.len() <= cap);
+                for d in 0..6 {
+                    let owned = f.entries().filter(|(_, e)| !e.is_static && e.dest == dest_of(d)).count();
+                    prop_assert_eq!(f.owned_by(dest_of(d)) as usize, owned);
+                    prop_assert!(owned as u32 <= limit);
+                }
+                for ((v, m), d) in &statics {
+                    prop_assert_eq!(f.lookup(vni(*v), mac(*m), now), Some(*d));
+                }
+            }
+        }
+
+        /// `age` removes exactly the dynamic entries not seen for `aging` or longer.
+        #[test]
+        fn aging_removes_exactly_the_expired(seen in proptest::collection::vec((any::<u16>(), 0u64..1000, any::<bool>()), 0..200), now in 0u64..1300) {
+            let mut f = small(512, 1000);
+            let mut expect: HashMap<u64, bool> = HashMap::new();
+            for (m, t, is_static) in &seen {
+                let (m, t) = (u64::from(*m), Timestamp::from_secs(*t));
+                if *is_static {
+                    f.insert_static(vni(1), mac(m), port(1), t).unwrap();
+                } else {
+                    f.learn(vni(1), mac(m), port(1), t);
+                }
+                // Track the latest state of each MAC: static wins, else the latest refresh.
+                let e = f.get(vni(1), mac(m)).unwrap();
+                expect.insert(m, e.is_static || Timestamp::from_secs(now).since(e.last_seen) < Duration::from_secs(300));
+            }
+            let before = f.len();
+            let removed = f.age(Timestamp::from_secs(now));
+            prop_assert_eq!(removed, expect.values().filter(|keep| !**keep).count());
+            prop_assert_eq!(f.len(), before - removed);
+            for (m, keep) in expect {
+                prop_assert_eq!(f.get(vni(1), mac(m)).is_some(), keep);
+            }
+        }
+    }
+}

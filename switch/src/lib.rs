@@ -1,0 +1,31 @@
+//! `kangaroo-switch`: an L2 virtual switch for nested VMs across infrastructure VMs.
+//!
+//! The core is allocation-free after start-up: fixed-capacity tables ([`fdb`], [`arp`]), a pure
+//! switching decision ([`pipeline`]), VXLAN tunnels ([`tunnel`]), and a [`switch::Switch`] that
+//! polls [`port`] backends in batches. [`sim`] runs real TCP/IP stacks (smoltcp) through switches
+//! on in-memory ports, deterministically.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod arp;
+pub mod checksum;
+pub mod clock;
+pub mod fdb;
+pub mod mac;
+pub mod pipeline;
+pub mod port;
+pub mod sim;
+pub mod stats;
+pub mod switch;
+pub mod table;
+pub mod tunnel;
+
+pub use clock::Timestamp;
+pub use fdb::Dest;
+pub use mac::MacAddr;
+pub use pipeline::{PortConfig, Verdict};
+pub use port::PortId;
+pub use stats::DropReason;
+pub use switch::{Switch, SwitchConfig};
+pub use tunnel::{PeerId, Vni};

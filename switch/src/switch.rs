@@ -1,0 +1,399 @@
+//! A switch: ports, an optional uplink, the tables, and the loop that moves frames between them.
+//!
+//! [`Switch::poll`] receives one batch from every port and from the uplink, runs the pipeline on
+//! each frame, transmits (replicating floods and encapsulating tunnelled frames into a scratch
+//! buffer allocated once), commits every port's transmit queue once, and ages a slice of the
+//! tables. Nothing in it allocates after construction.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use crate::arp::{self, ArpConfig};
+use crate::clock::Timestamp;
+use crate::fdb::{Dest, FdbConfig, FdbError};
+use crate::mac::MacAddr;
+use crate::pipeline::{PortConfig, Tables, TablesConfig, TablesError, Verdict};
+use crate::port::{PortBackend, PortId, RxBatch};
+use crate::stats::{DropReason, Stats};
+use crate::tunnel::{self, LocalVtep, PeerId, PeerVnis, Vni};
+
+/// Switch-wide settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchConfig {
+    /// The FDB.
+    pub fdb: FdbConfig,
+    /// The ARP table.
+    pub arp: ArpConfig,
+    /// Frames received per port per poll.
+    pub batch_size: usize,
+    /// Largest frame handled.
+    pub max_frame: usize,
+    /// The underlay's IPv4 MTU: inner frames longer than `underlay_mtu - 36` bytes (an inner IP
+    /// MTU of `underlay_mtu - 50`) cannot be tunnelled.
+    pub underlay_mtu: usize,
+    /// Table slots aged per poll.
+    pub aging_budget: usize,
+    /// Hash seed for the tables; `None` picks a random one.
+    pub seed: Option<u64>,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            fdb: FdbConfig::default(),
+            arp: ArpConfig::default(),
+            batch_size: 64,
+            max_frame: 9216,
+            underlay_mtu: 1500,
+            aging_budget: 4096,
+            seed: None,
+        }
+    }
+}
+
+/// Control-plane errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// A table change failed.
+    #[error(transparent)]
+    Tables(#[from] TablesError),
+    /// An FDB change failed.
+    #[error(transparent)]
+    Fdb(#[from] FdbError),
+    /// An ARP table change failed.
+    #[error(transparent)]
+    Arp(#[from] arp::ArpTableError),
+    /// A port name is taken.
+    #[error("a port named {0:?} already exists")]
+    DuplicatePort(String),
+}
+
+/// Bytes of outer IPv4/UDP/VXLAN headers counted against the underlay MTU.
+const TUNNEL_IP_OVERHEAD: usize = tunnel::OUTER_LEN - tunnel::outer::ETH_LEN;
+
+/// An L2 switch.
+pub struct Switch {
+    config: SwitchConfig,
+    tables: Tables,
+    stats: Arc<Stats>,
+    ports: Vec<Option<Box<dyn PortBackend>>>,
+    uplink: Option<Box<dyn PortBackend>>,
+    rx: RxBatch,
+    scratch: Box<[u8]>,
+    reply: [u8; arp::REPLY_FRAME_LEN],
+}
+
+impl Switch {
+    /// A switch with no ports.
+    pub fn new(config: SwitchConfig) -> Switch {
+        let seed = config.seed.unwrap_or_else(rand::random);
+        Switch {
+            tables: Tables::new(
+                TablesConfig {
+                    fdb: config.fdb,
+                    arp: config.arp,
+                },
+                seed,
+            ),
+            stats: Arc::new(Stats::default()),
+            ports: Vec::new(),
+            uplink: None,
+            rx: RxBatch::new(config.batch_size.max(1), config.max_frame),
+            scratch: vec![0; config.max_frame + tunnel::OUTER_LEN].into_boxed_slice(),
+            reply: [0; arp::REPLY_FRAME_LEN],
+            config,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SwitchConfig {
+        &self.config
+    }
+
+    /// The tables (read only; change them through the switch's methods).
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// The counters, shareable with a control thread.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Attaches a port.
+    ///
+    /// # Errors
+    /// [`SwitchError::DuplicatePort`] if the name is taken, or a full port table.
+    pub fn add_port(
+        &mut self,
+        backend: Box<dyn PortBackend>,
+        config: PortConfig,
+    ) -> Result<PortId, SwitchError> {
+        if self.port_id(backend.name()).is_some() {
+            return Err(SwitchError::DuplicatePort(backend.name().to_owned()));
+        }
+        let id = self.tables.add_port(config)?;
+        let i = usize::from(id.get());
+        if self.ports.len() <= i {
+            self.ports.resize_with(i + 1, || None);
+        }
+        self.ports[i] = Some(backend);
+        self.stats.reset_port(id);
+        Ok(id)
+    }
+
+    /// Detaches a port, returning its backend.
+    ///
+    /// # Errors
+    /// [`TablesError::NoSuchPort`].
+    pub fn remove_port(&mut self, id: PortId) -> Result<Box<dyn PortBackend>, SwitchError> {
+        self.tables.remove_port(id)?;
+        self.ports
+            .get_mut(usize::from(id.get()))
+            .and_then(Option::take)
+            .ok_or(SwitchError::Tables(TablesError::NoSuchPort(id)))
+    }
+
+    /// The id of the port named `name`.
+    pub fn port_id(&self, name: &str) -> Option<PortId> {
+        self.ports.iter().enumerate().find_map(|(i, p)| {
+            p.as_ref()
+                .filter(|p| p.name() == name)
+                .map(|_| PortId::new(i as u16))
+        })
+    }
+
+    /// Sets the uplink and this host's VTEP.
+    pub fn set_uplink(&mut self, backend: Box<dyn PortBackend>, local: LocalVtep) {
+        self.uplink = Some(backend);
+        self.tables.set_local_vtep(local);
+    }
+
+    /// Adds a peer VTEP.
+    ///
+    /// # Errors
+    /// No uplink, a duplicate, our own address, or a full peer table.
+    pub fn add_peer(
+        &mut self,
+        addr: Ipv4Addr,
+        next_hop: MacAddr,
+        vnis: PeerVnis,
+    ) -> Result<PeerId, SwitchError> {
+        Ok(self.tables.add_peer(addr, next_hop, vnis)?)
+    }
+
+    /// Removes a peer VTEP.
+    ///
+    /// # Errors
+    /// No uplink or no such peer.
+    pub fn remove_peer(&mut self, addr: Ipv4Addr) -> Result<PeerId, SwitchError> {
+        Ok(self.tables.remove_peer(addr)?)
+    }
+
+    /// Installs a static FDB entry.
+    ///
+    /// # Errors
+    /// [`FdbError`].
+    pub fn add_static_fdb(
+        &mut self,
+        vni: Vni,
+        mac: MacAddr,
+        dest: Dest,
+        now: Timestamp,
+    ) -> Result<(), SwitchError> {
+        Ok(self.tables.fdb.insert_static(vni, mac, dest, now)?)
+    }
+
+    /// Removes an FDB entry.
+    pub fn remove_fdb(&mut self, vni: Vni, mac: MacAddr) -> bool {
+        self.tables.fdb.remove(vni, mac).is_some()
+    }
+
+    /// Installs a static ARP entry.
+    ///
+    /// # Errors
+    /// [`arp::ArpTableError`].
+    pub fn add_static_arp(
+        &mut self,
+        vni: Vni,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        now: Timestamp,
+    ) -> Result<(), SwitchError> {
+        Ok(self.tables.arp.insert_static(vni, ip, mac, now)?)
+    }
+
+    /// Moves frames: one batch from every port and from the uplink, then one transmit commit per
+    /// port, then a slice of aging. Returns how many frames were received.
+    pub fn poll(&mut self, now: Timestamp) -> usize {
+        let Switch {
+            config,
+            tables,
+            stats,
+            ports,
+            uplink,
+            rx,
+            scratch,
+            reply,
+        } = self;
+        let mut out = Out {
+            ports,
+            uplink,
+            stats,
+            scratch,
+            max_inner: config.underlay_mtu.saturating_sub(TUNNEL_IP_OVERHEAD),
+        };
+        let mut received = 0;
+
+        for i in 0..out.ports.len() {
+            let id = PortId::new(i as u16);
+            let Some(port) = out.ports[i].as_mut() else {
+                continue;
+            };
+            if port.recv_batch(rx).is_err() {
+                Stats::event(&stats.events.port_errors);
+                continue;
+            }
+            received += rx.len();
+            for f in 0..rx.len() {
+                let frame = rx.frame(f);
+                stats.port(id).rx(frame.len());
+                let verdict = tables.from_port(id, frame, now, stats, reply);
+                out.dispatch(tables, Some(id), frame, verdict, reply);
+            }
+        }
+
+        if let Some(up) = out.uplink.as_mut() {
+            if up.recv_batch(rx).is_err() {
+                Stats::event(&stats.events.port_errors);
+            } else {
+                received += rx.len();
+                for f in 0..rx.len() {
+                    let frame = rx.frame(f);
+                    stats.uplink.rx(frame.len());
+                    let r = tables.from_underlay(frame, now, stats);
+                    if !matches!(r.verdict, Verdict::Drop(_)) {
+                        Stats::event(&stats.events.decapsulated);
+                    }
+                    out.dispatch(tables, None, r.inner, r.verdict, reply);
+                }
+            }
+        }
+
+        for p in out.ports.iter_mut().flatten() {
+            if p.flush().is_err() {
+                Stats::event(&stats.events.port_errors);
+            }
+        }
+        if let Some(up) = out.uplink.as_mut() {
+            if up.flush().is_err() {
+                Stats::event(&stats.events.port_errors);
+            }
+        }
+
+        let aged = tables.fdb.age_step(now, config.aging_budget);
+        for _ in 0..aged {
+            Stats::event(&stats.events.fdb_aged);
+        }
+        tables.arp.age_step(now, config.aging_budget);
+        received
+    }
+}
+
+/// The transmit side of one poll: split borrows of the switch.
+struct Out<'a> {
+    ports: &'a mut Vec<Option<Box<dyn PortBackend>>>,
+    uplink: &'a mut Option<Box<dyn PortBackend>>,
+    stats: &'a Stats,
+    scratch: &'a mut [u8],
+    max_inner: usize,
+}
+
+impl Out<'_> {
+    /// Carries out `verdict` for `frame`, which came from port `ingress` (or from the underlay
+    /// when `None`).
+    #[inline]
+    fn dispatch(
+        &mut self,
+        tables: &Tables,
+        ingress: Option<PortId>,
+        frame: &[u8],
+        verdict: Verdict,
+        reply: &[u8],
+    ) {
+        match verdict {
+            Verdict::Drop(reason) => self.stats.drop(reason),
+            Verdict::Forward(p) => {
+                Stats::event(&self.stats.events.forwarded);
+                self.to_port(p, frame);
+            }
+            Verdict::Reply(n) => {
+                if let (Some(p), Some(r)) = (ingress, reply.get(..n)) {
+                    self.to_port(p, r);
+                }
+            }
+            Verdict::Tunnel { peer, vni } => self.to_peer(tables, peer, vni, frame),
+            Verdict::Flood(vni) => {
+                Stats::event(&self.stats.events.flooded);
+                let Some(members) = tables.members(vni) else {
+                    return;
+                };
+                for &p in &members.ports {
+                    if Some(p) != ingress {
+                        self.to_port(p, frame);
+                    }
+                }
+                // Split horizon: what came from a tunnel never goes back into one.
+                if ingress.is_some() {
+                    for &peer in &members.peers {
+                        self.to_peer(tables, peer, vni, frame);
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn to_port(&mut self, id: PortId, frame: &[u8]) {
+        let Some(port) = self
+            .ports
+            .get_mut(usize::from(id.get()))
+            .and_then(Option::as_mut)
+        else {
+            self.stats.drop(DropReason::NoSuchPort);
+            return;
+        };
+        match port.send(frame) {
+            Ok(true) => self.stats.port(id).tx(frame.len()),
+            Ok(false) => self.stats.drop(DropReason::TxQueueFull),
+            Err(_) => Stats::event(&self.stats.events.port_errors),
+        }
+    }
+
+    #[inline]
+    fn to_peer(&mut self, tables: &Tables, peer: PeerId, vni: Vni, frame: &[u8]) {
+        let (Some(up), Some(p)) = (
+            self.uplink.as_mut(),
+            tables.peers().and_then(|t| t.get(peer)),
+        ) else {
+            self.stats.drop(DropReason::NoUplink);
+            return;
+        };
+        if frame.len() > self.max_inner {
+            self.stats.drop(DropReason::TooBigForTunnel);
+            return;
+        }
+        let Ok(n) = p.template.encapsulate(vni, frame, self.scratch) else {
+            self.stats.drop(DropReason::TooBigForTunnel);
+            return;
+        };
+        match up.send(&self.scratch[..n]) {
+            Ok(true) => {
+                Stats::event(&self.stats.events.encapsulated);
+                self.stats.uplink.tx(n);
+            }
+            Ok(false) => self.stats.drop(DropReason::TxQueueFull),
+            Err(_) => Stats::event(&self.stats.events.port_errors),
+        }
+    }
+}
