@@ -42,7 +42,7 @@ impl Timestamp {
     }
 
     /// `self + d`, saturating.
-    pub fn add(self, d: Duration) -> Timestamp {
+    pub fn plus(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
                 .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
@@ -85,10 +85,10 @@ mod tests {
         let t = Timestamp::from_secs(2);
         assert_eq!(t.since(Timestamp::from_secs(1)), Duration::from_secs(1));
         assert_eq!(Timestamp::from_secs(1).since(t), Duration::ZERO);
-        assert_eq!(t.add(Duration::from_millis(5)).as_millis(), 2005);
+        assert_eq!(t.plus(Duration::from_millis(5)).as_millis(), 2005);
         assert_eq!(
             Timestamp::from_nanos(u64::MAX)
-                .add(Duration::from_secs(1))
+                .plus(Duration::from_secs(1))
                 .as_nanos(),
             u64::MAX
         );

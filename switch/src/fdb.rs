@@ -563,7 +563,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Learn { mac: m, vni: v, dest, dt } => {
-                        now = now.add(Duration::from_secs(u64::from(dt)));
+                        now = now.plus(Duration::from_secs(u64::from(dt)));
                         let r = f.learn(vni(u32::from(v) + 1), mac(u64::from(m)), dest_of(dest), now);
                         if let Some(d) = statics.get(&(u32::from(v) + 1, u64::from(m))) {
                             prop_assert!(matches!(r, Learn::Refreshed | Learn::StaticConflict));
@@ -580,7 +580,7 @@ mod tests {
                         statics.remove(&(u32::from(v) + 1, u64::from(m)));
                     }
                     Op::AgeStep { budget, dt } => {
-                        now = now.add(Duration::from_secs(u64::from(dt)));
+                        now = now.plus(Duration::from_secs(u64::from(dt)));
                         f.age_step(now, usize::from(budget));
                     }
                 }

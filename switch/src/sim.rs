@@ -12,7 +12,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{icmp, tcp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Address,
+    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
 };
 
 use crate::clock::Timestamp;
@@ -300,7 +300,7 @@ impl Sim {
         cfg.random_seed = 0x1234_5678 ^ (self.hosts.len() as u64);
         let mut iface = Interface::new(cfg, &mut dev, smol_now(self.now));
         iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(ip)), prefix));
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
         });
         self.hosts.push(Host {
             name: name.to_owned(),
@@ -398,7 +398,7 @@ impl Sim {
                 s.poll(now);
             }
         }
-        self.now = self.now.add(STEP);
+        self.now = self.now.plus(STEP);
     }
 
     /// Runs `steps` steps.
@@ -439,7 +439,7 @@ impl Sim {
                     seq_no: seq,
                     data: &payload,
                 };
-                if let Ok(buf) = s.send(repr.buffer_len(), IpAddress::Ipv4(Ipv4Address::from(to))) {
+                if let Ok(buf) = s.send(repr.buffer_len(), IpAddress::Ipv4(to)) {
                     let mut pkt = Icmpv4Packet::new_unchecked(buf);
                     repr.emit(&mut pkt, &smoltcp::phy::ChecksumCapabilities::default());
                     result.sent += 1;
@@ -500,7 +500,7 @@ impl Sim {
         let mut srv = sock();
         let _ = srv.listen(port);
         let sh = self.hosts[server.0].sockets.add(srv);
-        let server_ip = Ipv4Address::from(self.hosts[server.0].ip);
+        let server_ip = self.hosts[server.0].ip;
         let local_port = self.next_port;
         self.next_port = self.next_port.wrapping_add(1).max(40000);
         let ch = {

@@ -258,7 +258,7 @@ impl Switch {
             for f in 0..rx.len() {
                 let frame = rx.frame(f);
                 stats.port(id).rx(frame.len());
-                let verdict = tables.from_port(id, frame, now, stats, reply);
+                let verdict = tables.decide_port(id, frame, now, stats, reply);
                 out.dispatch(tables, Some(id), frame, verdict, reply);
             }
         }
@@ -271,7 +271,7 @@ impl Switch {
                 for f in 0..rx.len() {
                     let frame = rx.frame(f);
                     stats.uplink.rx(frame.len());
-                    let r = tables.from_underlay(frame, now, stats);
+                    let r = tables.decide_underlay(frame, now, stats);
                     if !matches!(r.verdict, Verdict::Drop(_)) {
                         Stats::event(&stats.events.decapsulated);
                     }
@@ -325,14 +325,14 @@ impl Out<'_> {
             Verdict::Drop(reason) => self.stats.drop(reason),
             Verdict::Forward(p) => {
                 Stats::event(&self.stats.events.forwarded);
-                self.to_port(p, frame);
+                self.send_to_port(p, frame);
             }
             Verdict::Reply(n) => {
                 if let (Some(p), Some(r)) = (ingress, reply.get(..n)) {
-                    self.to_port(p, r);
+                    self.send_to_port(p, r);
                 }
             }
-            Verdict::Tunnel { peer, vni } => self.to_peer(tables, peer, vni, frame),
+            Verdict::Tunnel { peer, vni } => self.send_to_peer(tables, peer, vni, frame),
             Verdict::Flood(vni) => {
                 Stats::event(&self.stats.events.flooded);
                 let Some(members) = tables.members(vni) else {
@@ -340,13 +340,13 @@ impl Out<'_> {
                 };
                 for &p in &members.ports {
                     if Some(p) != ingress {
-                        self.to_port(p, frame);
+                        self.send_to_port(p, frame);
                     }
                 }
                 // Split horizon: what came from a tunnel never goes back into one.
                 if ingress.is_some() {
                     for &peer in &members.peers {
-                        self.to_peer(tables, peer, vni, frame);
+                        self.send_to_peer(tables, peer, vni, frame);
                     }
                 }
             }
@@ -354,7 +354,7 @@ impl Out<'_> {
     }
 
     #[inline]
-    fn to_port(&mut self, id: PortId, frame: &[u8]) {
+    fn send_to_port(&mut self, id: PortId, frame: &[u8]) {
         let Some(port) = self
             .ports
             .get_mut(usize::from(id.get()))
@@ -371,7 +371,7 @@ impl Out<'_> {
     }
 
     #[inline]
-    fn to_peer(&mut self, tables: &Tables, peer: PeerId, vni: Vni, frame: &[u8]) {
+    fn send_to_peer(&mut self, tables: &Tables, peer: PeerId, vni: Vni, frame: &[u8]) {
         let (Some(up), Some(p)) = (
             self.uplink.as_mut(),
             tables.peers().and_then(|t| t.get(peer)),

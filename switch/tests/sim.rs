@@ -1,5 +1,7 @@
 //! End-to-end simulation: smoltcp hosts on in-memory ports talk through one or two switches.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::Ipv4Addr;
 
 use kangaroo_switch::fdb::Dest;
