@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up this machine and runs the whole test suite: formatting, lints, unit, property,
+# simulation and end-to-end tests, and one quick pass of every benchmark in test mode.
+#
+#   scripts/test.sh            everything CI runs
+#
+# Exit status is non-zero if any step fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "benchmarks, one iteration each (cargo bench -- --test)"
+cargo bench -p kangaroo-switch --bench pipeline --locked -- --test
+
+step "cargo test (workspace)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
