@@ -1,4 +1,10 @@
-//! `kangaroo`, the orchestrator: priced catalogs, cost-aware packing, nested-VM lifecycle and the
-//! tenant API.
-//!
-//! The orchestrator core arrives in its own change; this crate holds its place in the workspace.
+//! `kangaroo`, the orchestrator: priced catalogs, cost-aware packing of nested VMs onto rented
+//! infrastructure VMs, persistent state, the tenant API and the CLI.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod model;
+pub mod packing;
+pub mod workload;
