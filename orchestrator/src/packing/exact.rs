@@ -1,6 +1,7 @@
 //! An exact solver for small cases: a mixed-integer program (good_lp with the pure-Rust microlp
 //! backend) over the same packing units as the heuristic (kept-together affinity groups and lone
-//! VMs; groups are always kept whole here), used to measure the heuristic's quality.
+//! VMs, with the same affinity groups split), used to measure the heuristic's quality. The
+//! heuristic's plan is the solver's starting incumbent, so the result is never worse than it.
 //!
 //! Variables: `y[b][t]` = bin `b` is a host of type `t`; `x[i][b]` = unit `i` is on bin `b`.
 //! Minimise Σ price·y subject to: each unit on exactly one bin; at most one type per bin; per-bin
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use good_lp::{
     microlp, variable, Expression, ProblemVariables, Solution, SolutionStatus, SolverModel,
-    Variable, WithTimeLimit,
+    Variable, WithInitialSolution, WithTimeLimit,
 };
 
 use crate::model::InstanceType;
@@ -47,7 +48,8 @@ pub fn solve(
     opts: &PackOptions,
     time_limit: Duration,
 ) -> Result<Exact, ExactError> {
-    let (units, unplaced, split) = items(demands, catalog, opts, false);
+    let (heuristic, split_costly) = super::heuristic::pack_detailed(demands, catalog, opts);
+    let (units, unplaced, split) = items(demands, catalog, opts, split_costly);
     let types: Vec<&InstanceType> = catalog
         .iter()
         .filter(|t| {
@@ -88,10 +90,38 @@ pub fn solve(
         .iter()
         .flat_map(|row| row.iter().zip(&types).map(|(v, t)| t.price_per_hour * *v))
         .sum();
+    // The heuristic's plan as the starting incumbent: each host becomes the bin numbered by its
+    // lowest unit (so the symmetry-breaking rule holds), typed with the cheapest listed type.
+    let mut start: Vec<(Variable, f64)> = Vec::new();
+    let host_of_unit: Vec<Option<usize>> = units
+        .iter()
+        .map(|u| {
+            let first = &demands[u.members[0]].name;
+            heuristic.hosts.iter().position(|h| h.vms.contains(first))
+        })
+        .collect();
+    for (k, h) in heuristic.hosts.iter().enumerate() {
+        let members: Vec<usize> = (0..n).filter(|&i| host_of_unit[i] == Some(k)).collect();
+        let Some(&b) = members.first() else { continue };
+        for &i in &members {
+            if let Some(v) = x[i][b] {
+                start.push((v, 1.0));
+            }
+        }
+        let t = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| h.used.fits_in(&opts.usable(t)))
+            .min_by(|a, b| a.1.price_per_hour.total_cmp(&b.1.price_per_hour));
+        if let Some((ti, _)) = t {
+            start.push((y[b][ti], 1.0));
+        }
+    }
     let mut model = vars
         .minimise(objective)
         .using(microlp)
-        .with_time_limit(time_limit.as_secs_f64());
+        .with_time_limit(time_limit.as_secs_f64())
+        .with_initial_solution(start);
     for xi in &x {
         let e: Expression = xi.iter().flatten().map(|v| Expression::from(*v)).sum();
         model = model.with(e.eq(1));
@@ -128,9 +158,14 @@ pub fn solve(
             model = model.with(e.leq(1));
         }
     }
-    let sol = model
-        .solve()
-        .map_err(|e| ExactError::Solver(e.to_string()))?;
+    let sol = match model.solve() {
+        Ok(s) => s,
+        // Interrupted before the solver could report a solution: the incumbent stands.
+        Err(good_lp::ResolutionError::Other(_)) => {
+            return Ok(Exact { plan: heuristic, optimal: false })
+        }
+        Err(e) => return Err(ExactError::Solver(e.to_string())),
+    };
     let optimal = matches!(sol.status(), SolutionStatus::Optimal);
     let mut hosts = Vec::new();
     for b in 0..n {

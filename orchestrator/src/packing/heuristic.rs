@@ -42,6 +42,12 @@ const MERGE_LIMIT: usize = 400;
 /// each VM on its own right-sized host, the groups that cost more together than apart are split
 /// (and reported), so a plan never costs more than one VM per instance.
 pub fn pack(demands: &[Demand], catalog: &[InstanceType], opts: &PackOptions) -> Plan {
+    pack_detailed(demands, catalog, opts).0
+}
+
+/// [`pack`], also saying whether costly affinity groups had to be split (the exact solver uses
+/// the same packing units).
+pub(crate) fn pack_detailed(demands: &[Demand], catalog: &[InstanceType], opts: &PackOptions) -> (Plan, bool) {
     let p = pack_with(demands, catalog, opts, false);
     let apart: f64 = demands
         .iter()
@@ -49,9 +55,9 @@ pub fn pack(demands: &[Demand], catalog: &[InstanceType], opts: &PackOptions) ->
         .map(|t| t.price_per_hour)
         .sum();
     if p.cost_per_hour <= apart + 1e-9 {
-        return p;
+        return (p, false);
     }
-    pack_with(demands, catalog, opts, true)
+    (pack_with(demands, catalog, opts, true), true)
 }
 
 fn pack_with(

@@ -16,6 +16,7 @@
 pub mod bound;
 pub mod exact;
 pub mod heuristic;
+pub mod synth;
 
 use std::collections::BTreeMap;
 
