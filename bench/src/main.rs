@@ -3,7 +3,6 @@
 //! Exit codes: 0 success, 1 a failed measurement, 2 bad command-line usage.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kangaroo_bench::packing;
@@ -37,9 +36,6 @@ struct PackingArgs {
     /// Most VMs in a small instance.
     #[arg(long, default_value_t = 16)]
     max_vms: usize,
-    /// Time limit of each exact solve, seconds.
-    #[arg(long, default_value_t = 10.0)]
-    time_limit: f64,
     /// Workload sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
     sizes: Vec<usize>,
@@ -57,15 +53,16 @@ struct PackingArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Command::Packing(a) = cli.command;
-    if a.min_vms == 0 || a.min_vms > a.max_vms || !(a.time_limit > 0.0) {
-        eprintln!("kangaroo-bench: need 1 <= --min-vms <= --max-vms and a positive --time-limit");
+    if a.min_vms == 0 || a.min_vms > a.max_vms || a.max_vms > 16 {
+        eprintln!(
+            "kangaroo-bench: need 1 <= --min-vms <= --max-vms <= 16 (the exact solver's limit)"
+        );
         return ExitCode::from(2);
     }
     let params = packing::Params {
         catalog: a.catalog,
         exact_instances: a.exact_instances,
         exact_vms: (a.min_vms, a.max_vms),
-        exact_time_limit: Duration::from_secs_f64(a.time_limit),
         sizes: a.sizes,
         decisions: a.decisions,
         seed: a.seed,

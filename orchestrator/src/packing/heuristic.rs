@@ -34,7 +34,13 @@ impl Bin {
 }
 
 /// Hosts above this count skip the quadratic merge pass.
-const MERGE_LIMIT: usize = 400;
+const MERGE_LIMIT: usize = 1500;
+
+/// Strategies whose result goes through the merge pass.
+const TOP_STRATEGIES: usize = 3;
+
+/// Sweeps of the merge pass.
+const MERGE_PASSES: usize = 3;
 
 /// Packs `demands` onto hosts from `catalog`.
 ///
@@ -47,7 +53,11 @@ pub fn pack(demands: &[Demand], catalog: &[InstanceType], opts: &PackOptions) ->
 
 /// [`pack`], also saying whether costly affinity groups had to be split (the exact solver uses
 /// the same packing units).
-pub(crate) fn pack_detailed(demands: &[Demand], catalog: &[InstanceType], opts: &PackOptions) -> (Plan, bool) {
+pub(crate) fn pack_detailed(
+    demands: &[Demand],
+    catalog: &[InstanceType],
+    opts: &PackOptions,
+) -> (Plan, bool) {
     let p = pack_with(demands, catalog, opts, false);
     let apart: f64 = demands
         .iter()
@@ -85,12 +95,53 @@ fn pack_with(
         })
         .collect();
     let mut best_cost = cost(&best, catalog, opts);
-    for t in types {
-        let cap = opts.usable(t);
-        if cap.cpu_quarters == 0 || cap.memory_mib == 0 {
-            continue;
+    // The cheapest few strategies (before merging), in order of cost; merging is quadratic, so it
+    // runs on these only.
+    let mut top: Vec<(f64, Vec<Bin>)> = Vec::new();
+    let mut consider = |bins: Vec<Bin>| {
+        let c = cost(&bins, catalog, opts);
+        let pos = top.partition_point(|(x, _)| *x <= c);
+        if pos < TOP_STRATEGIES {
+            top.insert(pos, (c, bins));
+            top.truncate(TOP_STRATEGIES);
         }
-        let mut bins = best_fit_decreasing(&items, &cap);
+    };
+    let all: Vec<usize> = (0..items.len()).collect();
+
+    // Every type as the bin size.
+    for t in &types {
+        let cap = opts.usable(t);
+        if cap.cpu_quarters > 0 && cap.memory_mib > 0 {
+            consider(best_fit_decreasing(&items, &all, &cap));
+        }
+    }
+
+    // Two bin types at once, as the LP optimum does: memory-heavy items into bins of a
+    // memory-rich type, the rest into bins of a CPU-rich type, at several split points.
+    let bin_types = largest_per_family(&types, opts);
+    let ratio = |r: &Resources| r.memory_mib as f64 / f64::from(r.cpu_quarters.max(1));
+    let mut ratios: Vec<f64> = items.iter().map(|i| ratio(&i.resources)).collect();
+    ratios.sort_by(f64::total_cmp);
+    let cuts = if items.len() > 2000 { 6 } else { 12 };
+    let thresholds: Vec<f64> = (1..cuts)
+        .filter_map(|k| ratios.get(k * ratios.len() / cuts).copied())
+        .collect();
+    for (a, ca) in &bin_types {
+        for (b, cb) in &bin_types {
+            if ratio(ca) <= ratio(cb) || a.name == b.name {
+                continue;
+            }
+            for &theta in &thresholds {
+                let (rich, lean): (Vec<usize>, Vec<usize>) = all
+                    .iter()
+                    .partition(|&&i| ratio(&items[i].resources) >= theta);
+                let mut bins = best_fit_decreasing(&items, &rich, ca);
+                bins.extend(best_fit_decreasing(&items, &lean, cb));
+                consider(bins);
+            }
+        }
+    }
+    for (_, mut bins) in top {
         merge_pass(&mut bins, &items, catalog, opts);
         let c = cost(&bins, catalog, opts);
         if c < best_cost - 1e-9 {
@@ -128,20 +179,32 @@ fn cost(bins: &[Bin], catalog: &[InstanceType], opts: &PackOptions) -> f64 {
         .sum()
 }
 
-/// Best-fit decreasing into bins of capacity `cap`; items larger than `cap` get bins of their own.
-fn best_fit_decreasing(items: &[Item], cap: &Resources) -> Vec<Bin> {
+/// Best-fit decreasing of the items `subset` into bins of capacity `cap`; items larger than
+/// `cap` get bins of their own. Bins too full to take the smallest item left are closed, so the
+/// best-fit scan only visits bins that can still take something.
+fn best_fit_decreasing(items: &[Item], subset: &[usize], cap: &Resources) -> Vec<Bin> {
     let size = |r: &Resources| {
         (f64::from(r.cpu_quarters) / f64::from(cap.cpu_quarters))
             .max(r.memory_mib as f64 / cap.memory_mib as f64)
     };
-    let mut order: Vec<usize> = (0..items.len()).collect();
+    let mut order: Vec<usize> = subset.to_vec();
     order.sort_by(|&a, &b| {
         size(&items[b].resources)
             .total_cmp(&size(&items[a].resources))
             .then(a.cmp(&b))
     });
+    // Smallest demand of each resource among the items still to place, from the end backwards.
+    let mut min_left = vec![Resources::new(u32::MAX, u64::MAX); order.len() + 1];
+    for k in (0..order.len()).rev() {
+        let r = items[order[k]].resources;
+        min_left[k] = Resources::new(
+            min_left[k + 1].cpu_quarters.min(r.cpu_quarters),
+            min_left[k + 1].memory_mib.min(r.memory_mib),
+        );
+    }
     let mut bins: Vec<Bin> = Vec::new();
-    for i in order {
+    let mut open: Vec<usize> = Vec::new();
+    for (k, &i) in order.iter().enumerate() {
         let it = &items[i];
         if !it.resources.fits_in(cap) {
             let mut b = Bin {
@@ -154,16 +217,20 @@ fn best_fit_decreasing(items: &[Item], cap: &Resources) -> Vec<Bin> {
             continue;
         }
         let mut chosen: Option<(usize, f64)> = None;
-        for (k, b) in bins.iter().enumerate() {
+        for (slot, &bi) in open.iter().enumerate() {
+            let b = &bins[bi];
             if b.accepts(it, cap) {
                 let s = slack(cap, &b.used.plus(&it.resources));
                 if chosen.is_none_or(|(_, best)| s < best) {
-                    chosen = Some((k, s));
+                    chosen = Some((slot, s));
                 }
             }
         }
-        match chosen {
-            Some((k, _)) => bins[k].add(i, it),
+        let slot = match chosen {
+            Some((slot, _)) => {
+                bins[open[slot]].add(i, it);
+                slot
+            }
             None => {
                 let mut b = Bin {
                     used: Resources::default(),
@@ -172,10 +239,40 @@ fn best_fit_decreasing(items: &[Item], cap: &Resources) -> Vec<Bin> {
                 };
                 b.add(i, it);
                 bins.push(b);
+                open.push(bins.len() - 1);
+                open.len() - 1
             }
+        };
+        let left = cap.minus(&bins[open[slot]].used);
+        let next = min_left[k + 1];
+        if left.cpu_quarters < next.cpu_quarters || left.memory_mib < next.memory_mib {
+            open.swap_remove(slot);
         }
     }
     bins
+}
+
+/// The largest type of each family (by usable vCPU, then memory), with its usable capacity.
+fn largest_per_family<'a>(
+    types: &[&'a InstanceType],
+    opts: &PackOptions,
+) -> Vec<(&'a InstanceType, Resources)> {
+    let mut out: Vec<(&InstanceType, Resources)> = Vec::new();
+    for t in types {
+        let cap = opts.usable(t);
+        if cap.cpu_quarters == 0 || cap.memory_mib == 0 {
+            continue;
+        }
+        match out.iter_mut().find(|(o, _)| o.family() == t.family()) {
+            Some(slot) => {
+                if (cap.cpu_quarters, cap.memory_mib) > (slot.1.cpu_quarters, slot.1.memory_mib) {
+                    *slot = (t, cap);
+                }
+            }
+            None => out.push((t, cap)),
+        }
+    }
+    out
 }
 
 /// Merges pairs of bins whenever one type that holds both costs less than the two separately.
@@ -184,33 +281,36 @@ fn merge_pass(bins: &mut Vec<Bin>, items: &[Item], catalog: &[InstanceType], opt
         return;
     }
     let price = |r: &Resources| cheapest_fit(catalog, opts, r).map(|t| t.price_per_hour);
-    let mut changed = true;
-    while changed {
-        changed = false;
-        'outer: for i in 0..bins.len() {
-            for j in (i + 1)..bins.len() {
+    for _ in 0..MERGE_PASSES {
+        let mut changed = false;
+        let mut i = 0;
+        while i < bins.len() {
+            let mut j = i + 1;
+            while j < bins.len() {
                 let combined = bins[i].used.plus(&bins[j].used);
                 let clash = bins[j]
                     .items
                     .iter()
                     .any(|&k| items[k].conflicts(&bins[i].anti));
-                if clash {
-                    continue;
-                }
-                let (Some(pc), Some(pi), Some(pj)) =
-                    (price(&combined), price(&bins[i].used), price(&bins[j].used))
-                else {
-                    continue;
-                };
-                if pc < pi + pj - 1e-9 {
+                let cheaper = !clash
+                    && match (price(&combined), price(&bins[i].used), price(&bins[j].used)) {
+                        (Some(pc), Some(pi), Some(pj)) => pc < pi + pj - 1e-9,
+                        _ => false,
+                    };
+                if cheaper {
                     let b = bins.swap_remove(j);
                     for k in b.items {
                         bins[i].add(k, &items[k]);
                     }
                     changed = true;
-                    break 'outer;
+                } else {
+                    j += 1;
                 }
             }
+            i += 1;
+        }
+        if !changed {
+            break;
         }
     }
 }

@@ -61,8 +61,14 @@ pub fn workload(seed: u64, n: usize) -> Vec<Demand> {
     let mut i = 0;
     while out.len() < n {
         // One time in five, a small affinity group of 2–4 (an application's tiers).
-        let group = if rng.below(5) == 0 { 2 + rng.below(3) as usize } else { 1 };
-        let aff = (group > 1).then(|| Name::new(&format!("app-{i}")).ok()).flatten();
+        let group = if rng.below(5) == 0 {
+            2 + rng.below(3) as usize
+        } else {
+            1
+        };
+        let aff = (group > 1)
+            .then(|| Name::new(&format!("app-{i}")).ok())
+            .flatten();
         for _ in 0..group.min(n - out.len()) {
             let mut pick = rng.below(total);
             let mut shape = SHAPES[0].0;
@@ -74,7 +80,9 @@ pub fn workload(seed: u64, n: usize) -> Vec<Demand> {
                 pick -= w;
             }
             // One time in ten, a replica of one of a few spread groups.
-            let anti = (rng.below(10) == 0).then(|| Name::new(&format!("spread-{}", rng.below(1 + n as u64 / 30))).ok()).flatten();
+            let anti = (rng.below(10) == 0)
+                .then(|| Name::new(&format!("spread-{}", rng.below(1 + n as u64 / 30))).ok())
+                .flatten();
             out.push(Demand {
                 name: vm_name(i),
                 resources: Resources::new(shape.0, shape.1),

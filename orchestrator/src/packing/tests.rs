@@ -1,7 +1,6 @@
 //! Tests of packing: worked examples and properties over random workloads.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -154,13 +153,7 @@ fn exact_solver_matches_or_beats_the_heuristic_on_small_cases() {
     ];
     let catalog = cat("ec2-2026");
     let h = plan(&vms, &catalog, &PackOptions::default());
-    let e = exact::solve(
-        &vms,
-        &catalog,
-        &PackOptions::default(),
-        Duration::from_secs(20),
-    )
-    .unwrap();
+    let e = exact::solve(&vms, &catalog, &PackOptions::default()).unwrap();
     assert!(
         e.plan.cost_per_hour <= h.cost_per_hour + 1e-9,
         "exact {} heuristic {}",
@@ -170,6 +163,52 @@ fn exact_solver_matches_or_beats_the_heuristic_on_small_cases() {
     let lb = bound::lower_bound(&vms, &catalog, &PackOptions::default()).unwrap();
     assert!(lb <= e.plan.cost_per_hour + 1e-9);
     check_plan(&vms, &e.plan, &PackOptions::default(), &catalog).unwrap();
+}
+
+#[test]
+fn exact_finds_the_known_optimum() {
+    // Two memory-heavy and two CPU-heavy VMs: one r6i.large (2 vCPU, 16 GiB, $0.126) holds both
+    // memory-heavy ones, one t3.medium (2 vCPU, 4 GiB, $0.0416) both CPU-heavy ones.
+    let vms = vec![
+        d("m1", 4, 7168, None, None),
+        d("m2", 4, 7168, None, None),
+        d("c1", 4, 1792, None, None),
+        d("c2", 4, 1792, None, None),
+    ];
+    let e = exact::solve(&vms, &cat("ec2-2026"), &PackOptions::default()).unwrap();
+    assert!(
+        (e.plan.cost_per_hour - (0.126 + 0.0416)).abs() < 1e-9,
+        "{:#?}",
+        e.plan
+    );
+    let many: Vec<Demand> = (0..17)
+        .map(|i| d(&format!("v{i}"), 1, 256, None, None))
+        .collect();
+    assert!(matches!(
+        exact::solve(&many, &cat("ec2-2026"), &PackOptions::default()),
+        Err(exact::ExactError::TooLarge(17))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The exact plan is valid and never costs more than the heuristic's, nor less than the bound.
+    #[test]
+    fn exact_is_valid_and_no_worse_than_the_heuristic(vms in workload().prop_filter("small", |v| v.len() <= 12)) {
+        let catalog = cat("ec2-2026");
+        let opts = PackOptions::default();
+        let h = plan(&vms, &catalog, &opts);
+        let e = exact::solve(&vms, &catalog, &opts).unwrap();
+        if let Err(err) = check_plan(&vms, &e.plan, &opts, &catalog) {
+            prop_assert!(false, "{}", err);
+        }
+        prop_assert!(e.plan.cost_per_hour <= h.cost_per_hour + 1e-9);
+        let placed: Vec<Demand> = vms.iter().filter(|d| !h.unplaced.iter().any(|u| u.name == d.name)).cloned().collect();
+        if let Some(lb) = bound::lower_bound(&placed, &catalog, &opts) {
+            prop_assert!(e.plan.cost_per_hour + 1e-6 >= lb);
+        }
+    }
 }
 
 #[test]
