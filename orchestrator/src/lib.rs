@@ -4,7 +4,11 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod catalog;
 pub mod model;
 pub mod packing;
+pub mod server;
+pub mod service;
+pub mod store;
 pub mod workload;

@@ -1,1 +1,712 @@
-fn main() {}
+//! `kangaroo`: the orchestrator's server and command-line client.
+//!
+//! Exit codes: 0 success, 1 the operation failed (the server's message is printed), 2 bad
+//! command-line usage.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use kangaroo_orchestrator::catalog::Catalog;
+use kangaroo_orchestrator::model::{format_memory, format_vcpus};
+use kangaroo_orchestrator::packing::{self, PackOptions, Plan};
+use kangaroo_orchestrator::server::{self, ServeConfig};
+use kangaroo_orchestrator::workload::Workload;
+use serde_json::{json, Value};
+
+/// Kangaroo: run nested VMs on the infrastructure VMs you rent, packed for cost.
+#[derive(Debug, Parser)]
+#[command(name = "kangaroo", version, about)]
+struct Cli {
+    /// API address of a running `kangaroo serve`.
+    #[arg(
+        long,
+        global = true,
+        env = "KANGAROO_URL",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    url: String,
+    /// API token (default: read from the data directory).
+    #[arg(long, global = true, env = "KANGAROO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory (state database and API token).
+    #[arg(long, global = true, env = "KANGAROO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the API server (listens on 127.0.0.1:7878 by default).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        /// A provider as NAME=CATALOG (a built-in catalog or a file); repeatable. The first is the
+        /// default for placement.
+        #[arg(long = "provider", value_parser = parse_provider, default_value = "sim=ec2-2026")]
+        providers: Vec<(String, String)>,
+    },
+    /// Plan a workload file locally: hosts to rent, placement, cost vs one VM per instance.
+    Plan {
+        /// Workload file (TOML).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Apply a workload file: rent the planned hosts and create the VMs.
+    Apply {
+        /// Workload file (TOML).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Propose migrations that free whole hosts.
+    Consolidate {
+        /// Only show the proposal (executing migrations needs real drivers).
+        #[arg(long, required = true)]
+        dry_run: bool,
+    },
+    /// Rented hosts.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Tenant networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Nested VMs.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Provider catalogs (built in).
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Cost of the rented hosts.
+    Billing,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCmd {
+    /// List hosts.
+    Ls,
+    /// Rent a host.
+    Add {
+        /// Instance type.
+        instance_type: String,
+        /// Host name (generated if absent).
+        #[arg(long)]
+        name: Option<String>,
+        /// Provider.
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Release a host that runs no VM.
+    Rm {
+        /// Host name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCmd {
+    /// List networks.
+    Ls,
+    /// Create a network.
+    Create {
+        /// Name.
+        name: String,
+        /// VNI (1–16777215).
+        #[arg(long)]
+        vni: u32,
+        /// IPv4 subnet, e.g. 192.168.10.0/24.
+        #[arg(long)]
+        subnet: String,
+    },
+    /// Delete a network.
+    Rm {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCmd {
+    /// List VMs.
+    Ls,
+    /// Create a VM, placed cost-aware.
+    Create {
+        /// Name.
+        name: String,
+        /// vCPUs (multiples of 0.25).
+        #[arg(long)]
+        vcpus: f64,
+        /// Memory, e.g. 2GiB.
+        #[arg(long)]
+        memory: String,
+        /// Network.
+        #[arg(long, default_value = "default")]
+        network: String,
+        /// Affinity group.
+        #[arg(long)]
+        affinity: Option<String>,
+        /// Anti-affinity group.
+        #[arg(long)]
+        anti_affinity: Option<String>,
+        /// Guest image.
+        #[arg(long)]
+        image: Option<String>,
+        /// Host to place on.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Show a VM.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Start a VM.
+    Start {
+        /// Name.
+        name: String,
+    },
+    /// Stop a VM.
+    Stop {
+        /// Name.
+        name: String,
+    },
+    /// Delete a VM.
+    Rm {
+        /// Name.
+        name: String,
+    },
+    /// Move a VM to another host.
+    Migrate {
+        /// Name.
+        name: String,
+        /// Destination host.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCmd {
+    /// List built-in catalogs.
+    Ls,
+    /// Show a catalog (built-in name or file).
+    Show {
+        /// Name or path.
+        name: String,
+    },
+}
+
+fn parse_provider(s: &str) -> Result<(String, String), String> {
+    let (n, c) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=CATALOG"))?;
+    Ok((n.to_owned(), c.to_owned()))
+}
+
+/// A client of the API.
+struct Client {
+    url: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(cli: &Cli) -> anyhow::Result<Client> {
+        let token = match &cli.token {
+            Some(t) => t.clone(),
+            None => {
+                let dir = cli
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(server::default_data_dir);
+                let p = dir.join(server::TOKEN_FILE);
+                std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading the API token from {} (is `kangaroo serve` using this data directory? or pass --token)", p.display()))?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Client {
+            url: cli.url.trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.url, path);
+        let auth = format!("Bearer {}", self.token);
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            (_, None) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        };
+        let mut resp = resp.with_context(|| {
+            format!(
+                "cannot reach the Kangaroo API at {} (is `kangaroo serve` running?)",
+                self.url
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let v: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            let msg = v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
+            bail!(
+                "{} {}: {msg}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
+        }
+        Ok(v)
+    }
+}
+
+fn s(v: &Value, p: &str) -> String {
+    match v.pointer(p) {
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(x) => x.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<width$}", c, width = w[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn print_plan(p: &Plan, currency: &str) {
+    let rows = p
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            vec![
+                format!("{}", i + 1),
+                h.instance_type.to_string(),
+                format!("{:.4}", h.price_per_hour),
+                format!(
+                    "{}/{}",
+                    format_vcpus(h.used.cpu_quarters),
+                    format_vcpus(h.capacity.cpu_quarters)
+                ),
+                format!(
+                    "{}/{}",
+                    format_memory(h.used.memory_mib),
+                    format_memory(h.capacity.memory_mib)
+                ),
+                h.vms
+                    .iter()
+                    .map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    table(&["host", "type", "$/h", "vcpu", "memory", "vms"], rows);
+    println!();
+    println!(
+        "cost:                   {:.4} {currency}/h",
+        p.cost_per_hour
+    );
+    println!(
+        "one VM per instance:    {:.4} {currency}/h",
+        p.baseline_cost_per_hour
+    );
+    println!(
+        "saving:                 {:.4} {currency}/h ({:.1}%)",
+        p.saving_per_hour, p.saving_percent
+    );
+    println!(
+        "utilisation:            {:.1}% vCPU, {:.1}% memory",
+        100.0 * p.cpu_utilisation,
+        100.0 * p.memory_utilisation
+    );
+    for g in &p.split_groups {
+        println!(
+            "affinity group {} split over {} hosts: {}",
+            g.group, g.parts, g.reason
+        );
+    }
+    for u in &p.unplaced {
+        println!("unplaced {}: {}", u.name, u.reason);
+    }
+}
+
+fn read_workload(file: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(file)
+        .with_context(|| format!("reading workload file {}", file.display()))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let json_out = cli.json;
+    let emit = |v: &Value, human: &dyn Fn(&Value)| {
+        if json_out {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            human(v);
+        }
+    };
+    match &cli.command {
+        Command::Serve { listen, providers } => {
+            let cfg = ServeConfig {
+                data_dir: cli
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(server::default_data_dir),
+                listen: *listen,
+                providers: providers.clone(),
+                options: PackOptions::default(),
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let dir = cfg.data_dir.clone();
+            rt.block_on(server::serve(cfg, |addr| {
+                eprintln!(
+                    "kangaroo: serving the API on http://{addr} (state and token in {})",
+                    dir.display()
+                );
+            }))
+        }
+        Command::Plan { file } => {
+            let text = read_workload(file)?;
+            let w = Workload::parse(&text)?;
+            let c = Catalog::load(&w.catalog)?;
+            if std::io::stderr().is_terminal() && w.vms.len() > 1000 {
+                eprintln!("planning {} VMs on catalog {}…", w.vms.len(), c.name);
+            }
+            let p = packing::plan(&w.demands(), &c.instances, &w.options);
+            emit(&serde_json::to_value(&p)?, &|_| print_plan(&p, &c.currency));
+            Ok(())
+        }
+        Command::Catalog(CatalogCmd::Ls) => {
+            let cats = Catalog::builtins()?;
+            let v = serde_json::to_value(&cats)?;
+            emit(&v, &|_| {
+                table(
+                    &["catalog", "provider", "region", "types"],
+                    cats.iter()
+                        .map(|c| {
+                            vec![
+                                c.name.clone(),
+                                c.provider.clone(),
+                                c.region.clone(),
+                                c.instances.len().to_string(),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+            Ok(())
+        }
+        Command::Catalog(CatalogCmd::Show { name }) => {
+            let c = Catalog::load(name)?;
+            let v = serde_json::to_value(&c)?;
+            emit(&v, &|_| {
+                table(
+                    &["type", "vcpus", "memory", "$/h"],
+                    c.instances
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                i.name.to_string(),
+                                i.vcpus.to_string(),
+                                format_memory(i.memory_mib),
+                                format!("{}", i.price_per_hour),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+            Ok(())
+        }
+        cmd => {
+            let c = Client::new(&cli)?;
+            let vm_row = |v: &Value| {
+                vec![
+                    s(v, "/name"),
+                    s(v, "/state"),
+                    s(v, "/host"),
+                    s(v, "/network"),
+                    s(v, "/ip"),
+                    s(v, "/cpu_quarters"),
+                    s(v, "/memory_mib"),
+                ]
+            };
+            let vm_headers = ["name", "state", "host", "network", "ip", "vcpu/4", "mib"];
+            match cmd {
+                Command::Apply { file } => {
+                    let text = read_workload(file)?;
+                    if std::io::stderr().is_terminal() {
+                        eprintln!("applying {}…", file.display());
+                    }
+                    let v = c.call("POST", "/v1/plans/apply", Some(json!({ "workload": text })))?;
+                    emit(&v, &|v| {
+                        println!(
+                            "rented {} hosts, created {} VMs ({} already existed)",
+                            v["rented"].as_array().map_or(0, Vec::len),
+                            v["created"].as_array().map_or(0, Vec::len),
+                            v["existing"].as_array().map_or(0, Vec::len)
+                        );
+                        if let Ok(p) = serde_json::from_value::<PlanView>(v["plan"].clone()) {
+                            println!(
+                                "cost {:.4}/h, one VM per instance {:.4}/h, saving {:.1}%",
+                                p.cost_per_hour, p.baseline_cost_per_hour, p.saving_percent
+                            );
+                        }
+                    });
+                }
+                Command::Consolidate { .. } => {
+                    let v = c.call("GET", "/v1/consolidation", None)?;
+                    emit(&v, &|v| {
+                        let rows = v["migrations"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|m| vec![s(m, "/vm"), s(m, "/from"), s(m, "/to")])
+                            .collect();
+                        table(&["vm", "from", "to"], rows);
+                        println!(
+                            "\nreleases {} hosts: {:.4}/h -> {:.4}/h",
+                            v["released"].as_array().map_or(0, Vec::len),
+                            v["cost_before"].as_f64().unwrap_or(0.0),
+                            v["cost_after"].as_f64().unwrap_or(0.0)
+                        );
+                    });
+                }
+                Command::Host(HostCmd::Ls) => {
+                    let v = c.call("GET", "/v1/hosts", None)?;
+                    emit(&v, &|v| {
+                        let rows = v
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|h| {
+                                vec![
+                                    s(h, "/name"),
+                                    s(h, "/provider"),
+                                    s(h, "/instance_type/name"),
+                                    s(h, "/state"),
+                                    s(h, "/instance_type/price_per_hour"),
+                                ]
+                            })
+                            .collect();
+                        table(&["name", "provider", "type", "state", "$/h"], rows);
+                    });
+                }
+                Command::Host(HostCmd::Add {
+                    instance_type,
+                    name,
+                    provider,
+                }) => {
+                    let v = c.call("POST", "/v1/hosts", Some(json!({ "instance_type": instance_type, "name": name, "provider": provider })))?;
+                    emit(&v, &|v| {
+                        println!("rented {} ({})", s(v, "/name"), s(v, "/instance_type/name"))
+                    });
+                }
+                Command::Host(HostCmd::Rm { name }) => {
+                    c.call("DELETE", &format!("/v1/hosts/{name}"), None)?;
+                    emit(&json!({ "released": name }), &|_| {
+                        println!("released {name}")
+                    });
+                }
+                Command::Network(NetworkCmd::Ls) => {
+                    let v = c.call("GET", "/v1/networks", None)?;
+                    emit(&v, &|v| {
+                        let rows = v
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|n| {
+                                vec![
+                                    s(n, "/name"),
+                                    s(n, "/vni"),
+                                    format!("{}/{}", s(n, "/subnet"), s(n, "/prefix")),
+                                ]
+                            })
+                            .collect();
+                        table(&["name", "vni", "subnet"], rows);
+                    });
+                }
+                Command::Network(NetworkCmd::Create { name, vni, subnet }) => {
+                    let v = c.call(
+                        "POST",
+                        "/v1/networks",
+                        Some(json!({ "name": name, "vni": vni, "subnet": subnet })),
+                    )?;
+                    emit(&v, &|v| {
+                        println!("created network {} (VNI {})", s(v, "/name"), s(v, "/vni"))
+                    });
+                }
+                Command::Network(NetworkCmd::Rm { name }) => {
+                    c.call("DELETE", &format!("/v1/networks/{name}"), None)?;
+                    emit(&json!({ "deleted": name }), &|_| {
+                        println!("deleted network {name}")
+                    });
+                }
+                Command::Vm(VmCmd::Ls) => {
+                    let v = c.call("GET", "/v1/vms", None)?;
+                    emit(&v, &|v| {
+                        table(
+                            &vm_headers,
+                            v.as_array()
+                                .cloned()
+                                .unwrap_or_default()
+                                .iter()
+                                .map(vm_row)
+                                .collect(),
+                        )
+                    });
+                }
+                Command::Vm(VmCmd::Create {
+                    name,
+                    vcpus,
+                    memory,
+                    network,
+                    affinity,
+                    anti_affinity,
+                    image,
+                    host,
+                }) => {
+                    let body = json!({ "name": name, "vcpus": vcpus, "memory": memory, "network": network, "affinity": affinity, "anti_affinity": anti_affinity, "image": image, "host": host });
+                    let v = c.call("POST", "/v1/vms", Some(body))?;
+                    emit(&v, &|v| {
+                        println!(
+                            "created {} on {} with {} ({})",
+                            s(v, "/name"),
+                            s(v, "/host"),
+                            s(v, "/ip"),
+                            s(v, "/mac")
+                        )
+                    });
+                }
+                Command::Vm(VmCmd::Show { name }) => {
+                    let v = c.call("GET", &format!("/v1/vms/{name}"), None)?;
+                    emit(&v, &|v| table(&vm_headers, vec![vm_row(v)]));
+                }
+                Command::Vm(VmCmd::Start { name }) | Command::Vm(VmCmd::Stop { name }) => {
+                    let action = if matches!(cmd, Command::Vm(VmCmd::Start { .. })) {
+                        "start"
+                    } else {
+                        "stop"
+                    };
+                    let v = c.call("POST", &format!("/v1/vms/{name}/{action}"), None)?;
+                    emit(&v, &|v| println!("{} is {}", s(v, "/name"), s(v, "/state")));
+                }
+                Command::Vm(VmCmd::Rm { name }) => {
+                    c.call("DELETE", &format!("/v1/vms/{name}"), None)?;
+                    emit(&json!({ "deleted": name }), &|_| println!("deleted {name}"));
+                }
+                Command::Vm(VmCmd::Migrate { name, to }) => {
+                    let v = c.call(
+                        "POST",
+                        &format!("/v1/vms/{name}/migrate"),
+                        Some(json!({ "to": to })),
+                    )?;
+                    emit(&v, &|v| {
+                        println!("{} is now on {}", s(v, "/name"), s(v, "/host"))
+                    });
+                }
+                Command::Billing => {
+                    let v = c.call("GET", "/v1/billing", None)?;
+                    emit(&v, &|v| {
+                        println!(
+                            "hosts now:             {:.4}/h",
+                            v["cost_per_hour"].as_f64().unwrap_or(0.0)
+                        );
+                        println!(
+                            "one VM per instance:   {:.4}/h",
+                            v["baseline_cost_per_hour"].as_f64().unwrap_or(0.0)
+                        );
+                        println!(
+                            "accrued:               {:.4} over {} s",
+                            v["accrued"].as_f64().unwrap_or(0.0),
+                            s(v, "/clock_secs")
+                        );
+                    });
+                }
+                Command::Serve { .. } | Command::Plan { .. } | Command::Catalog(_) => {}
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PlanView {
+    cost_per_hour: f64,
+    baseline_cost_per_hour: f64,
+    saving_percent: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kangaroo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -34,8 +34,11 @@ pub enum ModelError {
 }
 
 /// A validated name (of a VM, host, network, group, provider, catalog or instance type).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "web-1")]
 pub struct Name(String);
 
 impl Name {
@@ -160,7 +163,18 @@ pub const VM_MEMORY_GRANULARITY_MIB: u64 = 256;
 
 /// An amount of CPU and memory.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, PartialOrd, Ord,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    utoipa::ToSchema,
 )]
 pub struct Resources {
     /// vCPUs in quarters.
@@ -201,7 +215,7 @@ impl Resources {
 }
 
 /// A rentable machine size with its price.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceType {
     /// e.g. `m5.large`.
     pub name: Name,
@@ -229,13 +243,14 @@ impl InstanceType {
 }
 
 /// A tenant L2 network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Network {
     /// Name.
     pub name: Name,
     /// VXLAN network identifier.
     pub vni: u32,
     /// IPv4 subnet address.
+    #[schema(value_type = String, example = "192.168.10.0")]
     pub subnet: Ipv4Addr,
     /// Prefix length.
     pub prefix: u8,
@@ -270,7 +285,7 @@ pub fn check_vni(v: u32) -> Result<u32, ModelError> {
 }
 
 /// Lifecycle of a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HostState {
     /// Being rented.
@@ -282,7 +297,7 @@ pub enum HostState {
 }
 
 /// An infrastructure VM rented from a provider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Host {
     /// Name.
     pub name: Name,
@@ -293,13 +308,14 @@ pub struct Host {
     /// Lifecycle state.
     pub state: HostState,
     /// Its address on the underlay, once known.
+    #[schema(value_type = Option<String>)]
     pub underlay: Option<Ipv4Addr>,
     /// When it was rented, in seconds on the provider's billing clock.
     pub rented_at: u64,
 }
 
 /// Lifecycle of a nested VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// Placed, not started.
@@ -309,7 +325,7 @@ pub enum VmState {
 }
 
 /// A tenant's workload VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NestedVm {
     /// Name.
     pub name: Name,
@@ -324,6 +340,7 @@ pub struct NestedVm {
     /// MAC address assigned from the network.
     pub mac: String,
     /// IPv4 address assigned from the network.
+    #[schema(value_type = String)]
     pub ip: Ipv4Addr,
     /// Keep on one host with the other members, when it fits.
     pub affinity: Option<Name>,

@@ -1,0 +1,379 @@
+//! The tenant API (the paper's "Skippy"): REST + JSON over HTTP, with an OpenAPI document
+//! generated from the handlers and served at `/openapi.json`.
+//!
+//! Every route but `/health` requires `Authorization: Bearer <token>`. Request bodies are typed
+//! and reject unknown fields; every error is a JSON body `{"error": {"status", "code", "message",
+//! "field"?}}` naming what was wrong. Handlers never panic on input.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::catalog::Catalog;
+use crate::model::{Host, NestedVm, Network};
+use crate::packing::{Consolidation, Plan};
+use crate::service::{
+    ApplyResult, Billing, ClockRequest, HostRequest, MigrateRequest, NetworkRequest, Provider,
+    Service, ServiceError, VmRequest, WorkloadRequest,
+};
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct Api {
+    service: Arc<Service>,
+    token: Arc<str>,
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// HTTP status.
+    pub status: u16,
+    /// Machine-readable code: `invalid`, `not_found`, `conflict`, `unauthorized`, `internal`.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, &'static str, String, Option<String>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                status: self.0.as_u16(),
+                code: self.1,
+                message: self.2,
+                field: self.3,
+            },
+        };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match &e {
+            ServiceError::Invalid { field, .. } => ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                e.to_string(),
+                Some(field.clone()),
+            ),
+            ServiceError::NotFound { .. } => {
+                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string(), None)
+            }
+            ServiceError::Conflict(_) => {
+                ApiError(StatusCode::CONFLICT, "conflict", e.to_string(), None)
+            }
+            ServiceError::Store(_) => ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("{:#}", anyhow::Error::from(e)),
+                None,
+            ),
+        }
+    }
+}
+
+/// Decodes a JSON body, naming the field on error.
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> std::result::Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let msg = e.to_string();
+        // serde names the field in "unknown field `x`" and "missing field `x`".
+        let field = msg.split('`').nth(1).map(str::to_owned);
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("request body: {msg}"),
+            field,
+        )
+    })
+}
+
+type JsonResult<T> = std::result::Result<Json<T>, ApiError>;
+
+/// Liveness.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = String)))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// Providers and their catalogs.
+#[utoipa::path(get, path = "/v1/providers", responses((status = 200, body = Vec<Provider>)))]
+async fn list_providers(State(a): State<Api>) -> Json<Vec<Provider>> {
+    Json(a.service.providers().to_vec())
+}
+
+/// Built-in catalogs.
+#[utoipa::path(get, path = "/v1/catalogs", responses((status = 200, body = Vec<String>)))]
+async fn list_catalogs() -> Json<Vec<String>> {
+    Json(
+        crate::catalog::BUILTIN
+            .iter()
+            .map(|(n, _)| (*n).to_owned())
+            .collect(),
+    )
+}
+
+/// One built-in catalog.
+#[utoipa::path(get, path = "/v1/catalogs/{name}", params(("name" = String, Path)), responses((status = 200, body = Vec<crate::model::InstanceType>), (status = 404, body = ErrorBody)))]
+async fn get_catalog(Path(name): Path<String>) -> JsonResult<Vec<crate::model::InstanceType>> {
+    if !crate::catalog::BUILTIN.iter().any(|(n, _)| *n == name) {
+        return Err(ServiceError::NotFound {
+            kind: "catalog",
+            name,
+        }
+        .into());
+    }
+    let c = Catalog::load(&name).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+            None,
+        )
+    })?;
+    Ok(Json(c.instances))
+}
+
+/// Rented hosts.
+#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<Host>)))]
+async fn list_hosts(State(a): State<Api>) -> Json<Vec<Host>> {
+    Json(a.service.hosts())
+}
+
+/// Rent a host.
+#[utoipa::path(post, path = "/v1/hosts", request_body = HostRequest, responses((status = 200, body = Host), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn add_host(State(a): State<Api>, b: Bytes) -> JsonResult<Host> {
+    Ok(Json(a.service.add_host(&body(&b)?)?))
+}
+
+/// Release a host that runs no VM.
+#[utoipa::path(delete, path = "/v1/hosts/{name}", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn remove_host(
+    State(a): State<Api>,
+    Path(name): Path<String>,
+) -> std::result::Result<StatusCode, ApiError> {
+    a.service.remove_host(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Networks.
+#[utoipa::path(get, path = "/v1/networks", responses((status = 200, body = Vec<Network>)))]
+async fn list_networks(State(a): State<Api>) -> Json<Vec<Network>> {
+    Json(a.service.networks())
+}
+
+/// Create a network.
+#[utoipa::path(post, path = "/v1/networks", request_body = NetworkRequest, responses((status = 200, body = Network), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_network(State(a): State<Api>, b: Bytes) -> JsonResult<Network> {
+    Ok(Json(a.service.create_network(&body(&b)?)?))
+}
+
+/// Delete a network no VM uses.
+#[utoipa::path(delete, path = "/v1/networks/{name}", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_network(
+    State(a): State<Api>,
+    Path(name): Path<String>,
+) -> std::result::Result<StatusCode, ApiError> {
+    a.service.delete_network(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Nested VMs.
+#[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = Vec<NestedVm>)))]
+async fn list_vms(State(a): State<Api>) -> Json<Vec<NestedVm>> {
+    Json(a.service.vms())
+}
+
+/// Create a nested VM, placed cost-aware.
+#[utoipa::path(post, path = "/v1/vms", request_body = VmRequest, responses((status = 200, body = NestedVm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_vm(State(a): State<Api>, b: Bytes) -> JsonResult<NestedVm> {
+    Ok(Json(a.service.create_vm(&body(&b)?)?))
+}
+
+/// One nested VM.
+#[utoipa::path(get, path = "/v1/vms/{name}", params(("name" = String, Path)), responses((status = 200, body = NestedVm), (status = 404, body = ErrorBody)))]
+async fn get_vm(State(a): State<Api>, Path(name): Path<String>) -> JsonResult<NestedVm> {
+    Ok(Json(a.service.vm(&name)?))
+}
+
+/// Delete a nested VM.
+#[utoipa::path(delete, path = "/v1/vms/{name}", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_vm(
+    State(a): State<Api>,
+    Path(name): Path<String>,
+) -> std::result::Result<StatusCode, ApiError> {
+    a.service.delete_vm(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Start a nested VM.
+#[utoipa::path(post, path = "/v1/vms/{name}/start", params(("name" = String, Path)), responses((status = 200, body = NestedVm), (status = 404, body = ErrorBody)))]
+async fn start_vm(State(a): State<Api>, Path(name): Path<String>) -> JsonResult<NestedVm> {
+    Ok(Json(a.service.start_vm(&name)?))
+}
+
+/// Stop a nested VM.
+#[utoipa::path(post, path = "/v1/vms/{name}/stop", params(("name" = String, Path)), responses((status = 200, body = NestedVm), (status = 404, body = ErrorBody)))]
+async fn stop_vm(State(a): State<Api>, Path(name): Path<String>) -> JsonResult<NestedVm> {
+    Ok(Json(a.service.stop_vm(&name)?))
+}
+
+/// Move a nested VM to another host.
+#[utoipa::path(post, path = "/v1/vms/{name}/migrate", params(("name" = String, Path)), request_body = MigrateRequest, responses((status = 200, body = NestedVm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn migrate_vm(
+    State(a): State<Api>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> JsonResult<NestedVm> {
+    Ok(Json(a.service.migrate_vm(&name, &body(&b)?)?))
+}
+
+/// Plan a workload (changes nothing).
+#[utoipa::path(post, path = "/v1/plans", request_body = WorkloadRequest, responses((status = 200, body = Plan), (status = 400, body = ErrorBody)))]
+async fn compute_plan(State(a): State<Api>, b: Bytes) -> JsonResult<Plan> {
+    Ok(Json(a.service.plan(&body(&b)?)?))
+}
+
+/// Apply a workload: rent the planned hosts and create the VMs, in one transaction.
+#[utoipa::path(post, path = "/v1/plans/apply", request_body = WorkloadRequest, responses((status = 200, body = ApplyResult), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn apply_plan(State(a): State<Api>, b: Bytes) -> JsonResult<ApplyResult> {
+    Ok(Json(a.service.apply(&body(&b)?)?))
+}
+
+/// Migrations that would free whole hosts (a dry run).
+#[utoipa::path(get, path = "/v1/consolidation", responses((status = 200, body = Consolidation)))]
+async fn consolidation(State(a): State<Api>) -> Json<Consolidation> {
+    Json(a.service.consolidation())
+}
+
+/// What the rented hosts cost.
+#[utoipa::path(get, path = "/v1/billing", responses((status = 200, body = Billing)))]
+async fn billing(State(a): State<Api>) -> Json<Billing> {
+    Json(a.service.billing())
+}
+
+/// Advance the simulated billing clock (sim providers).
+#[utoipa::path(post, path = "/v1/billing/clock", request_body = ClockRequest, responses((status = 200, body = Billing), (status = 400, body = ErrorBody)))]
+async fn advance_clock(State(a): State<Api>, b: Bytes) -> JsonResult<Billing> {
+    Ok(Json(a.service.advance_clock(&body(&b)?)?))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kangaroo tenant API", description = "Nested VMs on rented infrastructure VMs, placed for cost."),
+    modifiers(&Security),
+    security(("bearer" = []))
+)]
+struct Doc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes and the OpenAPI document describing exactly them.
+pub fn router(service: Arc<Service>, token: &str) -> (Router, utoipa::openapi::OpenApi) {
+    let api = Api {
+        service,
+        token: Arc::from(token),
+    };
+    let (routes, doc) = OpenApiRouter::with_openapi(Doc::openapi())
+        .routes(routes!(list_providers))
+        .routes(routes!(list_catalogs))
+        .routes(routes!(get_catalog))
+        .routes(routes!(list_hosts, add_host))
+        .routes(routes!(remove_host))
+        .routes(routes!(list_networks, create_network))
+        .routes(routes!(delete_network))
+        .routes(routes!(list_vms, create_vm))
+        .routes(routes!(get_vm, delete_vm))
+        .routes(routes!(start_vm))
+        .routes(routes!(stop_vm))
+        .routes(routes!(migrate_vm))
+        .routes(routes!(compute_plan))
+        .routes(routes!(apply_plan))
+        .routes(routes!(consolidation))
+        .routes(routes!(billing))
+        .routes(routes!(advance_clock))
+        .routes(routes!(health))
+        .with_state(api.clone())
+        .split_for_parts();
+    let doc_json = Arc::new(doc.clone());
+    let app = routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let d = doc_json.clone();
+                async move { Json((*d).clone()) }
+            }),
+        )
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route".into(),
+                None,
+            )
+        })
+        .layer(middleware::from_fn_with_state(api, auth));
+    (app, doc)
+}
+
+async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), a.token.as_bytes()));
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token".into(),
+            None,
+        )
+        .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

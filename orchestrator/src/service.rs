@@ -1,0 +1,871 @@
+//! The tenant operations (the paper's Skippy API), over the store: providers and catalogs,
+//! hosts, networks, nested VMs with cost-aware placement, plans, consolidation and billing.
+//!
+//! Every mutation validates first, then commits all of its changes in one store transaction
+//! (compare-and-swap on the revision), then updates the in-memory copy: a crash between two
+//! operations loses nothing, and a crash inside one leaves no half of it.
+
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Catalog;
+use crate::model::{self, Host, HostState, Name, NestedVm, Network, Resources, VmState};
+use crate::packing::{self, Consolidation, Decision, Demand, ExistingHost, PackOptions, Plan};
+use crate::store::{Op, State, Store, StoreError};
+use crate::workload::Workload;
+
+/// A provider hosts can be rented from.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Provider {
+    /// Name.
+    pub name: Name,
+    /// Kind: `sim` (instant, billed on a simulated clock).
+    pub kind: String,
+    /// Region.
+    pub region: String,
+    /// Name of its catalog.
+    pub catalog: String,
+    /// Its instance types.
+    pub instance_types: Vec<model::InstanceType>,
+}
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A request field is invalid.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such object.
+    #[error("no {kind} named {name}")]
+    NotFound {
+        /// Kind of object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The operation conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &str, message: impl ToString) -> ServiceError {
+    ServiceError::Invalid {
+        field: field.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+fn name_field(field: &str, s: &str) -> Result<Name, ServiceError> {
+    Name::new(s).map_err(|e| invalid(field, e))
+}
+
+/// Request to rent a host.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostRequest {
+    /// Name (generated when absent).
+    pub name: Option<String>,
+    /// Provider (the first configured when absent).
+    pub provider: Option<String>,
+    /// Instance type from the provider's catalog.
+    pub instance_type: String,
+}
+
+/// Request to create a network.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRequest {
+    /// Name.
+    pub name: String,
+    /// VNI (1–16777215).
+    pub vni: u32,
+    /// IPv4 subnet, e.g. `192.168.10.0/24`.
+    pub subnet: String,
+}
+
+/// Request to create a nested VM.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmRequest {
+    /// Name.
+    pub name: String,
+    /// vCPUs, a multiple of 0.25.
+    pub vcpus: f64,
+    /// Memory, e.g. `2GiB` (multiple of 256 MiB).
+    pub memory: String,
+    /// Network to attach to.
+    pub network: String,
+    /// Guest image.
+    pub image: Option<String>,
+    /// Affinity group.
+    pub affinity: Option<String>,
+    /// Anti-affinity group.
+    pub anti_affinity: Option<String>,
+    /// Host to place on (placement chooses when absent).
+    pub host: Option<String>,
+}
+
+/// Request to move a VM.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// Destination host.
+    pub to: String,
+}
+
+/// A workload (the TOML text of a workload file).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadRequest {
+    /// Workload file contents (TOML).
+    pub workload: String,
+}
+
+/// Result of applying a workload.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ApplyResult {
+    /// The plan for the VMs that did not exist yet.
+    pub plan: Plan,
+    /// Hosts rented.
+    pub rented: Vec<Name>,
+    /// VMs created.
+    pub created: Vec<Name>,
+    /// VMs of the workload that already existed (left as they are).
+    pub existing: Vec<Name>,
+}
+
+/// Request to advance the simulated billing clock.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClockRequest {
+    /// Seconds to advance.
+    pub advance_secs: u64,
+}
+
+/// What the rented hosts cost.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Billing {
+    /// The simulated clock, seconds.
+    pub clock_secs: u64,
+    /// Cost per hour of the hosts rented now.
+    pub cost_per_hour: f64,
+    /// Accrued cost of the hosts rented now, since each was rented.
+    pub accrued: f64,
+    /// One VM per instance per hour, for the VMs placed now.
+    pub baseline_cost_per_hour: f64,
+}
+
+struct Inner {
+    state: State,
+    rev: u64,
+}
+
+/// The orchestrator's operations.
+pub struct Service {
+    store: Box<dyn Store>,
+    inner: Mutex<Inner>,
+    providers: Vec<Provider>,
+    opts: PackOptions,
+}
+
+/// The network created on first use when a workload names none.
+pub const DEFAULT_NETWORK: (&str, u32, &str) = ("default", 1, "10.0.0.0/16");
+
+impl Service {
+    /// A service over `store` with `providers` (catalog name per provider; `sim` kind).
+    ///
+    /// # Errors
+    /// If the store cannot be read or a catalog cannot be loaded.
+    pub fn new(
+        store: Box<dyn Store>,
+        providers: &[(String, String)],
+        opts: PackOptions,
+    ) -> anyhow::Result<Service> {
+        let (state, rev) = store.load()?;
+        let mut ps = Vec::new();
+        for (name, cat) in providers {
+            let c = Catalog::load(cat)?;
+            ps.push(Provider {
+                name: Name::new(name)?,
+                kind: "sim".to_owned(),
+                region: c.region.clone(),
+                catalog: c.name.clone(),
+                instance_types: c.instances,
+            });
+        }
+        anyhow::ensure!(!ps.is_empty(), "at least one provider is needed");
+        Ok(Service {
+            store,
+            inner: Mutex::new(Inner { state, rev }),
+            providers: ps,
+            opts,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the copy inconsistent with the store: the
+        // copy is only changed after a successful commit, in one call.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits `ops` at the current revision and applies them to the in-memory copy.
+    fn commit(&self, g: &mut Inner, ops: Vec<Op>) -> Result<(), ServiceError> {
+        let rev = self.store.commit(g.rev, &ops)?;
+        g.state.apply(&ops);
+        g.rev = rev;
+        Ok(())
+    }
+
+    /// A copy of the whole state.
+    pub fn snapshot(&self) -> State {
+        self.lock().state.clone()
+    }
+
+    /// The providers.
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    fn provider(&self, name: Option<&str>) -> Result<&Provider, ServiceError> {
+        match name {
+            None => self
+                .providers
+                .first()
+                .ok_or_else(|| ServiceError::Conflict("no provider configured".into())),
+            Some(n) => self
+                .providers
+                .iter()
+                .find(|p| p.name.as_str() == n)
+                .ok_or_else(|| ServiceError::NotFound {
+                    kind: "provider",
+                    name: n.to_owned(),
+                }),
+        }
+    }
+
+    /// Hosts.
+    pub fn hosts(&self) -> Vec<Host> {
+        self.lock().state.hosts.values().cloned().collect()
+    }
+
+    fn new_host(
+        &self,
+        g: &Inner,
+        meta: &mut crate::store::Meta,
+        provider: &Provider,
+        ty: &model::InstanceType,
+        name: Option<Name>,
+    ) -> Host {
+        let name = name.unwrap_or_else(|| loop {
+            meta.next_host += 1;
+            if let Ok(n) = Name::new(&format!("host-{}", meta.next_host)) {
+                if !g.state.hosts.contains_key(&n) {
+                    break n;
+                }
+            }
+        });
+        Host {
+            name,
+            provider: provider.name.clone(),
+            instance_type: ty.clone(),
+            state: HostState::Running,
+            underlay: None,
+            rented_at: meta.clock_secs,
+        }
+    }
+
+    /// Rents a host.
+    ///
+    /// # Errors
+    /// Unknown provider or type, a taken name.
+    pub fn add_host(&self, req: &HostRequest) -> Result<Host, ServiceError> {
+        let provider = self.provider(req.provider.as_deref())?;
+        let ty = provider
+            .instance_types
+            .iter()
+            .find(|t| t.name.as_str() == req.instance_type)
+            .ok_or_else(|| {
+                invalid(
+                    "instance_type",
+                    format!(
+                        "{} is not in catalog {}",
+                        req.instance_type, provider.catalog
+                    ),
+                )
+            })?;
+        let name = req
+            .name
+            .as_deref()
+            .map(|n| name_field("name", n))
+            .transpose()?;
+        let mut g = self.lock();
+        if let Some(n) = &name {
+            if g.state.hosts.contains_key(n) {
+                return Err(ServiceError::Conflict(format!("host {n} already exists")));
+            }
+        }
+        let mut meta = g.state.meta.clone();
+        let host = self.new_host(&g, &mut meta, provider, ty, name);
+        self.commit(&mut g, vec![Op::PutMeta(meta), Op::PutHost(host.clone())])?;
+        Ok(host)
+    }
+
+    /// Releases a host that runs no VM.
+    ///
+    /// # Errors
+    /// Not found, or VMs still on it.
+    pub fn remove_host(&self, name: &str) -> Result<(), ServiceError> {
+        let mut g = self.lock();
+        let n = Name::new(name).map_err(|_| ServiceError::NotFound {
+            kind: "host",
+            name: name.to_owned(),
+        })?;
+        if !g.state.hosts.contains_key(&n) {
+            return Err(ServiceError::NotFound {
+                kind: "host",
+                name: name.to_owned(),
+            });
+        }
+        let on: Vec<String> = g
+            .state
+            .vms
+            .values()
+            .filter(|v| v.host == n)
+            .map(|v| v.name.to_string())
+            .collect();
+        if !on.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "host {n} still runs {}: migrate or delete them first",
+                on.join(", ")
+            )));
+        }
+        self.commit(&mut g, vec![Op::DeleteHost(n)])
+    }
+
+    /// Networks.
+    pub fn networks(&self) -> Vec<Network> {
+        self.lock().state.networks.values().cloned().collect()
+    }
+
+    /// Creates a network.
+    ///
+    /// # Errors
+    /// Invalid fields, a taken name or VNI.
+    pub fn create_network(&self, req: &NetworkRequest) -> Result<Network, ServiceError> {
+        let name = name_field("name", &req.name)?;
+        let vni = model::check_vni(req.vni).map_err(|e| invalid("vni", e))?;
+        let (subnet, prefix) =
+            model::parse_subnet(&req.subnet).map_err(|e| invalid("subnet", e))?;
+        let mut g = self.lock();
+        if g.state.networks.contains_key(&name) {
+            return Err(ServiceError::Conflict(format!(
+                "network {name} already exists"
+            )));
+        }
+        if let Some(o) = g.state.networks.values().find(|n| n.vni == vni) {
+            return Err(ServiceError::Conflict(format!(
+                "VNI {vni} is already used by network {}",
+                o.name
+            )));
+        }
+        let n = Network {
+            name,
+            vni,
+            subnet,
+            prefix,
+        };
+        self.commit(&mut g, vec![Op::PutNetwork(n.clone())])?;
+        Ok(n)
+    }
+
+    /// Deletes a network no VM uses.
+    ///
+    /// # Errors
+    /// Not found, or in use.
+    pub fn delete_network(&self, name: &str) -> Result<(), ServiceError> {
+        let mut g = self.lock();
+        let Some(n) = g
+            .state
+            .networks
+            .keys()
+            .find(|k| k.as_str() == name)
+            .cloned()
+        else {
+            return Err(ServiceError::NotFound {
+                kind: "network",
+                name: name.to_owned(),
+            });
+        };
+        if let Some(v) = g.state.vms.values().find(|v| v.network == n) {
+            return Err(ServiceError::Conflict(format!(
+                "network {n} is used by VM {}",
+                v.name
+            )));
+        }
+        self.commit(&mut g, vec![Op::DeleteNetwork(n)])
+    }
+
+    /// Nested VMs.
+    pub fn vms(&self) -> Vec<NestedVm> {
+        self.lock().state.vms.values().cloned().collect()
+    }
+
+    /// One VM.
+    ///
+    /// # Errors
+    /// Not found.
+    pub fn vm(&self, name: &str) -> Result<NestedVm, ServiceError> {
+        self.lock()
+            .state
+            .vms
+            .values()
+            .find(|v| v.name.as_str() == name)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound {
+                kind: "VM",
+                name: name.to_owned(),
+            })
+    }
+
+    fn existing_hosts(state: &State) -> Vec<ExistingHost> {
+        state
+            .hosts
+            .values()
+            .map(|h| ExistingHost {
+                name: h.name.clone(),
+                instance_type: h.instance_type.clone(),
+                vms: state
+                    .vms
+                    .values()
+                    .filter(|v| v.host == h.name)
+                    .map(demand_of)
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Creates a VM, placing it cost-aware (renting a host only when nothing fits).
+    ///
+    /// # Errors
+    /// Invalid fields, unknown network or host, a taken name, no room.
+    pub fn create_vm(&self, req: &VmRequest) -> Result<NestedVm, ServiceError> {
+        let name = name_field("name", &req.name)?;
+        let cpu = model::parse_vcpus(req.vcpus).map_err(|e| invalid("vcpus", e))?;
+        let mem = model::parse_memory(&req.memory).map_err(|e| invalid("memory", e))?;
+        if mem % model::VM_MEMORY_GRANULARITY_MIB != 0 {
+            return Err(invalid(
+                "memory",
+                format!("{} is not a multiple of 256 MiB", req.memory),
+            ));
+        }
+        let network = name_field("network", &req.network)?;
+        let affinity = req
+            .affinity
+            .as_deref()
+            .map(|a| name_field("affinity", a))
+            .transpose()?;
+        let anti = req
+            .anti_affinity
+            .as_deref()
+            .map(|a| name_field("anti_affinity", a))
+            .transpose()?;
+        let demand = Demand {
+            name: name.clone(),
+            resources: Resources::new(cpu, mem),
+            affinity,
+            anti_affinity: anti,
+        };
+        let mut g = self.lock();
+        if g.state.vms.contains_key(&name) {
+            return Err(ServiceError::Conflict(format!("VM {name} already exists")));
+        }
+        let mut ops = Vec::new();
+        let mut meta = g.state.meta.clone();
+        let net = self.network_or_default(&g.state, &network, &mut ops)?;
+        let host = match &req.host {
+            Some(h) => {
+                let hn = name_field("host", h)?;
+                let existing = Self::existing_hosts(&g.state);
+                let Some(eh) = existing.iter().find(|e| e.name == hn) else {
+                    return Err(ServiceError::NotFound {
+                        kind: "host",
+                        name: h.clone(),
+                    });
+                };
+                check_fits(&demand, eh, &self.opts)?;
+                hn
+            }
+            None => {
+                let existing = Self::existing_hosts(&g.state);
+                let provider = self.provider(None)?;
+                match packing::place_one(&demand, &existing, &provider.instance_types, &self.opts) {
+                    Ok(Decision::Existing(h)) => h,
+                    Ok(Decision::Rent(t)) => {
+                        let ty = provider
+                            .instance_types
+                            .iter()
+                            .find(|i| i.name == t)
+                            .ok_or_else(|| ServiceError::Conflict(format!("type {t} vanished")))?;
+                        let host = self.new_host(&g, &mut meta, provider, ty, None);
+                        let n = host.name.clone();
+                        ops.push(Op::PutHost(host));
+                        n
+                    }
+                    Err(e) => return Err(ServiceError::Conflict(e)),
+                }
+            }
+        };
+        let taken: Vec<Ipv4Addr> = g
+            .state
+            .vms
+            .values()
+            .filter(|v| v.network == net.name)
+            .map(|v| v.ip)
+            .collect();
+        let ip = free_ip(&net, &taken).ok_or_else(|| {
+            ServiceError::Conflict(format!("network {} has no free address", net.name))
+        })?;
+        let vm = NestedVm {
+            name,
+            cpu_quarters: cpu,
+            memory_mib: mem,
+            image: req.image.clone().unwrap_or_else(|| "busybox".to_owned()),
+            network: net.name.clone(),
+            mac: mac_for(&ip),
+            ip,
+            affinity: demand.affinity,
+            anti_affinity: demand.anti_affinity,
+            state: VmState::Running,
+            host,
+        };
+        ops.push(Op::PutMeta(meta));
+        ops.push(Op::PutVm(vm.clone()));
+        self.commit(&mut g, ops)?;
+        Ok(vm)
+    }
+
+    fn network_or_default(
+        &self,
+        state: &State,
+        name: &Name,
+        ops: &mut Vec<Op>,
+    ) -> Result<Network, ServiceError> {
+        if let Some(n) = state.networks.get(name) {
+            return Ok(n.clone());
+        }
+        if let Some(n) = ops.iter().find_map(|o| match o {
+            Op::PutNetwork(n) if &n.name == name => Some(n.clone()),
+            _ => None,
+        }) {
+            return Ok(n);
+        }
+        if name.as_str() == DEFAULT_NETWORK.0
+            && !state.networks.values().any(|n| n.vni == DEFAULT_NETWORK.1)
+        {
+            let (subnet, prefix) =
+                model::parse_subnet(DEFAULT_NETWORK.2).map_err(|e| invalid("network", e))?;
+            let n = Network {
+                name: name.clone(),
+                vni: DEFAULT_NETWORK.1,
+                subnet,
+                prefix,
+            };
+            ops.push(Op::PutNetwork(n.clone()));
+            return Ok(n);
+        }
+        Err(ServiceError::Invalid {
+            field: "network".into(),
+            message: format!("no network named {name}"),
+        })
+    }
+
+    fn set_state(&self, name: &str, st: VmState) -> Result<NestedVm, ServiceError> {
+        let mut g = self.lock();
+        let Some(mut vm) = g
+            .state
+            .vms
+            .values()
+            .find(|v| v.name.as_str() == name)
+            .cloned()
+        else {
+            return Err(ServiceError::NotFound {
+                kind: "VM",
+                name: name.to_owned(),
+            });
+        };
+        vm.state = st;
+        self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
+        Ok(vm)
+    }
+
+    /// Starts a VM.
+    ///
+    /// # Errors
+    /// Not found.
+    pub fn start_vm(&self, name: &str) -> Result<NestedVm, ServiceError> {
+        self.set_state(name, VmState::Running)
+    }
+
+    /// Stops a VM.
+    ///
+    /// # Errors
+    /// Not found.
+    pub fn stop_vm(&self, name: &str) -> Result<NestedVm, ServiceError> {
+        self.set_state(name, VmState::Stopped)
+    }
+
+    /// Deletes a VM.
+    ///
+    /// # Errors
+    /// Not found.
+    pub fn delete_vm(&self, name: &str) -> Result<(), ServiceError> {
+        let mut g = self.lock();
+        let Some(n) = g.state.vms.keys().find(|k| k.as_str() == name).cloned() else {
+            return Err(ServiceError::NotFound {
+                kind: "VM",
+                name: name.to_owned(),
+            });
+        };
+        self.commit(&mut g, vec![Op::DeleteVm(n)])
+    }
+
+    /// Moves a VM to another host (in the model; live migration comes with real drivers).
+    ///
+    /// # Errors
+    /// Not found, no room or anti-affinity at the destination.
+    pub fn migrate_vm(&self, name: &str, req: &MigrateRequest) -> Result<NestedVm, ServiceError> {
+        let to = name_field("to", &req.to)?;
+        let mut g = self.lock();
+        let Some(mut vm) = g
+            .state
+            .vms
+            .values()
+            .find(|v| v.name.as_str() == name)
+            .cloned()
+        else {
+            return Err(ServiceError::NotFound {
+                kind: "VM",
+                name: name.to_owned(),
+            });
+        };
+        if vm.host == to {
+            return Err(ServiceError::Conflict(format!(
+                "VM {name} is already on {to}"
+            )));
+        }
+        let mut existing = Self::existing_hosts(&g.state);
+        let Some(dest) = existing.iter_mut().find(|e| e.name == to) else {
+            return Err(ServiceError::NotFound {
+                kind: "host",
+                name: req.to.clone(),
+            });
+        };
+        check_fits(&demand_of(&vm), dest, &self.opts)?;
+        vm.host = to;
+        self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
+        Ok(vm)
+    }
+
+    /// Plans a workload (does not change anything).
+    ///
+    /// # Errors
+    /// An invalid workload or catalog.
+    pub fn plan(&self, req: &WorkloadRequest) -> Result<Plan, ServiceError> {
+        let w = Workload::parse(&req.workload).map_err(|e| invalid("workload", e))?;
+        let c = Catalog::load(&w.catalog).map_err(|e| invalid("workload", e))?;
+        Ok(packing::plan(&w.demands(), &c.instances, &w.options))
+    }
+
+    /// Applies a workload: plans the VMs that do not exist yet onto new hosts of the first
+    /// provider, rents them, and creates the VMs, all in one transaction.
+    ///
+    /// # Errors
+    /// An invalid workload, unknown networks, or nothing placeable.
+    pub fn apply(&self, req: &WorkloadRequest) -> Result<ApplyResult, ServiceError> {
+        let w = Workload::parse(&req.workload).map_err(|e| invalid("workload", e))?;
+        let provider = self.provider(None)?;
+        let mut g = self.lock();
+        let (existing, new): (Vec<_>, Vec<_>) = w
+            .vms
+            .iter()
+            .partition(|v| g.state.vms.contains_key(&v.demand.name));
+        let demands: Vec<Demand> = new.iter().map(|v| v.demand.clone()).collect();
+        let plan = packing::plan(&demands, &provider.instance_types, &w.options);
+        let mut ops = Vec::new();
+        let mut meta = g.state.meta.clone();
+        let mut rented = Vec::new();
+        let mut created = Vec::new();
+        let mut taken: Vec<(Name, Ipv4Addr)> = g
+            .state
+            .vms
+            .values()
+            .map(|v| (v.network.clone(), v.ip))
+            .collect();
+        for ph in &plan.hosts {
+            let ty = provider
+                .instance_types
+                .iter()
+                .find(|t| t.name == ph.instance_type)
+                .ok_or_else(|| {
+                    ServiceError::Conflict(format!("type {} vanished", ph.instance_type))
+                })?;
+            let host = self.new_host(&g, &mut meta, provider, ty, None);
+            rented.push(host.name.clone());
+            for vname in &ph.vms {
+                let Some(v) = new.iter().find(|v| &v.demand.name == vname) else {
+                    continue;
+                };
+                let net = self.network_or_default(&g.state, &v.network, &mut ops)?;
+                let used: Vec<Ipv4Addr> = taken
+                    .iter()
+                    .filter(|(n, _)| *n == net.name)
+                    .map(|(_, ip)| *ip)
+                    .collect();
+                let ip = free_ip(&net, &used).ok_or_else(|| {
+                    ServiceError::Conflict(format!("network {} has no free address", net.name))
+                })?;
+                taken.push((net.name.clone(), ip));
+                created.push(v.demand.name.clone());
+                ops.push(Op::PutVm(NestedVm {
+                    name: v.demand.name.clone(),
+                    cpu_quarters: v.demand.resources.cpu_quarters,
+                    memory_mib: v.demand.resources.memory_mib,
+                    image: v.image.clone(),
+                    network: net.name.clone(),
+                    mac: mac_for(&ip),
+                    ip,
+                    affinity: v.demand.affinity.clone(),
+                    anti_affinity: v.demand.anti_affinity.clone(),
+                    state: VmState::Running,
+                    host: host.name.clone(),
+                }));
+            }
+            ops.push(Op::PutHost(host));
+        }
+        ops.push(Op::PutMeta(meta));
+        self.commit(&mut g, ops)?;
+        Ok(ApplyResult {
+            plan,
+            rented,
+            created,
+            existing: existing.iter().map(|v| v.demand.name.clone()).collect(),
+        })
+    }
+
+    /// Proposes migrations that free whole hosts (changes nothing).
+    pub fn consolidation(&self) -> Consolidation {
+        let g = self.lock();
+        packing::consolidate(&Self::existing_hosts(&g.state), &self.opts)
+    }
+
+    /// Advances the simulated billing clock.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn advance_clock(&self, req: &ClockRequest) -> Result<Billing, ServiceError> {
+        let mut g = self.lock();
+        let mut meta = g.state.meta.clone();
+        meta.clock_secs = meta.clock_secs.saturating_add(req.advance_secs);
+        self.commit(&mut g, vec![Op::PutMeta(meta)])?;
+        drop(g);
+        Ok(self.billing())
+    }
+
+    /// The current bill.
+    pub fn billing(&self) -> Billing {
+        let g = self.lock();
+        let now = g.state.meta.clock_secs;
+        let per_hour: f64 = g
+            .state
+            .hosts
+            .values()
+            .map(|h| h.instance_type.price_per_hour)
+            .sum();
+        let accrued: f64 = g
+            .state
+            .hosts
+            .values()
+            .map(|h| {
+                h.instance_type.price_per_hour * now.saturating_sub(h.rented_at) as f64 / 3600.0
+            })
+            .sum();
+        let demands: Vec<Demand> = g.state.vms.values().map(demand_of).collect();
+        let baseline = self
+            .providers
+            .first()
+            .map_or(0.0, |p| packing::baseline_cost(&demands, &p.instance_types));
+        Billing {
+            clock_secs: now,
+            cost_per_hour: per_hour,
+            accrued,
+            baseline_cost_per_hour: baseline,
+        }
+    }
+}
+
+fn demand_of(v: &NestedVm) -> Demand {
+    Demand {
+        name: v.name.clone(),
+        resources: v.resources(),
+        affinity: v.affinity.clone(),
+        anti_affinity: v.anti_affinity.clone(),
+    }
+}
+
+fn check_fits(d: &Demand, h: &ExistingHost, opts: &PackOptions) -> Result<(), ServiceError> {
+    let used = h
+        .vms
+        .iter()
+        .filter(|v| v.name != d.name)
+        .fold(Resources::default(), |a, v| a.plus(&v.resources));
+    let cap = opts.usable(&h.instance_type);
+    if !used.plus(&d.resources).fits_in(&cap) {
+        return Err(ServiceError::Conflict(format!(
+            "host {} has {} vCPU / {} MiB free; {} needs {} vCPU / {} MiB",
+            h.name,
+            model::format_vcpus(cap.minus(&used).cpu_quarters),
+            cap.minus(&used).memory_mib,
+            d.name,
+            model::format_vcpus(d.resources.cpu_quarters),
+            d.resources.memory_mib
+        )));
+    }
+    if let Some(a) = &d.anti_affinity {
+        if let Some(o) = h
+            .vms
+            .iter()
+            .find(|v| v.name != d.name && v.anti_affinity.as_ref() == Some(a))
+        {
+            return Err(ServiceError::Conflict(format!(
+                "host {} runs {}, of the same anti-affinity group {a}",
+                h.name, o.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The lowest free host address of `net`, from .2 (the first address is the gateway's).
+fn free_ip(net: &Network, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    let base = net.subnet.to_bits();
+    let size = 1u32 << (32 - u32::from(net.prefix));
+    (2..size - 1)
+        .map(|i| Ipv4Addr::from(base + i))
+        .find(|ip| !taken.contains(ip))
+}
+
+/// A locally administered MAC derived from the IPv4 address: unique within a network.
+fn mac_for(ip: &Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:6b:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
