@@ -20,6 +20,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "benchmarks, one iteration each (cargo bench -- --test)"
 cargo bench -p kangaroo-switch --bench pipeline --locked -- --test
+cargo bench -p kangaroo-orchestrator --bench packing --locked -- --test
 
 step "cargo test (workspace)"
 log=$(mktemp)

@@ -295,3 +295,38 @@ pub fn markdown(r: &Report) -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_run_produces_a_complete_report() {
+        let p = Params {
+            catalog: "ec2-2014".into(),
+            exact_instances: 3,
+            exact_vms: (6, 8),
+            sizes: vec![50, 120],
+            decisions: 20,
+            seed: 1,
+        };
+        let r = run(&p, &mut |_| {}).unwrap();
+        assert_eq!(r.exact.instances, 3);
+        assert!(
+            r.exact.ratios.iter().all(|x| *x >= 1.0 - 1e-9),
+            "the exact solver is never beaten: {:?}",
+            r.exact.ratios
+        );
+        assert_eq!(r.sizes.len(), 2);
+        for z in &r.sizes {
+            assert!(z.cost_per_hour <= z.baseline_cost_per_hour + 1e-9);
+            assert!(z.cost_over_bound >= 1.0 - 1e-9);
+        }
+        assert_eq!((r.decision.deployed_vms, r.decision.decisions), (120, 20));
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for key in ["catalog", "exact", "sizes", "decision"] {
+            assert!(v.get(key).is_some(), "JSON has {key}");
+        }
+        assert!(markdown(&r).contains("| 120 |"));
+    }
+}

@@ -99,10 +99,18 @@ impl From<ServiceError> for ApiError {
 
 /// Decodes a JSON body, naming the field on error.
 fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> std::result::Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let msg = e.to_string();
-        // serde names the field in "unknown field `x`" and "missing field `x`".
-        let field = msg.split('`').nth(1).map(str::to_owned);
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        let field = if path != "." && !path.is_empty() {
+            Some(path)
+        } else if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+            // serde names the field itself in these messages: "unknown field `x`, ...".
+            msg.split('`').nth(1).map(str::to_owned)
+        } else {
+            None
+        };
         ApiError(
             StatusCode::BAD_REQUEST,
             "invalid",

@@ -102,7 +102,7 @@ pub const QUARTERS_PER_VCPU: u32 = 4;
 /// [`ModelError::Vcpus`] unless it is a positive multiple of 0.25 (at most 4096 vCPUs).
 pub fn parse_vcpus(v: f64) -> Result<u32, ModelError> {
     let q = v * f64::from(QUARTERS_PER_VCPU);
-    if !(q.is_finite() && q >= 1.0 && q <= 4096.0 * 4.0 && (q - q.round()).abs() < 1e-9) {
+    if !(q.is_finite() && (1.0..=4096.0 * 4.0).contains(&q) && (q - q.round()).abs() < 1e-9) {
         return Err(ModelError::Vcpus(v.to_string()));
     }
     // Range-checked above.
@@ -137,8 +137,7 @@ pub fn parse_memory(s: &str) -> Result<u64, ModelError> {
     let v: f64 = num.trim().parse().map_err(|_| err())?;
     let mib = v * mult;
     if !(mib.is_finite()
-        && mib >= 1.0
-        && mib <= 16.0 * 1024.0 * 1024.0
+        && (1.0..=16.0 * 1024.0 * 1024.0).contains(&mib)
         && (mib - mib.round()).abs() < 1e-6)
     {
         return Err(err());
@@ -149,9 +148,9 @@ pub fn parse_memory(s: &str) -> Result<u64, ModelError> {
 
 /// Renders MiB as "4GiB" or "384MiB".
 pub fn format_memory(mib: u64) -> String {
-    if mib % 1024 == 0 {
+    if mib.is_multiple_of(1024) {
         format!("{}GiB", mib / 1024)
-    } else if (mib * 4) % 1024 == 0 {
+    } else if (mib * 4).is_multiple_of(1024) {
         format!("{}GiB", mib as f64 / 1024.0)
     } else {
         format!("{mib}MiB")

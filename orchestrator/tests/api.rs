@@ -1,0 +1,628 @@
+//! The tenant API over HTTP: every endpoint, every error path, authentication, and the OpenAPI
+//! document against the routes actually served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+
+use kangaroo_orchestrator::packing::PackOptions;
+use kangaroo_orchestrator::server::{self, ServeConfig};
+use serde_json::{json, Value};
+
+struct Server {
+    addr: SocketAddr,
+    token: String,
+    agent: ureq::Agent,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServeConfig {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        providers: vec![
+            ("sim".into(), "ec2-2026".into()),
+            ("old".into(), "ec2-2014".into()),
+        ],
+        options: PackOptions::default(),
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(server::serve(cfg, move |a| tx.send(a).unwrap()))
+            .unwrap();
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("server started");
+    let token = server::token(dir.path()).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    Server {
+        addr,
+        token,
+        agent,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    fn req(&self, method: &str, path: &str, body: Option<Value>, auth: bool) -> (u16, Value) {
+        let url = format!("http://{}{}", self.addr, path);
+        let bearer = format!("Bearer {}", self.token);
+        let resp = match method {
+            "GET" => {
+                let r = self.agent.get(&url);
+                if auth {
+                    r.header("Authorization", &bearer).call()
+                } else {
+                    r.call()
+                }
+            }
+            "DELETE" => {
+                let r = self.agent.delete(&url);
+                if auth {
+                    r.header("Authorization", &bearer).call()
+                } else {
+                    r.call()
+                }
+            }
+            _ => {
+                let r = self.agent.post(&url);
+                let r = if auth {
+                    r.header("Authorization", &bearer)
+                } else {
+                    r
+                };
+                match body {
+                    Some(b) => r.send_json(b),
+                    None => r.send_empty(),
+                }
+            }
+        };
+        let mut resp = resp.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+    fn get(&self, p: &str) -> (u16, Value) {
+        self.req("GET", p, None, true)
+    }
+    fn post(&self, p: &str, b: Value) -> (u16, Value) {
+        self.req("POST", p, Some(b), true)
+    }
+    fn delete(&self, p: &str) -> (u16, Value) {
+        self.req("DELETE", p, None, true)
+    }
+    fn raw_post(&self, p: &str, body: &str) -> (u16, Value) {
+        let url = format!("http://{}{}", self.addr, p);
+        let mut r = self
+            .agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+fn err(v: &Value) -> (&str, &str) {
+    (
+        v["error"]["code"].as_str().unwrap_or("?"),
+        v["error"]["message"].as_str().unwrap_or("?"),
+    )
+}
+
+const WORKLOAD: &str = r#"
+catalog = "ec2-2026"
+[[vm]]
+name = "app"
+count = 4
+vcpus = 0.5
+memory = "512MiB"
+network = "blue"
+"#;
+
+#[test]
+fn every_endpoint_works() {
+    let s = start();
+    assert_eq!(s.req("GET", "/health", None, false).0, 200);
+    let (st, v) = s.get("/v1/providers");
+    assert_eq!(st, 200);
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["name"], "sim");
+    assert_eq!(s.get("/v1/catalogs").1, json!(["ec2-2014", "ec2-2026"]));
+    let (st, v) = s.get("/v1/catalogs/ec2-2014");
+    assert_eq!((st, v.as_array().unwrap().len()), (200, 9));
+
+    let (st, n) = s.post(
+        "/v1/networks",
+        json!({"name": "blue", "vni": 100, "subnet": "192.168.10.0/24"}),
+    );
+    assert_eq!((st, n["vni"].as_u64()), (200, Some(100)));
+    assert_eq!(s.get("/v1/networks").1.as_array().unwrap().len(), 1);
+
+    let (st, h) = s.post(
+        "/v1/hosts",
+        json!({"instance_type": "m5.xlarge", "name": "big"}),
+    );
+    assert_eq!((st, h["name"].as_str()), (200, Some("big")));
+    let (st, h2) = s.post(
+        "/v1/hosts",
+        json!({"instance_type": "m3.large", "provider": "old"}),
+    );
+    assert_eq!((st, h2["provider"].as_str()), (200, Some("old")));
+    assert_eq!(s.get("/v1/hosts").1.as_array().unwrap().len(), 2);
+
+    // Placement prefers the existing host with room.
+    let (st, vm) = s.post(
+        "/v1/vms",
+        json!({"name": "web", "vcpus": 1, "memory": "2GiB", "network": "blue", "affinity": "shop"}),
+    );
+    assert_eq!(st, 200, "{vm}");
+    assert_eq!(vm["ip"], "192.168.10.2");
+    assert_eq!(vm["state"], "running");
+    let placed_on = vm["host"].as_str().unwrap().to_owned();
+    let (st, db) = s.post(
+        "/v1/vms",
+        json!({"name": "db", "vcpus": 1, "memory": "2GiB", "network": "blue", "affinity": "shop"}),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        db["host"].as_str(),
+        Some(placed_on.as_str()),
+        "affinity keeps the group together"
+    );
+    assert_eq!(db["ip"], "192.168.10.3");
+    assert_eq!(s.get("/v1/vms/web").1["name"], "web");
+    assert_eq!(s.get("/v1/vms").1.as_array().unwrap().len(), 2);
+    assert_eq!(
+        s.req("POST", "/v1/vms/web/stop", None, true).1["state"],
+        "stopped"
+    );
+    assert_eq!(
+        s.req("POST", "/v1/vms/web/start", None, true).1["state"],
+        "running"
+    );
+    let other = if placed_on == "big" {
+        h2["name"].as_str().unwrap().to_owned()
+    } else {
+        "big".to_owned()
+    };
+    let (st, m) = s.post("/v1/vms/web/migrate", json!({"to": other}));
+    assert_eq!((st, m["host"].as_str()), (200, Some(other.as_str())));
+
+    let (st, plan) = s.post("/v1/plans", json!({"workload": WORKLOAD}));
+    assert_eq!(st, 200, "{plan}");
+    assert!(
+        plan["cost_per_hour"].as_f64().unwrap() <= plan["baseline_cost_per_hour"].as_f64().unwrap()
+    );
+    let (st, applied) = s.post("/v1/plans/apply", json!({"workload": WORKLOAD}));
+    assert_eq!(st, 200, "{applied}");
+    assert_eq!(applied["created"].as_array().unwrap().len(), 4);
+    let (st, again) = s.post("/v1/plans/apply", json!({"workload": WORKLOAD}));
+    assert_eq!(
+        (st, again["existing"].as_array().unwrap().len()),
+        (200, 4),
+        "apply is idempotent"
+    );
+    assert_eq!(s.get("/v1/vms").1.as_array().unwrap().len(), 6);
+
+    let (st, c) = s.get("/v1/consolidation");
+    assert_eq!(st, 200);
+    assert!(c["cost_after"].as_f64().unwrap() <= c["cost_before"].as_f64().unwrap());
+    let (st, b) = s.post("/v1/billing/clock", json!({"advance_secs": 3600}));
+    assert_eq!(st, 200);
+    let hourly = b["cost_per_hour"].as_f64().unwrap();
+    assert!(
+        (b["accrued"].as_f64().unwrap() - hourly).abs() < 1e-9,
+        "one hour accrues one hour's cost: {b}"
+    );
+    assert_eq!(s.get("/v1/billing").1["clock_secs"], 3600);
+
+    assert_eq!(s.delete("/v1/vms/db").0, 204);
+    assert_eq!(s.get("/v1/vms/db").0, 404);
+    let empty = s.post("/v1/hosts", json!({"instance_type": "t3.micro"})).1["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(s.delete(&format!("/v1/hosts/{empty}")).0, 204);
+    let (st, _) = s.post(
+        "/v1/networks",
+        json!({"name": "tmp", "vni": 7, "subnet": "10.7.0.0/24"}),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(s.delete("/v1/networks/tmp").0, 204);
+}
+
+/// Method, path, body, expected status, text the message must contain, field it must name.
+type ErrorCase = (
+    &'static str,
+    &'static str,
+    Value,
+    u16,
+    &'static str,
+    Option<&'static str>,
+);
+
+#[test]
+fn every_error_path_names_the_problem() {
+    let s = start();
+    s.post(
+        "/v1/networks",
+        json!({"name": "blue", "vni": 100, "subnet": "192.168.10.0/24"}),
+    );
+    s.post(
+        "/v1/hosts",
+        json!({"instance_type": "t3.small", "name": "small"}),
+    );
+    let cases: Vec<ErrorCase> = vec![
+        (
+            "POST",
+            "/v1/networks",
+            json!({"name": "x", "vni": 1, "subnet": "10.0.0.0/24", "colour": 1}),
+            400,
+            "unknown field",
+            Some("colour"),
+        ),
+        (
+            "POST",
+            "/v1/networks",
+            json!({"name": "x", "vni": 1}),
+            400,
+            "missing field",
+            Some("subnet"),
+        ),
+        (
+            "POST",
+            "/v1/networks",
+            json!({"name": "x", "vni": 0, "subnet": "10.0.0.0/24"}),
+            400,
+            "VNI",
+            Some("vni"),
+        ),
+        (
+            "POST",
+            "/v1/networks",
+            json!({"name": "x", "vni": 5, "subnet": "10.0.0.0"}),
+            400,
+            "subnet",
+            Some("subnet"),
+        ),
+        (
+            "POST",
+            "/v1/networks",
+            json!({"name": "X!", "vni": 5, "subnet": "10.0.0.0/24"}),
+            400,
+            "invalid name",
+            Some("name"),
+        ),
+        (
+            "POST",
+            "/v1/networks",
+            json!({"name": "blue", "vni": 5, "subnet": "10.0.0.0/24"}),
+            409,
+            "already exists",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/networks",
+            json!({"name": "green", "vni": 100, "subnet": "10.0.0.0/24"}),
+            409,
+            "VNI 100",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/hosts",
+            json!({"instance_type": "z9.huge"}),
+            400,
+            "not in catalog",
+            Some("instance_type"),
+        ),
+        (
+            "POST",
+            "/v1/hosts",
+            json!({"instance_type": "t3.micro", "provider": "nope"}),
+            404,
+            "provider",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/hosts",
+            json!({"instance_type": "t3.micro", "name": "small"}),
+            409,
+            "already exists",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"name": "a", "vcpus": 0.3, "memory": "1GiB", "network": "blue"}),
+            400,
+            "vcpus",
+            Some("vcpus"),
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"name": "a", "vcpus": 1, "memory": "1GB", "network": "blue"}),
+            400,
+            "memory",
+            Some("memory"),
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"name": "a", "vcpus": 1, "memory": "100MiB", "network": "blue"}),
+            400,
+            "256 MiB",
+            Some("memory"),
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"name": "a", "vcpus": 1, "memory": "1GiB", "network": "red"}),
+            400,
+            "no network",
+            Some("network"),
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"name": "a", "vcpus": 1, "memory": "1GiB", "network": "blue", "host": "nope"}),
+            404,
+            "host",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"name": "a", "vcpus": 8, "memory": "1GiB", "network": "blue", "host": "small"}),
+            409,
+            "free",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"name": "a", "vcpus": 1000, "memory": "1GiB", "network": "blue"}),
+            409,
+            "fits no instance type",
+            None,
+        ),
+        ("GET", "/v1/vms/nope", Value::Null, 404, "no VM", None),
+        ("DELETE", "/v1/vms/nope", Value::Null, 404, "no VM", None),
+        (
+            "POST",
+            "/v1/vms/nope/start",
+            Value::Null,
+            404,
+            "no VM",
+            None,
+        ),
+        ("POST", "/v1/vms/nope/stop", Value::Null, 404, "no VM", None),
+        (
+            "POST",
+            "/v1/vms/nope/migrate",
+            json!({"to": "small"}),
+            404,
+            "no VM",
+            None,
+        ),
+        (
+            "DELETE",
+            "/v1/hosts/nope",
+            Value::Null,
+            404,
+            "no host",
+            None,
+        ),
+        (
+            "DELETE",
+            "/v1/networks/nope",
+            Value::Null,
+            404,
+            "no network",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/catalogs/nope",
+            Value::Null,
+            404,
+            "catalog",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/plans",
+            json!({"workload": "catalog = 'ec2-2026'\n[[vm]]\nname='a'\nvcpus=0.3\nmemory='1GiB'\n"}),
+            400,
+            "vm[0] (a): vcpus",
+            Some("workload"),
+        ),
+        (
+            "POST",
+            "/v1/plans",
+            json!({"workload": "catalog = 'nope'\n[[vm]]\nname='a'\nvcpus=1\nmemory='1GiB'\n"}),
+            400,
+            "not a built-in catalog",
+            Some("workload"),
+        ),
+        (
+            "POST",
+            "/v1/plans/apply",
+            json!({"workload": "not toml ["}),
+            400,
+            "workload",
+            Some("workload"),
+        ),
+        (
+            "POST",
+            "/v1/billing/clock",
+            json!({"advance_secs": -1}),
+            400,
+            "invalid value",
+            Some("advance_secs"),
+        ),
+        (
+            "GET",
+            "/v1/nothing-here",
+            Value::Null,
+            404,
+            "no such route",
+            None,
+        ),
+    ];
+    for (m, p, b, status, needle, field) in cases {
+        let body = if b.is_null() { None } else { Some(b.clone()) };
+        let (st, v) = s.req(m, p, body, true);
+        let (_, msg) = err(&v);
+        assert_eq!(st, status, "{m} {p} {b}: {v}");
+        assert!(
+            msg.contains(needle),
+            "{m} {p}: message {msg:?} should mention {needle:?}"
+        );
+        if let Some(f) = field {
+            assert_eq!(v["error"]["field"], f, "{m} {p}: {v}");
+        }
+    }
+    // Malformed JSON.
+    let (st, v) = s.raw_post("/v1/vms", "{not json");
+    assert_eq!((st, err(&v).0), (400, "invalid"));
+    // Conflicts that need state.
+    assert_eq!(s.post("/v1/vms", json!({"name": "w1", "vcpus": 0.5, "memory": "512MiB", "network": "blue", "host": "small", "anti_affinity": "spread"})).0, 200);
+    assert_eq!(
+        s.post(
+            "/v1/vms",
+            json!({"name": "w1", "vcpus": 0.5, "memory": "512MiB", "network": "blue"})
+        )
+        .0,
+        409
+    );
+    let (st, v) = s.post("/v1/vms", json!({"name": "w2", "vcpus": 0.5, "memory": "512MiB", "network": "blue", "host": "small", "anti_affinity": "spread"}));
+    assert_eq!(st, 409);
+    assert!(err(&v).1.contains("anti-affinity"), "{v}");
+    let (st, v) = s.post("/v1/vms/w1/migrate", json!({"to": "small"}));
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = s.delete("/v1/hosts/small");
+    assert!(st == 409 && err(&v).1.contains("w1"), "{v}");
+    let (st, v) = s.delete("/v1/networks/blue");
+    assert!(st == 409 && err(&v).1.contains("w1"), "{v}");
+}
+
+#[test]
+fn requests_without_the_token_are_rejected() {
+    let s = start();
+    let (_, doc) = s.get("/openapi.json");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path.replace("{name}", "x");
+            let m = method.to_uppercase();
+            let (st, v) = s.req(&m, &concrete, Some(json!({})), false);
+            if path == "/health" {
+                assert_eq!(st, 200);
+            } else {
+                assert_eq!((st, err(&v).0), (401, "unauthorized"), "{m} {path}");
+            }
+        }
+    }
+    assert_eq!(s.req("GET", "/openapi.json", None, false).0, 401);
+    // A wrong token is no better.
+    let url = format!("http://{}/v1/vms", s.addr);
+    let r = s
+        .agent
+        .get(&url)
+        .header("Authorization", "Bearer nope")
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[test]
+fn the_openapi_document_matches_the_routes() {
+    let s = start();
+    let (st, doc) = s.get("/openapi.json");
+    assert_eq!(st, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path} documents its responses"
+            );
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut expected: Vec<(String, String)> = [
+        ("GET", "/health"),
+        ("GET", "/v1/providers"),
+        ("GET", "/v1/catalogs"),
+        ("GET", "/v1/catalogs/{name}"),
+        ("GET", "/v1/hosts"),
+        ("POST", "/v1/hosts"),
+        ("DELETE", "/v1/hosts/{name}"),
+        ("GET", "/v1/networks"),
+        ("POST", "/v1/networks"),
+        ("DELETE", "/v1/networks/{name}"),
+        ("GET", "/v1/vms"),
+        ("POST", "/v1/vms"),
+        ("GET", "/v1/vms/{name}"),
+        ("DELETE", "/v1/vms/{name}"),
+        ("POST", "/v1/vms/{name}/start"),
+        ("POST", "/v1/vms/{name}/stop"),
+        ("POST", "/v1/vms/{name}/migrate"),
+        ("POST", "/v1/plans"),
+        ("POST", "/v1/plans/apply"),
+        ("GET", "/v1/consolidation"),
+        ("GET", "/v1/billing"),
+        ("POST", "/v1/billing/clock"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    expected.sort();
+    assert_eq!(documented, expected);
+    // Every documented operation is served: nothing answers 405 or falls through to "no such route".
+    for (m, p) in &documented {
+        let (st, v) = s.req(m, &p.replace("{name}", "x"), Some(json!({})), true);
+        assert_ne!(st, 405, "{m} {p}");
+        assert!(
+            !(st == 404 && err(&v).1 == "no such route"),
+            "{m} {p} is documented but not routed"
+        );
+    }
+    // And every referenced schema exists.
+    let text = doc.to_string();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for part in text.split("#/components/schemas/").skip(1) {
+        let name: String = part.chars().take_while(|c| *c != '"').collect();
+        assert!(
+            schemas.contains_key(&name),
+            "schema {name} is referenced but not defined"
+        );
+    }
+}
