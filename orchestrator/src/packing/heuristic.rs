@@ -39,6 +39,9 @@ const MERGE_LIMIT: usize = 1500;
 /// Strategies whose result goes through the merge pass.
 const TOP_STRATEGIES: usize = 3;
 
+/// Bins above this count skip the move pass.
+const MOVE_LIMIT: usize = 1500;
+
 /// Sweeps of the merge pass.
 const MERGE_PASSES: usize = 3;
 
@@ -143,6 +146,7 @@ fn pack_with(
     }
     for (_, mut bins) in top {
         merge_pass(&mut bins, &items, catalog, opts);
+        move_pass(&mut bins, &items, catalog, opts);
         let c = cost(&bins, catalog, opts);
         if c < best_cost - 1e-9 {
             best = bins;
@@ -273,6 +277,72 @@ fn largest_per_family<'a>(
         }
     }
     out
+}
+
+/// Moves single items between bins whenever that lowers the total price after right-sizing
+/// (a bin emptied this way is dropped): local search after the constructive strategies.
+fn move_pass(bins: &mut Vec<Bin>, items: &[Item], catalog: &[InstanceType], opts: &PackOptions) {
+    if bins.len() > MOVE_LIMIT {
+        return;
+    }
+    let price = |r: &Resources| {
+        if *r == Resources::default() {
+            Some(0.0)
+        } else {
+            cheapest_fit(catalog, opts, r).map(|t| t.price_per_hour)
+        }
+    };
+    for _ in 0..MERGE_PASSES {
+        let mut changed = false;
+        for i in 0..bins.len() {
+            let mut pos = 0;
+            while pos < bins[i].items.len() {
+                let k = bins[i].items[pos];
+                let it = &items[k];
+                let src_left = bins[i].used.minus(&it.resources);
+                let (Some(p_src), Some(p_src_left)) = (price(&bins[i].used), price(&src_left))
+                else {
+                    pos += 1;
+                    continue;
+                };
+                let mut best: Option<(usize, f64)> = None;
+                for (j, b) in bins.iter().enumerate() {
+                    if j == i || b.items.is_empty() || it.conflicts(&b.anti) {
+                        continue;
+                    }
+                    let (Some(p_dst), Some(p_dst_new)) =
+                        (price(&b.used), price(&b.used.plus(&it.resources)))
+                    else {
+                        continue;
+                    };
+                    let delta = p_dst_new - p_dst + p_src_left - p_src;
+                    if delta < -1e-9 && best.is_none_or(|(_, d)| delta < d) {
+                        best = Some((j, delta));
+                    }
+                }
+                match best {
+                    Some((j, _)) => {
+                        bins[i].items.swap_remove(pos);
+                        bins[i].used = src_left;
+                        bins[i].anti = bins[i]
+                            .items
+                            .iter()
+                            .flat_map(|&m| items[m].anti.iter().cloned())
+                            .collect();
+                        bins[i].anti.sort();
+                        bins[i].anti.dedup();
+                        bins[j].add(k, it);
+                        changed = true;
+                    }
+                    None => pos += 1,
+                }
+            }
+        }
+        bins.retain(|b| !b.items.is_empty());
+        if !changed {
+            break;
+        }
+    }
 }
 
 /// Merges pairs of bins whenever one type that holds both costs less than the two separately.
