@@ -11,6 +11,7 @@
 pub mod arp;
 pub mod checksum;
 pub mod clock;
+pub mod config;
 pub mod fdb;
 pub mod mac;
 pub mod pipeline;

@@ -1,0 +1,533 @@
+//! The switch's configuration file (TOML), validated into typed settings.
+//!
+//! Parsing rejects unknown keys and malformed values, naming the key (`port[1].vni`) and the
+//! file; validation rejects what parses but cannot work: duplicate ports, a port that is also the
+//! uplink, peers repeated or equal to this host, peers for VNIs with no local port, and (in
+//! [`Config::check_interfaces`]) interfaces that do not exist on this host.
+//!
+//! ```toml
+//! mode = "packet"                         # "xdp" | "afxdp" | "packet"
+//! control_socket = "/run/kangaroo/switch.sock"
+//! [fdb]                                   # optional
+//! capacity = 1048576
+//! aging_secs = 300
+//! max_per_source = 4096
+//! [[port]]
+//! interface = "vm1-host"
+//! vni = 100
+//! mac = "02:00:00:00:01:01"               # optional port security
+//! ips = ["192.168.100.11"]                # optional port security
+//! [uplink]                                # optional
+//! interface = "eth0"
+//! address = "10.10.0.1"
+//! udp_port = 4789
+//! mtu = 1500
+//! [[peer]]
+//! address = "10.10.0.2"
+//! vnis = [100]                            # default: every VNI of a local port
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::fdb::FdbConfig;
+use crate::mac::MacAddr;
+use crate::pipeline::PortConfig;
+use crate::tunnel::{Vni, VXLAN_PORT};
+
+/// How frames reach user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// XDP fast path in the kernel, AF_XDP for the rest.
+    Xdp,
+    /// AF_XDP sockets steered by XDP; every frame through user space.
+    Afxdp,
+    /// AF_PACKET sockets and a UDP socket; no eBPF.
+    Packet,
+}
+
+/// Default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/kangaroo/switch.sock";
+
+/// A validated port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSettings {
+    /// The interface to take over.
+    pub interface: String,
+    /// Network and port security.
+    pub port: PortConfig,
+}
+
+/// A validated uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkSettings {
+    /// The underlay interface.
+    pub interface: String,
+    /// This host's VTEP address.
+    pub address: Ipv4Addr,
+    /// VXLAN UDP port.
+    pub udp_port: u16,
+    /// Underlay MTU.
+    pub mtu: usize,
+}
+
+/// A validated peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSettings {
+    /// Its VTEP address.
+    pub address: Ipv4Addr,
+    /// Shared VNIs (`None`: every local VNI).
+    pub vnis: Option<Vec<Vni>>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Datapath mode.
+    pub mode: Mode,
+    /// Control API socket.
+    pub control_socket: PathBuf,
+    /// FDB sizing.
+    pub fdb: FdbConfig,
+    /// Ports.
+    pub ports: Vec<PortSettings>,
+    /// Uplink, if tunnels are used.
+    pub uplink: Option<UplinkSettings>,
+    /// Peers.
+    pub peers: Vec<PeerSettings>,
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: cannot read: {message}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// TOML syntax, an unknown key, or a wrongly typed value (the message names line and key).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The key, e.g. `port[1].vni`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    mode: Option<Mode>,
+    control_socket: Option<PathBuf>,
+    fdb: Option<FdbFile>,
+    #[serde(default)]
+    port: Vec<PortFile>,
+    uplink: Option<UplinkFile>,
+    #[serde(default)]
+    peer: Vec<PeerFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FdbFile {
+    capacity: Option<usize>,
+    aging_secs: Option<u64>,
+    max_per_source: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortFile {
+    interface: String,
+    vni: u32,
+    mac: Option<String>,
+    #[serde(default)]
+    ips: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UplinkFile {
+    interface: String,
+    address: String,
+    udp_port: Option<u16>,
+    mtu: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFile {
+    address: String,
+    vnis: Option<Vec<u32>>,
+}
+
+/// True for a name Linux accepts as an interface name.
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() < 16
+        && s != "."
+        && s != ".."
+        && !s
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        let f: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let bad = |key: String, message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            message,
+        };
+
+        let mut fdb = FdbConfig::default();
+        if let Some(x) = f.fdb {
+            if let Some(c) = x.capacity {
+                if !(1..=1 << 26).contains(&c) {
+                    return Err(bad(
+                        "fdb.capacity".into(),
+                        format!("{c} is not between 1 and {}", 1 << 26),
+                    ));
+                }
+                fdb.capacity = c;
+            }
+            if let Some(a) = x.aging_secs {
+                if a == 0 {
+                    return Err(bad("fdb.aging_secs".into(), "must be at least 1".into()));
+                }
+                fdb.aging = Duration::from_secs(a);
+            }
+            if let Some(m) = x.max_per_source {
+                if m == 0 {
+                    return Err(bad(
+                        "fdb.max_per_source".into(),
+                        "must be at least 1".into(),
+                    ));
+                }
+                fdb.max_per_source = m;
+            }
+        }
+
+        let mut ports: Vec<PortSettings> = Vec::new();
+        for (i, p) in f.port.iter().enumerate() {
+            let key = |k: &str| format!("port[{i}].{k}");
+            if !valid_ifname(&p.interface) {
+                return Err(bad(
+                    key("interface"),
+                    format!("{:?} is not a valid interface name", p.interface),
+                ));
+            }
+            if let Some(j) = ports.iter().position(|q| q.interface == p.interface) {
+                return Err(bad(
+                    key("interface"),
+                    format!("{} is already port[{j}]", p.interface),
+                ));
+            }
+            let vni = Vni::new(p.vni).map_err(|e| bad(key("vni"), e.to_string()))?;
+            let mac = p
+                .mac
+                .as_deref()
+                .map(|m| {
+                    m.parse::<MacAddr>()
+                        .map_err(|e| bad(key("mac"), e.to_string()))
+                })
+                .transpose()?;
+            if let Some(m) = mac {
+                if !m.is_valid_source() {
+                    return Err(bad(
+                        key("mac"),
+                        format!("{m} is not a unicast station address"),
+                    ));
+                }
+            }
+            let mut ips = Vec::new();
+            for (k, ip) in p.ips.iter().enumerate() {
+                let a: Ipv4Addr = ip.parse().map_err(|_| {
+                    bad(
+                        format!("port[{i}].ips[{k}]"),
+                        format!("{ip:?} is not an IPv4 address"),
+                    )
+                })?;
+                ips.push(a);
+            }
+            ports.push(PortSettings {
+                interface: p.interface.clone(),
+                port: PortConfig { vni, mac, ips },
+            });
+        }
+
+        let uplink = match f.uplink {
+            None => None,
+            Some(u) => {
+                if !valid_ifname(&u.interface) {
+                    return Err(bad(
+                        "uplink.interface".into(),
+                        format!("{:?} is not a valid interface name", u.interface),
+                    ));
+                }
+                if let Some(j) = ports.iter().position(|q| q.interface == u.interface) {
+                    return Err(bad(
+                        "uplink.interface".into(),
+                        format!("{} is also port[{j}]", u.interface),
+                    ));
+                }
+                let address: Ipv4Addr = u.address.parse().map_err(|_| {
+                    bad(
+                        "uplink.address".into(),
+                        format!("{:?} is not an IPv4 address", u.address),
+                    )
+                })?;
+                let udp_port = u.udp_port.unwrap_or(VXLAN_PORT);
+                if udp_port == 0 {
+                    return Err(bad("uplink.udp_port".into(), "must not be 0".into()));
+                }
+                let mtu = u.mtu.unwrap_or(1500);
+                if !(576..=9000).contains(&mtu) {
+                    return Err(bad(
+                        "uplink.mtu".into(),
+                        format!("{mtu} is not between 576 and 9000"),
+                    ));
+                }
+                Some(UplinkSettings {
+                    interface: u.interface,
+                    address,
+                    udp_port,
+                    mtu,
+                })
+            }
+        };
+
+        let mut peers: Vec<PeerSettings> = Vec::new();
+        for (i, p) in f.peer.iter().enumerate() {
+            let key = |k: &str| format!("peer[{i}].{k}");
+            let Some(up) = &uplink else {
+                return Err(bad(key("address"), "peers need an [uplink]".into()));
+            };
+            let address: Ipv4Addr = p.address.parse().map_err(|_| {
+                bad(
+                    key("address"),
+                    format!("{:?} is not an IPv4 address", p.address),
+                )
+            })?;
+            if address == up.address {
+                return Err(bad(
+                    key("address"),
+                    format!("{address} is this host's own uplink address"),
+                ));
+            }
+            if let Some(j) = peers.iter().position(|q| q.address == address) {
+                return Err(bad(
+                    key("address"),
+                    format!("{address} is already peer[{j}]"),
+                ));
+            }
+            let vnis = match &p.vnis {
+                None => None,
+                Some(v) => {
+                    let mut out = Vec::new();
+                    for (k, n) in v.iter().enumerate() {
+                        let vni = Vni::new(*n)
+                            .map_err(|e| bad(format!("peer[{i}].vnis[{k}]"), e.to_string()))?;
+                        if !ports.iter().any(|p| p.port.vni == vni) {
+                            return Err(bad(
+                                format!("peer[{i}].vnis[{k}]"),
+                                format!("VNI {vni} has no local port"),
+                            ));
+                        }
+                        out.push(vni);
+                    }
+                    Some(out)
+                }
+            };
+            peers.push(PeerSettings { address, vnis });
+        }
+
+        Ok(Config {
+            mode: f.mode.unwrap_or(Mode::Packet),
+            control_socket: f
+                .control_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            fdb,
+            ports,
+            uplink,
+            peers,
+        })
+    }
+
+    /// Checks that every configured interface exists, looking in `sys_class_net` (normally
+    /// `/sys/class/net`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key of the first missing interface.
+    pub fn check_interfaces(&self, origin: &str, sys_class_net: &Path) -> Result<(), ConfigError> {
+        let missing = |key: String, ifname: &str| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            message: format!("interface {ifname} does not exist on this host"),
+        };
+        for (i, p) in self.ports.iter().enumerate() {
+            if !sys_class_net.join(&p.interface).exists() {
+                return Err(missing(format!("port[{i}].interface"), &p.interface));
+            }
+        }
+        if let Some(u) = &self.uplink {
+            if !sys_class_net.join(&u.interface).exists() {
+                return Err(missing("uplink.interface".into(), &u.interface));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+mode = "afxdp"
+control_socket = "/tmp/k.sock"
+[fdb]
+capacity = 4096
+aging_secs = 60
+max_per_source = 10
+[[port]]
+interface = "vm1-host"
+vni = 100
+mac = "02:00:00:00:01:01"
+ips = ["192.168.100.11"]
+[[port]]
+interface = "vm2-host"
+vni = 200
+[uplink]
+interface = "eth0"
+address = "10.10.0.1"
+[[peer]]
+address = "10.10.0.2"
+vnis = [100]
+[[peer]]
+address = "10.10.0.3"
+"#;
+
+    #[test]
+    fn a_full_config_parses() {
+        let c = Config::parse("t.toml", FULL).unwrap();
+        assert_eq!(c.mode, Mode::Afxdp);
+        assert_eq!(c.control_socket, PathBuf::from("/tmp/k.sock"));
+        assert_eq!(
+            (c.fdb.capacity, c.fdb.aging, c.fdb.max_per_source),
+            (4096, Duration::from_secs(60), 10)
+        );
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].port.mac, Some(MacAddr([2, 0, 0, 0, 1, 1])));
+        assert_eq!(c.ports[0].port.ips, vec![Ipv4Addr::new(192, 168, 100, 11)]);
+        let u = c.uplink.as_ref().unwrap();
+        assert_eq!((u.udp_port, u.mtu), (4789, 1500));
+        assert_eq!(c.peers[0].vnis, Some(vec![Vni::new(100).unwrap()]));
+        assert_eq!(c.peers[1].vnis, None);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse("t.toml", "").unwrap();
+        assert_eq!(c.mode, Mode::Packet);
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.fdb, FdbConfig::default());
+    }
+
+    #[test]
+    fn every_rejection_names_its_key() {
+        let port = |extra: &str| format!("[[port]]\ninterface = \"a\"\nvni = 1\n{extra}");
+        let cases: Vec<(String, &str)> = vec![
+            ("colour = 1\n".into(), "colour"),
+            ("mode = \"fast\"\n".into(), "mode"),
+            (port("speed = 1\n"), "speed"),
+            (format!("{}{}", port(""), port("")), "port[1].interface: a is already port[0]"),
+            ("[[port]]\ninterface = \"a/b\"\nvni = 1\n".into(), "port[0].interface"),
+            ("[[port]]\ninterface = \"abcdefghijklmnopq\"\nvni = 1\n".into(), "port[0].interface"),
+            ("[[port]]\ninterface = \"a\"\nvni = 16777216\n".into(), "port[0].vni"),
+            (port("mac = \"02:00\"\n"), "port[0].mac"),
+            (port("mac = \"ff:ff:ff:ff:ff:ff\"\n"), "port[0].mac"),
+            (port("ips = [\"1.2.3\"]\n"), "port[0].ips[0]"),
+            ("[fdb]\ncapacity = 0\n".into(), "fdb.capacity"),
+            ("[fdb]\naging_secs = 0\n".into(), "fdb.aging_secs"),
+            ("[uplink]\ninterface = \"e\"\naddress = \"x\"\n".into(), "uplink.address"),
+            (format!("{}[uplink]\ninterface = \"a\"\naddress = \"10.0.0.1\"\n", port("")), "uplink.interface: a is also port[0]"),
+            ("[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\nmtu = 100\n".into(), "uplink.mtu"),
+            ("[[peer]]\naddress = \"10.0.0.2\"\n".into(), "peers need an [uplink]"),
+            ("[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[[peer]]\naddress = \"10.0.0.1\"\n".into(), "peer[0].address"),
+            ("[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[[peer]]\naddress = \"10.0.0.2\"\n[[peer]]\naddress = \"10.0.0.2\"\n".into(), "peer[1].address"),
+            (format!("{}[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[[peer]]\naddress = \"10.0.0.2\"\nvnis = [7]\n", port("")), "peer[0].vnis[0]: VNI 7 has no local port"),
+        ];
+        for (text, needle) in cases {
+            let e = Config::parse("sw.toml", &text).unwrap_err().to_string();
+            assert!(e.starts_with("sw.toml"), "{e}");
+            assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn missing_interfaces_are_named() {
+        let dir = tempfile_dir();
+        std::fs::create_dir_all(dir.join("vm1-host")).unwrap();
+        let c = Config::parse("t.toml", FULL).unwrap();
+        let e = c.check_interfaces("t.toml", &dir).unwrap_err().to_string();
+        assert!(
+            e.contains("port[1].interface") && e.contains("vm2-host"),
+            "{e}"
+        );
+        std::fs::create_dir_all(dir.join("vm2-host")).unwrap();
+        let e = c.check_interfaces("t.toml", &dir).unwrap_err().to_string();
+        assert!(e.contains("uplink.interface") && e.contains("eth0"), "{e}");
+        std::fs::create_dir_all(dir.join("eth0")).unwrap();
+        c.check_interfaces("t.toml", &dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "kangaroo-config-test-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
