@@ -470,17 +470,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cmd => {
             let c = Client::new(&cli)?;
             let vm_row = |v: &Value| {
+                let q = v["cpu_quarters"]
+                    .as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .unwrap_or(0);
+                let m = v["memory_mib"].as_u64().unwrap_or(0);
                 vec![
                     s(v, "/name"),
                     s(v, "/state"),
                     s(v, "/host"),
                     s(v, "/network"),
                     s(v, "/ip"),
-                    s(v, "/cpu_quarters"),
-                    s(v, "/memory_mib"),
+                    format_vcpus(q),
+                    format_memory(m),
                 ]
             };
-            let vm_headers = ["name", "state", "host", "network", "ip", "vcpu/4", "mib"];
+            let vm_headers = ["name", "state", "host", "network", "ip", "vcpus", "memory"];
             match cmd {
                 Command::Apply { file } => {
                     let text = read_workload(file)?;
