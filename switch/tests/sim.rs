@@ -192,35 +192,24 @@ fn known_arp_is_answered_locally_and_never_crosses_the_underlay() {
     let (a, b) = two_switches(&mut sim);
     let h1 = host(&mut sim, a, "h1", 1, 100);
     let h2 = host(&mut sim, b, "h2", 2, 100);
-    // The orchestrator knows where h2 lives: static ARP and FDB entries on switch a.
+    // The orchestrator knows where every VM lives: each switch gets static ARP and FDB entries
+    // for the remote VM (behind the other VTEP).
     let now = sim.now;
-    let peer_b = sim
-        .switch(a)
-        .tables()
-        .peers()
-        .unwrap()
-        .id_of(vtep(2).0)
-        .unwrap();
-    sim.switch(a)
-        .add_static_arp(vni(100), ip(2), mac(2, 100), now)
-        .unwrap();
-    sim.switch(a)
-        .add_static_fdb(vni(100), mac(2, 100), Dest::Vtep(peer_b), now)
-        .unwrap();
-    // And switch b knows h1.
-    let peer_a = sim
-        .switch(b)
-        .tables()
-        .peers()
-        .unwrap()
-        .id_of(vtep(1).0)
-        .unwrap();
-    sim.switch(b)
-        .add_static_arp(vni(100), ip(1), mac(1, 100), now)
-        .unwrap();
-    sim.switch(b)
-        .add_static_fdb(vni(100), mac(1, 100), Dest::Vtep(peer_a), now)
-        .unwrap();
+    for (sw, remote_vtep, last) in [(a, 2u8, 2u8), (b, 1, 1)] {
+        let peer = sim
+            .switch(sw)
+            .tables()
+            .peers()
+            .unwrap()
+            .id_of(vtep(remote_vtep).0)
+            .unwrap();
+        sim.switch(sw)
+            .add_static_arp(vni(100), ip(last), mac(last, 100), now)
+            .unwrap();
+        sim.switch(sw)
+            .add_static_fdb(vni(100), mac(last, 100), Dest::Vtep(peer), now)
+            .unwrap();
+    }
     // Each switch also knows its own VM's port.
     for h in [h1, h2] {
         let (sw, port) = sim.host(h).attached.unwrap();

@@ -18,6 +18,17 @@ struct Bin {
 }
 
 impl Bin {
+    /// A bin holding item `idx` alone.
+    fn with(idx: usize, item: &Item) -> Bin {
+        let mut b = Bin {
+            used: Resources::default(),
+            anti: Vec::new(),
+            items: Vec::new(),
+        };
+        b.add(idx, item);
+        b
+    }
+
     fn accepts(&self, item: &Item, cap: &Resources) -> bool {
         self.used.plus(&item.resources).fits_in(cap) && !item.conflicts(&self.anti)
     }
@@ -87,15 +98,7 @@ fn pack_with(
     let mut best: Vec<Bin> = items
         .iter()
         .enumerate()
-        .map(|(i, it)| {
-            let mut b = Bin {
-                used: Resources::default(),
-                anti: Vec::new(),
-                items: Vec::new(),
-            };
-            b.add(i, it);
-            b
-        })
+        .map(|(i, it)| Bin::with(i, it))
         .collect();
     let mut best_cost = cost(&best, catalog, opts);
     // The cheapest few strategies (before merging), in order of cost; merging is quadratic, so it
@@ -211,13 +214,7 @@ fn best_fit_decreasing(items: &[Item], subset: &[usize], cap: &Resources) -> Vec
     for (k, &i) in order.iter().enumerate() {
         let it = &items[i];
         if !it.resources.fits_in(cap) {
-            let mut b = Bin {
-                used: Resources::default(),
-                anti: Vec::new(),
-                items: Vec::new(),
-            };
-            b.add(i, it);
-            bins.push(b);
+            bins.push(Bin::with(i, it));
             continue;
         }
         let mut chosen: Option<(usize, f64)> = None;
@@ -236,13 +233,7 @@ fn best_fit_decreasing(items: &[Item], subset: &[usize], cap: &Resources) -> Vec
                 slot
             }
             None => {
-                let mut b = Bin {
-                    used: Resources::default(),
-                    anti: Vec::new(),
-                    items: Vec::new(),
-                };
-                b.add(i, it);
-                bins.push(b);
+                bins.push(Bin::with(i, it));
                 open.push(bins.len() - 1);
                 open.len() - 1
             }
