@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use kangaroo_switch::config::Config;
 use kangaroo_switch::sim::{HostId, Sim, SwitchId};
 use kangaroo_switch::tunnel::PeerVnis;
-use kangaroo_switch::{MacAddr, PortConfig, SwitchConfig, Vni};
+use kangaroo_switch::{MacAddr, PortConfig, Switch, SwitchConfig, Vni};
 
 /// Kangaroo's L2 virtual switch: MAC learning, ARP suppression, VXLAN tunnels between hosts,
 /// per-tenant isolation.
@@ -27,6 +27,13 @@ enum Command {
     /// Run two switches joined by a simulated VXLAN underlay, with two tenants whose nested VMs
     /// (real TCP/IP stacks) ping and stream TCP through them; print what happened. Needs no root.
     Simulate(SimulateArgs),
+    /// Run the switch in the foreground on the interfaces of a configuration file until SIGINT or
+    /// SIGTERM; then print the counters as JSON on stdout and exit 0.
+    Run {
+        /// The configuration file.
+        #[arg(long, short = 'c')]
+        config: std::path::PathBuf,
+    },
     /// Validate a configuration file: syntax, keys, values, and that every interface exists.
     /// Exits 0 if the file is usable, 1 with a message naming the key otherwise.
     Check {
@@ -269,8 +276,72 @@ fn check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
+    use kangaroo_switch::clock::MonotonicClock;
+    use kangaroo_switch::config::Mode;
+    use kangaroo_switch::port::packet::PacketPort;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let origin = path.display().to_string();
+    let cfg = Config::load(path)?;
+    cfg.check_interfaces(&origin, std::path::Path::new("/sys/class/net"))?;
+    anyhow::ensure!(
+        cfg.mode == Mode::Packet,
+        "{origin}: mode: {:?} needs the XDP datapath, which this version does not have yet; use mode = \"packet\"",
+        cfg.mode
+    );
+    anyhow::ensure!(
+        cfg.uplink.is_none(),
+        "{origin}: uplink: tunnels are not available in packet mode in this version; remove [uplink] and [[peer]]"
+    );
+    // Slots hold a whole GSO super-frame (up to 64 KiB), which guests with TSO send.
+    let mut sw = Switch::new(SwitchConfig {
+        fdb: cfg.fdb,
+        max_frame: usize::from(u16::MAX),
+        ..SwitchConfig::default()
+    });
+    for (i, p) in cfg.ports.iter().enumerate() {
+        let port =
+            PacketPort::open(&p.interface).with_context(|| format!("{origin}: port[{i}]"))?;
+        sw.add_port(Box::new(port), p.port.clone())
+            .with_context(|| format!("{origin}: port[{i}]"))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    eprintln!(
+        "kangaroo-switch: running with {} ports in packet mode",
+        cfg.ports.len()
+    );
+    let clock = MonotonicClock::new();
+    while !stop.load(Ordering::Relaxed) {
+        if sw.poll(clock.now()) == 0 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+    let stats = sw.stats();
+    let ports: Vec<serde_json::Value> = sw
+        .tables()
+        .ports()
+        .zip(cfg.ports.iter())
+        .map(|((id, _), p)| serde_json::json!({ "interface": p.interface, "counters": stats.port(id).snapshot() }))
+        .collect();
+    let drops: serde_json::Map<String, serde_json::Value> = stats
+        .drop_counts()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into()))
+        .collect();
+    let report = serde_json::json!({ "ports": ports, "drops": drops, "events": stats.events.snapshot(), "fdb_entries": sw.tables().fdb.len() });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!("kangaroo-switch: stopped");
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config } => run_switch(&config),
         Command::Check { config, json } => check(&config, json),
         Command::Simulate(args) => {
             let r = simulate(&args).context("simulation failed to set up")?;

@@ -19,7 +19,7 @@ use crate::clock::Timestamp;
 use crate::mac::MacAddr;
 use crate::pipeline::PortConfig;
 use crate::port::memory::{self, LinkConfig, MemoryPort};
-use crate::port::{PortBackend, PortId};
+use crate::port::{Offload, PortBackend, PortId};
 use crate::switch::{Switch, SwitchConfig, SwitchError};
 use crate::tunnel::{LocalVtep, VXLAN_PORT};
 
@@ -59,7 +59,7 @@ impl phy::TxToken for TxToken<'_> {
         let mut buf = vec![0; len];
         let r = f(&mut buf);
         // A full ring drops the frame, as a real NIC would; TCP recovers.
-        let _ = self.0.send(&buf);
+        let _ = self.0.send(&buf, &Offload::NONE);
         r
     }
 }
@@ -154,7 +154,7 @@ impl Underlay {
                 let dst = MacAddr::from_slice(&frame).unwrap_or(MacAddr::BROADCAST);
                 for j in 0..self.ends.len() {
                     if j != i && (dst.is_multicast() || self.ends[j].1 == dst) {
-                        let _ = self.ends[j].2.send(&frame);
+                        let _ = self.ends[j].2.send(&frame, &Offload::NONE);
                     }
                 }
                 if self.capturing {
@@ -374,7 +374,7 @@ impl Sim {
             .find(|(s, _, _)| *s == sw)
             .is_some_and(|(_, _, end)| {
                 // The wire end's transmit ring is the switch's receive ring.
-                end.send(frame).unwrap_or(false)
+                end.send(frame, &Offload::NONE).unwrap_or(false)
             })
     }
 

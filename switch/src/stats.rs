@@ -74,6 +74,8 @@ drop_reasons! {
     TooBigForTunnel => "too_big_for_tunnel",
     /// No uplink is configured to tunnel through.
     NoUplink => "no_uplink",
+    /// A GSO super-frame for a port or tunnel that cannot carry it.
+    GsoUnsupported => "gso_unsupported",
     /// The destination port's transmit queue was full.
     TxQueueFull => "tx_queue_full",
     /// The destination is in another VNI (a stale entry; never delivered across networks).

@@ -13,7 +13,7 @@ use crate::clock::Timestamp;
 use crate::fdb::{Dest, FdbConfig, FdbError};
 use crate::mac::MacAddr;
 use crate::pipeline::{PortConfig, Tables, TablesConfig, TablesError, Verdict};
-use crate::port::{PortBackend, PortId, RxBatch};
+use crate::port::{Offload, PortBackend, PortId, RxBatch};
 use crate::stats::{DropReason, Stats};
 use crate::tunnel::{self, LocalVtep, PeerId, PeerVnis, Vni};
 
@@ -259,7 +259,7 @@ impl Switch {
                 let frame = rx.frame(f);
                 stats.port(id).rx(frame.len());
                 let verdict = tables.decide_port(id, frame, now, stats, reply);
-                out.dispatch(tables, Some(id), frame, verdict, reply);
+                out.dispatch(tables, Some(id), frame, &rx.offload(f), verdict, reply);
             }
         }
 
@@ -275,7 +275,7 @@ impl Switch {
                     if !matches!(r.verdict, Verdict::Drop(_)) {
                         Stats::event(&stats.events.decapsulated);
                     }
-                    out.dispatch(tables, None, r.inner, r.verdict, reply);
+                    out.dispatch(tables, None, r.inner, &Offload::NONE, r.verdict, reply);
                 }
             }
         }
@@ -318,6 +318,7 @@ impl Out<'_> {
         tables: &Tables,
         ingress: Option<PortId>,
         frame: &[u8],
+        offload: &Offload,
         verdict: Verdict,
         reply: &[u8],
     ) {
@@ -325,14 +326,14 @@ impl Out<'_> {
             Verdict::Drop(reason) => self.stats.drop(reason),
             Verdict::Forward(p) => {
                 Stats::event(&self.stats.events.forwarded);
-                self.send_to_port(p, frame);
+                self.send_to_port(p, frame, offload);
             }
             Verdict::Reply(n) => {
                 if let (Some(p), Some(r)) = (ingress, reply.get(..n)) {
-                    self.send_to_port(p, r);
+                    self.send_to_port(p, r, &Offload::NONE);
                 }
             }
-            Verdict::Tunnel { peer, vni } => self.send_to_peer(tables, peer, vni, frame),
+            Verdict::Tunnel { peer, vni } => self.send_to_peer(tables, peer, vni, frame, offload),
             Verdict::Flood(vni) => {
                 Stats::event(&self.stats.events.flooded);
                 let Some(members) = tables.members(vni) else {
@@ -340,21 +341,24 @@ impl Out<'_> {
                 };
                 for &p in &members.ports {
                     if Some(p) != ingress {
-                        self.send_to_port(p, frame);
+                        self.send_to_port(p, frame, offload);
                     }
                 }
                 // Split horizon: what came from a tunnel never goes back into one.
                 if ingress.is_some() {
                     for &peer in &members.peers {
-                        self.send_to_peer(tables, peer, vni, frame);
+                        self.send_to_peer(tables, peer, vni, frame, offload);
                     }
                 }
             }
         }
     }
 
+    /// Sends to a local port. Offload metadata passes through to ports that carry it; for the
+    /// others a partial checksum is completed here (in the scratch buffer) and a GSO super-frame,
+    /// which they cannot segment, is dropped.
     #[inline]
-    fn send_to_port(&mut self, id: PortId, frame: &[u8]) {
+    fn send_to_port(&mut self, id: PortId, frame: &[u8], offload: &Offload) {
         let Some(port) = self
             .ports
             .get_mut(usize::from(id.get()))
@@ -363,15 +367,41 @@ impl Out<'_> {
             self.stats.drop(DropReason::NoSuchPort);
             return;
         };
-        match port.send(frame) {
+        let sent = if port.carries_offloads() || *offload == Offload::NONE {
+            port.send(frame, offload)
+        } else if offload.is_gso() {
+            self.stats.drop(DropReason::GsoUnsupported);
+            return;
+        } else {
+            let Some(copy) = self.scratch.get_mut(..frame.len()) else {
+                self.stats.drop(DropReason::GsoUnsupported);
+                return;
+            };
+            copy.copy_from_slice(frame);
+            if offload.needs_csum() && !offload.complete_checksum(copy) {
+                self.stats.drop(DropReason::Truncated);
+                return;
+            }
+            port.send(copy, &Offload::NONE)
+        };
+        match sent {
             Ok(true) => self.stats.port(id).tx(frame.len()),
             Ok(false) => self.stats.drop(DropReason::TxQueueFull),
             Err(_) => Stats::event(&self.stats.events.port_errors),
         }
     }
 
+    /// Encapsulates to a peer. Checksums left partial are completed in the encapsulated copy;
+    /// GSO super-frames cannot be tunnelled and are dropped.
     #[inline]
-    fn send_to_peer(&mut self, tables: &Tables, peer: PeerId, vni: Vni, frame: &[u8]) {
+    fn send_to_peer(
+        &mut self,
+        tables: &Tables,
+        peer: PeerId,
+        vni: Vni,
+        frame: &[u8],
+        offload: &Offload,
+    ) {
         let (Some(up), Some(p)) = (
             self.uplink.as_mut(),
             tables.peers().and_then(|t| t.get(peer)),
@@ -379,6 +409,10 @@ impl Out<'_> {
             self.stats.drop(DropReason::NoUplink);
             return;
         };
+        if offload.is_gso() {
+            self.stats.drop(DropReason::GsoUnsupported);
+            return;
+        }
         if frame.len() > self.max_inner {
             self.stats.drop(DropReason::TooBigForTunnel);
             return;
@@ -387,7 +421,13 @@ impl Out<'_> {
             self.stats.drop(DropReason::TooBigForTunnel);
             return;
         };
-        match up.send(&self.scratch[..n]) {
+        if offload.needs_csum()
+            && !offload.complete_checksum(&mut self.scratch[tunnel::OUTER_LEN..n])
+        {
+            self.stats.drop(DropReason::Truncated);
+            return;
+        }
+        match up.send(&self.scratch[..n], &Offload::NONE) {
             Ok(true) => {
                 Stats::event(&self.stats.events.encapsulated);
                 self.stats.uplink.tx(n);

@@ -394,7 +394,12 @@ fn a_mac_flood_leaves_others_working_and_the_table_bounded() {
             let mut src = MacAddr::from_u64(x & 0xffff_ffff_ffff).octets();
             src[0] = (src[0] & 0xfe) | 0x02; // unicast, locally administered
             frame[6..12].copy_from_slice(&src);
-            assert!(attacker.send(&frame).unwrap(), "link accepts the flood");
+            assert!(
+                attacker
+                    .send(&frame, &kangaroo_switch::port::Offload::NONE)
+                    .unwrap(),
+                "link accepts the flood"
+            );
             sent += 1;
         }
         sim.step();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-use super::{PortBackend, PortError, RxBatch};
+use super::{Offload, PortBackend, PortError, RxBatch};
 
 /// Sizing of an in-memory link.
 #[derive(Debug, Clone, Copy)]
@@ -150,7 +150,7 @@ impl PortBackend for MemoryPort {
         Ok(batch.len())
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<bool, PortError> {
+    fn send(&mut self, frame: &[u8], _offload: &Offload) -> Result<bool, PortError> {
         Ok(self.tx.push(frame))
     }
 
@@ -166,9 +166,9 @@ mod tests {
     #[test]
     fn frames_cross_in_both_directions_in_order() {
         let (mut a, mut b) = link("a", "b", LinkConfig::default());
-        assert!(a.send(&[1, 2, 3]).unwrap());
-        assert!(a.send(&[4]).unwrap());
-        assert!(b.send(&[9]).unwrap());
+        assert!(a.send(&[1, 2, 3], &Offload::NONE).unwrap());
+        assert!(a.send(&[4], &Offload::NONE).unwrap());
+        assert!(b.send(&[9], &Offload::NONE).unwrap());
         let mut batch = RxBatch::new(8, 2048);
         assert_eq!(b.recv_batch(&mut batch).unwrap(), 2);
         assert_eq!(batch.frame(0), &[1, 2, 3]);
@@ -188,10 +188,10 @@ mod tests {
                 max_frame: 64,
             },
         );
-        assert!(a.send(&[1]).unwrap());
-        assert!(a.send(&[2]).unwrap());
-        assert!(!a.send(&[3]).unwrap());
-        assert!(!a.send(&[0; 65]).unwrap(), "too large");
+        assert!(a.send(&[1], &Offload::NONE).unwrap());
+        assert!(a.send(&[2], &Offload::NONE).unwrap());
+        assert!(!a.send(&[3], &Offload::NONE).unwrap());
+        assert!(!a.send(&[0; 65], &Offload::NONE).unwrap(), "too large");
         assert_eq!(a.tx_dropped(), 2);
         let mut batch = RxBatch::new(1, 64);
         assert_eq!(
@@ -200,6 +200,9 @@ mod tests {
             "batch size bounds a receive"
         );
         assert_eq!(b.rx_pending(), 1);
-        assert!(a.send(&[4]).unwrap(), "buffers return to the pool");
+        assert!(
+            a.send(&[4], &Offload::NONE).unwrap(),
+            "buffers return to the pool"
+        );
     }
 }

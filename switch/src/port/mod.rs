@@ -5,6 +5,7 @@
 //! transmission, and commit the queue once per batch with [`PortBackend::flush`].
 
 pub mod memory;
+pub mod packet;
 
 /// Index of a port in the switch.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
@@ -48,10 +49,100 @@ pub enum PortError {
     },
 }
 
+/// Offload metadata that travels with a frame (the kernel's `virtio_net_hdr`): a checksum the
+/// sender left for later (`NEEDS_CSUM`), and segmentation of a frame larger than the MTU (GSO).
+/// Ports that carry it (AF_PACKET with `PACKET_VNET_HDR`) hand it to the egress port unchanged, so
+/// guests keep TSO and checksum offload through the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offload {
+    /// `VIRTIO_NET_HDR_F_*` flags.
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*` type.
+    pub gso_type: u8,
+    /// Length of the headers to copy into every segment.
+    pub hdr_len: u16,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    /// Where checksumming starts.
+    pub csum_start: u16,
+    /// Offset of the checksum field from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl Offload {
+    /// No offload: a complete frame with valid checksums.
+    pub const NONE: Offload = Offload {
+        flags: 0,
+        gso_type: 0,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: 0,
+        csum_offset: 0,
+    };
+    /// Size of `struct virtio_net_hdr`.
+    pub const LEN: usize = 10;
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
+    pub const F_NEEDS_CSUM: u8 = 1;
+
+    /// True when the L4 checksum still has to be completed.
+    #[inline]
+    pub fn needs_csum(&self) -> bool {
+        self.flags & Self::F_NEEDS_CSUM != 0
+    }
+
+    /// True for a GSO super-frame.
+    #[inline]
+    pub fn is_gso(&self) -> bool {
+        self.gso_type != 0
+    }
+
+    /// Decodes the kernel's header (little-endian fields on this platform).
+    #[inline]
+    pub fn from_bytes(b: &[u8; Self::LEN]) -> Offload {
+        let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        Offload {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+        }
+    }
+
+    /// Encodes the kernel's header.
+    #[inline]
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b
+    }
+
+    /// Completes a checksum the sender left partial, in place: sums `frame[csum_start..]` (the
+    /// field holds the pseudo-header sum) and stores the result. Returns false if the offsets do
+    /// not fit the frame (the frame is then left unchanged).
+    pub fn complete_checksum(&self, frame: &mut [u8]) -> bool {
+        let start = usize::from(self.csum_start);
+        let field = start + usize::from(self.csum_offset);
+        if field + 2 > frame.len() || start > frame.len() {
+            return false;
+        }
+        let sum = crate::checksum::finish(crate::checksum::add(0, &frame[start..]));
+        frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+        true
+    }
+}
+
 /// Frames received in one batch, in buffers allocated once.
 pub struct RxBatch {
     buf: Box<[u8]>,
     lens: Box<[u16]>,
+    offloads: Box<[Offload]>,
     frame_size: usize,
     count: usize,
 }
@@ -64,6 +155,7 @@ impl RxBatch {
         RxBatch {
             buf: vec![0; batch_size * frame_size].into_boxed_slice(),
             lens: vec![0; batch_size].into_boxed_slice(),
+            offloads: vec![Offload::NONE; batch_size].into_boxed_slice(),
             frame_size,
             count: 0,
         }
@@ -104,21 +196,43 @@ impl RxBatch {
         &self.buf[start..start + usize::from(self.lens[i])]
     }
 
+    /// Offload metadata of frame `i` ([`Offload::NONE`] if out of range or not carried).
+    #[inline]
+    pub fn offload(&self, i: usize) -> Offload {
+        if i >= self.count {
+            return Offload::NONE;
+        }
+        self.offloads[i]
+    }
+
     /// Appends a frame by letting `fill` write into the next slot and return the length it wrote.
     /// Returns false (and appends nothing) when the batch is full. A length beyond the slot is
     /// clamped to it.
     #[inline]
     pub fn push_with(&mut self, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        self.push_with_offload(|slot| (fill(slot), Offload::NONE))
+    }
+
+    /// As [`RxBatch::push_with`], with offload metadata.
+    #[inline]
+    pub fn push_with_offload(&mut self, fill: impl FnOnce(&mut [u8]) -> (usize, Offload)) -> bool {
         if self.count >= self.lens.len() {
             return false;
         }
         let start = self.count * self.frame_size;
         let slot = &mut self.buf[start..start + self.frame_size];
-        let n = fill(slot).min(self.frame_size);
+        let (n, off) = fill(slot);
+        let n = n.min(self.frame_size);
         // frame_size <= u16::MAX, so n fits.
         self.lens[self.count] = n as u16;
+        self.offloads[self.count] = off;
         self.count += 1;
         true
+    }
+
+    /// Keeps only the first `n` frames.
+    pub fn truncate(&mut self, n: usize) {
+        self.count = self.count.min(n);
     }
 
     /// True when no more frames fit.
@@ -139,12 +253,19 @@ pub trait PortBackend: Send {
     /// [`PortError`] when the port can no longer receive.
     fn recv_batch(&mut self, batch: &mut RxBatch) -> Result<usize, PortError>;
 
-    /// Queues `frame` for transmission. Returns false if the transmit queue is full and the frame
-    /// was dropped.
+    /// Queues `frame` for transmission, with its offload metadata (ports that cannot carry
+    /// offloads are only ever given frames with [`Offload::NONE`]; see
+    /// [`PortBackend::carries_offloads`]). Returns false if the transmit queue is full and the
+    /// frame was dropped.
     ///
     /// # Errors
     /// [`PortError`] when the port can no longer transmit.
-    fn send(&mut self, frame: &[u8]) -> Result<bool, PortError>;
+    fn send(&mut self, frame: &[u8], offload: &Offload) -> Result<bool, PortError>;
+
+    /// True if the port transmits offload metadata (checksums and GSO left to the kernel).
+    fn carries_offloads(&self) -> bool {
+        false
+    }
 
     /// Commits queued frames (one ring commit or syscall per batch).
     ///
@@ -156,6 +277,53 @@ pub trait PortBackend: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offload_header_round_trip_and_checksum_completion() {
+        let o = Offload {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert_eq!(Offload::from_bytes(&o.to_bytes()), o);
+        assert!(o.needs_csum() && o.is_gso());
+        assert!(!Offload::NONE.needs_csum() && !Offload::NONE.is_gso());
+        // A UDP datagram whose checksum field holds only the pseudo-header sum.
+        let src = [10u8, 0, 0, 1];
+        let dst = [10u8, 0, 0, 2];
+        let mut udp = vec![
+            0x30, 0x39, 0x00, 0x35, 0x00, 0x0c, 0, 0, b'a', b'b', b'c', b'd',
+        ];
+        let mut pseudo = crate::checksum::add(0, &src);
+        pseudo = crate::checksum::add(pseudo, &dst);
+        pseudo = crate::checksum::add(pseudo, &[0, 17, 0, 12]);
+        udp[6..8].copy_from_slice(&crate::checksum::fold(pseudo).to_be_bytes());
+        let partial = Offload {
+            flags: Offload::F_NEEDS_CSUM,
+            csum_start: 0,
+            csum_offset: 6,
+            ..Offload::NONE
+        };
+        assert!(partial.complete_checksum(&mut udp));
+        let mut check = crate::checksum::add(0, &src);
+        check = crate::checksum::add(check, &dst);
+        check = crate::checksum::add(check, &[0, 17, 0, 12]);
+        check = crate::checksum::add(check, &udp);
+        assert_eq!(
+            crate::checksum::fold(check),
+            0xffff,
+            "the completed checksum verifies"
+        );
+        let out_of_range = Offload {
+            csum_start: 10,
+            csum_offset: 6,
+            ..partial
+        };
+        assert!(!out_of_range.complete_checksum(&mut udp));
+    }
 
     #[test]
     fn batch_push_and_read_back() {
