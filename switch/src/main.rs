@@ -316,9 +316,15 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
         cfg.ports.len()
     );
     let clock = MonotonicClock::new();
+    let fds = sw.readable_fds();
     while !stop.load(Ordering::Relaxed) {
         if sw.poll(clock.now()) == 0 {
-            std::thread::sleep(std::time::Duration::from_micros(50));
+            // Idle: sleep until a frame arrives (or 100 ms pass, to notice a stop request and age
+            // the tables).
+            kangaroo_switch::port::packet::wait_readable(
+                &fds,
+                std::time::Duration::from_millis(100),
+            );
         }
     }
     let stats = sw.stats();

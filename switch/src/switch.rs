@@ -163,6 +163,17 @@ impl Switch {
         })
     }
 
+    /// Descriptors that become readable when any port or the uplink has frames (for ports backed
+    /// by one).
+    pub fn readable_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.ports
+            .iter()
+            .flatten()
+            .chain(self.uplink.iter())
+            .filter_map(|p| p.readable_fd())
+            .collect()
+    }
+
     /// Sets the uplink and this host's VTEP.
     pub fn set_uplink(&mut self, backend: Box<dyn PortBackend>, local: LocalVtep) {
         self.uplink = Some(backend);

@@ -267,6 +267,12 @@ pub trait PortBackend: Send {
         false
     }
 
+    /// A descriptor that becomes readable when frames arrive, for ports backed by one; lets an
+    /// idle datapath sleep in `poll(2)` instead of spinning.
+    fn readable_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// Commits queued frames (one ring commit or syscall per batch).
     ///
     /// # Errors

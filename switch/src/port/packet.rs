@@ -253,4 +253,27 @@ impl PortBackend for PacketPort {
     fn carries_offloads(&self) -> bool {
         true
     }
+
+    fn readable_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+}
+
+/// Sleeps until one of `fds` is readable or `timeout` passes. Returns false on a signal or error
+/// (the caller just polls again).
+pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) -> bool {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY:
+    // - `pfds` is a live, initialised array of `pfds.len()` pollfd structs for the whole call;
+    // - poll(2) only writes the `revents` fields inside it.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    r > 0
 }
