@@ -12,6 +12,7 @@ pub mod arp;
 pub mod checksum;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod fdb;
 pub mod mac;
 pub mod pipeline;

@@ -34,6 +34,8 @@ enum Command {
         #[arg(long, short = 'c')]
         config: std::path::PathBuf,
     },
+    /// Talk to a running switch over its control socket.
+    Ctl(CtlArgs),
     /// Validate a configuration file: syntax, keys, values, and that every interface exists.
     /// Exits 0 if the file is usable, 1 with a message naming the key otherwise.
     Check {
@@ -44,6 +46,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// The control socket.
+    #[arg(long, default_value = kangaroo_switch::config::DEFAULT_CONTROL_SOCKET)]
+    socket: std::path::PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    what: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// List ports with their counters.
+    Ports,
+    /// Take over another interface as a port.
+    AddPort {
+        /// The interface.
+        interface: String,
+        /// Its network.
+        #[arg(long)]
+        vni: u32,
+        /// Port security: the only source MAC.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Port security: the only source IPv4 addresses (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<String>,
+    },
+    /// Release a port.
+    RemovePort {
+        /// The interface.
+        interface: String,
+    },
+    /// List the forwarding database.
+    Fdb,
+    /// All counters.
+    Stats,
 }
 
 #[derive(Debug, clap::Args)]
@@ -311,22 +354,35 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
+    let (datapath, mut jobs) =
+        kangaroo_switch::control::job_queue().context("creating the control channel")?;
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
+    let control = kangaroo_switch::control::serve(&cfg.control_socket, datapath, shutdown_rx)?;
     eprintln!(
-        "kangaroo-switch: running with {} ports in packet mode",
-        cfg.ports.len()
+        "kangaroo-switch: running with {} ports in packet mode; control API on {}",
+        cfg.ports.len(),
+        cfg.control_socket.display()
     );
     let clock = MonotonicClock::new();
-    let fds = sw.readable_fds();
+    let mut fds = sw.readable_fds();
+    fds.push(jobs.wake_fd());
     while !stop.load(Ordering::Relaxed) {
-        if sw.poll(clock.now()) == 0 {
-            // Idle: sleep until a frame arrives (or 100 ms pass, to notice a stop request and age
-            // the tables).
+        let now = clock.now();
+        if jobs.run(&mut sw, now) > 0 {
+            fds = sw.readable_fds();
+            fds.push(jobs.wake_fd());
+        }
+        if sw.poll(now) == 0 {
+            // Idle: sleep until a frame or a control request arrives (or 100 ms pass, to notice
+            // a stop request and keep aging the tables).
             kangaroo_switch::port::packet::wait_readable(
                 &fds,
                 std::time::Duration::from_millis(100),
             );
         }
     }
+    let _ = shutdown.send(());
+    let _ = control.join();
     let stats = sw.stats();
     let ports: Vec<serde_json::Value> = sw
         .tables()
@@ -345,8 +401,112 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
+    use kangaroo_switch::control::request;
+    let (method, path, body) = match &a.what {
+        CtlCommand::Ports => ("GET", "/v1/ports".to_owned(), None),
+        CtlCommand::AddPort {
+            interface,
+            vni,
+            mac,
+            ips,
+        } => (
+            "POST",
+            "/v1/ports".to_owned(),
+            Some(serde_json::json!({ "interface": interface, "vni": vni, "mac": mac, "ips": ips })),
+        ),
+        CtlCommand::RemovePort { interface } => ("DELETE", format!("/v1/ports/{interface}"), None),
+        CtlCommand::Fdb => ("GET", "/v1/fdb".to_owned(), None),
+        CtlCommand::Stats => ("GET", "/v1/stats".to_owned(), None),
+    };
+    let (status, text) = request(&a.socket, method, &path, body.as_ref())?;
+    let v: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    if !(200..300).contains(&status) {
+        let msg = v
+            .pointer("/error/message")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string());
+        anyhow::bail!("{status}: {msg}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let cell = |x: &serde_json::Value, p: &str| match x.pointer(p) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => "-".to_owned(),
+        Some(o) => o.to_string(),
+    };
+    match &a.what {
+        CtlCommand::Ports | CtlCommand::AddPort { .. } => {
+            println!(
+                "{:<16} {:>8} {:>12} {:>12} {:>12}",
+                "INTERFACE", "VNI", "RX", "TX", "MAC"
+            );
+            for p in v.as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<16} {:>8} {:>12} {:>12} {:>12}",
+                    cell(&p, "/interface"),
+                    cell(&p, "/vni"),
+                    cell(&p, "/counters/rx_packets"),
+                    cell(&p, "/counters/tx_packets"),
+                    cell(&p, "/mac")
+                );
+            }
+        }
+        CtlCommand::RemovePort { interface } => println!("released {interface}"),
+        CtlCommand::Fdb => {
+            println!(
+                "{:<8} {:<18} {:<20} {:>8} {:>6}",
+                "VNI", "MAC", "WHERE", "STATIC", "AGE"
+            );
+            for e in v.as_array().cloned().unwrap_or_default() {
+                let place = e
+                    .pointer("/dest/interface")
+                    .or_else(|| e.pointer("/dest/vtep"))
+                    .map(|x| x.to_string().trim_matches('"').to_owned())
+                    .unwrap_or_default();
+                println!(
+                    "{:<8} {:<18} {:<20} {:>8} {:>6}",
+                    cell(&e, "/vni"),
+                    cell(&e, "/mac"),
+                    place,
+                    cell(&e, "/static"),
+                    cell(&e, "/age_secs")
+                );
+            }
+        }
+        CtlCommand::Stats => {
+            let nonzero = |m: &serde_json::Value| -> Vec<String> {
+                m.as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            println!(
+                "fdb entries: {}, arp entries: {}",
+                cell(&v, "/fdb_entries"),
+                cell(&v, "/arp_entries")
+            );
+            println!("events: {}", nonzero(&v["events"]).join(" "));
+            println!("drops:  {}", nonzero(&v["drops"]).join(" "));
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Ctl(a) => ctl(&a),
         Command::Run { config } => run_switch(&config),
         Command::Check { config, json } => check(&config, json),
         Command::Simulate(args) => {

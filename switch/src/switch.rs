@@ -154,6 +154,14 @@ impl Switch {
             .ok_or(SwitchError::Tables(TablesError::NoSuchPort(id)))
     }
 
+    /// The name of port `id`.
+    pub fn port_name(&self, id: PortId) -> Option<&str> {
+        self.ports
+            .get(usize::from(id.get()))?
+            .as_ref()
+            .map(|p| p.name())
+    }
+
     /// The id of the port named `name`.
     pub fn port_id(&self, name: &str) -> Option<PortId> {
         self.ports.iter().enumerate().find_map(|(i, p)| {

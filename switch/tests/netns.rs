@@ -134,10 +134,16 @@ fn vm(host: &Netns, idx: u32, ip: &str) -> Vm {
 struct Daemon(Option<Child>);
 
 impl Daemon {
+    /// Starts the daemon with `config` plus a control socket in a fresh directory.
     fn start(host: &Netns, config: &str) -> (Daemon, tempdir::Dir) {
         let dir = tempdir::Dir::new();
         let path = dir.0.join("switch.toml");
-        std::fs::write(&path, config).unwrap();
+        let socket = dir.0.join("switch.sock");
+        std::fs::write(
+            &path,
+            format!("control_socket = {:?}\n{config}", socket.to_str().unwrap()),
+        )
+        .unwrap();
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -152,8 +158,16 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Give it a moment to open its sockets.
-        std::thread::sleep(Duration::from_millis(300));
+        // Wait for the control socket (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            socket.exists(),
+            "control socket {} appeared",
+            socket.display()
+        );
         (Daemon(Some(child)), dir)
     }
 
@@ -204,6 +218,27 @@ mod tempdir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// Runs `kangaroo-switch ctl --socket <dir>/switch.sock ARGS`; returns success and output.
+fn ctl(dir: &tempdir::Dir, args: &[&str]) -> (bool, String) {
+    let socket = dir.0.join("switch.sock");
+    let mut full = vec!["--socket", socket.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let mut cmd = vec!["ctl"];
+    cmd.extend(full);
+    let out = Command::new(env!("CARGO_BIN_EXE_kangaroo-switch"))
+        .args(&cmd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn ping(from: &Vm, to: &str, count: u32) -> bool {
@@ -265,7 +300,8 @@ fn packet_mode_switches_real_traffic_and_enforces_port_security() {
         "mode = \"packet\"\n[[port]]\ninterface = \"{}\"\nvni = 100\n[[port]]\ninterface = \"{}\"\nvni = 100\nmac = \"02:00:00:00:00:02\"\nips = [\"192.168.77.2\"]\n",
         vm1.host_if, vm2.host_if
     );
-    let (daemon, _dir) = Daemon::start(&host, &config);
+    let vm3 = vm(&host, 3, "192.168.77.3");
+    let (daemon, dir) = Daemon::start(&host, &config);
 
     assert!(ping(&vm1, &vm2.ip, 3), "vm1 pings vm2 through the switch");
     assert!(ping(&vm2, &vm1.ip, 3), "vm2 pings vm1");
@@ -292,6 +328,40 @@ fn packet_mode_switches_real_traffic_and_enforces_port_security() {
     assert!(
         udp > 10e6 && lost < 10.0,
         "UDP flows: {udp} bit/s, {lost}% lost"
+    );
+
+    // Hot-add vm3's port through the control API; vm3 is reachable at once.
+    assert!(
+        !ping(&vm3, &vm1.ip, 1),
+        "vm3 is not switched before its port is added"
+    );
+    let (added, out) = ctl(&dir, &["add-port", &vm3.host_if, "--vni", "100"]);
+    assert!(added, "add-port: {out}");
+    assert!(ping(&vm3, &vm1.ip, 3), "vm3 reaches vm1 after the hot add");
+    let (_, ports) = ctl(&dir, &["--json", "ports"]);
+    let ports: Value = serde_json::from_str(&ports).unwrap();
+    assert_eq!(ports.as_array().map(Vec::len), Some(3), "{ports}");
+    // Bad requests are refused with a message naming the problem; the data plane keeps running.
+    let (ok1, out) = ctl(&dir, &["add-port", &vm3.host_if, "--vni", "100"]);
+    assert!(
+        !ok1 && out.contains("409") && out.contains("already a port"),
+        "{out}"
+    );
+    let (ok2, out) = ctl(&dir, &["add-port", "kgr-nonexistent", "--vni", "100"]);
+    assert!(!ok2 && out.contains("400"), "{out}");
+    let (ok3, out) = ctl(&dir, &["add-port", "x", "--vni", "99999999"]);
+    assert!(!ok3 && out.contains("VNI"), "{out}");
+    let (ok4, out) = ctl(&dir, &["remove-port", "kgr-nonexistent"]);
+    assert!(!ok4 && out.contains("404"), "{out}");
+    assert!(
+        ping(&vm1, &vm2.ip, 1),
+        "the data plane still works after bad requests"
+    );
+    let (removed, out) = ctl(&dir, &["remove-port", &vm3.host_if]);
+    assert!(removed, "{out}");
+    assert!(
+        !ping(&vm3, &vm1.ip, 1),
+        "vm3 is cut off once its port is removed"
     );
 
     // Spoofed source IP from vm2: an extra address used as the ping source.
@@ -347,7 +417,17 @@ fn packet_mode_switches_real_traffic_and_enforces_port_security() {
     ok(&["ip", "-n", &vm2.ns.0, "neigh", "flush", "all"]);
     assert!(!ping(&vm2, &vm1.ip, 2), "spoofed MAC must not get through");
 
+    let (_, live) = ctl(&dir, &["--json", "stats"]);
+    let live: Value = serde_json::from_str(&live).unwrap();
+    assert!(
+        live["drops"]["spoofed_ip"].as_u64().unwrap_or(0) > 0,
+        "the spoofed IP shows in live counters: {live}"
+    );
     let report = daemon.stop();
+    assert!(
+        !dir.0.join("switch.sock").exists(),
+        "the control socket is removed on shutdown"
+    );
     let drops = &report["drops"];
     assert!(
         drops["spoofed_ip"].as_u64().unwrap_or(0) > 0,

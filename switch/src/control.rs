@@ -1,0 +1,518 @@
+//! The control API: HTTP/1.1 + JSON on a Unix socket (mode 0600), served by a thread of its own.
+//!
+//! Handlers never touch the switch directly. Each request becomes a [`Job`], a closure sent over a
+//! channel to the datapath thread, which runs it between two polls with `&mut Switch` and sends
+//! the answer back; the datapath is woken from its idle sleep through a socket pair. So the data
+//! path takes no lock, and every change lands between two batches.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/v1/health` | liveness |
+//! | GET, POST | `/v1/ports` | list; add `{"interface", "vni", "mac"?, "ips"?}` |
+//! | DELETE | `/v1/ports/{interface}` | remove |
+//! | GET, POST | `/v1/fdb` | list; add a static entry `{"vni", "mac", "interface"}` |
+//! | DELETE | `/v1/fdb/{vni}/{mac}` | remove an entry |
+//! | POST | `/v1/arp` | add a static ARP entry `{"vni", "ip", "mac"}` |
+//! | GET | `/v1/stats` | counters (JSON) |
+//! | GET | `/metrics` | counters (Prometheus text format) |
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::clock::Timestamp;
+use crate::fdb::Dest;
+use crate::mac::MacAddr;
+use crate::pipeline::PortConfig;
+use crate::port::packet::PacketPort;
+use crate::stats::DropReason;
+use crate::switch::Switch;
+use crate::tunnel::Vni;
+
+/// Work for the datapath thread.
+pub type Job = Box<dyn FnOnce(&mut Switch, Timestamp) + Send>;
+
+/// The control side's handle on the datapath.
+#[derive(Clone)]
+pub struct Datapath {
+    jobs: mpsc::Sender<Job>,
+    wake: std::sync::Arc<UnixStream>,
+}
+
+/// The datapath side: jobs to run and the descriptor that wakes it.
+pub struct JobQueue {
+    jobs: mpsc::Receiver<Job>,
+    wake: UnixStream,
+}
+
+/// A job queue and the handle that feeds it.
+///
+/// # Errors
+/// If the wake-up socket pair cannot be created.
+pub fn job_queue() -> std::io::Result<(Datapath, JobQueue)> {
+    let (a, b) = UnixStream::pair()?;
+    b.set_nonblocking(true)?;
+    a.set_nonblocking(true)?;
+    let (tx, rx) = mpsc::channel();
+    Ok((
+        Datapath {
+            jobs: tx,
+            wake: std::sync::Arc::new(a),
+        },
+        JobQueue { jobs: rx, wake: b },
+    ))
+}
+
+impl JobQueue {
+    /// The descriptor to include in the idle `poll(2)`.
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.wake.as_raw_fd()
+    }
+
+    /// Runs every queued job; returns how many ran.
+    pub fn run(&mut self, sw: &mut Switch, now: Timestamp) -> usize {
+        let mut buf = [0u8; 64];
+        while std::io::Read::read(&mut &self.wake, &mut buf).is_ok_and(|n| n > 0) {}
+        let mut n = 0;
+        while let Ok(job) = self.jobs.try_recv() {
+            job(sw, now);
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Datapath {
+    /// Runs `f` on the datapath thread and returns its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Switch, Timestamp) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |sw, now| {
+            let _ = tx.send(f(sw, now));
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| ApiError::internal("the datapath has stopped"))?;
+        let _ = (&*self.wake).write(&[1]);
+        rx.await
+            .map_err(|_| ApiError::internal("the datapath dropped the request"))
+    }
+}
+
+/// An error answer: status and a JSON body naming the problem.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String, Option<&'static str>);
+
+impl ApiError {
+    fn internal(m: &str) -> ApiError {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, m.to_owned(), None)
+    }
+    fn bad(field: &'static str, m: impl ToString) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, m.to_string(), Some(field))
+    }
+    fn not_found(m: impl ToString) -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, m.to_string(), None)
+    }
+    fn conflict(m: impl ToString) -> ApiError {
+        ApiError(StatusCode::CONFLICT, m.to_string(), None)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut e = json!({ "status": self.0.as_u16(), "message": self.1 });
+        if let Some(f) = self.2 {
+            e["field"] = json!(f);
+        }
+        (self.0, Json(json!({ "error": e }))).into_response()
+    }
+}
+
+fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(b).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("request body: {e}"),
+            Some("body"),
+        )
+    })
+}
+
+/// A port request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRequest {
+    /// Interface to take over.
+    pub interface: String,
+    /// Network.
+    pub vni: u32,
+    /// Port security MAC.
+    pub mac: Option<String>,
+    /// Port security IPv4 addresses.
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+/// A port as listed.
+#[derive(Debug, Serialize)]
+pub struct PortInfo {
+    /// Port id.
+    pub id: u16,
+    /// Interface.
+    pub interface: String,
+    /// Network.
+    pub vni: u32,
+    /// Port security MAC.
+    pub mac: Option<String>,
+    /// Port security IPs.
+    pub ips: Vec<Ipv4Addr>,
+    /// Traffic counters.
+    pub counters: crate::stats::PortCounters,
+}
+
+fn ports(sw: &Switch) -> Vec<PortInfo> {
+    sw.tables()
+        .ports()
+        .map(|(id, c)| PortInfo {
+            id: id.get(),
+            interface: sw.port_name(id).unwrap_or_default().to_owned(),
+            vni: c.vni.get(),
+            mac: c.mac.map(|m| m.to_string()),
+            ips: c.ips.clone(),
+            counters: sw.stats().port(id).snapshot(),
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FdbRequest {
+    vni: u32,
+    mac: String,
+    interface: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArpRequest {
+    vni: u32,
+    ip: String,
+    mac: String,
+}
+
+fn vni_of(field: &'static str, v: u32) -> Result<Vni, ApiError> {
+    Vni::new(v).map_err(|e| ApiError::bad(field, e))
+}
+
+fn mac_of(field: &'static str, m: &str) -> Result<MacAddr, ApiError> {
+    m.parse()
+        .map_err(|e: crate::mac::MacParseError| ApiError::bad(field, e))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn list_ports(State(d): State<Datapath>) -> Result<Json<Vec<PortInfo>>, ApiError> {
+    Ok(Json(d.run(|sw, _| ports(sw)).await?))
+}
+
+async fn add_port(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<PortInfo>>, ApiError> {
+    let r: PortRequest = body(&b)?;
+    if !crate::config::valid_ifname(&r.interface) {
+        return Err(ApiError::bad(
+            "interface",
+            format!("{:?} is not a valid interface name", r.interface),
+        ));
+    }
+    let vni = vni_of("vni", r.vni)?;
+    let mac = r.mac.as_deref().map(|m| mac_of("mac", m)).transpose()?;
+    let mut ips = Vec::new();
+    for ip in &r.ips {
+        ips.push(
+            ip.parse::<Ipv4Addr>()
+                .map_err(|_| ApiError::bad("ips", format!("{ip:?} is not an IPv4 address")))?,
+        );
+    }
+    let cfg = PortConfig { vni, mac, ips };
+    d.run(move |sw, _| {
+        if sw.port_id(&r.interface).is_some() {
+            return Err(ApiError::conflict(format!(
+                "{} is already a port",
+                r.interface
+            )));
+        }
+        let port = PacketPort::open(&r.interface)
+            .map_err(|e| ApiError::bad("interface", format!("{:#}", anyhow::Error::from(e))))?;
+        sw.add_port(Box::new(port), cfg)
+            .map_err(ApiError::conflict)?;
+        Ok(ports(sw))
+    })
+    .await?
+    .map(Json)
+}
+
+async fn remove_port(
+    State(d): State<Datapath>,
+    UrlPath(ifname): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    d.run(move |sw, _| {
+        let id = sw
+            .port_id(&ifname)
+            .ok_or_else(|| ApiError::not_found(format!("no port {ifname}")))?;
+        sw.remove_port(id)
+            .map_err(|e| ApiError::internal(&e.to_string()))?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await?
+}
+
+async fn list_fdb(State(d): State<Datapath>) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(
+        d.run(|sw, now| {
+            sw.tables()
+                .fdb
+                .entries()
+                .filter(|(_, e)| e.is_static || now.since(e.last_seen) < sw.tables().fdb.config().aging)
+                .map(|(k, e)| {
+                    let dest = match e.dest {
+                        Dest::Port(p) => json!({ "interface": sw.port_name(p) }),
+                        Dest::Vtep(p) => json!({ "vtep": sw.tables().peers().and_then(|t| t.get(p)).map(|x| x.addr.to_string()) }),
+                    };
+                    json!({ "vni": k.vni.get(), "mac": k.mac.to_string(), "static": e.is_static, "dest": dest,
+                            "age_secs": now.since(e.last_seen).as_secs() })
+                })
+                .collect()
+        })
+        .await?,
+    ))
+}
+
+async fn add_fdb(State(d): State<Datapath>, b: Bytes) -> Result<StatusCode, ApiError> {
+    let r: FdbRequest = body(&b)?;
+    let vni = vni_of("vni", r.vni)?;
+    let mac = mac_of("mac", &r.mac)?;
+    d.run(move |sw, now| {
+        let id = sw
+            .port_id(&r.interface)
+            .ok_or_else(|| ApiError::bad("interface", format!("no port {}", r.interface)))?;
+        sw.add_static_fdb(vni, mac, Dest::Port(id), now)
+            .map_err(ApiError::conflict)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await?
+}
+
+async fn remove_fdb(
+    State(d): State<Datapath>,
+    UrlPath((vni, mac)): UrlPath<(u32, String)>,
+) -> Result<StatusCode, ApiError> {
+    let vni = vni_of("vni", vni)?;
+    let mac = mac_of("mac", &mac)?;
+    d.run(move |sw, _| {
+        if sw.remove_fdb(vni, mac) {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::not_found(format!(
+                "no FDB entry {mac} in VNI {vni}"
+            )))
+        }
+    })
+    .await?
+}
+
+async fn add_arp(State(d): State<Datapath>, b: Bytes) -> Result<StatusCode, ApiError> {
+    let r: ArpRequest = body(&b)?;
+    let vni = vni_of("vni", r.vni)?;
+    let mac = mac_of("mac", &r.mac)?;
+    let ip: Ipv4Addr =
+        r.ip.parse()
+            .map_err(|_| ApiError::bad("ip", format!("{:?} is not an IPv4 address", r.ip)))?;
+    d.run(move |sw, now| {
+        sw.add_static_arp(vni, ip, mac, now)
+            .map(|_| StatusCode::NO_CONTENT)
+            .map_err(ApiError::conflict)
+    })
+    .await?
+}
+
+fn stats_json(sw: &Switch) -> Value {
+    let s = sw.stats();
+    let drops: serde_json::Map<String, Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.name().to_owned(), json!(s.drops(*r))))
+        .collect();
+    json!({
+        "ports": ports(sw),
+        "uplink": s.uplink.snapshot(),
+        "drops": drops,
+        "events": s.events.snapshot(),
+        "fdb_entries": sw.tables().fdb.len(),
+        "arp_entries": sw.tables().arp.len(),
+    })
+}
+
+async fn stats(State(d): State<Datapath>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(d.run(|sw, _| stats_json(sw)).await?))
+}
+
+async fn metrics(State(d): State<Datapath>) -> Result<Response, ApiError> {
+    let text = d
+        .run(|sw, _| {
+            let s = sw.stats();
+            let mut out = String::new();
+            out += "# HELP kangaroo_switch_drops_total Frames dropped, by reason.\n# TYPE kangaroo_switch_drops_total counter\n";
+            for r in DropReason::ALL {
+                out += &format!("kangaroo_switch_drops_total{{reason=\"{}\"}} {}\n", r.name(), s.drops(*r));
+            }
+            for (metric, help) in [("rx_packets", "Frames received"), ("rx_bytes", "Bytes received"), ("tx_packets", "Frames sent"), ("tx_bytes", "Bytes sent")] {
+                out += &format!("# HELP kangaroo_switch_port_{metric}_total {help}, per port.\n# TYPE kangaroo_switch_port_{metric}_total counter\n");
+                for p in ports(sw) {
+                    let c = p.counters;
+                    let v = match metric {
+                        "rx_packets" => c.rx_packets,
+                        "rx_bytes" => c.rx_bytes,
+                        "tx_packets" => c.tx_packets,
+                        _ => c.tx_bytes,
+                    };
+                    out += &format!("kangaroo_switch_port_{metric}_total{{interface=\"{}\"}} {v}\n", p.interface);
+                }
+            }
+            let ev = serde_json::to_value(s.events.snapshot()).unwrap_or(Value::Null);
+            if let Some(m) = ev.as_object() {
+                for (k, v) in m {
+                    out += &format!("# TYPE kangaroo_switch_{k}_total counter\nkangaroo_switch_{k}_total {v}\n");
+                }
+            }
+            out += &format!("# TYPE kangaroo_switch_fdb_entries gauge\nkangaroo_switch_fdb_entries {}\n", sw.tables().fdb.len());
+            out
+        })
+        .await?;
+    Ok(([("content-type", "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The routes.
+pub fn router(d: Datapath) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/ports", get(list_ports).post(add_port))
+        .route("/v1/ports/{interface}", delete(remove_port))
+        .route("/v1/fdb", get(list_fdb).post(add_fdb))
+        .route("/v1/fdb/{vni}/{mac}", delete(remove_fdb))
+        .route("/v1/arp", axum::routing::post(add_arp))
+        .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(d)
+}
+
+/// Serves the control API on `path` (created with mode 0600; an existing stale socket is
+/// replaced) until `shutdown` resolves; removes the socket file afterwards.
+///
+/// # Errors
+/// If the socket cannot be created.
+pub fn serve(
+    path: &Path,
+    d: Datapath,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = {
+        let _g = rt.enter();
+        tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("binding control socket {}", path.display()))?
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let path: PathBuf = path.to_owned();
+    Ok(std::thread::spawn(move || {
+        rt.block_on(async move {
+            let _ = axum::serve(listener, router(d))
+                .with_graceful_shutdown(async {
+                    let _ = shutdown.await;
+                })
+                .await;
+        });
+        let _ = std::fs::remove_file(&path);
+    }))
+}
+
+/// A minimal HTTP/1.1 client over the control socket, for `kangaroo-switch ctl`.
+///
+/// # Errors
+/// If the socket cannot be reached or the answer is not HTTP.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, String)> {
+    use anyhow::Context;
+    use std::io::Read;
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to {} (is kangaroo-switch running?)",
+            socket.display()
+        )
+    })?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: kangaroo\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}", payload.len())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, rest) = resp
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .context("malformed status line")?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
