@@ -417,6 +417,68 @@ fn packet_mode_switches_real_traffic_and_enforces_port_security() {
     ok(&["ip", "-n", &vm2.ns.0, "neigh", "flush", "all"]);
     assert!(!ping(&vm2, &vm1.ip, 2), "spoofed MAC must not get through");
 
+    // The rest of the control API, straight over the socket.
+    let socket = dir.0.join("switch.sock");
+    let (_, fdb) = ctl(&dir, &["--json", "fdb"]);
+    assert!(
+        fdb.contains("02:00:00:00:00:01"),
+        "vm1's MAC is learned: {fdb}"
+    );
+    let req = kangaroo_switch::control::request;
+    let (st, _) = req(
+        &socket,
+        "POST",
+        "/v1/fdb",
+        Some(
+            &serde_json::json!({"vni": 100, "mac": "02:00:00:00:00:aa", "interface": vm1.host_if}),
+        ),
+    )
+    .unwrap();
+    assert_eq!(st, 204);
+    let (st, _) = req(&socket, "DELETE", "/v1/fdb/100/02:00:00:00:00:aa", None).unwrap();
+    assert_eq!(st, 204);
+    let (st, body) = req(&socket, "DELETE", "/v1/fdb/100/02:00:00:00:00:aa", None).unwrap();
+    assert_eq!(st, 404, "{body}");
+    let (st, _) = req(
+        &socket,
+        "POST",
+        "/v1/arp",
+        Some(&serde_json::json!({"vni": 100, "ip": "192.168.77.9", "mac": "02:00:00:00:00:09"})),
+    )
+    .unwrap();
+    assert_eq!(st, 204);
+    let (st, body) = req(
+        &socket,
+        "POST",
+        "/v1/arp",
+        Some(&serde_json::json!({"vni": 100, "ip": "x", "mac": "02:00:00:00:00:09"})),
+    )
+    .unwrap();
+    assert!(st == 400 && body.contains("\"field\":\"ip\""), "{body}");
+    let (st, body) = req(
+        &socket,
+        "POST",
+        "/v1/ports",
+        Some(&serde_json::json!({"interface": "a", "vni": 1, "colour": 1})),
+    )
+    .unwrap();
+    assert!(st == 400 && body.contains("unknown field"), "{body}");
+    let (st, metrics) = req(&socket, "GET", "/metrics", None).unwrap();
+    assert_eq!(st, 200);
+    assert!(
+        metrics.contains("kangaroo_switch_drops_total{reason=\"spoofed_ip\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "kangaroo_switch_port_rx_packets_total{{interface=\"{}\"}}",
+            vm1.host_if
+        )),
+        "{metrics}"
+    );
+    assert_eq!(req(&socket, "GET", "/v1/health", None).unwrap().0, 200);
+    assert_eq!(req(&socket, "GET", "/v1/nothing", None).unwrap().0, 404);
+
     let (_, live) = ctl(&dir, &["--json", "stats"]);
     let live: Value = serde_json::from_str(&live).unwrap();
     assert!(
