@@ -7,7 +7,7 @@ packages=(
   # build: eBPF objects and the libbpf/libxdp that xsk-rs bundles
   clang llvm libbpf-dev gcc-multilib m4 libelf-dev zlib1g-dev pkg-config libclang-dev
   # tests and benchmarks: namespaces, traffic and inspection
-  iproute2 iputils-ping iperf3 ethtool tcpdump bpftool procps
+  iproute2 iputils-ping iperf3 ethtool tcpdump bpftool procps curl python3
 )
 
 missing=()
