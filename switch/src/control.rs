@@ -436,6 +436,14 @@ pub fn serve(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() {
+        // A socket someone answers on belongs to a running switch: two switches on the same
+        // interfaces would both forward every frame. Only a dead socket is replaced.
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "control socket {} is in use: another kangaroo-switch is running with it; stop it first",
+                path.display()
+            );
+        }
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
@@ -515,4 +523,45 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_socket() -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "kgr-ctl-{}-{:x}.sock",
+            std::process::id(),
+            rand::random::<u64>()
+        ))
+    }
+
+    #[test]
+    fn a_live_socket_is_never_taken_over_and_a_stale_one_is_replaced() {
+        let path = temp_socket();
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let (d, _q) = job_queue().unwrap();
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let e = serve(&path, d.clone(), rx).err().unwrap().to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(live); // the file stays, nobody answers: stale
+        assert!(path.exists());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = serve(&path, d, rx).unwrap();
+        let (status, body) = request(&path, "GET", "/v1/health", None).unwrap();
+        assert_eq!((status, body.contains("ok")), (200, true));
+        tx.send(()).unwrap();
+        handle.join().unwrap();
+        assert!(!path.exists(), "the socket is removed on shutdown");
+    }
+
+    #[test]
+    fn chunked_bodies_are_reassembled() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+        assert_eq!(dechunk("zz\r\n"), "");
+    }
 }
