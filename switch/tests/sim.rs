@@ -513,3 +513,28 @@ fn malformed_underlay_frames_are_counted_by_reason_and_never_delivered() {
     // And the network still works.
     assert_eq!(sim.ping(h1, ip(2), 2, 2000).received, 2);
 }
+
+#[test]
+fn learned_entries_age_out_through_the_polling_loop() {
+    let mut sim = Sim::new();
+    let mut cfg = SwitchConfig::default();
+    cfg.fdb.capacity = 1024;
+    cfg.fdb.aging = std::time::Duration::from_secs(2);
+    let sw = sim.add_switch(cfg);
+    let h1 = host(&mut sim, sw, "h1", 1, 100);
+    host(&mut sim, sw, "h2", 2, 100);
+    assert_eq!(sim.ping(h1, ip(2), 1, 2000).received, 1);
+    assert_eq!(sim.switch(sw).tables().fdb.len(), 2, "both hosts learned");
+    // Jump past the aging time; the next polls sweep the table (one slice per aging interval).
+    sim.now = sim.now.plus(std::time::Duration::from_secs(3));
+    for _ in 0..3 {
+        sim.now = sim.now.plus(kangaroo_switch::switch::AGING_INTERVAL);
+        sim.step();
+    }
+    assert_eq!(
+        sim.switch(sw).tables().fdb.len(),
+        0,
+        "idle entries were reclaimed"
+    );
+    assert_eq!(sim.switch(sw).stats().events.snapshot().fdb_aged, 2);
+}
