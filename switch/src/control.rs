@@ -81,10 +81,15 @@ impl JobQueue {
         self.wake.as_raw_fd()
     }
 
-    /// Runs every queued job; returns how many ran.
-    pub fn run(&mut self, sw: &mut Switch, now: Timestamp) -> usize {
+    /// Empties the wake-up socket. Call it after an idle wait, not on every loop: a job is queued
+    /// before its wake-up byte is written, so whatever woke the wait is in the queue by now.
+    pub fn drain_wake(&mut self) {
         let mut buf = [0u8; 64];
         while std::io::Read::read(&mut &self.wake, &mut buf).is_ok_and(|n| n > 0) {}
+    }
+
+    /// Runs every queued job (no system call when there is none); returns how many ran.
+    pub fn run(&mut self, sw: &mut Switch, now: Timestamp) -> usize {
         let mut n = 0;
         while let Ok(job) = self.jobs.try_recv() {
             job(sw, now);

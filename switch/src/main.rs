@@ -379,6 +379,7 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
                 &fds,
                 std::time::Duration::from_millis(100),
             );
+            jobs.drain_wake();
         }
     }
     let _ = shutdown.send(());

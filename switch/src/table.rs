@@ -173,13 +173,6 @@ impl<K: TableKey, V> FixedMap<K, V> {
             .filter_map(|s| s.as_ref().map(|(k, v)| (k, v)))
     }
 
-    /// Iterates mutably over all values in slot order.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
-        self.slots
-            .iter_mut()
-            .filter_map(|s| s.as_mut().map(|(k, v)| (&*k, v)))
-    }
-
     /// Removes every entry for which `remove` returns true; returns how many were removed.
     pub fn remove_where(&mut self, mut remove: impl FnMut(&K, &V) -> bool) -> usize {
         let mut cursor = 0;
