@@ -1,4 +1,139 @@
-//! The eBPF side of `kangaroo-switch`: the XDP programs and the `#[repr(C)]` mirrors of their maps.
+//! The eBPF side of `kangaroo-switch`: the compiled XDP program and `#[repr(C)]` mirrors of the
+//! map layouts in `bpf/abi.h`.
 //!
-//! The programs arrive with the switch daemon; this crate holds their place in the workspace so the
-//! layout of `DESIGN.md` is stable from the start.
+//! [`OBJECT`] is the BPF object `build.rs` compiles from `bpf/switch.bpf.c`, 8-byte aligned as
+//! ELF parsers expect. Every type below has the size and field offsets of its C twin, asserted at
+//! compile time; a change to `abi.h` that is not mirrored here fails the build (or, for map sizes,
+//! fails loudly when user space opens the map).
+
+#![cfg_attr(not(test), no_std)]
+
+/// Ports the program can steer (slots in the port table).
+pub const MAX_PORTS: u32 = 1024;
+/// Receive queues per port that can have an AF_XDP socket.
+pub const MAX_QUEUES: u32 = 16;
+/// Entries in the XSKMAP: one per (port slot, queue).
+pub const MAX_SOCKETS: u32 = MAX_PORTS * MAX_QUEUES;
+
+/// Name of the XDP program attached to ports.
+pub const PORT_PROGRAM: &str = "kangaroo_port";
+/// Name of the port table (ifindex → [`Port`]).
+pub const PORTS_MAP: &str = "kg_ports";
+/// Name of the XSKMAP.
+pub const XSKS_MAP: &str = "kg_xsks";
+/// Name of the per-CPU counter array.
+pub const COUNTERS_MAP: &str = "kg_counters";
+
+/// `struct kg_port`: what the program knows about a port interface.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Port {
+    /// The port's slot: its sockets sit at XSKMAP index `slot * MAX_QUEUES + queue`.
+    pub slot: u32,
+    /// `PORT_F_*` flags.
+    pub flags: u32,
+}
+
+/// Frames on this interface go to user space through its AF_XDP sockets.
+pub const PORT_F_STEER: u32 = 1;
+
+impl Port {
+    /// The XSKMAP index of this port's socket for `queue`.
+    pub const fn socket_index(&self, queue: u32) -> u32 {
+        self.slot * MAX_QUEUES + queue
+    }
+}
+
+/// `enum kg_counter`: indices of the per-CPU counters.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Frames handed to an AF_XDP socket.
+    ToSocket = 0,
+    /// Frames on a port whose receive queue has no socket (passed to the kernel).
+    NoSocket = 1,
+    /// Frames on an interface that is not a port, or not steered (passed to the kernel).
+    NotPort = 2,
+    /// Frames the socket redirect failed for (dropped by the kernel).
+    RedirectFailed = 3,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::ToSocket,
+        Counter::NoSocket,
+        Counter::NotPort,
+        Counter::RedirectFailed,
+    ];
+
+    /// The counter's name in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::ToSocket => "to_socket",
+            Counter::NoSocket => "no_socket",
+            Counter::NotPort => "not_port",
+            Counter::RedirectFailed => "redirect_failed",
+        }
+    }
+}
+
+/// `KG_CTR_COUNT`.
+pub const COUNTER_COUNT: u32 = 4;
+
+const _: () = {
+    assert!(core::mem::size_of::<Port>() == 8);
+    assert!(core::mem::offset_of!(Port, slot) == 0);
+    assert!(core::mem::offset_of!(Port, flags) == 4);
+    assert!(Counter::RedirectFailed as u32 + 1 == COUNTER_COUNT);
+    assert!(MAX_SOCKETS == 16384);
+};
+
+#[repr(C, align(8))]
+struct Aligned<T: ?Sized>(T);
+
+static OBJECT_ALIGNED: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/switch.bpf.o")));
+
+/// The compiled BPF object (ELF, 8-byte aligned).
+pub static OBJECT: &[u8] = &OBJECT_ALIGNED.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_is_an_aligned_bpf_elf() {
+        assert_eq!(&OBJECT[..4], b"\x7fELF");
+        assert_eq!(OBJECT.as_ptr() as usize % 8, 0);
+        // e_machine (offset 18, little-endian) is EM_BPF = 247.
+        assert_eq!(u16::from_le_bytes([OBJECT[18], OBJECT[19]]), 247);
+    }
+
+    #[test]
+    fn abi_constants_match_the_header() {
+        // abi.h is the source of truth: read the numbers out of it.
+        let h = include_str!("../bpf/abi.h");
+        let define = |name: &str| -> Option<&str> {
+            h.lines().find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("#define") && w.next() == Some(name)).then(|| w.next())?
+            })
+        };
+        assert_eq!(define("KG_MAX_PORTS"), Some("1024"));
+        assert_eq!(define("KG_MAX_QUEUES"), Some("16"));
+        assert_eq!(define("KG_PORT_F_STEER"), Some("1u"));
+        for (c, enumerator) in Counter::ALL.iter().zip([
+            "KG_CTR_TO_SOCKET",
+            "KG_CTR_NO_SOCKET",
+            "KG_CTR_NOT_PORT",
+            "KG_CTR_REDIRECT_FAILED",
+        ]) {
+            assert!(
+                h.contains(&format!("{enumerator} = {},", *c as u32)),
+                "{enumerator} is {c:?} in abi.h"
+            );
+        }
+        assert!(h.contains(&format!("KG_CTR_COUNT = {COUNTER_COUNT},")));
+    }
+}
