@@ -35,7 +35,6 @@ use crate::clock::Timestamp;
 use crate::fdb::Dest;
 use crate::mac::MacAddr;
 use crate::pipeline::PortConfig;
-use crate::port::packet::PacketPort;
 use crate::stats::DropReason;
 use crate::switch::Switch;
 use crate::tunnel::Vni;
@@ -187,6 +186,8 @@ pub struct PortInfo {
     pub ips: Vec<Ipv4Addr>,
     /// Traffic counters.
     pub counters: crate::stats::PortCounters,
+    /// Counters of the port's backend (AF_XDP: checksum repairs, transmit drops).
+    pub backend: std::collections::BTreeMap<&'static str, u64>,
 }
 
 fn ports(sw: &Switch) -> Vec<PortInfo> {
@@ -199,6 +200,7 @@ fn ports(sw: &Switch) -> Vec<PortInfo> {
             mac: c.mac.map(|m| m.to_string()),
             ips: c.ips.clone(),
             counters: sw.stats().port(id).snapshot(),
+            backend: sw.port_counters(id).into_iter().collect(),
         })
         .collect()
 }
@@ -261,10 +263,8 @@ async fn add_port(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<PortIn
                 r.interface
             )));
         }
-        let port = PacketPort::open(&r.interface)
-            .map_err(|e| ApiError::bad("interface", format!("{:#}", anyhow::Error::from(e))))?;
-        sw.add_port(Box::new(port), cfg)
-            .map_err(ApiError::conflict)?;
+        sw.open_port(&r.interface, cfg)
+            .map_err(|e| ApiError::bad("interface", e))?;
         Ok(ports(sw))
     })
     .await?
@@ -355,7 +355,8 @@ async fn add_arp(State(d): State<Datapath>, b: Bytes) -> Result<StatusCode, ApiE
     .await?
 }
 
-fn stats_json(sw: &Switch) -> Value {
+/// Every counter of the switch as JSON (the body of `GET /v1/stats`).
+pub fn stats_json(sw: &Switch) -> Value {
     let s = sw.stats();
     let drops: serde_json::Map<String, Value> = DropReason::ALL
         .iter()
@@ -368,6 +369,10 @@ fn stats_json(sw: &Switch) -> Value {
         "events": s.events.snapshot(),
         "fdb_entries": sw.tables().fdb.len(),
         "arp_entries": sw.tables().arp.len(),
+        "datapath": {
+            "mode": sw.mode(),
+            "counters": sw.datapath_counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        },
     })
 }
 
@@ -404,6 +409,22 @@ async fn metrics(State(d): State<Datapath>) -> Result<Response, ApiError> {
                 }
             }
             out += &format!("# TYPE kangaroo_switch_fdb_entries gauge\nkangaroo_switch_fdb_entries {}\n", sw.tables().fdb.len());
+            let ports = ports(sw);
+            if ports.iter().any(|p| !p.backend.is_empty()) {
+                out += "# HELP kangaroo_switch_port_backend_total Counters of the port backend (AF_XDP), per port.\n# TYPE kangaroo_switch_port_backend_total counter\n";
+                for p in &ports {
+                    for (k, v) in &p.backend {
+                        out += &format!("kangaroo_switch_port_backend_total{{interface=\"{}\",counter=\"{k}\"}} {v}\n", p.interface);
+                    }
+                }
+            }
+            let xdp = sw.datapath_counters();
+            if !xdp.is_empty() {
+                out += "# HELP kangaroo_switch_xdp_frames_total Frames seen by the XDP program, by outcome (summed over CPUs).\n# TYPE kangaroo_switch_xdp_frames_total counter\n";
+                for (k, v) in xdp {
+                    out += &format!("kangaroo_switch_xdp_frames_total{{outcome=\"{k}\"}} {v}\n");
+                }
+            }
             out
         })
         .await?;

@@ -22,6 +22,8 @@ pub mod stats;
 pub mod switch;
 pub mod table;
 pub mod tunnel;
+#[cfg(target_os = "linux")]
+pub mod xdp;
 
 pub use clock::Timestamp;
 pub use fdb::Dest;

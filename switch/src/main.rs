@@ -319,36 +319,55 @@ fn check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     use kangaroo_switch::clock::MonotonicClock;
     use kangaroo_switch::config::Mode;
-    use kangaroo_switch::port::packet::PacketPort;
+    use kangaroo_switch::port::opener::{AfXdpOpener, PacketOpener, PortOpener};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
+    init_logging();
     let origin = path.display().to_string();
     let cfg = Config::load(path)?;
     cfg.check_interfaces(&origin, std::path::Path::new("/sys/class/net"))?;
     anyhow::ensure!(
-        cfg.mode == Mode::Packet,
-        "{origin}: mode: {:?} needs the XDP datapath, which this version does not have yet; use mode = \"packet\"",
-        cfg.mode
+        cfg.mode != Mode::Xdp,
+        "{origin}: mode: \"xdp\" (the in-kernel fast path) is not available in this version; use mode = \"afxdp\" or \"packet\""
     );
     anyhow::ensure!(
         cfg.uplink.is_none(),
-        "{origin}: uplink: tunnels are not available in packet mode in this version; remove [uplink] and [[peer]]"
+        "{origin}: uplink: tunnels on a real interface are not available in this version; remove [uplink] and [[peer]]"
     );
-    // Slots hold a whole GSO super-frame (up to 64 KiB), which guests with TSO send.
+    let (opener, max_frame): (Box<dyn PortOpener>, usize) = match cfg.mode {
+        // Slots hold a whole GSO super-frame (up to 64 KiB), which guests with TSO send.
+        Mode::Packet => (Box::new(PacketOpener), usize::from(u16::MAX)),
+        _ => (
+            Box::new(
+                AfXdpOpener::new(Default::default())
+                    .with_context(|| format!("{origin}: mode: afxdp"))?,
+            ),
+            4096,
+        ),
+    };
+    let mode = opener.mode();
     let mut sw = Switch::new(SwitchConfig {
         fdb: cfg.fdb,
-        max_frame: usize::from(u16::MAX),
+        max_frame,
         ..SwitchConfig::default()
     });
+    sw.set_opener(opener);
     for (i, p) in cfg.ports.iter().enumerate() {
-        let port =
-            PacketPort::open(&p.interface).with_context(|| format!("{origin}: port[{i}]"))?;
-        sw.add_port(Box::new(port), p.port.clone())
-            .with_context(|| format!("{origin}: port[{i}]"))?;
+        sw.open_port(&p.interface, p.port.clone())
+            .map_err(|e| anyhow::anyhow!("{origin}: port[{i}] ({}): {e}", p.interface))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -358,10 +377,11 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
         kangaroo_switch::control::job_queue().context("creating the control channel")?;
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
     let control = kangaroo_switch::control::serve(&cfg.control_socket, datapath, shutdown_rx)?;
-    eprintln!(
-        "kangaroo-switch: running with {} ports in packet mode; control API on {}",
-        cfg.ports.len(),
-        cfg.control_socket.display()
+    tracing::info!(
+        ports = cfg.ports.len(),
+        mode,
+        control = %cfg.control_socket.display(),
+        "kangaroo-switch running"
     );
     let clock = MonotonicClock::new();
     let mut fds = sw.readable_fds();
@@ -384,21 +404,10 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     }
     let _ = shutdown.send(());
     let _ = control.join();
-    let stats = sw.stats();
-    let ports: Vec<serde_json::Value> = sw
-        .tables()
-        .ports()
-        .zip(cfg.ports.iter())
-        .map(|((id, _), p)| serde_json::json!({ "interface": p.interface, "counters": stats.port(id).snapshot() }))
-        .collect();
-    let drops: serde_json::Map<String, serde_json::Value> = stats
-        .drop_counts()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.into()))
-        .collect();
-    let report = serde_json::json!({ "ports": ports, "drops": drops, "events": stats.events.snapshot(), "fdb_entries": sw.tables().fdb.len() });
+    let report = kangaroo_switch::control::stats_json(&sw);
     println!("{}", serde_json::to_string_pretty(&report)?);
-    eprintln!("kangaroo-switch: stopped");
+    drop(sw);
+    tracing::info!("kangaroo-switch stopped");
     Ok(())
 }
 

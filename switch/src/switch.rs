@@ -83,6 +83,7 @@ pub struct Switch {
     stats: Arc<Stats>,
     ports: Vec<Option<Box<dyn PortBackend>>>,
     uplink: Option<Box<dyn PortBackend>>,
+    opener: Option<Box<dyn crate::port::opener::PortOpener>>,
     rx: RxBatch,
     scratch: Box<[u8]>,
     reply: [u8; arp::REPLY_FRAME_LEN],
@@ -104,6 +105,7 @@ impl Switch {
             stats: Arc::new(Stats::default()),
             ports: Vec::new(),
             uplink: None,
+            opener: None,
             rx: RxBatch::new(config.batch_size.max(1), config.max_frame),
             scratch: vec![0; config.max_frame + tunnel::OUTER_LEN].into_boxed_slice(),
             reply: [0; arp::REPLY_FRAME_LEN],
@@ -149,6 +151,50 @@ impl Switch {
         Ok(id)
     }
 
+    /// Sets how [`Switch::open_port`] opens ports (the daemon's datapath mode).
+    pub fn set_opener(&mut self, opener: Box<dyn crate::port::opener::PortOpener>) {
+        self.opener = Some(opener);
+    }
+
+    /// The datapath mode's name, if an opener is set.
+    pub fn mode(&self) -> Option<&'static str> {
+        self.opener.as_ref().map(|o| o.mode())
+    }
+
+    /// Counters of the datapath mode's shared machinery (the XDP program).
+    pub fn datapath_counters(&self) -> Vec<(&'static str, u64)> {
+        self.opener
+            .as_ref()
+            .map(|o| o.counters())
+            .unwrap_or_default()
+    }
+
+    /// Counters kept by the backend of port `id`.
+    pub fn port_counters(&self, id: PortId) -> Vec<(&'static str, u64)> {
+        self.ports
+            .get(usize::from(id.get()))
+            .and_then(Option::as_ref)
+            .map(|p| p.counters())
+            .unwrap_or_default()
+    }
+
+    /// Takes over `interface` with the opener and attaches it as a port.
+    ///
+    /// # Errors
+    /// A message: no opener set, the name is taken, the interface cannot be opened, or the
+    /// port table is full.
+    pub fn open_port(&mut self, interface: &str, config: PortConfig) -> Result<PortId, String> {
+        if self.port_id(interface).is_some() {
+            return Err(SwitchError::DuplicatePort(interface.to_owned()).to_string());
+        }
+        let opener = self
+            .opener
+            .as_mut()
+            .ok_or("this switch has no datapath to open ports with")?;
+        let backend = opener.open(interface)?;
+        self.add_port(backend, config).map_err(|e| e.to_string())
+    }
+
     /// Detaches a port, returning its backend.
     ///
     /// # Errors
@@ -185,7 +231,7 @@ impl Switch {
             .iter()
             .flatten()
             .chain(self.uplink.iter())
-            .filter_map(|p| p.readable_fd())
+            .flat_map(|p| p.readable_fds())
             .collect()
     }
 
@@ -258,6 +304,7 @@ impl Switch {
             stats,
             ports,
             uplink,
+            opener: _,
             rx,
             scratch,
             reply,

@@ -286,8 +286,24 @@ fn iperf(client: &Vm, server: &Vm, secs: u32, udp: bool) -> (f64, Value) {
     (bps.and_then(Value::as_f64).unwrap_or(0.0), v)
 }
 
+/// True if an XDP program is attached to `ifname` in `ns`.
+fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
+    let o = sh(&["ip", "-n", &ns.0, "-d", "link", "show", "dev", ifname]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.contains("prog/xdp") || text.contains(" xdp ") || text.contains("xdpgeneric")
+}
+
 #[test]
 fn packet_mode_switches_real_traffic_and_enforces_port_security() {
+    switches_real_traffic("packet");
+}
+
+#[test]
+fn afxdp_mode_switches_real_traffic_and_enforces_port_security() {
+    switches_real_traffic("afxdp");
+}
+
+fn switches_real_traffic(mode: &str) {
     if let Some(why) = skip_reason() {
         println!("skipping: {why}");
         return;
@@ -297,11 +313,17 @@ fn packet_mode_switches_real_traffic_and_enforces_port_security() {
     let vm1 = vm(&host, 1, "192.168.77.1");
     let vm2 = vm(&host, 2, "192.168.77.2");
     let config = format!(
-        "mode = \"packet\"\n[[port]]\ninterface = \"{}\"\nvni = 100\n[[port]]\ninterface = \"{}\"\nvni = 100\nmac = \"02:00:00:00:00:02\"\nips = [\"192.168.77.2\"]\n",
+        "mode = \"{mode}\"\n[[port]]\ninterface = \"{}\"\nvni = 100\n[[port]]\ninterface = \"{}\"\nvni = 100\nmac = \"02:00:00:00:00:02\"\nips = [\"192.168.77.2\"]\n",
         vm1.host_if, vm2.host_if
     );
     let vm3 = vm(&host, 3, "192.168.77.3");
     let (daemon, dir) = Daemon::start(&host, &config);
+    if mode == "afxdp" {
+        assert!(
+            xdp_attached(&host, &vm1.host_if) && xdp_attached(&host, &vm2.host_if),
+            "the XDP program is attached to every port"
+        );
+    }
 
     assert!(ping(&vm1, &vm2.ip, 3), "vm1 pings vm2 through the switch");
     assert!(ping(&vm2, &vm1.ip, 3), "vm2 pings vm1");
@@ -309,7 +331,7 @@ fn packet_mode_switches_real_traffic_and_enforces_port_security() {
     let offloads = String::from_utf8_lossy(&tso.stdout).to_string();
     let (tcp, _) = iperf(&vm1, &vm2, 2, false);
     println!(
-        "TCP vm1 -> vm2 through kangaroo-switch (packet mode): {:.2} Gbit/s",
+        "TCP vm1 -> vm2 through kangaroo-switch ({mode} mode): {:.2} Gbit/s",
         tcp / 1e9
     );
     assert!(
@@ -362,6 +384,10 @@ fn packet_mode_switches_real_traffic_and_enforces_port_security() {
     assert!(
         !ping(&vm3, &vm1.ip, 1),
         "vm3 is cut off once its port is removed"
+    );
+    assert!(
+        !xdp_attached(&host, &vm3.host_if),
+        "removing a port detaches the XDP program"
     );
 
     // Spoofed source IP from vm2: an extra address used as the ping source.
@@ -485,7 +511,33 @@ fn packet_mode_switches_real_traffic_and_enforces_port_security() {
         live["drops"]["spoofed_ip"].as_u64().unwrap_or(0) > 0,
         "the spoofed IP shows in live counters: {live}"
     );
+    if mode == "afxdp" {
+        let to_socket = live["datapath"]["counters"]["to_socket"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            to_socket > 100,
+            "the XDP program steers frames to AF_XDP: {live}"
+        );
+        let completed: u64 = live["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["backend"]["checksums_completed"].as_u64())
+            .sum();
+        assert!(
+            completed > 0,
+            "partial checksums from guests with default offloads are completed: {live}"
+        );
+    }
     let report = daemon.stop();
+    for v in [&vm1, &vm2, &vm3] {
+        assert!(
+            !xdp_attached(&host, &v.host_if),
+            "no XDP program is left on {} after shutdown",
+            v.host_if
+        );
+    }
     assert!(
         !dir.0.join("switch.sock").exists(),
         "the control socket is removed on shutdown"

@@ -42,6 +42,14 @@ impl Port {
     pub const fn socket_index(&self, queue: u32) -> u32 {
         self.slot * MAX_QUEUES + queue
     }
+
+    /// The map value's bytes, as the kernel stores them (native byte order, C layout).
+    pub fn to_ne_bytes(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[core::mem::offset_of!(Port, slot)..][..4].copy_from_slice(&self.slot.to_ne_bytes());
+        b[core::mem::offset_of!(Port, flags)..][..4].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
 }
 
 /// `enum kg_counter`: indices of the per-CPU counters.

@@ -4,7 +4,10 @@
 //! [`PortBackend`]: receive a batch into an [`RxBatch`] allocated once, queue frames for
 //! transmission, and commit the queue once per batch with [`PortBackend::flush`].
 
+#[cfg(target_os = "linux")]
+pub mod afxdp;
 pub mod memory;
+pub mod opener;
 pub mod packet;
 
 /// Index of a port in the switch.
@@ -267,10 +270,15 @@ pub trait PortBackend: Send {
         false
     }
 
-    /// A descriptor that becomes readable when frames arrive, for ports backed by one; lets an
+    /// Descriptors that become readable when frames arrive, for ports backed by them; lets an
     /// idle datapath sleep in `poll(2)` instead of spinning.
-    fn readable_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
+    fn readable_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+
+    /// The backend's own counters (name, value), for the stats and metrics endpoints.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
 
     /// Commits queued frames (one ring commit or syscall per batch).

@@ -254,8 +254,8 @@ impl PortBackend for PacketPort {
         true
     }
 
-    fn readable_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.fd.as_raw_fd())
+    fn readable_fds(&self) -> Vec<std::os::fd::RawFd> {
+        vec![self.fd.as_raw_fd()]
     }
 }
 

@@ -1,0 +1,347 @@
+//! The XDP program on port interfaces: loading, attaching, steering table, counters.
+//!
+//! One [`XdpSteering`] loads `kangaroo-xdp`'s object once and attaches its port program to every
+//! port interface, in driver (native) mode where the driver supports it and in generic (skb) mode
+//! otherwise, with the reason logged. A port's AF_XDP sockets are entered in the XSKMAP at
+//! `slot * MAX_QUEUES + queue`, and only then is the port marked as steered in the port table, so
+//! no frame is redirected to a socket that does not exist yet. Releasing a port (or dropping the
+//! whole [`XdpSteering`]) detaches the program: nothing stays attached after the switch exits.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::xdp::XdpLinkId;
+use aya::programs::{Xdp, XdpMode};
+use aya::Ebpf;
+use kangaroo_xdp as abi;
+
+/// XDP set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// Loading the object or the program into the kernel failed.
+    #[error("loading the XDP program: {0}")]
+    Load(String),
+    /// Attaching to an interface failed in every mode.
+    #[error("attaching XDP to {interface}: {reason}")]
+    Attach {
+        /// The interface.
+        interface: String,
+        /// Why (driver mode, then skb mode).
+        reason: String,
+    },
+    /// A map update failed.
+    #[error("updating the XDP map {map}: {reason}")]
+    Map {
+        /// The map.
+        map: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No free port slot.
+    #[error("all {0} XDP port slots are in use")]
+    NoSlot(u32),
+    /// The interface's attributes could not be read.
+    #[error("interface {interface}: {reason}")]
+    Interface {
+        /// The interface.
+        interface: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How the program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver, before an skb is allocated.
+    Driver,
+    /// Generic XDP, after the skb is built (every driver supports it).
+    Skb,
+}
+
+/// A port attached to the XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attachment {
+    /// The interface index.
+    pub ifindex: u32,
+    /// The port's slot in the XSKMAP.
+    pub slot: u32,
+    /// How the program is attached.
+    pub mode: AttachMode,
+}
+
+struct Attached {
+    link: XdpLinkId,
+    slot: u32,
+    queues: Vec<u32>,
+}
+
+/// The loaded XDP program and its maps.
+pub struct XdpSteering {
+    ebpf: Ebpf,
+    attached: HashMap<u32, Attached>,
+    free_slots: Vec<u32>,
+    force_skb: bool,
+}
+
+/// An interface attribute from sysfs.
+///
+/// # Errors
+/// [`XdpError::Interface`] if the interface does not exist or the value does not parse.
+pub fn sysfs_u32(interface: &str, attr: &str) -> Result<u32, XdpError> {
+    let path = Path::new("/sys/class/net").join(interface).join(attr);
+    let err = |reason: String| XdpError::Interface {
+        interface: interface.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+    text.trim()
+        .parse()
+        .map_err(|e| err(format!("{}: {e}", path.display())))
+}
+
+/// The receive queues of `interface` (`rx-N` under its sysfs `queues`), at least queue 0.
+pub fn rx_queues(interface: &str) -> Vec<u32> {
+    let dir = Path::new("/sys/class/net").join(interface).join("queues");
+    let mut qs: Vec<u32> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("rx-")?.parse().ok())
+        .filter(|q| *q < abi::MAX_QUEUES)
+        .collect();
+    qs.sort_unstable();
+    if qs.is_empty() {
+        qs.push(0);
+    }
+    qs
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
+    move |e| XdpError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+impl XdpSteering {
+    /// Loads the program into the kernel (not yet attached anywhere). With `force_skb`, ports
+    /// are attached in generic mode even where the driver supports native XDP.
+    ///
+    /// # Errors
+    /// [`XdpError::Load`] if the kernel refuses the object (no BPF support, missing privileges).
+    pub fn load(force_skb: bool) -> Result<XdpSteering, XdpError> {
+        let mut ebpf = Ebpf::load(abi::OBJECT).map_err(|e| XdpError::Load(e.to_string()))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(abi::PORT_PROGRAM)
+            .ok_or_else(|| {
+                XdpError::Load(format!("the object has no program {}", abi::PORT_PROGRAM))
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))?;
+        prog.load().map_err(|e| XdpError::Load(format!("{e:#}")))?;
+        Ok(XdpSteering {
+            ebpf,
+            attached: HashMap::new(),
+            free_slots: (0..abi::MAX_PORTS).rev().collect(),
+            force_skb,
+        })
+    }
+
+    fn program(&mut self) -> Result<&mut Xdp, XdpError> {
+        self.ebpf
+            .program_mut(abi::PORT_PROGRAM)
+            .ok_or_else(|| XdpError::Load(format!("no program {}", abi::PORT_PROGRAM)))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))
+    }
+
+    /// Attaches the program to `interface` (driver mode first, then skb mode) and reserves a
+    /// slot. Frames keep going to the kernel until [`XdpSteering::steer`] is called.
+    ///
+    /// # Errors
+    /// [`XdpError`] if the interface is missing, no slot is free, or attaching fails.
+    pub fn attach(&mut self, interface: &str) -> Result<Attachment, XdpError> {
+        let ifindex = sysfs_u32(interface, "ifindex")?;
+        if self.attached.contains_key(&ifindex) {
+            return Err(XdpError::Attach {
+                interface: interface.to_owned(),
+                reason: "already attached".into(),
+            });
+        }
+        let slot = self
+            .free_slots
+            .pop()
+            .ok_or(XdpError::NoSlot(abi::MAX_PORTS))?;
+        let force_skb = self.force_skb;
+        let attempt = (|| {
+            let prog = self.program()?;
+            let driver_err = if force_skb {
+                "skb mode was asked for".to_owned()
+            } else {
+                match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                    Ok(link) => return Ok((link, AttachMode::Driver)),
+                    Err(e) => format!("{e:#}"),
+                }
+            };
+            match prog.attach_to_if_index(ifindex, XdpMode::Skb) {
+                Ok(link) => {
+                    if !force_skb {
+                        tracing::warn!(
+                            interface,
+                            reason = %driver_err,
+                            "native XDP unavailable; attached in skb (generic) mode"
+                        );
+                    }
+                    Ok((link, AttachMode::Skb))
+                }
+                Err(e) => Err(XdpError::Attach {
+                    interface: interface.to_owned(),
+                    reason: format!("driver mode: {driver_err}; skb mode: {e:#}"),
+                }),
+            }
+        })();
+        let (link, mode) = match attempt {
+            Ok(v) => v,
+            Err(e) => {
+                self.free_slots.push(slot);
+                return Err(e);
+            }
+        };
+        self.attached.insert(
+            ifindex,
+            Attached {
+                link,
+                slot,
+                queues: Vec::new(),
+            },
+        );
+        tracing::info!(interface, ifindex, slot, ?mode, "XDP program attached");
+        Ok(Attachment {
+            ifindex,
+            slot,
+            mode,
+        })
+    }
+
+    fn xsks(&mut self) -> Result<XskMap<&mut MapData>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(abi::XSKS_MAP)
+            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::XSKS_MAP)))?;
+        XskMap::try_from(map).map_err(map_err(abi::XSKS_MAP))
+    }
+
+    fn ports(&mut self) -> Result<BpfHashMap<&mut MapData, u32, [u8; 8]>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(abi::PORTS_MAP)
+            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::PORTS_MAP)))?;
+        BpfHashMap::try_from(map).map_err(map_err(abi::PORTS_MAP))
+    }
+
+    /// Enters the AF_XDP socket `fd` for receive queue `queue` of an attached port.
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if the port is not attached or the kernel refuses the socket.
+    pub fn register_socket(
+        &mut self,
+        at: &Attachment,
+        queue: u32,
+        fd: std::os::fd::RawFd,
+    ) -> Result<(), XdpError> {
+        if queue >= abi::MAX_QUEUES {
+            return Err(XdpError::Map {
+                map: abi::XSKS_MAP,
+                reason: format!("queue {queue} is beyond the {} supported", abi::MAX_QUEUES),
+            });
+        }
+        let index = abi::Port {
+            slot: at.slot,
+            flags: 0,
+        }
+        .socket_index(queue);
+        self.xsks()?
+            .set(index, fd, 0)
+            .map_err(map_err(abi::XSKS_MAP))?;
+        if let Some(a) = self.attached.get_mut(&at.ifindex) {
+            a.queues.push(queue);
+        }
+        Ok(())
+    }
+
+    /// Starts steering the port's frames to its sockets.
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if the port table update fails.
+    pub fn steer(&mut self, at: &Attachment) -> Result<(), XdpError> {
+        let entry = abi::Port {
+            slot: at.slot,
+            flags: abi::PORT_F_STEER,
+        };
+        self.ports()?
+            .insert(at.ifindex, entry.to_ne_bytes(), 0)
+            .map_err(map_err(abi::PORTS_MAP))
+    }
+
+    /// Stops steering, removes the port's sockets from the XSKMAP and detaches the program from
+    /// the interface. Idempotent.
+    pub fn release(&mut self, ifindex: u32) {
+        let Some(a) = self.attached.remove(&ifindex) else {
+            return;
+        };
+        if let Ok(mut ports) = self.ports() {
+            let _ = ports.remove(&ifindex);
+        }
+        if let Ok(mut xsks) = self.xsks() {
+            for q in &a.queues {
+                let index = abi::Port {
+                    slot: a.slot,
+                    flags: 0,
+                }
+                .socket_index(*q);
+                let _ = xsks.unset(index);
+            }
+        }
+        match self.program().map(|p| p.detach(a.link)) {
+            Ok(Ok(())) => tracing::info!(ifindex, "XDP program detached"),
+            Ok(Err(e)) => tracing::warn!(ifindex, error = %e, "detaching XDP failed"),
+            Err(e) => tracing::warn!(ifindex, error = %e, "detaching XDP failed"),
+        }
+        self.free_slots.push(a.slot);
+    }
+
+    /// The program's counters, summed over CPUs, in [`kangaroo_xdp::Counter::ALL`] order.
+    pub fn counters(&self) -> [u64; abi::COUNTER_COUNT as usize] {
+        let mut out = [0u64; abi::COUNTER_COUNT as usize];
+        let Some(map) = self.ebpf.map(abi::COUNTERS_MAP) else {
+            return out;
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return out;
+        };
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = arr.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Interfaces the program is attached to (by index).
+    pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
+        self.attached.keys().copied()
+    }
+}
+
+impl Drop for XdpSteering {
+    fn drop(&mut self) {
+        let all: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in all {
+            self.release(ifindex);
+        }
+    }
+}
