@@ -214,6 +214,20 @@ pub struct ArpTable {
     map: FixedMap<ArpKey, ArpEntry>,
     config: ArpConfig,
     cursor: usize,
+    journal: Option<Vec<Snooped>>,
+    journal_overflow: u64,
+}
+
+/// An address binding one datapath worker snooped that the others must learn too (see
+/// [`ArpTable::enable_journal`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Snooped {
+    /// The network.
+    pub vni: Vni,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Its owner.
+    pub mac: MacAddr,
 }
 
 impl ArpTable {
@@ -223,7 +237,37 @@ impl ArpTable {
             map: FixedMap::with_capacity(config.capacity, seed),
             config,
             cursor: 0,
+            journal: None,
+            journal_overflow: 0,
         }
+    }
+
+    /// Records every new or changed binding, and a refresh once per quarter of the aging time,
+    /// in a journal of at most `capacity` events that [`ArpTable::drain_journal`] empties.
+    pub fn enable_journal(&mut self, capacity: usize) {
+        self.journal = Some(Vec::with_capacity(capacity));
+    }
+
+    /// Hands the journaled events to `f` and empties the journal.
+    pub fn drain_journal(&mut self, mut f: impl FnMut(Snooped)) {
+        if let Some(j) = self.journal.as_mut() {
+            for e in j.drain(..) {
+                f(e);
+            }
+        }
+    }
+
+    /// Events lost because the journal was full between two drains.
+    pub fn journal_overflow(&self) -> u64 {
+        self.journal_overflow
+    }
+
+    /// Applies a binding another worker snooped, without journaling it again.
+    pub fn snoop_remote(&mut self, e: Snooped, now: Timestamp) -> Snoop {
+        let journal = self.journal.take();
+        let r = self.snoop(e.vni, e.ip, e.mac, now);
+        self.journal = journal;
+        r
     }
 
     /// Number of entries.
@@ -246,6 +290,33 @@ impl ArpTable {
     /// Records that `mac` claims `ip` in `vni` (from an ARP message's sender fields).
     #[inline]
     pub fn snoop(&mut self, vni: Vni, ip: Ipv4Addr, mac: MacAddr, now: Timestamp) -> Snoop {
+        let previous = self
+            .journal
+            .as_ref()
+            .and_then(|_| self.map.get(&ArpKey { vni, ip }))
+            .map(|e| e.last_seen);
+        let r = self.snoop_inner(vni, ip, mac, now);
+        let due = match r {
+            Snoop::Updated => true,
+            Snoop::Refreshed => {
+                previous.is_some_and(|p| crate::fdb::crosses_period(p, now, self.config.aging / 4))
+            }
+            Snoop::Ignored | Snoop::Full => false,
+        };
+        if due {
+            if let Some(j) = self.journal.as_mut() {
+                if j.len() < j.capacity() {
+                    j.push(Snooped { vni, ip, mac });
+                } else {
+                    self.journal_overflow += 1;
+                }
+            }
+        }
+        r
+    }
+
+    #[inline]
+    fn snoop_inner(&mut self, vni: Vni, ip: Ipv4Addr, mac: MacAddr, now: Timestamp) -> Snoop {
         if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || !mac.is_valid_source() {
             return Snoop::Ignored;
         }

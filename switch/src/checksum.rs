@@ -142,7 +142,8 @@ pub fn repair_partial(frame: &mut [u8]) -> Repair {
     }
     let partial = fold(pseudo);
     // 0x0000 and 0xffff are the same number in ones' complement.
-    let is_partial = current == partial || (current ^ partial == 0xffff && (partial == 0 || partial == 0xffff));
+    let is_partial =
+        current == partial || (current ^ partial == 0xffff && (partial == 0 || partial == 0xffff));
     if !is_partial {
         return Repair::Bad;
     }

@@ -8,6 +8,9 @@
 //! ```toml
 //! mode = "packet"                         # "xdp" | "afxdp" | "packet"
 //! control_socket = "/run/kangaroo/switch.sock"
+//! [datapath]                              # optional
+//! cores = [1]                             # one worker thread per core, pinned; default: one unpinned
+//! busy_poll = false                       # spin when idle instead of sleeping in poll(2)
 //! [fdb]                                   # optional
 //! capacity = 1048576
 //! aging_secs = 300
@@ -84,6 +87,22 @@ pub struct PeerSettings {
     pub vnis: Option<Vec<Vni>>,
 }
 
+/// The datapath's worker threads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DatapathSettings {
+    /// One worker per entry, pinned to that CPU; empty: one worker, not pinned.
+    pub cores: Vec<usize>,
+    /// Spin when idle instead of sleeping until a frame arrives.
+    pub busy_poll: bool,
+}
+
+impl DatapathSettings {
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.cores.len().max(1)
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -91,6 +110,8 @@ pub struct Config {
     pub mode: Mode,
     /// Control API socket.
     pub control_socket: PathBuf,
+    /// Worker threads.
+    pub datapath: DatapathSettings,
     /// FDB sizing.
     pub fdb: FdbConfig,
     /// Ports.
@@ -137,12 +158,22 @@ pub enum ConfigError {
 struct File {
     mode: Option<Mode>,
     control_socket: Option<PathBuf>,
+    datapath: Option<DatapathFile>,
     fdb: Option<FdbFile>,
     #[serde(default)]
     port: Vec<PortFile>,
     uplink: Option<UplinkFile>,
     #[serde(default)]
     peer: Vec<PeerFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatapathFile {
+    #[serde(default)]
+    cores: Vec<usize>,
+    #[serde(default)]
+    busy_poll: bool,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +248,35 @@ impl Config {
             key,
             message,
         };
+
+        let mut datapath = DatapathSettings::default();
+        if let Some(d) = f.datapath {
+            let online = std::thread::available_parallelism().map_or(1, usize::from);
+            for (i, c) in d.cores.iter().enumerate() {
+                if d.cores[..i].contains(c) {
+                    return Err(bad(
+                        format!("datapath.cores[{i}]"),
+                        format!("core {c} is listed twice"),
+                    ));
+                }
+                if *c >= 1024 {
+                    return Err(bad(
+                        format!("datapath.cores[{i}]"),
+                        format!("core {c} is not a CPU number (this host has {online})"),
+                    ));
+                }
+            }
+            if d.cores.len() > 64 {
+                return Err(bad(
+                    "datapath.cores".into(),
+                    format!("{} workers; at most 64 are supported", d.cores.len()),
+                ));
+            }
+            datapath = DatapathSettings {
+                cores: d.cores,
+                busy_poll: d.busy_poll,
+            };
+        }
 
         let mut fdb = FdbConfig::default();
         if let Some(x) = f.fdb {
@@ -385,6 +445,7 @@ impl Config {
             control_socket: f
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            datapath,
             fdb,
             ports,
             uplink,

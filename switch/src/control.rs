@@ -42,34 +42,58 @@ use crate::tunnel::Vni;
 /// Work for the datapath thread.
 pub type Job = Box<dyn FnOnce(&mut Switch, Timestamp) + Send>;
 
-/// The control side's handle on the datapath.
+/// The control side's handle on the datapath workers.
 #[derive(Clone)]
 pub struct Datapath {
-    jobs: mpsc::Sender<Job>,
-    wake: std::sync::Arc<UnixStream>,
+    workers: std::sync::Arc<Vec<WorkerHandle>>,
+    /// Serializes changes that must succeed on every worker or on none.
+    changes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The datapath side: jobs to run and the descriptor that wakes it.
+struct WorkerHandle {
+    jobs: mpsc::Sender<Job>,
+    wake: UnixStream,
+}
+
+/// A worker's side: jobs to run and the descriptor that wakes it.
 pub struct JobQueue {
     jobs: mpsc::Receiver<Job>,
     wake: UnixStream,
 }
 
-/// A job queue and the handle that feeds it.
+/// A job queue for one datapath worker and the handle that feeds it.
 ///
 /// # Errors
 /// If the wake-up socket pair cannot be created.
 pub fn job_queue() -> std::io::Result<(Datapath, JobQueue)> {
-    let (a, b) = UnixStream::pair()?;
-    b.set_nonblocking(true)?;
-    a.set_nonblocking(true)?;
-    let (tx, rx) = mpsc::channel();
+    let (d, mut qs) = job_queues(1)?;
+    let q = qs
+        .pop()
+        .ok_or_else(|| std::io::Error::other("no job queue"))?;
+    Ok((d, q))
+}
+
+/// Job queues for `n` datapath workers (at least one) and the handle that feeds them all.
+///
+/// # Errors
+/// If a wake-up socket pair cannot be created.
+pub fn job_queues(n: usize) -> std::io::Result<(Datapath, Vec<JobQueue>)> {
+    let mut handles = Vec::new();
+    let mut queues = Vec::new();
+    for _ in 0..n.max(1) {
+        let (a, b) = UnixStream::pair()?;
+        b.set_nonblocking(true)?;
+        a.set_nonblocking(true)?;
+        let (tx, rx) = mpsc::channel();
+        handles.push(WorkerHandle { jobs: tx, wake: a });
+        queues.push(JobQueue { jobs: rx, wake: b });
+    }
     Ok((
         Datapath {
-            jobs: tx,
-            wake: std::sync::Arc::new(a),
+            workers: std::sync::Arc::new(handles),
+            changes: std::sync::Arc::new(tokio::sync::Mutex::new(())),
         },
-        JobQueue { jobs: rx, wake: b },
+        queues,
     ))
 }
 
@@ -99,21 +123,74 @@ impl JobQueue {
 }
 
 impl Datapath {
-    /// Runs `f` on the datapath thread and returns its result.
-    async fn run<T: Send + 'static>(
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn submit<T: Send + 'static>(
         &self,
+        worker: usize,
         f: impl FnOnce(&mut Switch, Timestamp) -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<T>, ApiError> {
+        let w = self
+            .workers
+            .get(worker)
+            .ok_or_else(|| ApiError::internal("no such datapath worker"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |sw, now| {
             let _ = tx.send(f(sw, now));
         });
-        self.jobs
+        w.jobs
             .send(job)
             .map_err(|_| ApiError::internal("the datapath has stopped"))?;
-        let _ = (&*self.wake).write(&[1]);
-        rx.await
+        let _ = (&w.wake).write(&[1]);
+        Ok(rx)
+    }
+
+    /// Runs `f` on the first worker (reads: the workers share counters and learn from each
+    /// other, so one answers for all) and returns its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Switch, Timestamp) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.submit(0, f)?
+            .await
             .map_err(|_| ApiError::internal("the datapath dropped the request"))
+    }
+
+    /// Runs `f` on every worker (configuration changes) and returns their results in worker
+    /// order.
+    async fn run_all<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Switch, Timestamp) -> T + Clone + Send + 'static,
+    ) -> Result<Vec<T>, ApiError> {
+        let mut pending = Vec::with_capacity(self.workers.len());
+        for i in 0..self.workers.len() {
+            pending.push(self.submit(i, f.clone())?);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for rx in pending {
+            out.push(
+                rx.await
+                    .map_err(|_| ApiError::internal("the datapath dropped the request"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on every worker and returns the first worker's result; the others are the same
+    /// change on identical configuration, so they agree.
+    async fn run_each<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Switch, Timestamp) -> T + Clone + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _serial = self.changes.lock().await;
+        self.run_all(f)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::internal("no datapath worker"))
     }
 }
 
@@ -234,8 +311,25 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// The ports as every worker sees them, with the backend counters (one backend per worker)
+/// summed; the traffic counters are shared already.
+async fn all_ports(d: &Datapath) -> Result<Vec<PortInfo>, ApiError> {
+    let mut each = d.run_all(|sw, _| ports(sw)).await?.into_iter();
+    let mut merged = each.next().unwrap_or_default();
+    for other in each {
+        for p in other {
+            if let Some(m) = merged.iter_mut().find(|m| m.interface == p.interface) {
+                for (k, v) in p.backend {
+                    *m.backend.entry(k).or_default() += v;
+                }
+            }
+        }
+    }
+    Ok(merged)
+}
+
 async fn list_ports(State(d): State<Datapath>) -> Result<Json<Vec<PortInfo>>, ApiError> {
-    Ok(Json(d.run(|sw, _| ports(sw)).await?))
+    Ok(Json(all_ports(&d).await?))
 }
 
 async fn add_port(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<PortInfo>>, ApiError> {
@@ -256,26 +350,44 @@ async fn add_port(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<PortIn
         );
     }
     let cfg = PortConfig { vni, mac, ips };
-    d.run(move |sw, _| {
-        if sw.port_id(&r.interface).is_some() {
-            return Err(ApiError::conflict(format!(
-                "{} is already a port",
-                r.interface
-            )));
+    let interface = r.interface.clone();
+    let _serial = d.changes.lock().await;
+    let results = d
+        .run_all(move |sw, _| {
+            if sw.port_id(&interface).is_some() {
+                return Err(ApiError::conflict(format!("{interface} is already a port")));
+            }
+            sw.open_port(&interface, cfg.clone())
+                .map(|_| ())
+                .map_err(|e| ApiError::bad("interface", e))
+        })
+        .await?;
+    if let Some(err) = results.iter().position(Result::is_err) {
+        // All or nothing: release the port on the workers that did open it (changes are
+        // serialized, so the port did not exist anywhere before this request).
+        if results.iter().any(Result::is_ok) {
+            let interface = r.interface.clone();
+            d.run_all(move |sw, _| {
+                if let Some(id) = sw.port_id(&interface) {
+                    let _ = sw.remove_port(id);
+                }
+            })
+            .await?;
         }
-        sw.open_port(&r.interface, cfg)
-            .map_err(|e| ApiError::bad("interface", e))?;
-        Ok(ports(sw))
-    })
-    .await?
-    .map(Json)
+        return Err(results
+            .into_iter()
+            .nth(err)
+            .and_then(Result::err)
+            .unwrap_or_else(|| ApiError::internal("lost the error")));
+    }
+    Ok(Json(all_ports(&d).await?))
 }
 
 async fn remove_port(
     State(d): State<Datapath>,
     UrlPath(ifname): UrlPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    d.run(move |sw, _| {
+    d.run_each(move |sw, _| {
         let id = sw
             .port_id(&ifname)
             .ok_or_else(|| ApiError::not_found(format!("no port {ifname}")))?;
@@ -311,7 +423,7 @@ async fn add_fdb(State(d): State<Datapath>, b: Bytes) -> Result<StatusCode, ApiE
     let r: FdbRequest = body(&b)?;
     let vni = vni_of("vni", r.vni)?;
     let mac = mac_of("mac", &r.mac)?;
-    d.run(move |sw, now| {
+    d.run_each(move |sw, now| {
         let id = sw
             .port_id(&r.interface)
             .ok_or_else(|| ApiError::bad("interface", format!("no port {}", r.interface)))?;
@@ -328,7 +440,7 @@ async fn remove_fdb(
 ) -> Result<StatusCode, ApiError> {
     let vni = vni_of("vni", vni)?;
     let mac = mac_of("mac", &mac)?;
-    d.run(move |sw, _| {
+    d.run_each(move |sw, _| {
         if sw.remove_fdb(vni, mac) {
             Ok(StatusCode::NO_CONTENT)
         } else {
@@ -347,7 +459,7 @@ async fn add_arp(State(d): State<Datapath>, b: Bytes) -> Result<StatusCode, ApiE
     let ip: Ipv4Addr =
         r.ip.parse()
             .map_err(|_| ApiError::bad("ip", format!("{:?} is not an IPv4 address", r.ip)))?;
-    d.run(move |sw, now| {
+    d.run_each(move |sw, now| {
         sw.add_static_arp(vni, ip, mac, now)
             .map(|_| StatusCode::NO_CONTENT)
             .map_err(ApiError::conflict)
@@ -377,12 +489,18 @@ pub fn stats_json(sw: &Switch) -> Value {
 }
 
 async fn stats(State(d): State<Datapath>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(d.run(|sw, _| stats_json(sw)).await?))
+    let mut v = d.run(|sw, _| stats_json(sw)).await?;
+    if d.workers() > 1 {
+        v["ports"] = serde_json::to_value(all_ports(&d).await?).unwrap_or(Value::Null);
+        v["workers"] = json!(d.workers());
+    }
+    Ok(Json(v))
 }
 
 async fn metrics(State(d): State<Datapath>) -> Result<Response, ApiError> {
+    let all = all_ports(&d).await?;
     let text = d
-        .run(|sw, _| {
+        .run(move |sw, _| {
             let s = sw.stats();
             let mut out = String::new();
             out += "# HELP kangaroo_switch_drops_total Frames dropped, by reason.\n# TYPE kangaroo_switch_drops_total counter\n";
@@ -391,7 +509,7 @@ async fn metrics(State(d): State<Datapath>) -> Result<Response, ApiError> {
             }
             for (metric, help) in [("rx_packets", "Frames received"), ("rx_bytes", "Bytes received"), ("tx_packets", "Frames sent"), ("tx_bytes", "Bytes sent")] {
                 out += &format!("# HELP kangaroo_switch_port_{metric}_total {help}, per port.\n# TYPE kangaroo_switch_port_{metric}_total counter\n");
-                for p in ports(sw) {
+                for p in &all {
                     let c = p.counters;
                     let v = match metric {
                         "rx_packets" => c.rx_packets,
@@ -409,10 +527,10 @@ async fn metrics(State(d): State<Datapath>) -> Result<Response, ApiError> {
                 }
             }
             out += &format!("# TYPE kangaroo_switch_fdb_entries gauge\nkangaroo_switch_fdb_entries {}\n", sw.tables().fdb.len());
-            let ports = ports(sw);
+            let ports = &all;
             if ports.iter().any(|p| !p.backend.is_empty()) {
                 out += "# HELP kangaroo_switch_port_backend_total Counters of the port backend (AF_XDP), per port.\n# TYPE kangaroo_switch_port_backend_total counter\n";
-                for p in &ports {
+                for p in ports {
                     for (k, v) in &p.backend {
                         out += &format!("kangaroo_switch_port_backend_total{{interface=\"{}\",counter=\"{k}\"}} {v}\n", p.interface);
                     }

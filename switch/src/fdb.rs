@@ -61,8 +61,9 @@ pub struct FdbEntry {
 /// What learning a source MAC did.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Learn {
-    /// Already known at this place; its age was reset.
-    Refreshed,
+    /// Already known at this place; its age was reset (from the time given: when it was last
+    /// seen before).
+    Refreshed(Timestamp),
     /// A new entry.
     Learned,
     /// The station moved; the entry now points at the new place.
@@ -124,6 +125,27 @@ pub enum FdbError {
 
 const SOURCES: usize = 1 << 16;
 
+/// Something one datapath worker learned that the others must learn too (see
+/// [`Fdb::enable_journal`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Learned {
+    /// The network.
+    pub vni: Vni,
+    /// The station.
+    pub mac: MacAddr,
+    /// Where it is.
+    pub dest: Dest,
+}
+
+/// True when `a` and `b` fall in different periods of length `period` (never for a zero
+/// period): a refresh that crosses a period boundary is published again, so a station that keeps
+/// sending through one worker stays fresh in the others, at one message per period.
+#[inline]
+pub(crate) fn crosses_period(a: Timestamp, b: Timestamp, period: std::time::Duration) -> bool {
+    let p = period.as_nanos() as u64;
+    p != 0 && a.as_nanos() / p != b.as_nanos() / p
+}
+
 /// The forwarding database.
 pub struct Fdb {
     map: FixedMap<FdbKey, FdbEntry>,
@@ -133,6 +155,10 @@ pub struct Fdb {
     /// Dynamic entries owned by each VTEP, indexed by `PeerId`.
     per_peer: Box<[u32]>,
     sweep_cursor: usize,
+    /// Learning events for other workers, when journaling is on.
+    journal: Option<Vec<Learned>>,
+    /// Journal events lost because the journal was full.
+    journal_overflow: u64,
 }
 
 impl Fdb {
@@ -144,7 +170,51 @@ impl Fdb {
             per_port: vec![0; SOURCES].into_boxed_slice(),
             per_peer: vec![0; SOURCES].into_boxed_slice(),
             sweep_cursor: 0,
+            journal: None,
+            journal_overflow: 0,
         }
+    }
+
+    /// Records every new or moved station, and a refresh once per quarter of the aging time,
+    /// in a journal of at most `capacity` events (allocated here, once) that
+    /// [`Fdb::drain_journal`] empties. Datapath workers with their own tables use it to share
+    /// what they learn.
+    pub fn enable_journal(&mut self, capacity: usize) {
+        self.journal = Some(Vec::with_capacity(capacity));
+    }
+
+    /// Hands the journaled events to `f` and empties the journal.
+    pub fn drain_journal(&mut self, mut f: impl FnMut(Learned)) {
+        if let Some(j) = self.journal.as_mut() {
+            for e in j.drain(..) {
+                f(e);
+            }
+        }
+    }
+
+    /// Events lost because the journal was full between two drains.
+    pub fn journal_overflow(&self) -> u64 {
+        self.journal_overflow
+    }
+
+    #[inline]
+    fn record(&mut self, vni: Vni, mac: MacAddr, dest: Dest) {
+        if let Some(j) = self.journal.as_mut() {
+            if j.len() < j.capacity() {
+                j.push(Learned { vni, mac, dest });
+            } else {
+                self.journal_overflow += 1;
+            }
+        }
+    }
+
+    /// Applies what another worker learned: like [`Fdb::learn`], but never journaled (so
+    /// events do not echo between workers).
+    pub fn learn_remote(&mut self, e: Learned, now: Timestamp) -> Learn {
+        let journal = self.journal.take();
+        let r = self.learn(e.vni, e.mac, e.dest, now);
+        self.journal = journal;
+        r
     }
 
     /// The configuration.
@@ -207,24 +277,42 @@ impl Fdb {
     /// Learns that `mac` in `vni` was seen behind `dest` at `now`.
     #[inline]
     pub fn learn(&mut self, vni: Vni, mac: MacAddr, dest: Dest, now: Timestamp) -> Learn {
+        let r = self.learn_inner(vni, mac, dest, now);
+        if self.journal.is_some() {
+            match r {
+                Learn::Learned | Learn::Moved { .. } => self.record(vni, mac, dest),
+                Learn::Refreshed(previous)
+                    if crosses_period(previous, now, self.config.aging / 4) =>
+                {
+                    self.record(vni, mac, dest)
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    #[inline]
+    fn learn_inner(&mut self, vni: Vni, mac: MacAddr, dest: Dest, now: Timestamp) -> Learn {
         let key = FdbKey { vni, mac };
         let aging = self.config.aging;
         let limit = self.config.max_per_source;
         if let Some(e) = self.map.get_mut(&key) {
             if e.is_static {
                 return if e.dest == dest {
-                    Learn::Refreshed
+                    Learn::Refreshed(now)
                 } else {
                     Learn::StaticConflict
                 };
             }
             let was_expired = now.since(e.last_seen) >= aging;
             if e.dest == dest {
+                let previous = e.last_seen;
                 e.last_seen = now;
                 return if was_expired {
                     Learn::Learned
                 } else {
-                    Learn::Refreshed
+                    Learn::Refreshed(previous)
                 };
             }
             let from = e.dest;
@@ -402,10 +490,72 @@ mod tests {
     const T0: Timestamp = Timestamp::ZERO;
 
     #[test]
+    fn journal_records_new_and_moved_stations_and_periodic_refreshes_only() {
+        let mut a = small(64, 64);
+        let mut b = small(64, 64);
+        a.enable_journal(8);
+        let drain = |f: &mut Fdb| {
+            let mut v = Vec::new();
+            f.drain_journal(|e| v.push(e));
+            v
+        };
+        let t = |s: u64| Timestamp::from_secs(s);
+        assert_eq!(a.learn(vni(1), mac(1), port(1), t(1)), Learn::Learned);
+        for s in 2..60 {
+            assert!(matches!(
+                a.learn(vni(1), mac(1), port(1), t(s)),
+                Learn::Refreshed(_)
+            ));
+        }
+        let moved = a.learn(vni(1), mac(1), port(2), t(60));
+        assert!(matches!(moved, Learn::Moved { .. }));
+        let ev = drain(&mut a);
+        assert_eq!(
+            ev,
+            vec![
+                Learned {
+                    vni: vni(1),
+                    mac: mac(1),
+                    dest: port(1)
+                },
+                Learned {
+                    vni: vni(1),
+                    mac: mac(1),
+                    dest: port(2)
+                },
+            ],
+            "a learn and a move; refreshes within one period are not journaled"
+        );
+        // A refresh that crosses a quarter of the aging time (75 s) is journaled again.
+        let _ = a.learn(vni(1), mac(1), port(2), t(74));
+        assert!(drain(&mut a).is_empty());
+        let _ = a.learn(vni(1), mac(1), port(2), t(76));
+        assert_eq!(drain(&mut a).len(), 1);
+        // Applying on another table learns, and does not journal there (no echo).
+        b.enable_journal(8);
+        b.learn_remote(
+            Learned {
+                vni: vni(1),
+                mac: mac(1),
+                dest: port(2),
+            },
+            t(76),
+        );
+        assert_eq!(b.lookup(vni(1), mac(1), t(77)), Some(port(2)));
+        assert!(drain(&mut b).is_empty());
+        // A full journal counts what it loses instead of growing.
+        for m in 10..30 {
+            let _ = a.learn(vni(1), mac(m), port(3), t(80));
+        }
+        assert_eq!(drain(&mut a).len(), 8);
+        assert_eq!(a.journal_overflow(), 12);
+    }
+
+    #[test]
     fn learns_refreshes_and_looks_up_per_vni() {
         let mut f = small(16, 16);
         assert_eq!(f.learn(vni(1), mac(1), port(1), T0), Learn::Learned);
-        assert_eq!(f.learn(vni(1), mac(1), port(1), T0), Learn::Refreshed);
+        assert_eq!(f.learn(vni(1), mac(1), port(1), T0), Learn::Refreshed(T0));
         assert_eq!(f.lookup(vni(1), mac(1), T0), Some(port(1)));
         assert_eq!(
             f.lookup(vni(2), mac(1), T0),
@@ -441,7 +591,7 @@ mod tests {
             "replaced dynamic entry no longer counts"
         );
         assert_eq!(f.learn(vni(1), mac(1), port(1), T0), Learn::StaticConflict);
-        assert_eq!(f.learn(vni(1), mac(1), port(2), T0), Learn::Refreshed);
+        assert_eq!(f.learn(vni(1), mac(1), port(2), T0), Learn::Refreshed(T0));
         let later = Timestamp::from_secs(100_000);
         assert_eq!(f.age(later), 0);
         assert_eq!(f.lookup(vni(1), mac(1), later), Some(port(2)));
@@ -566,8 +716,8 @@ mod tests {
                         now = now.plus(Duration::from_secs(u64::from(dt)));
                         let r = f.learn(vni(u32::from(v) + 1), mac(u64::from(m)), dest_of(dest), now);
                         if let Some(d) = statics.get(&(u32::from(v) + 1, u64::from(m))) {
-                            prop_assert!(matches!(r, Learn::Refreshed | Learn::StaticConflict));
-                            prop_assert_eq!(r == Learn::Refreshed, *d == dest_of(dest));
+                            prop_assert!(matches!(r, Learn::Refreshed(_) | Learn::StaticConflict));
+                            prop_assert_eq!(matches!(r, Learn::Refreshed(_)), *d == dest_of(dest));
                         }
                     }
                     Op::Static { mac: m, vni: v, dest } => {

@@ -13,6 +13,7 @@ pub mod checksum;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod datapath;
 pub mod fdb;
 pub mod mac;
 pub mod pipeline;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use kangaroo_switch::config::Config;
 use kangaroo_switch::sim::{HostId, Sim, SwitchId};
 use kangaroo_switch::tunnel::PeerVnis;
-use kangaroo_switch::{MacAddr, PortConfig, Switch, SwitchConfig, Vni};
+use kangaroo_switch::{MacAddr, PortConfig, SwitchConfig, Vni};
 
 /// Kangaroo's L2 virtual switch: MAC learning, ARP suppression, VXLAN tunnels between hosts,
 /// per-tenant isolation.
@@ -329,7 +329,6 @@ fn init_logging() {
 }
 
 fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
-    use kangaroo_switch::clock::MonotonicClock;
     use kangaroo_switch::config::Mode;
     use kangaroo_switch::port::opener::{AfXdpOpener, PacketOpener, PortOpener};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -347,65 +346,71 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
         cfg.uplink.is_none(),
         "{origin}: uplink: tunnels on a real interface are not available in this version; remove [uplink] and [[peer]]"
     );
-    let (opener, max_frame): (Box<dyn PortOpener>, usize) = match cfg.mode {
-        // Slots hold a whole GSO super-frame (up to 64 KiB), which guests with TSO send.
-        Mode::Packet => (Box::new(PacketOpener), usize::from(u16::MAX)),
+    let workers = cfg.datapath.workers();
+    // Packet mode: slots hold a whole GSO super-frame (up to 64 KiB), which guests with TSO send.
+    let (max_frame, afxdp) = match cfg.mode {
+        Mode::Packet => (usize::from(u16::MAX), None),
         _ => (
-            Box::new(
+            4096,
+            Some(
                 AfXdpOpener::new(Default::default())
                     .with_context(|| format!("{origin}: mode: afxdp"))?,
             ),
-            4096,
         ),
     };
-    let mode = opener.mode();
-    let mut sw = Switch::new(SwitchConfig {
-        fdb: cfg.fdb,
-        max_frame,
-        ..SwitchConfig::default()
-    });
-    sw.set_opener(opener);
-    for (i, p) in cfg.ports.iter().enumerate() {
-        sw.open_port(&p.interface, p.port.clone())
-            .map_err(|e| anyhow::anyhow!("{origin}: port[{i}] ({}): {e}", p.interface))?;
-    }
+    let opener = |w: usize, n: usize| -> Box<dyn PortOpener> {
+        match &afxdp {
+            Some(a) => Box::new(a.for_worker(w as u32, n as u32)),
+            None => Box::new(PacketOpener { fanout: n > 1 }),
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let (datapath, mut jobs) =
-        kangaroo_switch::control::job_queue().context("creating the control channel")?;
+    let (handle, queues) =
+        kangaroo_switch::control::job_queues(workers).context("creating the control channels")?;
+    let running = kangaroo_switch::datapath::start(
+        kangaroo_switch::datapath::Options {
+            cores: cfg.datapath.cores.clone(),
+            busy_poll: cfg.datapath.busy_poll,
+            switch: SwitchConfig {
+                fdb: cfg.fdb,
+                max_frame,
+                ..SwitchConfig::default()
+            },
+        },
+        opener,
+        &cfg.ports,
+        queues,
+        stop.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
-    let control = kangaroo_switch::control::serve(&cfg.control_socket, datapath, shutdown_rx)?;
+    let control = match kangaroo_switch::control::serve(&cfg.control_socket, handle, shutdown_rx) {
+        Ok(c) => c,
+        Err(e) => {
+            drop(running.stop());
+            return Err(e);
+        }
+    };
     tracing::info!(
         ports = cfg.ports.len(),
-        mode,
+        mode = ?cfg.mode,
+        workers,
         control = %cfg.control_socket.display(),
         "kangaroo-switch running"
     );
-    let clock = MonotonicClock::new();
-    let mut fds = sw.readable_fds();
-    fds.push(jobs.wake_fd());
     while !stop.load(Ordering::Relaxed) {
-        let now = clock.now();
-        if jobs.run(&mut sw, now) > 0 {
-            fds = sw.readable_fds();
-            fds.push(jobs.wake_fd());
-        }
-        if sw.poll(now) == 0 {
-            // Idle: sleep until a frame or a control request arrives (or 100 ms pass, to notice
-            // a stop request and keep aging the tables).
-            kangaroo_switch::port::packet::wait_readable(
-                &fds,
-                std::time::Duration::from_millis(100),
-            );
-            jobs.drain_wake();
-        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = shutdown.send(());
     let _ = control.join();
-    let report = kangaroo_switch::control::stats_json(&sw);
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    let sw = running.stop();
+    if let Some(sw) = &sw {
+        let report = kangaroo_switch::control::stats_json(sw);
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
     drop(sw);
     tracing::info!("kangaroo-switch stopped");
     Ok(())

@@ -522,7 +522,7 @@ impl Tables {
     ) -> Option<DropReason> {
         let ev = &stats.events;
         match self.fdb.learn(vni, src, dest, now) {
-            Learn::Refreshed => {}
+            Learn::Refreshed(_) => {}
             Learn::Learned => Stats::event(&ev.fdb_learned),
             Learn::Moved { .. } => Stats::event(&ev.fdb_moves),
             Learn::TableFull => Stats::event(&ev.fdb_full),

@@ -207,6 +207,11 @@ events! {
     fdb_aged,
     /// Receive or transmit calls that failed on a port backend.
     port_errors,
+    /// Learned entries passed from one datapath worker to the others.
+    replicated,
+    /// Learned entries not passed on because a worker's inbox or journal was full (the other
+    /// workers flood until they learn the station themselves).
+    replica_dropped,
 }
 
 /// Maximum number of ports a switch has counters for.

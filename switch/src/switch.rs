@@ -90,9 +90,23 @@ pub struct Switch {
     next_aging: Timestamp,
 }
 
+/// What one datapath worker learned, for the others (see [`Switch::enable_journal`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Replica {
+    /// An FDB entry.
+    Fdb(crate::fdb::Learned),
+    /// An ARP binding.
+    Arp(arp::Snooped),
+}
+
 impl Switch {
     /// A switch with no ports.
     pub fn new(config: SwitchConfig) -> Switch {
+        Switch::with_stats(config, Arc::new(Stats::default()))
+    }
+
+    /// A switch counting into `stats` (shared by the workers of one daemon).
+    pub fn with_stats(config: SwitchConfig, stats: Arc<Stats>) -> Switch {
         let seed = config.seed.unwrap_or_else(rand::random);
         Switch {
             tables: Tables::new(
@@ -102,7 +116,7 @@ impl Switch {
                 },
                 seed,
             ),
-            stats: Arc::new(Stats::default()),
+            stats,
             ports: Vec::new(),
             uplink: None,
             opener: None,
@@ -149,6 +163,39 @@ impl Switch {
         self.ports[i] = Some(backend);
         self.stats.reset_port(id);
         Ok(id)
+    }
+
+    /// Journals what this switch learns (FDB and ARP), up to `capacity` events of each kind
+    /// between two [`Switch::drain_journal`] calls: a daemon with several datapath workers, each
+    /// with its own tables, passes them to the other workers so all know every station.
+    pub fn enable_journal(&mut self, capacity: usize) {
+        self.tables.fdb.enable_journal(capacity);
+        self.tables.arp.enable_journal(capacity);
+    }
+
+    /// Hands what was learned since the last call to `f`.
+    pub fn drain_journal(&mut self, mut f: impl FnMut(Replica)) {
+        self.tables.fdb.drain_journal(|e| f(Replica::Fdb(e)));
+        self.tables.arp.drain_journal(|e| f(Replica::Arp(e)));
+    }
+
+    /// Learns what another worker learned (never journaled again).
+    pub fn apply_replica(&mut self, r: Replica, now: Timestamp) {
+        match r {
+            Replica::Fdb(e) => {
+                // Only for ports and peers this switch has (a port removed meanwhile is skipped).
+                let known = match e.dest {
+                    Dest::Port(p) => self.tables.port(p).is_some(),
+                    Dest::Vtep(p) => self.tables.peers().is_some_and(|t| t.get(p).is_some()),
+                };
+                if known {
+                    let _ = self.tables.fdb.learn_remote(e, now);
+                }
+            }
+            Replica::Arp(e) => {
+                let _ = self.tables.arp.snoop_remote(e, now);
+            }
+        }
     }
 
     /// Sets how [`Switch::open_port`] opens ports (the daemon's datapath mode).

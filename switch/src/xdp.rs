@@ -75,7 +75,10 @@ pub struct Attachment {
 struct Attached {
     link: XdpLinkId,
     slot: u32,
+    mode: AttachMode,
     queues: Vec<u32>,
+    /// Ports (one per datapath worker) using this attachment.
+    users: u32,
 }
 
 /// The loaded XDP program and its maps.
@@ -160,16 +163,19 @@ impl XdpSteering {
     }
 
     /// Attaches the program to `interface` (driver mode first, then skb mode) and reserves a
-    /// slot. Frames keep going to the kernel until [`XdpSteering::steer`] is called.
+    /// slot; if it is attached already (another worker's port on the same interface), shares
+    /// that attachment. Frames keep going to the kernel until [`XdpSteering::steer`] is called.
     ///
     /// # Errors
     /// [`XdpError`] if the interface is missing, no slot is free, or attaching fails.
     pub fn attach(&mut self, interface: &str) -> Result<Attachment, XdpError> {
         let ifindex = sysfs_u32(interface, "ifindex")?;
-        if self.attached.contains_key(&ifindex) {
-            return Err(XdpError::Attach {
-                interface: interface.to_owned(),
-                reason: "already attached".into(),
+        if let Some(a) = self.attached.get_mut(&ifindex) {
+            a.users += 1;
+            return Ok(Attachment {
+                ifindex,
+                slot: a.slot,
+                mode: a.mode,
             });
         }
         let slot = self
@@ -216,7 +222,9 @@ impl XdpSteering {
             Attached {
                 link,
                 slot,
+                mode,
                 queues: Vec::new(),
+                users: 1,
             },
         );
         tracing::info!(interface, ifindex, slot, ?mode, "XDP program attached");
@@ -287,25 +295,32 @@ impl XdpSteering {
             .map_err(map_err(abi::PORTS_MAP))
     }
 
-    /// Stops steering, removes the port's sockets from the XSKMAP and detaches the program from
-    /// the interface. Idempotent.
-    pub fn release(&mut self, ifindex: u32) {
-        let Some(a) = self.attached.remove(&ifindex) else {
+    /// Removes the sockets of `queues` from the XSKMAP; when no port uses the interface any
+    /// more, also stops steering and detaches the program. Idempotent.
+    pub fn release(&mut self, ifindex: u32, queues: &[u32]) {
+        let Some(a) = self.attached.get_mut(&ifindex) else {
             return;
         };
-        if let Ok(mut ports) = self.ports() {
-            let _ = ports.remove(&ifindex);
+        a.users = a.users.saturating_sub(1);
+        a.queues.retain(|q| !queues.contains(q));
+        let (slot, last) = (a.slot, a.users == 0);
+        if last {
+            if let Ok(mut ports) = self.ports() {
+                let _ = ports.remove(&ifindex);
+            }
         }
         if let Ok(mut xsks) = self.xsks() {
-            for q in &a.queues {
-                let index = abi::Port {
-                    slot: a.slot,
-                    flags: 0,
-                }
-                .socket_index(*q);
+            for q in queues {
+                let index = abi::Port { slot, flags: 0 }.socket_index(*q);
                 let _ = xsks.unset(index);
             }
         }
+        if !last {
+            return;
+        }
+        let Some(a) = self.attached.remove(&ifindex) else {
+            return;
+        };
         match self.program().map(|p| p.detach(a.link)) {
             Ok(Ok(())) => tracing::info!(ifindex, "XDP program detached"),
             Ok(Err(e)) => tracing::warn!(ifindex, error = %e, "detaching XDP failed"),
@@ -339,9 +354,16 @@ impl XdpSteering {
 
 impl Drop for XdpSteering {
     fn drop(&mut self) {
-        let all: Vec<u32> = self.attached.keys().copied().collect();
-        for ifindex in all {
-            self.release(ifindex);
+        let all: Vec<(u32, Vec<u32>)> = self
+            .attached
+            .iter()
+            .map(|(i, a)| (*i, a.queues.clone()))
+            .collect();
+        for (ifindex, queues) in all {
+            if let Some(a) = self.attached.get_mut(&ifindex) {
+                a.users = 1;
+            }
+            self.release(ifindex, &queues);
         }
     }
 }

@@ -95,11 +95,36 @@ struct Vm {
 }
 
 fn vm(host: &Netns, idx: u32, ip: &str) -> Vm {
+    vm_with_queues(host, idx, ip, 1)
+}
+
+/// A VM whose veth pair has `queues` receive and transmit queues on each end.
+fn vm_with_queues(host: &Netns, idx: u32, ip: &str, queues: u32) -> Vm {
     let ns = Netns::new(&format!("vm{idx}"));
     let host_if = format!("kgr{}p{idx}", SEQ.load(Ordering::Relaxed));
+    let q = queues.to_string();
     ok(&[
-        "ip", "link", "add", &host_if, "netns", &host.0, "type", "veth", "peer", "name", "eth0",
-        "netns", &ns.0,
+        "ip",
+        "link",
+        "add",
+        &host_if,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "netns",
+        &host.0,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "netns",
+        &ns.0,
     ]);
     ok(&["ip", "-n", &host.0, "link", "set", &host_if, "up"]);
     ok(&[
@@ -556,4 +581,56 @@ fn switches_real_traffic(mode: &str) {
         "{report}"
     );
     println!("netns test took {:?}", started.elapsed());
+}
+
+#[test]
+fn two_datapath_workers_in_each_mode() {
+    if let Some(why) = skip_reason() {
+        println!("skipping: {why}");
+        return;
+    }
+    for mode in ["packet", "afxdp"] {
+        let host = Netns::new("host");
+        let vm1 = vm_with_queues(&host, 1, "192.168.78.1", 2);
+        let vm2 = vm_with_queues(&host, 2, "192.168.78.2", 2);
+        let config = format!(
+            "mode = \"{mode}\"\n[datapath]\ncores = [0, 1]\n[[port]]\ninterface = \"{}\"\nvni = 5\n[[port]]\ninterface = \"{}\"\nvni = 5\n",
+            vm1.host_if, vm2.host_if
+        );
+        let (daemon, dir) = Daemon::start(&host, &config);
+        assert!(ping(&vm1, &vm2.ip, 3), "{mode}: vm1 pings vm2");
+        assert!(ping(&vm2, &vm1.ip, 3), "{mode}: vm2 pings vm1");
+        let (tcp, _) = iperf(&vm1, &vm2, 2, false);
+        println!("TCP through two {mode} workers: {:.2} Gbit/s", tcp / 1e9);
+        assert!(
+            tcp > 50e6,
+            "{mode}: TCP flows through two workers ({tcp} bit/s)"
+        );
+        let (_, live) = ctl(&dir, &["--json", "stats"]);
+        let live: Value = serde_json::from_str(&live).unwrap();
+        assert_eq!(live["workers"].as_u64(), Some(2), "{live}");
+        assert!(
+            live["events"]["replicated"].as_u64().unwrap_or(0) > 0,
+            "{mode}: what one worker learns reaches the other: {live}"
+        );
+        // A hot-added port opens on both workers.
+        let vm3 = vm_with_queues(&host, 3, "192.168.78.3", 2);
+        let (added, out) = ctl(&dir, &["add-port", &vm3.host_if, "--vni", "5"]);
+        assert!(added, "{mode}: {out}");
+        assert!(ping(&vm3, &vm1.ip, 3), "{mode}: vm3 reaches vm1");
+        // One queue cannot feed two AF_XDP workers: refused, and nothing is left half-open.
+        if mode == "afxdp" {
+            let vm4 = vm(&host, 4, "192.168.78.4");
+            let (added, out) = ctl(&dir, &["add-port", &vm4.host_if, "--vni", "5"]);
+            assert!(!added && out.contains("receive queue"), "{out}");
+            assert!(!xdp_attached(&host, &vm4.host_if), "rolled back");
+            let (_, ports) = ctl(&dir, &["--json", "ports"]);
+            assert!(!ports.contains(&vm4.host_if), "{ports}");
+        }
+        let report = daemon.stop();
+        assert!(report["events"]["forwarded"].as_u64().unwrap_or(0) > 0);
+        for v in [&vm1, &vm2, &vm3] {
+            assert!(!xdp_attached(&host, &v.host_if), "{mode}: detached on stop");
+        }
+    }
 }

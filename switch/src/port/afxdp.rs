@@ -291,6 +291,7 @@ impl AfXdpPort {
         interface: &str,
         steering: Arc<Mutex<XdpSteering>>,
         cfg: &AfXdpConfig,
+        (worker, workers): (u32, u32),
     ) -> Result<AfXdpPort, PortError> {
         let fail = |m: String| PortError::Io {
             name: interface.to_owned(),
@@ -298,6 +299,19 @@ impl AfXdpPort {
         };
         let mtu = crate::xdp::sysfs_u32(interface, "mtu").map_err(|e| fail(e.to_string()))?;
         let frame_size = frame_size_for_mtu(mtu).map_err(fail)?;
+        let all = crate::xdp::rx_queues(interface);
+        let mine: Vec<u32> = all
+            .iter()
+            .copied()
+            .filter(|q| q % workers.max(1) == worker)
+            .collect();
+        if mine.is_empty() {
+            return Err(fail(format!(
+                "{} receive queue(s) for {workers} datapath workers: every worker needs one \
+                 (veth: create it with numrxqueues {workers} numtxqueues {workers}; NICs: ethtool -L)",
+                all.len()
+            )));
+        }
         let attachment = steering
             .lock()
             .map_err(|_| fail("the XDP state is poisoned".into()))?
@@ -312,7 +326,7 @@ impl AfXdpPort {
             counters: AfXdpCounters::default(),
             zero_copy: false,
         };
-        for q in crate::xdp::rx_queues(interface) {
+        for q in mine {
             let queue = Queue::open(interface, q, frame_size, cfg).map_err(fail)?;
             port.steering
                 .lock()
@@ -404,8 +418,9 @@ impl PortBackend for AfXdpPort {
 
 impl Drop for AfXdpPort {
     fn drop(&mut self) {
+        let queues: Vec<u32> = self.queues.iter().map(|q| q.id).collect();
         if let Ok(mut s) = self.steering.lock() {
-            s.release(self.attachment.ifindex);
+            s.release(self.attachment.ifindex, &queues);
         }
         tracing::info!(interface = %self.name, queues = ?self.queues.iter().map(|q| q.id).collect::<Vec<_>>(), "AF_XDP port closed");
     }

@@ -24,9 +24,13 @@ pub trait PortOpener: Send {
     }
 }
 
-/// AF_PACKET ports.
+/// AF_PACKET ports. With several datapath workers each opens its own socket per port, all in
+/// one fanout group.
 #[derive(Debug, Default)]
-pub struct PacketOpener;
+pub struct PacketOpener {
+    /// Join the interface's fanout group.
+    pub fanout: bool,
+}
 
 impl PortOpener for PacketOpener {
     fn mode(&self) -> &'static str {
@@ -34,22 +38,26 @@ impl PortOpener for PacketOpener {
     }
 
     fn open(&mut self, interface: &str) -> Result<Box<dyn PortBackend>, String> {
-        super::packet::PacketPort::open(interface)
+        super::packet::PacketPort::open_in_fanout(interface, self.fanout)
             .map(|p| Box::new(p) as Box<dyn PortBackend>)
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     }
 }
 
-/// AF_XDP ports steered by the XDP program.
+/// AF_XDP ports steered by the XDP program. With several datapath workers, worker `w` of `n`
+/// owns receive queues `q` with `q % n == w` of every port (one socket each); all workers share
+/// the one loaded program.
 #[cfg(target_os = "linux")]
 pub struct AfXdpOpener {
     steering: Arc<Mutex<crate::xdp::XdpSteering>>,
     config: super::afxdp::AfXdpConfig,
+    worker: u32,
+    workers: u32,
 }
 
 #[cfg(target_os = "linux")]
 impl AfXdpOpener {
-    /// Loads the XDP program (attached to each port as it opens).
+    /// Loads the XDP program (attached to each port as it opens), for a single worker.
     ///
     /// # Errors
     /// [`crate::xdp::XdpError`] if the kernel refuses the program.
@@ -57,7 +65,19 @@ impl AfXdpOpener {
         Ok(AfXdpOpener {
             steering: Arc::new(Mutex::new(crate::xdp::XdpSteering::load(false)?)),
             config,
+            worker: 0,
+            workers: 1,
         })
+    }
+
+    /// The opener for worker `worker` of `workers`, sharing this one's program.
+    pub fn for_worker(&self, worker: u32, workers: u32) -> AfXdpOpener {
+        AfXdpOpener {
+            steering: self.steering.clone(),
+            config: self.config,
+            worker,
+            workers: workers.max(1),
+        }
     }
 }
 
@@ -68,9 +88,14 @@ impl PortOpener for AfXdpOpener {
     }
 
     fn open(&mut self, interface: &str) -> Result<Box<dyn PortBackend>, String> {
-        super::afxdp::AfXdpPort::open(interface, self.steering.clone(), &self.config)
-            .map(|p| Box::new(p) as Box<dyn PortBackend>)
-            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+        super::afxdp::AfXdpPort::open(
+            interface,
+            self.steering.clone(),
+            &self.config,
+            (self.worker, self.workers),
+        )
+        .map(|p| Box::new(p) as Box<dyn PortBackend>)
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -56,6 +56,16 @@ impl PacketPort {
     /// [`PortError::Io`] if the interface does not exist or the socket cannot be set up (AF_PACKET
     /// needs `CAP_NET_RAW`).
     pub fn open(name: &str) -> Result<PacketPort, PortError> {
+        PacketPort::open_in_fanout(name, false)
+    }
+
+    /// As [`PacketPort::open`]; with `fanout`, the socket joins the interface's fanout group
+    /// (`PACKET_FANOUT_HASH`, group id = ifindex): with one socket per datapath worker, the
+    /// kernel spreads received frames over them by flow hash.
+    ///
+    /// # Errors
+    /// As [`PacketPort::open`].
+    pub fn open_in_fanout(name: &str, fanout: bool) -> Result<PacketPort, PortError> {
         let io_err = |source: io::Error| PortError::Io {
             name: name.to_owned(),
             source,
@@ -110,6 +120,11 @@ impl PacketPort {
         };
         if r != 0 {
             return Err(io_err(io::Error::last_os_error()));
+        }
+        if fanout {
+            let group = (ifindex & 0xffff) as libc::c_int
+                | ((libc::PACKET_FANOUT_HASH as libc::c_int) << 16);
+            setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_FANOUT, group).map_err(io_err)?;
         }
         // SAFETY: `packet_mreq` is plain old data; all-zero is valid.
         let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
