@@ -64,3 +64,29 @@ fn unusable_configs_fail_naming_the_problem() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/switch.toml: cannot read"));
 }
+
+#[test]
+fn every_counter_is_documented_in_operations_md() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))
+    .unwrap();
+    let mut names: Vec<String> = kangaroo_switch::DropReason::ALL
+        .iter()
+        .map(|r| r.name().to_owned())
+        .collect();
+    let events = serde_json::to_value(kangaroo_switch::stats::EventCounters::default()).unwrap();
+    names.extend(events.as_object().unwrap().keys().cloned());
+    names.extend(
+        kangaroo_xdp::Counter::ALL
+            .iter()
+            .map(|c| c.name().to_owned()),
+    );
+    for n in names {
+        assert!(
+            doc.contains(&format!("| `{n}` |")),
+            "docs/operations.md has no table row for the counter `{n}`"
+        );
+    }
+}
