@@ -168,5 +168,41 @@ fn fdb(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipeline, fdb);
+/// Completing a guest's partial TCP checksum (afxdp mode), against recognising a finished one.
+fn checksum(c: &mut Criterion) {
+    use kangaroo_switch::checksum::{add, fold, repair_partial, Repair};
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 5201, 7, 65535);
+    let mut finished = Vec::new();
+    if b.write(&mut finished, &[0x5a; 1448]).is_err() {
+        return;
+    }
+    let mut partial = finished.clone();
+    let l4_len = (partial.len() - 34) as u16;
+    let pseudo = fold(add(
+        add(add(0, &partial[26..34]), &[0, 6]),
+        &l4_len.to_be_bytes(),
+    ));
+    partial[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    let mut g = c.benchmark_group("checksum");
+    g.throughput(Throughput::Bytes(partial.len() as u64));
+    g.bench_function("complete_partial_1500", |bch| {
+        bch.iter_batched_ref(
+            || partial.clone(),
+            |f| assert_eq!(repair_partial(f), Repair::Completed),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("recognise_finished_1500", |bch| {
+        bch.iter_batched_ref(
+            || finished.clone(),
+            |f| assert_eq!(repair_partial(f), Repair::NotPartial),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipeline, fdb, checksum);
 criterion_main!(benches);

@@ -59,13 +59,15 @@ pub fn verify(data: &[u8]) -> bool {
 pub enum Repair {
     /// Not an unfragmented TCP or UDP segment over IPv4 or IPv6 (nothing to check).
     NotApplicable,
-    /// The L4 checksum was valid (or absent: UDP over IPv4 with a zero checksum).
+    /// The L4 checksum is finished: not the pseudo-header sum a sender leaves for offload (it
+    /// is not verified: a wrong one is for the receiver to drop).
+    NotPartial,
+    /// The L4 checksum field held the pseudo-header sum but the segment verifies as it is (or
+    /// the checksum is absent: UDP over IPv4 with a zero checksum).
     Valid,
     /// The checksum field held only the pseudo-header sum (a checksum the sender left to
     /// offload); it has been completed in place.
     Completed,
-    /// The checksum is wrong and is not a partial one; the frame is left unchanged.
-    Bad,
 }
 
 const ETH_LEN: usize = 14;
@@ -79,9 +81,9 @@ const PROTO_UDP: u8 = 17;
 /// A guest whose NIC offloads checksums hands its frames over with the checksum field holding
 /// only the folded pseudo-header sum, and a flag in the kernel's metadata saying so. AF_XDP and
 /// XDP lose that metadata, so the switch recognises such frames by their contents: a checksum
-/// that does not verify but equals the pseudo-header sum is partial, and is completed. A valid
-/// checksum costs one pass over the segment to verify; a wrong checksum that is not partial is
-/// left alone, for the receiver to drop.
+/// field equal to the pseudo-header sum is partial unless the segment verifies as it is (a
+/// 1-in-65536 coincidence), and is completed. Frames with any other checksum cost only the
+/// header reads: they are finished, and a wrong one is left for the receiver to drop.
 pub fn repair_partial(frame: &mut [u8]) -> Repair {
     let Some(ethertype) = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
         return Repair::NotApplicable;
@@ -136,16 +138,19 @@ pub fn repair_partial(frame: &mut [u8]) -> Repair {
     if proto == PROTO_UDP && current == 0 && ethertype == ETHERTYPE_IPV4 {
         return Repair::Valid;
     }
-    let body = add(0, l4);
-    if fold(add(body, &fold(pseudo).to_be_bytes())) == 0xffff {
-        return Repair::Valid;
-    }
     let partial = fold(pseudo);
     // 0x0000 and 0xffff are the same number in ones' complement.
-    let is_partial =
+    let may_be_partial =
         current == partial || (current ^ partial == 0xffff && (partial == 0 || partial == 0xffff));
-    if !is_partial {
-        return Repair::Bad;
+    if !may_be_partial {
+        // Not partial: valid, or wrong for the receiver to drop. Not summed here, so frames
+        // with finished checksums cost no pass over their payload.
+        return Repair::NotPartial;
+    }
+    let body = add(0, l4);
+    if fold(add(body, &partial.to_be_bytes())) == 0xffff {
+        // A finished checksum that happens to equal the pseudo-header sum.
+        return Repair::Valid;
     }
     // The field holds the pseudo-header sum, so the body's sum already includes it.
     let mut sum = finish(body);
@@ -239,8 +244,8 @@ mod tests {
     fn partial_tcp_over_ipv4_is_completed_to_the_real_checksum() {
         let good = tcp_v4(b"hello, nested world");
         let mut f = good.clone();
-        assert_eq!(repair_partial(&mut f), Repair::Valid);
-        assert_eq!(f, good, "a valid frame is left alone");
+        assert_eq!(repair_partial(&mut f), Repair::NotPartial);
+        assert_eq!(f, good, "a finished frame is left alone");
         let l4_len = (good.len() - 34) as u16;
         make_partial(
             &mut f,
@@ -251,18 +256,35 @@ mod tests {
         assert_eq!(repair_partial(&mut f), Repair::Completed);
         assert_eq!(f, good, "completion yields the sender's checksum");
         f[60] ^= 0x40;
+        let corrupt = f.clone();
+        assert_eq!(repair_partial(&mut f), Repair::NotPartial);
         assert_eq!(
-            repair_partial(&mut f),
-            Repair::Bad,
-            "corruption is not repaired"
+            f, corrupt,
+            "corruption is not repaired, for the receiver to drop"
         );
+    }
+
+    #[test]
+    fn a_finished_checksum_equal_to_the_pseudo_header_sum_is_left_alone() {
+        let mut f = tcp_v4(&[0u8; 16]);
+        let l4_len = (f.len() - 34) as u16;
+        let pseudo = fold(add(add(add(0, &f[26..34]), &[0, 6]), &l4_len.to_be_bytes()));
+        f[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        // Adjust a payload word so that the segment verifies with that checksum.
+        let s = fold(add(add(0, &f[34..]), &pseudo.to_be_bytes()));
+        let w = fold(u32::from(u16::from_be_bytes([f[60], f[61]])) + u32::from(!s));
+        f[60..62].copy_from_slice(&w.to_be_bytes());
+        assert_eq!(fold(add(add(0, &f[34..]), &pseudo.to_be_bytes())), 0xffff);
+        let before = f.clone();
+        assert_eq!(repair_partial(&mut f), Repair::Valid);
+        assert_eq!(f, before);
     }
 
     #[test]
     fn partial_udp_over_ipv6_is_completed() {
         let good = udp_v6(b"query");
         let mut f = good.clone();
-        assert_eq!(repair_partial(&mut f), Repair::Valid);
+        assert_eq!(repair_partial(&mut f), Repair::NotPartial);
         let l4_len = (good.len() - 54) as u32;
         make_partial(
             &mut f,
