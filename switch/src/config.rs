@@ -103,6 +103,16 @@ impl DatapathSettings {
     }
 }
 
+impl PeerSettings {
+    /// The networks shared with the peer, as the switch takes them.
+    pub fn vnis(&self) -> crate::tunnel::PeerVnis {
+        match &self.vnis {
+            None => crate::tunnel::PeerVnis::All,
+            Some(v) => crate::tunnel::PeerVnis::Only(v.clone()),
+        }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

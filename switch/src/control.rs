@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use crate::clock::Timestamp;
 use crate::fdb::Dest;
 use crate::mac::MacAddr;
-use crate::pipeline::PortConfig;
+use crate::pipeline::{PortConfig, TablesError};
 use crate::stats::DropReason;
 use crate::switch::Switch;
 use crate::tunnel::Vni;
@@ -287,7 +287,84 @@ fn ports(sw: &Switch) -> Vec<PortInfo> {
 struct FdbRequest {
     vni: u32,
     mac: String,
-    interface: String,
+    /// A local port ...
+    interface: Option<String>,
+    /// ... or a peer's VTEP address.
+    vtep: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerRequest {
+    address: String,
+    vnis: Option<Vec<u32>>,
+}
+
+fn peers_json(sw: &Switch) -> Vec<Value> {
+    sw.tables()
+        .peers()
+        .map(|t| {
+            t.iter()
+                .map(|(id, p)| {
+                    let vnis = match &p.vnis {
+                        crate::tunnel::PeerVnis::All => Value::String("all".into()),
+                        crate::tunnel::PeerVnis::Only(v) => {
+                            json!(v.iter().map(|x| x.get()).collect::<Vec<_>>())
+                        }
+                    };
+                    json!({ "address": p.addr.to_string(), "vnis": vnis,
+                            "learned_macs": sw.tables().fdb.owned_by(Dest::Vtep(id)) })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn list_peers(State(d): State<Datapath>) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(d.run(|sw, _| peers_json(sw)).await?))
+}
+
+async fn add_peer(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<Value>>, ApiError> {
+    let r: PeerRequest = body(&b)?;
+    let addr: Ipv4Addr = r
+        .address
+        .parse()
+        .map_err(|_| ApiError::bad("address", format!("{:?} is not an IPv4 address", r.address)))?;
+    let vnis = match &r.vnis {
+        None => crate::tunnel::PeerVnis::All,
+        Some(v) => crate::tunnel::PeerVnis::Only(
+            v.iter()
+                .map(|x| vni_of("vnis", *x))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    d.run_each(move |sw, _| {
+        sw.add_peer(addr, MacAddr::ZERO, vnis.clone())
+            .map(|_| peers_json(sw))
+            .map_err(|e| match e {
+                crate::switch::SwitchError::Tables(TablesError::NoUplink) => {
+                    ApiError::conflict("no [uplink] is configured: peers need one")
+                }
+                e => ApiError::conflict(e),
+            })
+    })
+    .await?
+    .map(Json)
+}
+
+async fn remove_peer(
+    State(d): State<Datapath>,
+    UrlPath(address): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let addr: Ipv4Addr = address
+        .parse()
+        .map_err(|_| ApiError::bad("address", format!("{address:?} is not an IPv4 address")))?;
+    d.run_each(move |sw, _| {
+        sw.remove_peer(addr)
+            .map(|_| StatusCode::NO_CONTENT)
+            .map_err(|_| ApiError::not_found(format!("no peer {addr}")))
+    })
+    .await?
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,11 +500,34 @@ async fn add_fdb(State(d): State<Datapath>, b: Bytes) -> Result<StatusCode, ApiE
     let r: FdbRequest = body(&b)?;
     let vni = vni_of("vni", r.vni)?;
     let mac = mac_of("mac", &r.mac)?;
+    let vtep = match (&r.interface, &r.vtep) {
+        (Some(_), None) => None,
+        (None, Some(v)) => Some(
+            v.parse::<Ipv4Addr>()
+                .map_err(|_| ApiError::bad("vtep", format!("{v:?} is not an IPv4 address")))?,
+        ),
+        _ => {
+            return Err(ApiError::bad(
+                "interface",
+                "give exactly one of \"interface\" (a local port) and \"vtep\" (a peer)",
+            ))
+        }
+    };
+    let interface = r.interface.clone().unwrap_or_default();
     d.run_each(move |sw, now| {
-        let id = sw
-            .port_id(&r.interface)
-            .ok_or_else(|| ApiError::bad("interface", format!("no port {}", r.interface)))?;
-        sw.add_static_fdb(vni, mac, Dest::Port(id), now)
+        let dest = match vtep {
+            None => Dest::Port(
+                sw.port_id(&interface)
+                    .ok_or_else(|| ApiError::bad("interface", format!("no port {interface}")))?,
+            ),
+            Some(a) => Dest::Vtep(
+                sw.tables()
+                    .peers()
+                    .and_then(|t| t.id_of(a))
+                    .ok_or_else(|| ApiError::bad("vtep", format!("no peer {a}")))?,
+            ),
+        };
+        sw.add_static_fdb(vni, mac, dest, now)
             .map_err(ApiError::conflict)?;
         Ok(StatusCode::NO_CONTENT)
     })
@@ -477,6 +577,7 @@ pub fn stats_json(sw: &Switch) -> Value {
     json!({
         "ports": ports(sw),
         "uplink": s.uplink.snapshot(),
+        "uplink_backend": sw.uplink_counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         "drops": drops,
         "events": s.events.snapshot(),
         "fdb_entries": sw.tables().fdb.len(),
@@ -558,6 +659,8 @@ pub fn router(d: Datapath) -> Router {
         .route("/v1/fdb", get(list_fdb).post(add_fdb))
         .route("/v1/fdb/{vni}/{mac}", delete(remove_fdb))
         .route("/v1/arp", axum::routing::post(add_arp))
+        .route("/v1/peers", get(list_peers).post(add_peer))
+        .route("/v1/peers/{address}", delete(remove_peer))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })

@@ -25,7 +25,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 
 use crate::clock::MonotonicClock;
-use crate::config::PortSettings;
+use crate::config::{PeerSettings, PortSettings, UplinkSettings};
 use crate::control::JobQueue;
 use crate::port::opener::PortOpener;
 use crate::stats::Stats;
@@ -46,6 +46,8 @@ pub struct Options {
     pub busy_poll: bool,
     /// The switch settings every worker uses.
     pub switch: SwitchConfig,
+    /// The uplink and the peers reached through it, if tunnels are used.
+    pub uplink: Option<(UplinkSettings, Vec<PeerSettings>)>,
 }
 
 /// Running workers.
@@ -80,6 +82,7 @@ pub fn start(
             sw.enable_journal(JOURNAL);
         }
         let ports = ports.to_vec();
+        let uplink = options.uplink.clone();
         let ready = ready_tx.clone();
         let inboxes = inboxes.clone();
         let stop_w = stop.clone();
@@ -98,6 +101,13 @@ pub fn start(
                     for (i, p) in ports.iter().enumerate() {
                         sw.open_port(&p.interface, p.port.clone())
                             .map_err(|e| format!("port[{i}] ({}): {e}", p.interface))?;
+                    }
+                    if let Some((u, peers)) = &uplink {
+                        sw.open_uplink(u).map_err(|e| format!("uplink ({}): {e}", u.interface))?;
+                        for (i, p) in peers.iter().enumerate() {
+                            sw.add_peer(p.address, crate::mac::MacAddr::ZERO, p.vnis())
+                                .map_err(|e| format!("peer[{i}] ({}): {e}", p.address))?;
+                        }
                     }
                     Ok(())
                 })();

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod fdb;
+pub mod gso;
 pub mod mac;
 pub mod pipeline;
 pub mod port;

@@ -85,6 +85,21 @@ enum CtlCommand {
     },
     /// List the forwarding database.
     Fdb,
+    /// List the peer VTEPs.
+    Peers,
+    /// Add a peer VTEP.
+    AddPeer {
+        /// Its underlay address.
+        address: String,
+        /// Networks shared with it (repeatable; default: all).
+        #[arg(long = "vni")]
+        vnis: Vec<u32>,
+    },
+    /// Remove a peer VTEP (and everything learned behind it).
+    RemovePeer {
+        /// Its underlay address.
+        address: String,
+    },
     /// All counters.
     Stats,
 }
@@ -342,20 +357,15 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
         cfg.mode != Mode::Xdp,
         "{origin}: mode: \"xdp\" (the in-kernel fast path) is not available in this version; use mode = \"afxdp\" or \"packet\""
     );
-    anyhow::ensure!(
-        cfg.uplink.is_none(),
-        "{origin}: uplink: tunnels on a real interface are not available in this version; remove [uplink] and [[peer]]"
-    );
     let workers = cfg.datapath.workers();
-    // Packet mode: slots hold a whole GSO super-frame (up to 64 KiB), which guests with TSO send.
-    let (max_frame, afxdp) = match cfg.mode {
-        Mode::Packet => (usize::from(u16::MAX), None),
-        _ => (
-            4096,
-            Some(
-                AfXdpOpener::new(Default::default())
-                    .with_context(|| format!("{origin}: mode: afxdp"))?,
-            ),
+    // Receive slots hold a whole GSO super-frame (up to 64 KiB): guests with TSO send them to
+    // packet ports, and peers whose packets crossed only virtual links send them in one datagram.
+    let max_frame = usize::from(u16::MAX);
+    let afxdp = match cfg.mode {
+        Mode::Packet => None,
+        _ => Some(
+            AfXdpOpener::new(Default::default())
+                .with_context(|| format!("{origin}: mode: afxdp"))?,
         ),
     };
     let opener = |w: usize, n: usize| -> Box<dyn PortOpener> {
@@ -377,8 +387,10 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
             switch: SwitchConfig {
                 fdb: cfg.fdb,
                 max_frame,
+                underlay_mtu: cfg.uplink.as_ref().map_or(1500, |u| u.mtu),
                 ..SwitchConfig::default()
             },
+            uplink: cfg.uplink.clone().map(|u| (u, cfg.peers.clone())),
         },
         opener,
         &cfg.ports,
@@ -432,6 +444,17 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
         ),
         CtlCommand::RemovePort { interface } => ("DELETE", format!("/v1/ports/{interface}"), None),
         CtlCommand::Fdb => ("GET", "/v1/fdb".to_owned(), None),
+        CtlCommand::Peers => ("GET", "/v1/peers".to_owned(), None),
+        CtlCommand::AddPeer { address, vnis } => (
+            "POST",
+            "/v1/peers".to_owned(),
+            Some(if vnis.is_empty() {
+                serde_json::json!({ "address": address })
+            } else {
+                serde_json::json!({ "address": address, "vnis": vnis })
+            }),
+        ),
+        CtlCommand::RemovePeer { address } => ("DELETE", format!("/v1/peers/{address}"), None),
         CtlCommand::Stats => ("GET", "/v1/stats".to_owned(), None),
     };
     let (status, text) = request(&a.socket, method, &path, body.as_ref())?;
@@ -475,6 +498,18 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlCommand::RemovePort { interface } => println!("released {interface}"),
+        CtlCommand::Peers | CtlCommand::AddPeer { .. } => {
+            println!("{:<16} {:<24} {:>8}", "PEER", "VNIS", "MACS");
+            for p in v.as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<16} {:<24} {:>8}",
+                    cell(&p, "/address"),
+                    cell(&p, "/vnis"),
+                    cell(&p, "/learned_macs")
+                );
+            }
+        }
+        CtlCommand::RemovePeer { address } => println!("removed peer {address}"),
         CtlCommand::Fdb => {
             println!(
                 "{:<8} {:<18} {:<20} {:>8} {:>6}",

@@ -73,6 +73,9 @@ pub enum SwitchError {
 /// anyway, so sweeping only reclaims their slots.
 pub const AGING_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Largest segment cut from a GSO super-frame (a 9000-byte MTU with room to spare).
+const SEGMENT_MAX: usize = 9216;
+
 /// Bytes of outer IPv4/UDP/VXLAN headers counted against the underlay MTU.
 const TUNNEL_IP_OVERHEAD: usize = tunnel::OUTER_LEN - tunnel::outer::ETH_LEN;
 
@@ -86,6 +89,8 @@ pub struct Switch {
     opener: Option<Box<dyn crate::port::opener::PortOpener>>,
     rx: RxBatch,
     scratch: Box<[u8]>,
+    /// One segment of a GSO super-frame cut for a tunnel.
+    segment: Box<[u8]>,
     reply: [u8; arp::REPLY_FRAME_LEN],
     next_aging: Timestamp,
 }
@@ -122,6 +127,7 @@ impl Switch {
             opener: None,
             rx: RxBatch::new(config.batch_size.max(1), config.max_frame),
             scratch: vec![0; config.max_frame + tunnel::OUTER_LEN].into_boxed_slice(),
+            segment: vec![0; SEGMENT_MAX].into_boxed_slice(),
             reply: [0; arp::REPLY_FRAME_LEN],
             next_aging: Timestamp::ZERO,
             config,
@@ -198,6 +204,41 @@ impl Switch {
         }
     }
 
+    /// Opens the uplink with the opener and sets this host's VTEP (the interface's MAC is read
+    /// from sysfs).
+    ///
+    /// # Errors
+    /// A message: no opener, the interface's address unreadable, or the uplink cannot be opened.
+    pub fn open_uplink(&mut self, u: &crate::config::UplinkSettings) -> Result<(), String> {
+        let mac_path = std::path::Path::new("/sys/class/net")
+            .join(&u.interface)
+            .join("address");
+        let mac: MacAddr = std::fs::read_to_string(&mac_path)
+            .map_err(|e| format!("reading {}: {e}", mac_path.display()))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{}: {e}", mac_path.display()))?;
+        let opener = self
+            .opener
+            .as_mut()
+            .ok_or("this switch has no datapath to open the uplink with")?;
+        let backend = opener.open_uplink(
+            &u.interface,
+            std::net::SocketAddrV4::new(u.address, u.udp_port),
+            mac,
+            u.mtu.saturating_sub(tunnel::OUTER_LEN),
+        )?;
+        self.set_uplink(
+            backend,
+            LocalVtep {
+                addr: u.address,
+                mac,
+                udp_port: u.udp_port,
+            },
+        );
+        Ok(())
+    }
+
     /// Sets how [`Switch::open_port`] opens ports (the daemon's datapath mode).
     pub fn set_opener(&mut self, opener: Box<dyn crate::port::opener::PortOpener>) {
         self.opener = Some(opener);
@@ -213,6 +254,14 @@ impl Switch {
         self.opener
             .as_ref()
             .map(|o| o.counters())
+            .unwrap_or_default()
+    }
+
+    /// Counters kept by the uplink's backend.
+    pub fn uplink_counters(&self) -> Vec<(&'static str, u64)> {
+        self.uplink
+            .as_ref()
+            .map(|u| u.counters())
             .unwrap_or_default()
     }
 
@@ -354,6 +403,7 @@ impl Switch {
             opener: _,
             rx,
             scratch,
+            segment,
             reply,
             next_aging,
         } = self;
@@ -362,6 +412,7 @@ impl Switch {
             uplink,
             stats,
             scratch,
+            segment,
             max_inner: config.underlay_mtu.saturating_sub(TUNNEL_IP_OVERHEAD),
         };
         let mut received = 0;
@@ -396,7 +447,10 @@ impl Switch {
                     if !matches!(r.verdict, Verdict::Drop(_)) {
                         Stats::event(&stats.events.decapsulated);
                     }
-                    out.dispatch(tables, None, r.inner, &Offload::NONE, r.verdict, reply);
+                    // A super-frame a peer sent in one datagram keeps its description (offsets
+                    // relative to the inner frame).
+                    let off = rx.offload(f);
+                    out.dispatch(tables, None, r.inner, &off, r.verdict, reply);
                 }
             }
         }
@@ -431,6 +485,7 @@ struct Out<'a> {
     uplink: &'a mut Option<Box<dyn PortBackend>>,
     stats: &'a Stats,
     scratch: &'a mut [u8],
+    segment: &'a mut [u8],
     max_inner: usize,
 }
 
@@ -495,7 +550,22 @@ impl Out<'_> {
         let sent = if port.carries_offloads() || *offload == Offload::NONE {
             port.send(frame, offload)
         } else if offload.is_gso() {
-            self.stats.drop(DropReason::GsoUnsupported);
+            // A port that cannot take a super-frame gets its segments.
+            let stats = self.stats;
+            let mut sent = 0;
+            let r = crate::gso::segment(frame, offload, self.segment, |seg| {
+                match port.send(seg, &Offload::NONE) {
+                    Ok(true) => {
+                        sent += 1;
+                        stats.port(id).tx(seg.len());
+                    }
+                    Ok(false) => stats.drop(DropReason::TxQueueFull),
+                    Err(_) => Stats::event(&stats.events.port_errors),
+                }
+            });
+            if r.is_err() {
+                self.stats.drop(DropReason::GsoUnsupported);
+            }
             return;
         } else {
             let Some(copy) = self.scratch.get_mut(..frame.len()) else {
@@ -517,7 +587,7 @@ impl Out<'_> {
     }
 
     /// Encapsulates to a peer. Checksums left partial are completed in the encapsulated copy;
-    /// GSO super-frames cannot be tunnelled and are dropped.
+    /// TCP super-frames are cut into segments first (others are dropped as `gso_unsupported`).
     #[inline]
     fn send_to_peer(
         &mut self,
@@ -535,30 +605,71 @@ impl Out<'_> {
             return;
         };
         if offload.is_gso() {
-            self.stats.drop(DropReason::GsoUnsupported);
-            return;
-        }
-        if frame.len() > self.max_inner {
-            self.stats.drop(DropReason::TooBigForTunnel);
-            return;
-        }
-        let Ok(n) = p.template.encapsulate(vni, frame, self.scratch) else {
-            self.stats.drop(DropReason::TooBigForTunnel);
-            return;
-        };
-        if offload.needs_csum()
-            && !offload.complete_checksum(&mut self.scratch[tunnel::OUTER_LEN..n])
-        {
-            self.stats.drop(DropReason::Truncated);
-            return;
-        }
-        match up.send(&self.scratch[..n], &Offload::NONE) {
-            Ok(true) => {
-                Stats::event(&self.stats.events.encapsulated);
-                self.stats.uplink.tx(n);
+            // Cut into segments of at most gso_size bytes, each tunnelled on its own.
+            let (segment, max_inner) = (&mut *self.segment, self.max_inner);
+            let scratch = &mut *self.scratch;
+            let stats = self.stats;
+            let r = crate::gso::segment(frame, offload, segment, |seg| {
+                encapsulate_and_send(
+                    up.as_mut(),
+                    p,
+                    vni,
+                    seg,
+                    &Offload::NONE,
+                    scratch,
+                    max_inner,
+                    stats,
+                );
+            });
+            if r.is_err() {
+                self.stats.drop(DropReason::GsoUnsupported);
             }
-            Ok(false) => self.stats.drop(DropReason::TxQueueFull),
-            Err(_) => Stats::event(&self.stats.events.port_errors),
+            return;
         }
+        encapsulate_and_send(
+            up.as_mut(),
+            p,
+            vni,
+            frame,
+            offload,
+            self.scratch,
+            self.max_inner,
+            self.stats,
+        );
+    }
+}
+
+/// Encapsulates one frame (at most `max_inner` bytes) toward peer `p` and sends it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn encapsulate_and_send(
+    up: &mut dyn PortBackend,
+    p: &tunnel::Peer,
+    vni: Vni,
+    frame: &[u8],
+    offload: &Offload,
+    scratch: &mut [u8],
+    max_inner: usize,
+    stats: &Stats,
+) {
+    if frame.len() > max_inner {
+        stats.drop(DropReason::TooBigForTunnel);
+        return;
+    }
+    let Ok(n) = p.template.encapsulate(vni, frame, scratch) else {
+        stats.drop(DropReason::TooBigForTunnel);
+        return;
+    };
+    if offload.needs_csum() && !offload.complete_checksum(&mut scratch[tunnel::OUTER_LEN..n]) {
+        stats.drop(DropReason::Truncated);
+        return;
+    }
+    match up.send(&scratch[..n], &Offload::NONE) {
+        Ok(true) => {
+            Stats::event(&stats.events.encapsulated);
+            stats.uplink.tx(n);
+        }
+        Ok(false) => stats.drop(DropReason::TxQueueFull),
+        Err(_) => Stats::event(&stats.events.port_errors),
     }
 }

@@ -9,6 +9,7 @@ pub mod afxdp;
 pub mod memory;
 pub mod opener;
 pub mod packet;
+pub mod underlay;
 
 /// Index of a port in the switch.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]

@@ -22,6 +22,28 @@ pub trait PortOpener: Send {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+
+    /// True when several workers open the same interfaces (sockets must share them).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Opens the uplink on `interface` with this host's VTEP address and port: VXLAN through the
+    /// host's IP stack ([`super::underlay::UnderlayPort`]).
+    ///
+    /// # Errors
+    /// A message naming what failed.
+    fn open_uplink(
+        &mut self,
+        interface: &str,
+        local: std::net::SocketAddrV4,
+        mac: crate::mac::MacAddr,
+        inner_mtu: usize,
+    ) -> Result<Box<dyn PortBackend>, String> {
+        super::underlay::UnderlayPort::open(interface, local, mac, inner_mtu, self.shared())
+            .map(|p| Box::new(p) as Box<dyn PortBackend>)
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
 }
 
 /// AF_PACKET ports. With several datapath workers each opens its own socket per port, all in
@@ -35,6 +57,10 @@ pub struct PacketOpener {
 impl PortOpener for PacketOpener {
     fn mode(&self) -> &'static str {
         "packet"
+    }
+
+    fn shared(&self) -> bool {
+        self.fanout
     }
 
     fn open(&mut self, interface: &str) -> Result<Box<dyn PortBackend>, String> {
@@ -96,6 +122,10 @@ impl PortOpener for AfXdpOpener {
         )
         .map(|p| Box::new(p) as Box<dyn PortBackend>)
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
+
+    fn shared(&self) -> bool {
+        self.workers > 1
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -24,14 +24,18 @@ pub struct PacketPort {
     fd: OwnedFd,
 }
 
-fn setsockopt_int(
-    fd: &OwnedFd,
+/// `setsockopt(2)` with an `int` value on any socket.
+///
+/// # Errors
+/// The OS error.
+pub(crate) fn setsockopt_int(
+    fd: &impl AsRawFd,
     level: libc::c_int,
     opt: libc::c_int,
     val: libc::c_int,
 ) -> io::Result<()> {
     // SAFETY:
-    // - `fd` is an open socket owned by the caller for the duration of the call;
+    // - `fd` is an open socket borrowed by the caller for the duration of the call;
     // - the option value points at a live `c_int` and its exact size is passed.
     let r = unsafe {
         libc::setsockopt(

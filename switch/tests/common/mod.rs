@@ -1,0 +1,314 @@
+//! Helpers shared by the root end-to-end tests: namespaces, VMs, the daemon, traffic tools.
+//! Every namespace and interface has a name unique to the test process and is removed on drop.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
+}
+
+pub fn ok(args: &[&str]) {
+    let o = sh(args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Why these tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if uid.as_deref() != Some("0") {
+        return Some("needs root for network namespaces and AF_PACKET".into());
+    }
+    for tool in ["ip", "iperf3", "ping"] {
+        if Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Some(format!(
+                "{tool} is not installed (scripts/install-deps.sh installs it)"
+            ));
+        }
+    }
+    None
+}
+
+pub static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace removed on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(role: &str) -> Netns {
+        let name = format!(
+            "kgr{}-{}-{role}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        ok(&["ip", "netns", "add", &name]);
+        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns(name)
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A nested VM: a namespace whose eth0 is one end of a veth pair; the other end, `host_if`, is in
+/// the host namespace.
+pub struct Vm {
+    pub ns: Netns,
+    pub host_if: String,
+    pub ip: String,
+}
+
+pub fn vm(host: &Netns, idx: u32, ip: &str) -> Vm {
+    vm_with_queues(host, idx, ip, 1)
+}
+
+/// A VM whose veth pair has `queues` receive and transmit queues on each end.
+pub fn vm_with_queues(host: &Netns, idx: u32, ip: &str, queues: u32) -> Vm {
+    let ns = Netns::new(&format!("vm{idx}"));
+    let host_if = format!("kgr{}p{idx}", SEQ.load(Ordering::Relaxed));
+    let q = queues.to_string();
+    ok(&[
+        "ip",
+        "link",
+        "add",
+        &host_if,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "netns",
+        &host.0,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "netns",
+        &ns.0,
+    ]);
+    ok(&["ip", "-n", &host.0, "link", "set", &host_if, "up"]);
+    ok(&[
+        "ip",
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        &format!("{ip}/24"),
+        "dev",
+        "eth0",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &ns.0,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &format!("02:00:00:00:00:{idx:02x}"),
+    ]);
+    ok(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"]);
+    Vm {
+        ns,
+        host_if,
+        ip: ip.to_owned(),
+    }
+}
+
+/// The switch daemon, stopped on drop.
+pub struct Daemon(pub Option<Child>);
+
+impl Daemon {
+    /// Starts the daemon with `config` plus a control socket in a fresh directory.
+    pub fn start(host: &Netns, config: &str) -> (Daemon, tempdir::Dir) {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("switch.toml");
+        let socket = dir.0.join("switch.sock");
+        std::fs::write(
+            &path,
+            format!("control_socket = {:?}\n{config}", socket.to_str().unwrap()),
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &host.0,
+                env!("CARGO_BIN_EXE_kangaroo-switch"),
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the control socket (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            socket.exists(),
+            "control socket {} appeared",
+            socket.display()
+        );
+        (Daemon(Some(child)), dir)
+    }
+
+    /// SIGTERM, wait, and return the counters it printed.
+    pub fn stop(mut self) -> Value {
+        let child = self.0.take().unwrap();
+        ok(&["kill", "-TERM", &child.id().to_string()]);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "daemon exit: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "daemon report: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let d = std::env::temp_dir().join(format!(
+                "kgr-netns-{}-{:x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Runs `kangaroo-switch ctl --socket <dir>/switch.sock ARGS`; returns success and output.
+pub fn ctl(dir: &tempdir::Dir, args: &[&str]) -> (bool, String) {
+    let socket = dir.0.join("switch.sock");
+    let mut full = vec!["--socket", socket.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let mut cmd = vec!["ctl"];
+    cmd.extend(full);
+    let out = Command::new(env!("CARGO_BIN_EXE_kangaroo-switch"))
+        .args(&cmd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+pub fn ping(from: &Vm, to: &str, count: u32) -> bool {
+    from.ns
+        .exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", to])
+        .status
+        .success()
+}
+
+/// Runs iperf3 from `client` to `server` for `secs`; returns the received bits/s.
+pub fn iperf(client: &Vm, server: &Vm, secs: u32, udp: bool) -> (f64, Value) {
+    let port = 5201 + SEQ.fetch_add(1, Ordering::Relaxed) % 1000;
+    let mut srv = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.ns.0,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut args = vec!["timeout", "60", "iperf3", "-J", "-c", &server.ip, "-t"];
+    let secs_s = secs.to_string();
+    let port_s = port.to_string();
+    args.extend_from_slice(&[&secs_s, "-p", &port_s]);
+    if udp {
+        args.extend_from_slice(&["-u", "-b", "100M"]);
+    }
+    let out = client.ns.exec(&args);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let bps = if udp {
+        v.pointer("/end/sum/bits_per_second")
+    } else {
+        v.pointer("/end/sum_received/bits_per_second")
+    };
+    (bps.and_then(Value::as_f64).unwrap_or(0.0), v)
+}
+
+/// True if an XDP program is attached to `ifname` in `ns`.
+pub fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
+    let o = sh(&["ip", "-n", &ns.0, "-d", "link", "show", "dev", ifname]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.contains("prog/xdp") || text.contains(" xdp ") || text.contains("xdpgeneric")
+}
