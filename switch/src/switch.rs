@@ -347,7 +347,11 @@ impl Switch {
         next_hop: MacAddr,
         vnis: PeerVnis,
     ) -> Result<PeerId, SwitchError> {
-        Ok(self.tables.add_peer(addr, next_hop, vnis)?)
+        let id = self.tables.add_peer(addr, next_hop, vnis)?;
+        if let Some(o) = self.opener.as_mut() {
+            o.peer_added(addr);
+        }
+        Ok(id)
     }
 
     /// Removes a peer VTEP.
@@ -355,7 +359,11 @@ impl Switch {
     /// # Errors
     /// No uplink or no such peer.
     pub fn remove_peer(&mut self, addr: Ipv4Addr) -> Result<PeerId, SwitchError> {
-        Ok(self.tables.remove_peer(addr)?)
+        let id = self.tables.remove_peer(addr)?;
+        if let Some(o) = self.opener.as_mut() {
+            o.peer_removed(addr);
+        }
+        Ok(id)
     }
 
     /// Installs a static FDB entry.

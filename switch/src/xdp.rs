@@ -72,7 +72,26 @@ pub struct Attachment {
     pub mode: AttachMode,
 }
 
+/// Which of the object's programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// Steers a port's frames to its sockets.
+    Port,
+    /// Steers VXLAN from peers to the uplink's sockets, passes the rest.
+    Uplink,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Program::Port => abi::PORT_PROGRAM,
+            Program::Uplink => abi::UPLINK_PROGRAM,
+        }
+    }
+}
+
 struct Attached {
+    program: Program,
     link: XdpLinkId,
     slot: u32,
     mode: AttachMode,
@@ -138,14 +157,15 @@ impl XdpSteering {
     /// [`XdpError::Load`] if the kernel refuses the object (no BPF support, missing privileges).
     pub fn load(force_skb: bool) -> Result<XdpSteering, XdpError> {
         let mut ebpf = Ebpf::load(abi::OBJECT).map_err(|e| XdpError::Load(e.to_string()))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(abi::PORT_PROGRAM)
-            .ok_or_else(|| {
-                XdpError::Load(format!("the object has no program {}", abi::PORT_PROGRAM))
-            })?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))?;
-        prog.load().map_err(|e| XdpError::Load(format!("{e:#}")))?;
+        for name in [abi::PORT_PROGRAM, abi::UPLINK_PROGRAM] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| XdpError::Load(format!("the object has no program {name}")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))?;
+            prog.load()
+                .map_err(|e| XdpError::Load(format!("{name}: {e:#}")))?;
+        }
         Ok(XdpSteering {
             ebpf,
             attached: HashMap::new(),
@@ -154,10 +174,10 @@ impl XdpSteering {
         })
     }
 
-    fn program(&mut self) -> Result<&mut Xdp, XdpError> {
+    fn program(&mut self, which: Program) -> Result<&mut Xdp, XdpError> {
         self.ebpf
-            .program_mut(abi::PORT_PROGRAM)
-            .ok_or_else(|| XdpError::Load(format!("no program {}", abi::PORT_PROGRAM)))?
+            .program_mut(which.name())
+            .ok_or_else(|| XdpError::Load(format!("no program {}", which.name())))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))
     }
@@ -168,7 +188,7 @@ impl XdpSteering {
     ///
     /// # Errors
     /// [`XdpError`] if the interface is missing, no slot is free, or attaching fails.
-    pub fn attach(&mut self, interface: &str) -> Result<Attachment, XdpError> {
+    pub fn attach(&mut self, interface: &str, which: Program) -> Result<Attachment, XdpError> {
         let ifindex = sysfs_u32(interface, "ifindex")?;
         if let Some(a) = self.attached.get_mut(&ifindex) {
             a.users += 1;
@@ -184,7 +204,7 @@ impl XdpSteering {
             .ok_or(XdpError::NoSlot(abi::MAX_PORTS))?;
         let force_skb = self.force_skb;
         let attempt = (|| {
-            let prog = self.program()?;
+            let prog = self.program(which)?;
             let driver_err = if force_skb {
                 "skb mode was asked for".to_owned()
             } else {
@@ -220,6 +240,7 @@ impl XdpSteering {
         self.attached.insert(
             ifindex,
             Attached {
+                program: which,
                 link,
                 slot,
                 mode,
@@ -321,12 +342,66 @@ impl XdpSteering {
         let Some(a) = self.attached.remove(&ifindex) else {
             return;
         };
-        match self.program().map(|p| p.detach(a.link)) {
+        match self.program(a.program).map(|p| p.detach(a.link)) {
             Ok(Ok(())) => tracing::info!(ifindex, "XDP program detached"),
             Ok(Err(e)) => tracing::warn!(ifindex, error = %e, "detaching XDP failed"),
             Err(e) => tracing::warn!(ifindex, error = %e, "detaching XDP failed"),
         }
         self.free_slots.push(a.slot);
+    }
+
+    /// Points the uplink program at this host's VTEP (`addr`, `port`) and the uplink's slot, and
+    /// enables it.
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if the update fails.
+    pub fn set_uplink(
+        &mut self,
+        at: &Attachment,
+        addr: std::net::Ipv4Addr,
+        port: u16,
+    ) -> Result<(), XdpError> {
+        let value = abi::Uplink {
+            addr: u32::from_ne_bytes(addr.octets()),
+            port: u16::from_ne_bytes(port.to_be_bytes()),
+            pad: 0,
+            slot: at.slot,
+            flags: abi::UPLINK_F_ENABLED,
+        };
+        let map = self
+            .ebpf
+            .map_mut(abi::UPLINK_MAP)
+            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::UPLINK_MAP)))?;
+        let mut arr: aya::maps::Array<&mut MapData, [u8; 16]> =
+            aya::maps::Array::try_from(map).map_err(map_err(abi::UPLINK_MAP))?;
+        arr.set(0, value.to_ne_bytes(), 0)
+            .map_err(map_err(abi::UPLINK_MAP))
+    }
+
+    fn peers(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u32>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(abi::PEERS_MAP)
+            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::PEERS_MAP)))?;
+        BpfHashMap::try_from(map).map_err(map_err(abi::PEERS_MAP))
+    }
+
+    /// Lets VXLAN from `addr` through to the uplink's sockets.
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if the update fails.
+    pub fn add_peer(&mut self, addr: std::net::Ipv4Addr) -> Result<(), XdpError> {
+        self.peers()?
+            .insert(u32::from_ne_bytes(addr.octets()), 1, 0)
+            .map_err(map_err(abi::PEERS_MAP))
+    }
+
+    /// Stops handing VXLAN from `addr` to user space (it then reaches the UDP socket, which
+    /// drops it as from an unknown peer). Idempotent.
+    pub fn remove_peer(&mut self, addr: std::net::Ipv4Addr) {
+        if let Ok(mut p) = self.peers() {
+            let _ = p.remove(&u32::from_ne_bytes(addr.octets()));
+        }
     }
 
     /// The program's counters, summed over CPUs, in [`kangaroo_xdp::Counter::ALL`] order.

@@ -26,6 +26,23 @@ struct kg_port {
 	__u32 flags;
 };
 
+/* kg_uplink.flags */
+/* The uplink program hands VXLAN from peers to user space. */
+#define KG_UPLINK_F_ENABLED 1u
+
+/* The one value of the `kg_uplink_cfg` array: where VXLAN for this host arrives. */
+struct kg_uplink {
+	/* This host's VTEP address, network byte order. */
+	__u32 addr;
+	/* The VXLAN UDP port, network byte order. */
+	__u16 port;
+	__u16 pad;
+	/* The uplink's slot in the XSKMAP (as for ports). */
+	__u32 slot;
+	/* KG_UPLINK_F_* */
+	__u32 flags;
+};
+
 /* Indices of the per-CPU counters in the `kg_counters` array (one __u64 each). */
 enum kg_counter {
 	/* Frames handed to an AF_XDP socket. */
@@ -36,7 +53,14 @@ enum kg_counter {
 	KG_CTR_NOT_PORT = 2,
 	/* Frames the socket redirect failed for (socket ring full: dropped by the kernel). */
 	KG_CTR_REDIRECT_FAILED = 3,
-	KG_CTR_COUNT = 4,
+	/* Uplink: VXLAN from a configured peer handed to an AF_XDP socket. */
+	KG_CTR_UPLINK_TO_SOCKET = 4,
+	/* Uplink: VXLAN to our port from an address that is not a peer (passed to the kernel,
+	 * where the switch's UDP socket receives it, counts it and drops it). */
+	KG_CTR_UPLINK_NOT_PEER = 5,
+	/* Uplink: anything else (the host's own traffic), passed to the kernel untouched. */
+	KG_CTR_UPLINK_PASS = 6,
+	KG_CTR_COUNT = 7,
 };
 
 #endif

@@ -21,6 +21,12 @@ pub const PORT_PROGRAM: &str = "kangaroo_port";
 pub const PORTS_MAP: &str = "kg_ports";
 /// Name of the XSKMAP.
 pub const XSKS_MAP: &str = "kg_xsks";
+/// Name of the XDP program attached to the uplink.
+pub const UPLINK_PROGRAM: &str = "kangaroo_uplink";
+/// Name of the uplink configuration array (one [`Uplink`]).
+pub const UPLINK_MAP: &str = "kg_uplink_cfg";
+/// Name of the peer set (IPv4 address in network byte order → 1).
+pub const PEERS_MAP: &str = "kg_peers";
 /// Name of the per-CPU counter array.
 pub const COUNTERS_MAP: &str = "kg_counters";
 
@@ -52,6 +58,37 @@ impl Port {
     }
 }
 
+/// `struct kg_uplink`: where VXLAN for this host arrives.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Uplink {
+    /// This host's VTEP address, network byte order.
+    pub addr: u32,
+    /// The VXLAN UDP port, network byte order.
+    pub port: u16,
+    /// Padding.
+    pub pad: u16,
+    /// The uplink's slot in the XSKMAP.
+    pub slot: u32,
+    /// `UPLINK_F_*` flags.
+    pub flags: u32,
+}
+
+/// The uplink program hands VXLAN from peers to user space.
+pub const UPLINK_F_ENABLED: u32 = 1;
+
+impl Uplink {
+    /// The map value's bytes, as the kernel stores them.
+    pub fn to_ne_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[core::mem::offset_of!(Uplink, addr)..][..4].copy_from_slice(&self.addr.to_ne_bytes());
+        b[core::mem::offset_of!(Uplink, port)..][..2].copy_from_slice(&self.port.to_ne_bytes());
+        b[core::mem::offset_of!(Uplink, slot)..][..4].copy_from_slice(&self.slot.to_ne_bytes());
+        b[core::mem::offset_of!(Uplink, flags)..][..4].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+}
+
 /// `enum kg_counter`: indices of the per-CPU counters.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +101,12 @@ pub enum Counter {
     NotPort = 2,
     /// Frames the socket redirect failed for (dropped by the kernel).
     RedirectFailed = 3,
+    /// Uplink: VXLAN from a configured peer handed to an AF_XDP socket.
+    UplinkToSocket = 4,
+    /// Uplink: VXLAN to our port from an address that is not a peer (passed to the kernel).
+    UplinkNotPeer = 5,
+    /// Uplink: anything else, passed to the kernel untouched.
+    UplinkPass = 6,
 }
 
 impl Counter {
@@ -73,6 +116,9 @@ impl Counter {
         Counter::NoSocket,
         Counter::NotPort,
         Counter::RedirectFailed,
+        Counter::UplinkToSocket,
+        Counter::UplinkNotPeer,
+        Counter::UplinkPass,
     ];
 
     /// The counter's name in metrics.
@@ -82,18 +128,26 @@ impl Counter {
             Counter::NoSocket => "no_socket",
             Counter::NotPort => "not_port",
             Counter::RedirectFailed => "redirect_failed",
+            Counter::UplinkToSocket => "uplink_to_socket",
+            Counter::UplinkNotPeer => "uplink_not_peer",
+            Counter::UplinkPass => "uplink_pass",
         }
     }
 }
 
 /// `KG_CTR_COUNT`.
-pub const COUNTER_COUNT: u32 = 4;
+pub const COUNTER_COUNT: u32 = 7;
 
 const _: () = {
     assert!(core::mem::size_of::<Port>() == 8);
     assert!(core::mem::offset_of!(Port, slot) == 0);
     assert!(core::mem::offset_of!(Port, flags) == 4);
-    assert!(Counter::RedirectFailed as u32 + 1 == COUNTER_COUNT);
+    assert!(Counter::UplinkPass as u32 + 1 == COUNTER_COUNT);
+    assert!(core::mem::size_of::<Uplink>() == 16);
+    assert!(core::mem::offset_of!(Uplink, addr) == 0);
+    assert!(core::mem::offset_of!(Uplink, port) == 4);
+    assert!(core::mem::offset_of!(Uplink, slot) == 8);
+    assert!(core::mem::offset_of!(Uplink, flags) == 12);
     assert!(MAX_SOCKETS == 16384);
 };
 
@@ -136,6 +190,9 @@ mod tests {
             "KG_CTR_NO_SOCKET",
             "KG_CTR_NOT_PORT",
             "KG_CTR_REDIRECT_FAILED",
+            "KG_CTR_UPLINK_TO_SOCKET",
+            "KG_CTR_UPLINK_NOT_PEER",
+            "KG_CTR_UPLINK_PASS",
         ]) {
             assert!(
                 h.contains(&format!("{enumerator} = {},", *c as u32)),

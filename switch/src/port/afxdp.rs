@@ -25,7 +25,7 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use super::{Offload, PortBackend, PortError, RxBatch};
 use crate::checksum::{repair_partial, Repair};
-use crate::xdp::{Attachment, XdpSteering};
+use crate::xdp::{Attachment, Program, XdpSteering};
 
 /// Sizing of an AF_XDP port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,16 @@ struct Queue {
     pending: Vec<FrameDesc>,
     completed: Vec<FrameDesc>,
     frame_room: usize,
+    /// Frames are VXLAN: the checksum to repair is the inner frame's.
+    vxlan: bool,
+}
+
+/// Where the inner frame of a VXLAN packet starts (after Ethernet, IPv4 with options, UDP and
+/// VXLAN headers), if the frame holds one.
+fn inner_offset(frame: &[u8]) -> Option<usize> {
+    let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+    let off = 14 + ihl + 8 + 8;
+    (off <= frame.len()).then_some(off)
 }
 
 impl Queue {
@@ -104,6 +114,7 @@ impl Queue {
         queue: u32,
         frame_size: u32,
         cfg: &AfXdpConfig,
+        vxlan: bool,
     ) -> Result<Queue, String> {
         let half = cfg.frames / 2;
         let ring =
@@ -149,6 +160,7 @@ impl Queue {
         Ok(Queue {
             id: queue,
             frame_room: (frame_size - XDP_HEADROOM) as usize,
+            vxlan,
             umem,
             fill,
             comp,
@@ -199,10 +211,21 @@ impl Queue {
             // the fill ring until the `produce` below, so nothing writes it meanwhile.
             let data = unsafe { self.umem.data(desc) };
             let frame = data.contents();
+            let vxlan = self.vxlan;
             batch.push_with(|slot| {
                 let len = frame.len().min(slot.len());
                 slot[..len].copy_from_slice(&frame[..len]);
-                match repair_partial(&mut slot[..len]) {
+                let start = if vxlan {
+                    // The outer UDP checksum can be partial too (a sender over virtual links
+                    // leaves it to offload); then the inner frame is checked.
+                    if repair_partial(&mut slot[..len]) == Repair::Completed {
+                        counters.checksums_completed += 1;
+                    }
+                    inner_offset(&slot[..len]).unwrap_or(len)
+                } else {
+                    0
+                };
+                match repair_partial(&mut slot[start..len]) {
                     Repair::Completed => counters.checksums_completed += 1,
                     Repair::Valid | Repair::NotPartial | Repair::NotApplicable => {}
                 }
@@ -288,7 +311,22 @@ impl AfXdpPort {
         interface: &str,
         steering: Arc<Mutex<XdpSteering>>,
         cfg: &AfXdpConfig,
+        workers: (u32, u32),
+    ) -> Result<AfXdpPort, PortError> {
+        AfXdpPort::open_with(interface, steering, cfg, workers, Program::Port)
+    }
+
+    /// As [`AfXdpPort::open`], attaching `program` (the uplink program for an uplink, whose
+    /// frames are VXLAN: their inner checksums are the ones repaired).
+    ///
+    /// # Errors
+    /// As [`AfXdpPort::open`].
+    pub fn open_with(
+        interface: &str,
+        steering: Arc<Mutex<XdpSteering>>,
+        cfg: &AfXdpConfig,
         (worker, workers): (u32, u32),
+        program: Program,
     ) -> Result<AfXdpPort, PortError> {
         let fail = |m: String| PortError::Io {
             name: interface.to_owned(),
@@ -312,7 +350,7 @@ impl AfXdpPort {
         let attachment = steering
             .lock()
             .map_err(|_| fail("the XDP state is poisoned".into()))?
-            .attach(interface)
+            .attach(interface, program)
             .map_err(|e| fail(e.to_string()))?;
         // From here on, dropping `port` detaches the program again.
         let mut port = AfXdpPort {
@@ -324,7 +362,8 @@ impl AfXdpPort {
             zero_copy: false,
         };
         for q in mine {
-            let queue = Queue::open(interface, q, frame_size, cfg).map_err(fail)?;
+            let queue = Queue::open(interface, q, frame_size, cfg, program == Program::Uplink)
+                .map_err(fail)?;
             port.steering
                 .lock()
                 .map_err(|_| fail("the XDP state is poisoned".into()))?
@@ -360,7 +399,7 @@ impl AfXdpPort {
     }
 
     /// The port's counters.
-    pub fn counters(&self) -> AfXdpCounters {
+    pub fn afxdp_counters(&self) -> AfXdpCounters {
         self.counters
     }
 }

@@ -23,6 +23,12 @@ pub trait PortOpener: Send {
         Vec::new()
     }
 
+    /// A peer VTEP was added (the uplink XDP program must let its VXLAN through).
+    fn peer_added(&mut self, _addr: std::net::Ipv4Addr) {}
+
+    /// A peer VTEP was removed.
+    fn peer_removed(&mut self, _addr: std::net::Ipv4Addr) {}
+
     /// True when several workers open the same interfaces (sockets must share them).
     fn shared(&self) -> bool {
         false
@@ -126,6 +132,47 @@ impl PortOpener for AfXdpOpener {
 
     fn shared(&self) -> bool {
         self.workers > 1
+    }
+
+    fn peer_added(&mut self, addr: std::net::Ipv4Addr) {
+        if let Ok(mut s) = self.steering.lock() {
+            if let Err(e) = s.add_peer(addr) {
+                tracing::warn!(peer = %addr, error = %e, "the uplink XDP program will not see this peer");
+            }
+        }
+    }
+
+    fn peer_removed(&mut self, addr: std::net::Ipv4Addr) {
+        if let Ok(mut s) = self.steering.lock() {
+            s.remove_peer(addr);
+        }
+    }
+
+    fn open_uplink(
+        &mut self,
+        interface: &str,
+        local: std::net::SocketAddrV4,
+        mac: crate::mac::MacAddr,
+        inner_mtu: usize,
+    ) -> Result<Box<dyn PortBackend>, String> {
+        let fmt = |e: super::PortError| format!("{:#}", anyhow::Error::from(e));
+        let ip =
+            super::underlay::UnderlayPort::open(interface, local, mac, inner_mtu, self.shared())
+                .map_err(fmt)?;
+        let xdp = super::afxdp::AfXdpPort::open_with(
+            interface,
+            self.steering.clone(),
+            &self.config,
+            (self.worker, self.workers),
+            crate::xdp::Program::Uplink,
+        )
+        .map_err(fmt)?;
+        self.steering
+            .lock()
+            .map_err(|_| "the XDP state is poisoned".to_owned())?
+            .set_uplink(&xdp.attachment(), *local.ip(), local.port())
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(super::underlay::SteeredUplink { xdp, ip }))
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -155,6 +155,33 @@ impl PortBackend for UnderlayPort {
 
     fn recv_batch(&mut self, batch: &mut RxBatch) -> Result<usize, PortError> {
         batch.clear();
+        self.recv_more(batch)
+    }
+
+    fn send(&mut self, frame: &[u8], offload: &Offload) -> Result<bool, PortError> {
+        self.send_ip(frame, offload)
+    }
+
+    fn flush(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    fn readable_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        vec![self.udp.as_raw_fd()]
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("checksums_completed", self.checksums_completed),
+            ("super_frames", self.super_frames),
+        ]
+    }
+}
+
+impl UnderlayPort {
+    /// Appends received datagrams to `batch` (which is not cleared).
+    pub(crate) fn recv_more(&mut self, batch: &mut RxBatch) -> Result<usize, PortError> {
         let (local, mac) = (self.local, self.local_mac);
         let mut failure = None;
         let mut completed = 0;
@@ -214,7 +241,8 @@ impl PortBackend for UnderlayPort {
         }
     }
 
-    fn send(&mut self, frame: &[u8], _offload: &Offload) -> Result<bool, PortError> {
+    /// Sends the IPv4 part of a complete VXLAN frame through the raw socket.
+    pub(crate) fn send_ip(&mut self, frame: &[u8], _offload: &Offload) -> Result<bool, PortError> {
         let Some(ip) = frame.get(outer::ETH_LEN..) else {
             return Ok(false);
         };
@@ -241,21 +269,56 @@ impl PortBackend for UnderlayPort {
             Err(e) => Err(self.io(e)),
         }
     }
+}
+
+/// The uplink in afxdp mode: the uplink XDP program hands VXLAN from configured peers to AF_XDP
+/// sockets; everything else goes on to the kernel, where the UDP socket picks up VXLAN from
+/// strangers (to count and drop it). Sending goes through the raw socket, as in packet mode.
+#[cfg(target_os = "linux")]
+pub struct SteeredUplink {
+    /// The AF_XDP sockets on the uplink.
+    pub xdp: super::afxdp::AfXdpPort,
+    /// The host-stack path.
+    pub ip: UnderlayPort,
+}
+
+#[cfg(target_os = "linux")]
+impl PortBackend for SteeredUplink {
+    fn name(&self) -> &str {
+        self.ip.name()
+    }
+
+    fn recv_batch(&mut self, batch: &mut RxBatch) -> Result<usize, PortError> {
+        self.xdp.recv_batch(batch)?;
+        if !batch.is_full() {
+            self.ip.recv_more(batch)?;
+        }
+        Ok(batch.len())
+    }
+
+    fn send(&mut self, frame: &[u8], offload: &Offload) -> Result<bool, PortError> {
+        self.ip.send_ip(frame, offload)
+    }
 
     fn flush(&mut self) -> Result<(), PortError> {
         Ok(())
     }
 
     fn readable_fds(&self) -> Vec<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
-        vec![self.udp.as_raw_fd()]
+        let mut fds = self.xdp.readable_fds();
+        fds.extend(self.ip.readable_fds());
+        fds
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("checksums_completed", self.checksums_completed),
-            ("super_frames", self.super_frames),
-        ]
+        let mut c = PortBackend::counters(&self.xdp);
+        for (k, v) in self.ip.counters() {
+            match c.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, total)) => *total += v,
+                None => c.push((k, v)),
+            }
+        }
+        c
     }
 }
 

@@ -178,9 +178,17 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Wait for the control socket (bounded).
+        // Wait for the control socket (bounded); a daemon that exits says why.
+        let mut child = child;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() && Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the daemon exited ({status}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(
