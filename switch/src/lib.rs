@@ -16,6 +16,7 @@ pub mod control;
 pub mod datapath;
 pub mod fdb;
 pub mod gso;
+pub mod icmp;
 pub mod mac;
 pub mod pipeline;
 pub mod port;

@@ -207,6 +207,8 @@ events! {
     fdb_aged,
     /// Receive or transmit calls that failed on a port backend.
     port_errors,
+    /// ICMP "fragmentation needed" answers to frames too large for the tunnel.
+    icmp_frag_needed,
     /// Learned entries passed from one datapath worker to the others.
     replicated,
     /// Learned entries not passed on because a worker's inbox or journal was full (the other

@@ -521,7 +521,20 @@ impl Out<'_> {
                     self.send_to_port(p, r, &Offload::NONE);
                 }
             }
-            Verdict::Tunnel { peer, vni } => self.send_to_peer(tables, peer, vni, frame, offload),
+            Verdict::Tunnel { peer, vni } => {
+                if let Some(p) = ingress {
+                    if !offload.is_gso() && frame.len() > self.max_inner {
+                        // Too big for the tunnel: tell the sender (IPv4 with DF), so TCP
+                        // path-MTU discovery finds the overlay's MTU.
+                        let mtu = self.max_inner.saturating_sub(crate::icmp::ETH_HEADER) as u16;
+                        if let Some(n) = crate::icmp::frag_needed(frame, mtu, self.segment) {
+                            Stats::event(&self.stats.events.icmp_frag_needed);
+                            send_one(self.ports, self.stats, p, &self.segment[..n]);
+                        }
+                    }
+                }
+                self.send_to_peer(tables, peer, vni, frame, offload)
+            }
             Verdict::Flood(vni) => {
                 Stats::event(&self.stats.events.flooded);
                 let Some(members) = tables.members(vni) else {
@@ -644,6 +657,22 @@ impl Out<'_> {
             self.max_inner,
             self.stats,
         );
+    }
+}
+
+/// Sends one complete frame (no offloads) to port `id`, counting it.
+fn send_one(ports: &mut [Option<Box<dyn PortBackend>>], stats: &Stats, id: PortId, frame: &[u8]) {
+    let Some(port) = ports
+        .get_mut(usize::from(id.get()))
+        .and_then(Option::as_mut)
+    else {
+        stats.drop(DropReason::NoSuchPort);
+        return;
+    };
+    match port.send(frame, &Offload::NONE) {
+        Ok(true) => stats.port(id).tx(frame.len()),
+        Ok(false) => stats.drop(DropReason::TxQueueFull),
+        Err(_) => Stats::event(&stats.events.port_errors),
     }
 }
 

@@ -304,6 +304,27 @@ fn overlay_in(mode: &str) {
         );
     }
 
+    // A guest with a larger MTU than the overlay's: its oversize DF packet is answered with
+    // ICMP "fragmentation needed" announcing 1450, and the path MTU then fits.
+    ok(&["ip", "-n", &a1.ns.0, "link", "set", "eth0", "mtu", "1500"]);
+    let big = a1.ns.exec(&[
+        "ping", "-c", "2", "-i", "0.3", "-W", "1", "-M", "do", "-s", "1472", &b1.ip,
+    ]);
+    let big_out = String::from_utf8_lossy(&big.stdout).to_string();
+    assert!(
+        big_out.contains("mtu = 1450") || big_out.contains("mtu=1450"),
+        "{mode}: the sender learns the overlay MTU: {big_out}"
+    );
+    assert!(ping(&a1, &b1.ip, 1), "{mode}: normal pings still work");
+    ok(&["ip", "-n", &a1.ns.0, "link", "set", "eth0", "mtu", "1450"]);
+    assert!(
+        stats(&dir_a)["events"]["icmp_frag_needed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{mode}: counted"
+    );
+
     // Rogue VXLAN toward A: not a peer, a VNI the (spoofed) peer does not share, truncated,
     // bad flags. All dropped and counted; traffic continues.
     let before = stats(&dir_a);
