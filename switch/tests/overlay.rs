@@ -304,6 +304,45 @@ fn overlay_in(mode: &str) {
         );
     }
 
+    // Peers over the control API.
+    let (okp, peers) = ctl(&dir_a, &["--json", "peers"]);
+    assert!(
+        okp && peers.contains(b_ip) && peers.contains(c_ip),
+        "{peers}"
+    );
+    let (added, out) = ctl(&dir_a, &["add-peer", "10.200.0.50", "--vni", "100"]);
+    assert!(added && out.contains("10.200.0.50"), "{out}");
+    let (dup, out) = ctl(&dir_a, &["add-peer", "10.200.0.50"]);
+    assert!(!dup && out.contains("409"), "{out}");
+    let (bad, out) = ctl(&dir_a, &["add-peer", "not-an-address"]);
+    assert!(!bad && out.contains("400"), "{out}");
+    let socket_a = dir_a.0.join("switch.sock");
+    let (st, _) = kangaroo_switch::control::request(
+        &socket_a,
+        "POST",
+        "/v1/fdb",
+        Some(&serde_json::json!({"vni": 100, "mac": "02:00:00:00:00:77", "vtep": "10.200.0.50"})),
+    )
+    .unwrap();
+    assert_eq!(st, 204, "a static entry behind a peer");
+    let (st, body) = kangaroo_switch::control::request(
+        &socket_a,
+        "POST",
+        "/v1/fdb",
+        Some(&serde_json::json!({"vni": 100, "mac": "02:00:00:00:00:78", "vtep": "10.200.0.51"})),
+    )
+    .unwrap();
+    assert!(st == 400 && body.contains("no peer"), "{body}");
+    let (removed, out) = ctl(&dir_a, &["remove-peer", "10.200.0.50"]);
+    assert!(removed, "{out}");
+    let (again, out) = ctl(&dir_a, &["remove-peer", "10.200.0.50"]);
+    assert!(!again && out.contains("404"), "{out}");
+    let (_, fdb) = ctl(&dir_a, &["--json", "fdb"]);
+    assert!(
+        !fdb.contains("02:00:00:00:00:77"),
+        "entries behind a removed peer go with it: {fdb}"
+    );
+
     // A guest with a larger MTU than the overlay's: its oversize DF packet is answered with
     // ICMP "fragmentation needed" announcing 1450, and the path MTU then fits.
     ok(&["ip", "-n", &a1.ns.0, "link", "set", "eth0", "mtu", "1500"]);
