@@ -216,6 +216,7 @@ pub struct ArpTable {
     cursor: usize,
     journal: Option<Vec<Snooped>>,
     journal_overflow: u64,
+    dirty: Option<crate::table::DirtyLog<ArpKey>>,
 }
 
 /// An address binding one datapath worker snooped that the others must learn too (see
@@ -239,7 +240,31 @@ impl ArpTable {
             cursor: 0,
             journal: None,
             journal_overflow: 0,
+            dirty: None,
         }
+    }
+
+    /// Records the key of every change in a log of at most `capacity` keys, for a mirror.
+    pub fn enable_mirror(&mut self, capacity: usize) {
+        self.dirty = Some(crate::table::DirtyLog::with_capacity(capacity));
+    }
+
+    /// Hands the keys changed since the last call to `f`; returns true if too many changed to
+    /// list (rebuild the mirror from [`ArpTable::entries`]).
+    pub fn drain_dirty(&mut self, f: impl FnMut(ArpKey)) -> bool {
+        self.dirty.as_mut().is_some_and(|d| d.drain(f))
+    }
+
+    #[inline]
+    fn mark(&mut self, key: ArpKey) {
+        if let Some(d) = self.dirty.as_mut() {
+            d.mark(key);
+        }
+    }
+
+    /// The entry for `ip` in `vni`, expired or not.
+    pub fn get(&self, vni: Vni, ip: Ipv4Addr) -> Option<&ArpEntry> {
+        self.map.get(&ArpKey { vni, ip })
     }
 
     /// Records every new or changed binding, and a refresh once per quarter of the aging time,
@@ -296,6 +321,9 @@ impl ArpTable {
             .and_then(|_| self.map.get(&ArpKey { vni, ip }))
             .map(|e| e.last_seen);
         let r = self.snoop_inner(vni, ip, mac, now);
+        if r == Snoop::Updated {
+            self.mark(ArpKey { vni, ip });
+        }
         let due = match r {
             Snoop::Updated => true,
             Snoop::Refreshed => {
@@ -364,6 +392,7 @@ impl ArpTable {
             last_seen: now,
             is_static: true,
         };
+        self.mark(ArpKey { vni, ip });
         self.map
             .insert(ArpKey { vni, ip }, entry)
             .map(|_| ())
@@ -376,12 +405,22 @@ impl ArpTable {
 
     /// Removes the entry for `ip` in `vni`.
     pub fn remove(&mut self, vni: Vni, ip: Ipv4Addr) -> Option<ArpEntry> {
+        self.mark(ArpKey { vni, ip });
         self.map.remove(&ArpKey { vni, ip })
     }
 
     /// Removes every entry of `vni`.
     pub fn flush_vni(&mut self, vni: Vni) -> usize {
-        self.map.remove_where(|k, _| k.vni == vni)
+        let dirty = &mut self.dirty;
+        self.map.remove_where(|k, _| {
+            let hit = k.vni == vni;
+            if hit {
+                if let Some(d) = dirty.as_mut() {
+                    d.mark(*k);
+                }
+            }
+            hit
+        })
     }
 
     /// Removes every expired snooped entry.
@@ -393,8 +432,15 @@ impl ArpTable {
     /// Ages `budget` slots, continuing from the last call.
     pub fn age_step(&mut self, now: Timestamp, budget: usize) -> usize {
         let aging = self.config.aging;
-        self.map.sweep(&mut self.cursor, budget, |_, e| {
-            !e.is_static && now.since(e.last_seen) >= aging
+        let dirty = &mut self.dirty;
+        self.map.sweep(&mut self.cursor, budget, |k, e| {
+            let hit = !e.is_static && now.since(e.last_seen) >= aging;
+            if hit {
+                if let Some(d) = dirty.as_mut() {
+                    d.mark(*k);
+                }
+            }
+            hit
         })
     }
 

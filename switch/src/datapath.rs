@@ -179,6 +179,8 @@ fn run(
             }
         }
         let received = sw.poll(now);
+        // The kernel's copy of the tables (mode "xdp"; the first worker keeps it).
+        sw.sync_mirror(now);
         if inboxes.len() > 1 {
             sw.drain_journal(|r| {
                 for (w, q) in inboxes.iter().enumerate() {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::clock::Timestamp;
 use crate::mac::MacAddr;
 use crate::port::PortId;
-use crate::table::{mix, FixedMap, TableKey};
+use crate::table::{mix, DirtyLog, FixedMap, TableKey};
 use crate::tunnel::{PeerId, Vni};
 
 /// Where frames for a MAC go.
@@ -159,6 +159,10 @@ pub struct Fdb {
     journal: Option<Vec<Learned>>,
     /// Journal events lost because the journal was full.
     journal_overflow: u64,
+    /// Keys changed since the mirror (the kernel's copy) was last synced.
+    dirty: Option<DirtyLog<FdbKey>>,
+    /// Expired entries a mirror saw in use during the last aging step, refreshed after it.
+    seen_buf: Vec<FdbKey>,
 }
 
 impl Fdb {
@@ -172,6 +176,27 @@ impl Fdb {
             sweep_cursor: 0,
             journal: None,
             journal_overflow: 0,
+            dirty: None,
+            seen_buf: Vec::new(),
+        }
+    }
+
+    /// Records the key of every change (insert, move, removal, aging) in a log of at most
+    /// `capacity` keys, for keeping a mirror of the table in sync ([`Fdb::drain_dirty`]).
+    pub fn enable_mirror(&mut self, capacity: usize) {
+        self.dirty = Some(DirtyLog::with_capacity(capacity));
+    }
+
+    /// Hands the keys changed since the last call to `f`; returns true if too many changed to
+    /// list (the mirror must then be rebuilt from [`Fdb::entries`]).
+    pub fn drain_dirty(&mut self, f: impl FnMut(FdbKey)) -> bool {
+        self.dirty.as_mut().is_some_and(|d| d.drain(f))
+    }
+
+    #[inline]
+    fn mark(&mut self, key: FdbKey) {
+        if let Some(d) = self.dirty.as_mut() {
+            d.mark(key);
         }
     }
 
@@ -278,6 +303,9 @@ impl Fdb {
     #[inline]
     pub fn learn(&mut self, vni: Vni, mac: MacAddr, dest: Dest, now: Timestamp) -> Learn {
         let r = self.learn_inner(vni, mac, dest, now);
+        if matches!(r, Learn::Learned | Learn::Moved { .. }) {
+            self.mark(FdbKey { vni, mac });
+        }
         if self.journal.is_some() {
             match r {
                 Learn::Learned | Learn::Moved { .. } => self.record(vni, mac, dest),
@@ -369,6 +397,7 @@ impl Fdb {
             last_seen: now,
             is_static: true,
         };
+        self.mark(FdbKey { vni, mac });
         match self.map.insert(FdbKey { vni, mac }, entry) {
             Ok(Some(old)) => {
                 if !old.is_static {
@@ -388,6 +417,7 @@ impl Fdb {
     /// Removes the entry for `mac` in `vni`, static or dynamic.
     pub fn remove(&mut self, vni: Vni, mac: MacAddr) -> Option<FdbEntry> {
         let old = self.map.remove(&FdbKey { vni, mac })?;
+        self.mark(FdbKey { vni, mac });
         if !old.is_static {
             *self.owned_mut(old.dest) -= 1;
         }
@@ -396,7 +426,16 @@ impl Fdb {
 
     /// Removes every entry (static too) pointing at `dest`: the port or peer is gone.
     pub fn flush_dest(&mut self, dest: Dest) -> usize {
-        let n = self.map.remove_where(|_, e| e.dest == dest);
+        let dirty = &mut self.dirty;
+        let n = self.map.remove_where(|k, e| {
+            let hit = e.dest == dest;
+            if hit {
+                if let Some(d) = dirty.as_mut() {
+                    d.mark(*k);
+                }
+            }
+            hit
+        });
         *self.owned_mut(dest) = 0;
         n
     }
@@ -404,10 +443,14 @@ impl Fdb {
     /// Removes every dynamic entry of `vni` (the network was removed or reconfigured).
     pub fn flush_vni(&mut self, vni: Vni) -> usize {
         let mut freed: Vec<Dest> = Vec::new();
+        let dirty = &mut self.dirty;
         let n = self.map.remove_where(|k, e| {
             let hit = k.vni == vni && !e.is_static;
             if hit {
                 freed.push(e.dest);
+                if let Some(d) = dirty.as_mut() {
+                    d.mark(*k);
+                }
             }
             hit
         });
@@ -427,20 +470,47 @@ impl Fdb {
     /// the expired dynamic entries there; returns how many. Calling it with a small budget on
     /// every poll spreads aging so no call stalls the data path.
     pub fn age_step(&mut self, now: Timestamp, budget: usize) -> usize {
+        self.age_step_with(now, budget, |_, _| false)
+    }
+
+    /// As [`Fdb::age_step`], but an expired entry for which `seen` returns true (a mirror saw
+    /// the station send since the last check: the kernel fast path forwards without telling
+    /// user space) is refreshed instead of removed.
+    pub fn age_step_with(
+        &mut self,
+        now: Timestamp,
+        budget: usize,
+        mut seen: impl FnMut(&FdbKey, &FdbEntry) -> bool,
+    ) -> usize {
         let aging = self.config.aging;
         let mut cursor = self.sweep_cursor;
         let (per_port, per_peer) = (&mut self.per_port, &mut self.per_peer);
-        let n = self.map.sweep(&mut cursor, budget, |_, e| {
-            let hit = !e.is_static && now.since(e.last_seen) >= aging;
-            if hit {
-                match e.dest {
-                    Dest::Port(p) => per_port[usize::from(p.get())] -= 1,
-                    Dest::Vtep(p) => per_peer[usize::from(p.get())] -= 1,
-                }
+        let (dirty, seen_buf) = (&mut self.dirty, &mut self.seen_buf);
+        seen_buf.clear();
+        let n = self.map.sweep(&mut cursor, budget, |k, e| {
+            let expired = !e.is_static && now.since(e.last_seen) >= aging;
+            if !expired {
+                return false;
             }
-            hit
+            if seen(k, e) {
+                seen_buf.push(*k);
+                return false;
+            }
+            match e.dest {
+                Dest::Port(p) => per_port[usize::from(p.get())] -= 1,
+                Dest::Vtep(p) => per_peer[usize::from(p.get())] -= 1,
+            }
+            if let Some(d) = dirty.as_mut() {
+                d.mark(*k);
+            }
+            true
         });
         self.sweep_cursor = cursor;
+        for k in &self.seen_buf {
+            if let Some(e) = self.map.get_mut(k) {
+                e.last_seen = now;
+            }
+        }
         n
     }
 

@@ -354,10 +354,6 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     let origin = path.display().to_string();
     let cfg = Config::load(path)?;
     cfg.check_interfaces(&origin, std::path::Path::new("/sys/class/net"))?;
-    anyhow::ensure!(
-        cfg.mode != Mode::Xdp,
-        "{origin}: mode: \"xdp\" (the in-kernel fast path) is not available in this version; use mode = \"afxdp\" or \"packet\""
-    );
     let workers = cfg.datapath.workers();
     // Receive slots hold a whole GSO super-frame (up to 64 KiB): guests with TSO send them to
     // packet ports, and peers whose packets crossed only virtual links send them in one datagram.
@@ -365,8 +361,8 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     let afxdp = match cfg.mode {
         Mode::Packet => None,
         _ => Some(
-            AfXdpOpener::new(Default::default())
-                .with_context(|| format!("{origin}: mode: afxdp"))?,
+            AfXdpOpener::new(Default::default(), cfg.mode == Mode::Xdp)
+                .with_context(|| format!("{origin}: mode: {:?}", cfg.mode))?,
         ),
     };
     let opener = |w: usize, n: usize| -> Box<dyn PortOpener> {

@@ -266,6 +266,14 @@ impl Tables {
         Ok(id)
     }
 
+    /// The networks that have local ports.
+    pub fn vnis(&self) -> impl Iterator<Item = Vni> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.ports.is_empty())
+            .map(|(v, _)| *v)
+    }
+
     /// The flood list of `vni`.
     #[inline]
     pub fn members(&self, vni: Vni) -> Option<&Members> {

@@ -73,6 +73,9 @@ pub enum SwitchError {
 /// anyway, so sweeping only reclaims their slots.
 pub const AGING_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Keys of changed entries remembered between two mirror syncs (beyond: a full resync).
+const MIRROR_LOG: usize = 16_384;
+
 /// Largest segment cut from a GSO super-frame (a 9000-byte MTU with room to spare).
 const SEGMENT_MAX: usize = 9216;
 
@@ -87,6 +90,10 @@ pub struct Switch {
     ports: Vec<Option<Box<dyn PortBackend>>>,
     uplink: Option<Box<dyn PortBackend>>,
     opener: Option<Box<dyn crate::port::opener::PortOpener>>,
+    mirror_on: bool,
+    mirror_full: bool,
+    mirror_keys: Vec<crate::fdb::FdbKey>,
+    next_peer_sync: Timestamp,
     rx: RxBatch,
     scratch: Box<[u8]>,
     /// One segment of a GSO super-frame cut for a tunnel.
@@ -125,6 +132,10 @@ impl Switch {
             ports: Vec::new(),
             uplink: None,
             opener: None,
+            mirror_on: false,
+            mirror_full: false,
+            mirror_keys: Vec::new(),
+            next_peer_sync: Timestamp::ZERO,
             rx: RxBatch::new(config.batch_size.max(1), config.max_frame),
             scratch: vec![0; config.max_frame + tunnel::OUTER_LEN].into_boxed_slice(),
             segment: vec![0; SEGMENT_MAX].into_boxed_slice(),
@@ -239,6 +250,101 @@ impl Switch {
         Ok(())
     }
 
+    /// Keeps the kernel's mirror of the tables in sync (mode "xdp", first worker): every FDB
+    /// and ARP change since the last call, and every second the peers (next hops may change).
+    /// Cheap when nothing changed.
+    pub fn sync_mirror(&mut self, now: Timestamp) {
+        let Some(opener) = self.opener.as_mut() else {
+            return;
+        };
+        if !opener.mirrors() {
+            return;
+        }
+        if !self.mirror_on {
+            self.mirror_on = true;
+            self.tables.fdb.enable_mirror(MIRROR_LOG);
+            self.tables.arp.enable_mirror(MIRROR_LOG);
+            self.mirror_full = true;
+        }
+        let aging = self.tables.fdb.config().aging;
+        let mut keys = std::mem::take(&mut self.mirror_keys);
+        keys.clear();
+        let overflow = self.tables.fdb.drain_dirty(|k| keys.push(k));
+        if overflow || self.mirror_full {
+            opener.mirror_fdb_clear();
+            keys.clear();
+            keys.extend(self.tables.fdb.entries().map(|(k, _)| k));
+        }
+        for k in &keys {
+            let dest = self
+                .tables
+                .fdb
+                .get(k.vni, k.mac)
+                .filter(|e| e.is_static || now.since(e.last_seen) < aging)
+                .map(|e| e.dest);
+            let port_name = match dest {
+                Some(Dest::Port(p)) => self
+                    .ports
+                    .get(usize::from(p.get()))
+                    .and_then(Option::as_ref)
+                    .map(|b| b.name().to_owned()),
+                _ => None,
+            };
+            let d = match dest {
+                Some(Dest::Port(_)) => port_name
+                    .as_deref()
+                    .map(crate::port::opener::MirrorDest::Port),
+                Some(Dest::Vtep(p)) => Some(crate::port::opener::MirrorDest::Vtep(p)),
+                None => None,
+            };
+            opener.mirror_fdb(k.vni, k.mac, d);
+        }
+        self.mirror_keys = keys;
+        let mut arp_keys = Vec::new();
+        let overflow = self.tables.arp.drain_dirty(|k| arp_keys.push(k));
+        if overflow || self.mirror_full {
+            opener.mirror_arp_clear();
+            arp_keys = self.tables.arp.entries().map(|(k, _)| k).collect();
+        }
+        for k in arp_keys {
+            let mac = self.tables.arp.lookup(k.vni, k.ip, now);
+            opener.mirror_arp(k.vni, k.ip, mac);
+        }
+        if self.mirror_full || now >= self.next_peer_sync {
+            self.next_peer_sync = now.plus(std::time::Duration::from_secs(1));
+            let peers = self.mirror_peers();
+            if let Some(o) = self.opener.as_mut() {
+                o.mirror_peers(&peers);
+            }
+        }
+        self.mirror_full = false;
+    }
+
+    /// The peers as the kernel's fast path needs them.
+    fn mirror_peers(&self) -> Vec<crate::port::opener::MirrorPeer> {
+        let Some(t) = self.tables.peers() else {
+            return Vec::new();
+        };
+        let Some(uplink) = self.uplink.as_ref().map(|u| u.name().to_owned()) else {
+            return Vec::new();
+        };
+        let local: Vec<Vni> = self.tables.vnis().collect();
+        t.iter()
+            .map(|(id, p)| crate::port::opener::MirrorPeer {
+                id,
+                addr: p.addr,
+                template: *p.template.bytes(),
+                vnis: local
+                    .iter()
+                    .copied()
+                    .filter(|v| p.vnis.contains(*v))
+                    .collect(),
+                uplink: uplink.clone(),
+                max_inner: self.config.underlay_mtu.saturating_sub(TUNNEL_IP_OVERHEAD),
+            })
+            .collect()
+    }
+
     /// Sets how [`Switch::open_port`] opens ports (the daemon's datapath mode).
     pub fn set_opener(&mut self, opener: Box<dyn crate::port::opener::PortOpener>) {
         self.opener = Some(opener);
@@ -288,6 +394,7 @@ impl Switch {
             .as_mut()
             .ok_or("this switch has no datapath to open ports with")?;
         let backend = opener.open(interface)?;
+        opener.port_configured(interface, &config);
         self.add_port(backend, config).map_err(|e| e.to_string())
     }
 
@@ -349,7 +456,7 @@ impl Switch {
     ) -> Result<PeerId, SwitchError> {
         let id = self.tables.add_peer(addr, next_hop, vnis)?;
         if let Some(o) = self.opener.as_mut() {
-            o.peer_added(addr);
+            o.peer_added(addr, id);
         }
         Ok(id)
     }
@@ -408,7 +515,11 @@ impl Switch {
             stats,
             ports,
             uplink,
-            opener: _,
+            opener,
+            mirror_on,
+            mirror_full: _,
+            mirror_keys: _,
+            next_peer_sync: _,
             rx,
             scratch,
             segment,
@@ -476,7 +587,16 @@ impl Switch {
 
         if now >= *next_aging {
             *next_aging = now.plus(AGING_INTERVAL);
-            let aged = tables.fdb.age_step(now, config.aging_budget);
+            let aged = match opener.as_mut() {
+                // The kernel forwards known stations without user space seeing them: ask it
+                // before forgetting one.
+                Some(o) if *mirror_on => {
+                    tables
+                        .fdb
+                        .age_step_with(now, config.aging_budget, |k, _| o.mirror_seen(k.vni, k.mac))
+                }
+                _ => tables.fdb.age_step(now, config.aging_budget),
+            };
             stats
                 .events
                 .fdb_aged

@@ -29,6 +29,49 @@ pub fn mix(a: u64, b: u64, seed: u64) -> u64 {
     x ^ (x >> 33)
 }
 
+/// Keys whose entries changed since the last drain, for a mirror of a table (the kernel's copy
+/// of the FDB and ARP table). Bounded: when more keys change than it holds, it remembers only
+/// that it overflowed, and the mirror is rebuilt from scratch.
+#[derive(Debug)]
+pub struct DirtyLog<K> {
+    keys: Vec<K>,
+    overflowed: bool,
+}
+
+impl<K: Copy> DirtyLog<K> {
+    /// A log of at most `capacity` keys (allocated here, once).
+    pub fn with_capacity(capacity: usize) -> DirtyLog<K> {
+        DirtyLog {
+            keys: Vec::with_capacity(capacity),
+            overflowed: false,
+        }
+    }
+
+    /// Records that `k` changed.
+    #[inline]
+    pub fn mark(&mut self, k: K) {
+        if self.overflowed {
+            return;
+        }
+        if self.keys.len() < self.keys.capacity() {
+            self.keys.push(k);
+        } else {
+            self.overflowed = true;
+            self.keys.clear();
+        }
+    }
+
+    /// Hands every recorded key to `f` and empties the log; returns true if it had overflowed
+    /// (then no key is handed over: the whole table must be mirrored again).
+    pub fn drain(&mut self, mut f: impl FnMut(K)) -> bool {
+        let overflowed = std::mem::take(&mut self.overflowed);
+        for k in self.keys.drain(..) {
+            f(k);
+        }
+        overflowed
+    }
+}
+
 /// The table is at capacity; nothing was inserted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;

@@ -104,8 +104,10 @@ struct Attached {
 pub struct XdpSteering {
     ebpf: Ebpf,
     attached: HashMap<u32, Attached>,
+    names: HashMap<String, u32>,
     free_slots: Vec<u32>,
     force_skb: bool,
+    fast: bool,
 }
 
 /// An interface attribute from sysfs.
@@ -142,6 +144,44 @@ pub fn rx_queues(interface: &str) -> Vec<u32> {
     qs
 }
 
+/// The MAC of the next hop toward `addr` out of `interface`, from the kernel's routing table
+/// (`/proc/net/route`: the gateway of the longest matching route, or `addr` itself when it is on
+/// a connected subnet) and neighbour table (`/proc/net/arp`, complete entries only).
+pub fn next_hop_mac(interface: &str, addr: std::net::Ipv4Addr) -> Option<crate::mac::MacAddr> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let target = u32::from(addr);
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::swap_bytes);
+    let mut best: Option<(u32, std::net::Ipv4Addr)> = None;
+    for line in routes.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[0] != interface {
+            continue;
+        }
+        let (Some(dst), Some(gw), Some(mask)) = (hex(f[1]), hex(f[2]), hex(f[7])) else {
+            continue;
+        };
+        if target & mask == dst & mask && best.is_none_or(|(m, _)| mask.count_ones() > m) {
+            let hop = if gw == 0 {
+                addr
+            } else {
+                std::net::Ipv4Addr::from(gw)
+            };
+            best = Some((mask.count_ones(), hop));
+        }
+    }
+    let hop = best?.1;
+    let arp = std::fs::read_to_string("/proc/net/arp").ok()?;
+    arp.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let complete = f.get(2).is_some_and(|fl| {
+            u32::from_str_radix(fl.trim_start_matches("0x"), 16).is_ok_and(|v| v & 0x2 != 0)
+        });
+        (f.len() >= 6 && f[0] == hop.to_string() && f[5] == interface && complete)
+            .then(|| f[3].parse().ok())
+            .flatten()
+    })
+}
+
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
     move |e| XdpError::Map {
         map,
@@ -155,7 +195,7 @@ impl XdpSteering {
     ///
     /// # Errors
     /// [`XdpError::Load`] if the kernel refuses the object (no BPF support, missing privileges).
-    pub fn load(force_skb: bool) -> Result<XdpSteering, XdpError> {
+    pub fn load(force_skb: bool, fast: bool) -> Result<XdpSteering, XdpError> {
         let mut ebpf = Ebpf::load(abi::OBJECT).map_err(|e| XdpError::Load(e.to_string()))?;
         for name in [abi::PORT_PROGRAM, abi::UPLINK_PROGRAM] {
             let prog: &mut Xdp = ebpf
@@ -169,8 +209,10 @@ impl XdpSteering {
         Ok(XdpSteering {
             ebpf,
             attached: HashMap::new(),
+            names: HashMap::new(),
             free_slots: (0..abi::MAX_PORTS).rev().collect(),
             force_skb,
+            fast,
         })
     }
 
@@ -248,6 +290,17 @@ impl XdpSteering {
                 users: 1,
             },
         );
+        self.names.insert(interface.to_owned(), ifindex);
+        // A redirect target of the fast path.
+        if let Err(e) = self.devs().and_then(|mut d| {
+            d.insert(ifindex, ifindex, None, 0)
+                .map_err(|e| XdpError::Map {
+                    map: abi::DEVS_MAP,
+                    reason: e.to_string(),
+                })
+        }) {
+            tracing::warn!(interface, error = %e, "not a fast-path redirect target");
+        }
         tracing::info!(interface, ifindex, slot, ?mode, "XDP program attached");
         Ok(Attachment {
             ifindex,
@@ -264,7 +317,7 @@ impl XdpSteering {
         XskMap::try_from(map).map_err(map_err(abi::XSKS_MAP))
     }
 
-    fn ports(&mut self) -> Result<BpfHashMap<&mut MapData, u32, [u8; 8]>, XdpError> {
+    fn ports(&mut self) -> Result<BpfHashMap<&mut MapData, u32, [u8; 36]>, XdpError> {
         let map = self
             .ebpf
             .map_mut(abi::PORTS_MAP)
@@ -288,11 +341,7 @@ impl XdpSteering {
                 reason: format!("queue {queue} is beyond the {} supported", abi::MAX_QUEUES),
             });
         }
-        let index = abi::Port {
-            slot: at.slot,
-            flags: 0,
-        }
-        .socket_index(queue);
+        let index = at.slot * abi::MAX_QUEUES + queue;
         self.xsks()?
             .set(index, fd, 0)
             .map_err(map_err(abi::XSKS_MAP))?;
@@ -310,10 +359,231 @@ impl XdpSteering {
         let entry = abi::Port {
             slot: at.slot,
             flags: abi::PORT_F_STEER,
+            ..Default::default()
         };
         self.ports()?
             .insert(at.ifindex, entry.to_ne_bytes(), 0)
             .map_err(map_err(abi::PORTS_MAP))
+    }
+
+    /// Describes the port on `interface` to the fast path: its network and port security. In
+    /// mode "xdp" the port turns fast unless its security rules exceed what the program checks
+    /// (more than [`kangaroo_xdp::MAX_IPS`] addresses: such a port stays on the AF_XDP path).
+    ///
+    /// # Errors
+    /// [`XdpError`] if the interface is not attached or the update fails.
+    pub fn configure_port(
+        &mut self,
+        interface: &str,
+        cfg: &crate::pipeline::PortConfig,
+    ) -> Result<(), XdpError> {
+        let ifindex = *self
+            .names
+            .get(interface)
+            .ok_or_else(|| XdpError::Interface {
+                interface: interface.to_owned(),
+                reason: "not attached".into(),
+            })?;
+        let slot =
+            self.attached
+                .get(&ifindex)
+                .map(|a| a.slot)
+                .ok_or_else(|| XdpError::Interface {
+                    interface: interface.to_owned(),
+                    reason: "not attached".into(),
+                })?;
+        let mut entry = abi::Port {
+            slot,
+            flags: abi::PORT_F_STEER,
+            vni: cfg.vni.get(),
+            ..Default::default()
+        };
+        if let Some(m) = cfg.mac {
+            entry.flags |= abi::PORT_F_MAC;
+            entry.mac = m.octets();
+        }
+        if !cfg.ips.is_empty() {
+            entry.flags |= abi::PORT_F_IPS;
+            for (slot, ip) in entry.ips.iter_mut().zip(&cfg.ips) {
+                *slot = u32::from_ne_bytes(ip.octets());
+            }
+            entry.n_ips = cfg.ips.len().min(abi::MAX_IPS) as u8;
+        }
+        if self.fast && cfg.ips.len() <= abi::MAX_IPS {
+            entry.flags |= abi::PORT_F_FAST;
+        }
+        self.ports()?
+            .insert(ifindex, entry.to_ne_bytes(), 0)
+            .map_err(map_err(abi::PORTS_MAP))
+    }
+
+    /// The ifindex of an attached interface.
+    pub fn ifindex_of(&self, interface: &str) -> Option<u32> {
+        self.names.get(interface).copied()
+    }
+
+    /// True in mode "xdp" (the programs act on the maps themselves).
+    pub fn is_fast(&self) -> bool {
+        self.fast
+    }
+
+    fn devs(&mut self) -> Result<aya::maps::DevMapHash<&mut MapData>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(abi::DEVS_MAP)
+            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::DEVS_MAP)))?;
+        aya::maps::DevMapHash::try_from(map).map_err(map_err(abi::DEVS_MAP))
+    }
+
+    fn bytes_map<const K: usize, const V: usize>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, [u8; K], [u8; V]>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| XdpError::Load(format!("no map {name}")))?;
+        BpfHashMap::try_from(map).map_err(map_err(name))
+    }
+
+    /// Mirrors an FDB entry: `Some((kind, target))` installs or replaces it (`DEST_PORT` with
+    /// an ifindex, `DEST_VTEP` with a peer id), `None` removes it.
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if an install fails (the kernel's table is full, say).
+    pub fn fdb_set(
+        &mut self,
+        vni: u32,
+        mac: [u8; 6],
+        dest: Option<(u32, u32)>,
+    ) -> Result<(), XdpError> {
+        let key = abi::FdbKey { vni, mac, pad: 0 }.to_ne_bytes();
+        let mut m = self.bytes_map::<12, 16>(abi::FDB_MAP)?;
+        match dest {
+            Some((kind, target)) => m
+                .insert(
+                    key,
+                    abi::FdbVal {
+                        kind,
+                        target,
+                        hit: 0,
+                        pad: 0,
+                    }
+                    .to_ne_bytes(),
+                    0,
+                )
+                .map_err(map_err(abi::FDB_MAP)),
+            None => {
+                let _ = m.remove(&key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes every mirrored FDB entry.
+    pub fn fdb_clear(&mut self) {
+        if let Ok(mut m) = self.bytes_map::<12, 16>(abi::FDB_MAP) {
+            let keys: Vec<[u8; 12]> = m.keys().flatten().collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
+    }
+
+    /// True if the programs saw the station send since the last call (and clears the mark).
+    pub fn fdb_seen(&mut self, vni: u32, mac: [u8; 6]) -> bool {
+        let key = abi::FdbKey { vni, mac, pad: 0 }.to_ne_bytes();
+        let Ok(mut m) = self.bytes_map::<12, 16>(abi::FDB_MAP) else {
+            return false;
+        };
+        let Ok(v) = m.get(&key, 0) else {
+            return false;
+        };
+        let mut val = abi::FdbVal::from_ne_bytes(&v);
+        if val.hit == 0 {
+            return false;
+        }
+        val.hit = 0;
+        let _ = m.insert(key, val.to_ne_bytes(), 0);
+        true
+    }
+
+    /// Mirrors an ARP entry (`None` removes it).
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if an install fails.
+    pub fn arp_set(
+        &mut self,
+        vni: u32,
+        ip: std::net::Ipv4Addr,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(), XdpError> {
+        let key = abi::ArpKey {
+            vni,
+            ip: u32::from_ne_bytes(ip.octets()),
+        }
+        .to_ne_bytes();
+        let mut m = self.bytes_map::<8, 8>(abi::ARP_MAP)?;
+        match mac {
+            Some(mac) => {
+                let mut v = [0u8; 8];
+                v[..6].copy_from_slice(&mac);
+                m.insert(key, v, 0).map_err(map_err(abi::ARP_MAP))
+            }
+            None => {
+                let _ = m.remove(&key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes every mirrored ARP entry.
+    pub fn arp_clear(&mut self) {
+        if let Ok(mut m) = self.bytes_map::<8, 8>(abi::ARP_MAP) {
+            let keys: Vec<[u8; 8]> = m.keys().flatten().collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
+    }
+
+    /// Installs (or with `None`, withdraws) how to reach peer `id`.
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if the update fails.
+    pub fn vtep_set(&mut self, id: u32, vtep: Option<&abi::Vtep>) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(abi::VTEPS_MAP)
+            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::VTEPS_MAP)))?;
+        let mut arr: aya::maps::Array<&mut MapData, [u8; 64]> =
+            aya::maps::Array::try_from(map).map_err(map_err(abi::VTEPS_MAP))?;
+        let bytes = vtep.map_or([0u8; 64], abi::Vtep::to_ne_bytes);
+        arr.set(id, bytes, 0).map_err(map_err(abi::VTEPS_MAP))
+    }
+
+    /// Sets the (peer, VNI) pairs the fast path may tunnel: exactly `pairs` afterwards.
+    pub fn peer_vnis_set(&mut self, pairs: &[(std::net::Ipv4Addr, u32)]) {
+        let Ok(mut m) = self.bytes_map::<8, 4>(abi::PEER_VNIS_MAP) else {
+            return;
+        };
+        let want: Vec<[u8; 8]> = pairs
+            .iter()
+            .map(|(a, v)| {
+                abi::PeerVni {
+                    addr: u32::from_ne_bytes(a.octets()),
+                    vni: *v,
+                }
+                .to_ne_bytes()
+            })
+            .collect();
+        let have: Vec<[u8; 8]> = m.keys().flatten().collect();
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            let _ = m.remove(k);
+        }
+        for k in want.iter().filter(|k| !have.contains(k)) {
+            let _ = m.insert(*k, 1u32.to_ne_bytes(), 0);
+        }
     }
 
     /// Removes the sockets of `queues` from the XSKMAP; when no port uses the interface any
@@ -332,7 +602,7 @@ impl XdpSteering {
         }
         if let Ok(mut xsks) = self.xsks() {
             for q in queues {
-                let index = abi::Port { slot, flags: 0 }.socket_index(*q);
+                let index = slot * abi::MAX_QUEUES + *q;
                 let _ = xsks.unset(index);
             }
         }
@@ -342,6 +612,10 @@ impl XdpSteering {
         let Some(a) = self.attached.remove(&ifindex) else {
             return;
         };
+        self.names.retain(|_, i| *i != ifindex);
+        if let Ok(mut d) = self.devs() {
+            let _ = d.remove(ifindex);
+        }
         match self.program(a.program).map(|p| p.detach(a.link)) {
             Ok(Ok(())) => tracing::info!(ifindex, "XDP program detached"),
             Ok(Err(e)) => tracing::warn!(ifindex, error = %e, "detaching XDP failed"),
@@ -366,7 +640,7 @@ impl XdpSteering {
             port: u16::from_ne_bytes(port.to_be_bytes()),
             pad: 0,
             slot: at.slot,
-            flags: abi::UPLINK_F_ENABLED,
+            flags: abi::UPLINK_F_ENABLED | if self.fast { abi::UPLINK_F_FAST } else { 0 },
         };
         let map = self
             .ebpf
@@ -386,13 +660,13 @@ impl XdpSteering {
         BpfHashMap::try_from(map).map_err(map_err(abi::PEERS_MAP))
     }
 
-    /// Lets VXLAN from `addr` through to the uplink's sockets.
+    /// Lets VXLAN from `addr` (peer `id`) through to the uplink's sockets.
     ///
     /// # Errors
     /// [`XdpError::Map`] if the update fails.
-    pub fn add_peer(&mut self, addr: std::net::Ipv4Addr) -> Result<(), XdpError> {
+    pub fn add_peer(&mut self, addr: std::net::Ipv4Addr, id: u32) -> Result<(), XdpError> {
         self.peers()?
-            .insert(u32::from_ne_bytes(addr.octets()), 1, 0)
+            .insert(u32::from_ne_bytes(addr.octets()), id, 0)
             .map_err(map_err(abi::PEERS_MAP))
     }
 

@@ -25,6 +25,11 @@ fn afxdp_mode_switches_real_traffic_and_enforces_port_security() {
     switches_real_traffic("afxdp");
 }
 
+#[test]
+fn xdp_mode_switches_real_traffic_and_enforces_port_security() {
+    switches_real_traffic("xdp");
+}
+
 fn switches_real_traffic(mode: &str) {
     if let Some(why) = skip_reason() {
         println!("skipping: {why}");
@@ -39,8 +44,13 @@ fn switches_real_traffic(mode: &str) {
         vm1.host_if, vm2.host_if
     );
     let vm3 = vm(&host, 3, "192.168.77.3");
+    if mode == "xdp" {
+        for v in [&vm1, &vm2, &vm3] {
+            xdp_pass(&v.ns, "eth0");
+        }
+    }
     let (daemon, dir) = Daemon::start(&host, &config);
-    if mode == "afxdp" {
+    if mode != "packet" {
         assert!(
             xdp_attached(&host, &vm1.host_if) && xdp_attached(&host, &vm2.host_if),
             "the XDP program is attached to every port"
@@ -233,7 +243,57 @@ fn switches_real_traffic(mode: &str) {
         live["drops"]["spoofed_ip"].as_u64().unwrap_or(0) > 0,
         "the spoofed IP shows in live counters: {live}"
     );
-    if mode == "afxdp" {
+    if mode == "xdp" {
+        let c = &live["datapath"]["counters"];
+        assert!(
+            c["fast_local"].as_u64().unwrap_or(0) > 1000
+                && c["fast_csum"].as_u64().unwrap_or(0) > 0,
+            "known unicast stays in the kernel, partial checksums completed there: {c}"
+        );
+        // Steady state: once learned, unicast between two VMs bypasses user space.
+        let user_rx = |v: &Value| -> u64 {
+            v["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["counters"]["rx_packets"].as_u64())
+                .sum()
+        };
+        let fast = |v: &Value| {
+            v["datapath"]["counters"]["fast_local"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        // vm2 back to its own MAC (it spoofed one above).
+        ok(&[
+            "ip",
+            "-n",
+            &vm2.ns.0,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            "02:00:00:00:00:02",
+        ]);
+        for v in [&vm1, &vm2] {
+            ok(&["ip", "-n", &v.ns.0, "neigh", "flush", "all"]);
+        }
+        assert!(ping(&vm1, &vm2.ip, 3), "vm2 reachable again");
+        let before = serde_json::from_str::<Value>(&ctl(&dir, &["--json", "stats"]).1).unwrap();
+        assert!(vm1
+            .ns
+            .exec(&["ping", "-c", "30", "-i", "0.02", "-q", &vm2.ip])
+            .status
+            .success());
+        let after = serde_json::from_str::<Value>(&ctl(&dir, &["--json", "stats"]).1).unwrap();
+        let (du, df) = (
+            user_rx(&after) - user_rx(&before),
+            fast(&after) - fast(&before),
+        );
+        println!("steady state: {df} frames in the kernel fast path, {du} through user space");
+        assert!(df >= 60, "60 echo frames took the fast path ({df})");
+        assert!(du <= 4, "user space saw almost none of them ({du})");
+    } else if mode == "afxdp" {
         let to_socket = live["datapath"]["counters"]["to_socket"]
             .as_u64()
             .unwrap_or(0);
@@ -273,10 +333,12 @@ fn switches_real_traffic(mode: &str) {
         drops["spoofed_mac"].as_u64().unwrap_or(0) > 0,
         "spoofed MAC counted: {report}"
     );
-    assert!(
-        report["events"]["forwarded"].as_u64().unwrap_or(0) > 100,
-        "{report}"
-    );
+    // Known unicast was switched: by user space, or (mode "xdp") by the kernel fast path.
+    let forwarded = report["events"]["forwarded"].as_u64().unwrap_or(0)
+        + report["datapath"]["counters"]["fast_local"]
+            .as_u64()
+            .unwrap_or(0);
+    assert!(forwarded > 100, "{report}");
     println!("netns test took {:?}", started.elapsed());
 }
 
@@ -316,7 +378,7 @@ fn two_datapath_workers_in_each_mode() {
         assert!(added, "{mode}: {out}");
         assert!(ping(&vm3, &vm1.ip, 3), "{mode}: vm3 reaches vm1");
         // One queue cannot feed two AF_XDP workers: refused, and nothing is left half-open.
-        if mode == "afxdp" {
+        if mode != "packet" {
             let vm4 = vm(&host, 4, "192.168.78.4");
             let (added, out) = ctl(&dir, &["add-port", &vm4.host_if, "--vni", "5"]);
             assert!(!added && out.contains("receive queue"), "{out}");

@@ -1,11 +1,30 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
- * Kangaroo switch: the XDP program attached to every port interface.
+ * Kangaroo switch: the XDP programs on port interfaces and on the uplink.
  *
- * It steers each frame a port receives into that port's AF_XDP socket for the receive queue it
- * arrived on, where the user-space switch takes its decision. Frames it must not take (an
- * interface that is not a port, a queue without a socket) go on to the kernel with XDP_PASS.
- * Every outcome is counted per CPU.
+ * User space is the authority: it learns, floods, answers what it must, and keeps the maps below
+ * in sync with its tables. These programs only act on what the maps already decide, and hand
+ * everything else to the user-space switch through AF_XDP sockets.
+ *
+ * Port program (kangaroo_port), per frame:
+ *   not a port, or not steered            -> XDP_PASS (not_port)
+ *   port not in fast mode                  -> AF_XDP (to_socket)
+ *   malformed, multicast source, VLAN,
+ *   port security not obviously met,
+ *   source not learned on this port        -> AF_XDP (user space learns, counts, drops)
+ *   ARP request answerable from kg_arp     -> reply in place, back out of the port
+ *                                              (fast_arp_reply)
+ *   IPv4 to a known local port             -> complete a partial checksum, redirect (fast_local)
+ *   IPv4 to a known remote VTEP            -> complete, encapsulate, redirect to the uplink
+ *                                              (fast_encap)
+ *   anything else (BUM, unknown, IPv6...)  -> AF_XDP
+ *
+ * Uplink program (kangaroo_uplink), per frame:
+ *   not VXLAN for this host                -> XDP_PASS (uplink_pass)
+ *   from an address that is not a peer     -> XDP_PASS (uplink_not_peer; user space drops it)
+ *   fast mode, VNI shared with the peer, inner source known behind that peer, inner
+ *   destination a known local port         -> decapsulate, redirect (fast_decap)
+ *   anything else from a peer              -> AF_XDP (uplink_to_socket)
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -32,6 +51,13 @@ struct {
 } kg_xsks SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, KG_MAX_PORTS + 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} kg_devs SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, KG_CTR_COUNT);
 	__type(key, __u32);
@@ -45,12 +71,60 @@ struct {
 	__type(value, struct kg_uplink);
 } kg_uplink_cfg SEC(".maps");
 
+/* Peer address (network order) -> peer id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, KG_MAX_PEERS);
 	__type(key, __u32);
 	__type(value, __u32);
 } kg_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KG_MAX_PEERS * 16);
+	__type(key, struct kg_peer_vni);
+	__type(value, __u32);
+} kg_peer_vnis SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KG_MAX_PEERS);
+	__type(key, __u32);
+	__type(value, struct kg_vtep);
+} kg_vteps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KG_FDB_ENTRIES);
+	__type(key, struct kg_fdb_key);
+	__type(value, struct kg_fdb_val);
+} kg_fdb SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KG_ARP_ENTRIES);
+	__type(key, struct kg_arp_key);
+	__type(value, struct kg_arp_val);
+} kg_arp SEC(".maps");
+
+/* Keeps clang from rewriting a bounds check into arithmetic on the packet end, which the
+ * verifier refuses. */
+#define opaque(x) asm volatile("" : "+r"(x))
+
+/* Longest L4 segment whose checksum the fast path completes (4-byte words). */
+#define MAX_L4_WORDS 1024
+
+struct arp_eth_ipv4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+} __attribute__((packed));
 
 static __always_inline void count(__u32 which)
 {
@@ -58,6 +132,292 @@ static __always_inline void count(__u32 which)
 
 	if (c)
 		*c += 1;
+}
+
+static __always_inline int to_socket(struct xdp_md *ctx, __u32 slot, __u32 ok_counter)
+{
+	__u32 queue = ctx->rx_queue_index;
+
+	if (queue >= KG_MAX_QUEUES || slot >= KG_MAX_PORTS) {
+		count(KG_CTR_NO_SOCKET);
+		return XDP_PASS;
+	}
+	__u32 index = slot * KG_MAX_QUEUES + queue;
+
+	if (!bpf_map_lookup_elem(&kg_xsks, &index)) {
+		count(KG_CTR_NO_SOCKET);
+		return XDP_PASS;
+	}
+	long action = bpf_redirect_map(&kg_xsks, index, XDP_ABORTED);
+
+	count(action == XDP_REDIRECT ? ok_counter : KG_CTR_REDIRECT_FAILED);
+	return action;
+}
+
+static __always_inline __u16 fold(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+	dst[4] = src[4];
+	dst[5] = src[5];
+}
+
+/*
+ * Completes a TCP/UDP checksum the sender left partial (the field holds the pseudo-header sum;
+ * XDP carries no metadata saying so), as the user-space switch does. Returns 0 when the frame can
+ * go on (nothing to do, or completed), -1 when it must go to user space (malformed, too long).
+ * Sums are of 16-bit words as loaded (host order) and stored back the same way, which is
+ * byte-order independent for ones'-complement arithmetic.
+ */
+static __always_inline int fix_l4_csum(void *end, struct iphdr *ip)
+{
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return 0;
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return 0;
+	__u32 ihl = ip->ihl * 4;
+	__u32 tot = bpf_ntohs(ip->tot_len);
+
+	if (ihl < 20 || tot < ihl)
+		return -1;
+	__u32 l4_len = tot - ihl;
+
+	if (l4_len > MAX_L4_WORDS * 4)
+		return -1;
+	void *l4 = (void *)ip + ihl;
+	__u16 *fieldp;
+
+	if (ip->protocol == IPPROTO_TCP) {
+		if (l4 + 18 > end || l4_len < 18)
+			return -1;
+		fieldp = l4 + 16;
+	} else {
+		if (l4 + 8 > end || l4_len < 8)
+			return -1;
+		fieldp = l4 + 6;
+	}
+	__u16 field = *fieldp;
+
+	if (ip->protocol == IPPROTO_UDP && field == 0)
+		return 0;
+	__u64 ps = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) +
+		   (ip->daddr >> 16) + ((__u32)ip->protocol << 8) + bpf_htons((__u16)l4_len);
+	__u16 pseudo = fold(ps);
+
+	if (field != pseudo && !((field ^ pseudo) == 0xffff && (pseudo == 0 || pseudo == 0xffff)))
+		return 0;
+	__u64 s = 0;
+	__u32 words = l4_len / 4;
+	__u32 *p = l4;
+
+	for (__u32 i = 0; i < MAX_L4_WORDS; i++) {
+		if (i >= words)
+			break;
+		__u32 *next = p + 1;
+
+		opaque(next);
+		if ((void *)next > end)
+			return -1;
+		s += *p;
+		p = next;
+	}
+	__u8 *t = (__u8 *)p;
+
+	if (l4_len & 2) {
+		__u8 *lim = t + 2;
+
+		opaque(lim);
+		if ((void *)lim > end)
+			return -1;
+		s += *(__u16 *)t;
+		t += 2;
+	}
+	if (l4_len & 1) {
+		__u8 *lim = t + 1;
+
+		opaque(lim);
+		if ((void *)lim > end)
+			return -1;
+		s += *t;
+	}
+	if (fold(s + pseudo) == 0xffff)
+		return 0; /* a finished checksum that equals the pseudo-header sum */
+	__u16 c = ~fold(s);
+
+	if (ip->protocol == IPPROTO_UDP && c == 0)
+		c = 0xffff;
+	*fieldp = c;
+	count(KG_CTR_FAST_CSUM);
+	return 0;
+}
+
+static __always_inline __u64 rotl(__u64 x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+/* The inner flow hash, identical to `tunnel::flow_hash` in user space. */
+static __always_inline __u32 flow_hash(void *data, void *end)
+{
+	__u8 *f = data;
+	__u64 a = 0, b = 0;
+
+	if (data + 14 > end)
+		return 0;
+	for (int i = 0; i < 12; i++)
+		a ^= (__u64)f[i] << ((i % 8) * 8);
+	if (f[12] == 0x08 && f[13] == 0x00 && data + 34 <= end) {
+		__u64 addrs = 0;
+
+		for (int i = 26; i < 34; i++)
+			addrs = (addrs << 8) | f[i];
+		__u8 proto = f[23];
+
+		b = addrs ^ ((__u64)proto << 56);
+		__u32 ihl = (f[14] & 0x0f) * 4;
+		int unfragmented = (f[20] & 0x3f) == 0 && f[21] == 0;
+
+		if (unfragmented && (proto == 6 || proto == 17)) {
+			__u8 *l4 = f + 14 + ihl;
+
+			if ((void *)(l4 + 4) <= end) {
+				__u32 ports = ((__u32)l4[0] << 24) | ((__u32)l4[1] << 16) |
+					      ((__u32)l4[2] << 8) | l4[3];
+
+				a ^= (__u64)ports << 16;
+			}
+		}
+	}
+	const __u64 seed = 0x9e3779b97f4a7c15ULL;
+	__u64 x = a ^ seed;
+
+	x += rotl(b, 29) ^ rotl(seed, 17);
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return (__u32)(x ^ (x >> 32));
+}
+
+/* Encapsulates the frame toward peer `peer` in `vni` and redirects it to the uplink.
+ * Returns -1 (frame untouched) when user space must handle it. */
+static __always_inline int encap(struct xdp_md *ctx, __u32 peer, __u32 vni)
+{
+	struct kg_vtep *v = bpf_map_lookup_elem(&kg_vteps, &peer);
+
+	if (!v || !v->valid)
+		return -1;
+	struct kg_peer_vni pv = { .addr = v->addr, .vni = vni };
+
+	if (!bpf_map_lookup_elem(&kg_peer_vnis, &pv))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 inner_len = end - data;
+
+	if (inner_len > v->max_inner || inner_len > 0xffff - 64)
+		return -1;
+	__u32 hash = flow_hash(data, end);
+
+	if (bpf_xdp_adjust_head(ctx, -KG_OUTER_LEN))
+		return -1;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + KG_OUTER_LEN > end)
+		return -1;
+	__builtin_memcpy(data, v->hdr, KG_OUTER_LEN);
+	struct iphdr *ip = data + 14;
+	struct udphdr *udp = data + 34;
+	__u8 *vx = data + 42;
+
+	ip->tot_len = bpf_htons(inner_len + 36);
+	ip->check = 0;
+	__u16 *w = (__u16 *)ip;
+	__u64 s = 0;
+
+	for (int i = 0; i < 10; i++)
+		s += w[i];
+	ip->check = ~fold(s);
+	udp->source = bpf_htons(49152 | (hash & 0x3fff));
+	udp->len = bpf_htons(inner_len + 16);
+	udp->check = 0;
+	vx[4] = vni >> 16;
+	vx[5] = vni >> 8;
+	vx[6] = vni;
+	long action = bpf_redirect_map(&kg_devs, v->uplink, 0);
+
+	count(action == XDP_REDIRECT ? KG_CTR_FAST_ENCAP : KG_CTR_FAST_REDIRECT_FAILED);
+	return action;
+}
+
+static __always_inline int ip_allowed(struct kg_port *port, __u32 ip)
+{
+	if (!(port->flags & KG_PORT_F_IPS))
+		return 1;
+	for (int i = 0; i < KG_MAX_IPS; i++) {
+		if (i >= port->n_ips)
+			break;
+		if (port->ips[i] == ip)
+			return 1;
+	}
+	return 0;
+}
+
+/* Answers an ARP request from the ARP map in place. Returns XDP_TX, or -1 for user space. */
+static __always_inline int arp_reply(struct ethhdr *eth, void *end, struct kg_port *port)
+{
+	struct arp_eth_ipv4 *arp = (void *)(eth + 1);
+
+	if ((void *)(arp + 1) > end)
+		return -1;
+	if (arp->htype != bpf_htons(1) || arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != 6 ||
+	    arp->plen != 4 || arp->op != bpf_htons(1))
+		return -1;
+	if (!mac_eq(arp->sha, eth->h_source))
+		return -1;
+	__u32 spa, tpa;
+
+	__builtin_memcpy(&spa, arp->spa, 4);
+	__builtin_memcpy(&tpa, arp->tpa, 4);
+	/* Probes (sender 0.0.0.0) and gratuitous requests are for user space to see. */
+	if (spa == 0 || spa == tpa || !ip_allowed(port, spa))
+		return -1;
+	struct kg_arp_key k = { .vni = port->vni, .ip = tpa };
+	struct kg_arp_val *a = bpf_map_lookup_elem(&kg_arp, &k);
+
+	if (!a)
+		return -1;
+	__u8 answer[6];
+
+	mac_copy(answer, a->mac);
+	mac_copy(eth->h_dest, eth->h_source);
+	mac_copy(eth->h_source, answer);
+	arp->op = bpf_htons(2);
+	mac_copy(arp->tha, arp->sha);
+	__builtin_memcpy(arp->tpa, &spa, 4);
+	mac_copy(arp->sha, answer);
+	__builtin_memcpy(arp->spa, &tpa, 4);
+	count(KG_CTR_FAST_ARP_REPLY);
+	return XDP_TX;
 }
 
 SEC("xdp")
@@ -70,31 +430,77 @@ int kangaroo_port(struct xdp_md *ctx)
 		count(KG_CTR_NOT_PORT);
 		return XDP_PASS;
 	}
-	__u32 queue = ctx->rx_queue_index;
+	__u32 slot = port->slot;
 
-	if (queue >= KG_MAX_QUEUES || port->slot >= KG_MAX_PORTS) {
-		count(KG_CTR_NO_SOCKET);
-		return XDP_PASS;
+	if (!(port->flags & KG_PORT_F_FAST))
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end) {
+		count(KG_CTR_MALFORMED);
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
 	}
-	__u32 index = port->slot * KG_MAX_QUEUES + queue;
+	if ((eth->h_source[0] & 1) ||
+	    ((port->flags & KG_PORT_F_MAC) && !mac_eq(eth->h_source, port->mac)))
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	/* The source must already be learned on this very port: new and moved stations are
+	 * user space's to learn. */
+	struct kg_fdb_key sk = { .vni = port->vni };
 
-	if (!bpf_map_lookup_elem(&kg_xsks, &index)) {
-		count(KG_CTR_NO_SOCKET);
-		return XDP_PASS;
+	mac_copy(sk.mac, eth->h_source);
+	struct kg_fdb_val *src = bpf_map_lookup_elem(&kg_fdb, &sk);
+
+	if (!src || src->kind != KG_DEST_PORT || src->target != ifindex)
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	if (!src->hit)
+		src->hit = 1;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		if (arp_reply(eth, end, port) < 0)
+			return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+		/* Back out of the port it came in on. A redirect to the port itself rather than
+		 * XDP_TX: on veth, XDP_TX frames built from an skb did not reach the VM. */
+		return bpf_redirect_map(&kg_devs, ifindex, XDP_TX);
 	}
-	long action = bpf_redirect_map(&kg_xsks, index, XDP_ABORTED);
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || (eth->h_dest[0] & 1))
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	struct iphdr *ip = (void *)(eth + 1);
 
-	if (action == XDP_REDIRECT)
-		count(KG_CTR_TO_SOCKET);
-	else
-		count(KG_CTR_REDIRECT_FAILED);
-	return action;
+	if ((void *)(ip + 1) > end) {
+		count(KG_CTR_MALFORMED);
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	}
+	if (ip->version != 4 || !ip_allowed(port, ip->saddr))
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	struct kg_fdb_key dk = { .vni = port->vni };
+
+	mac_copy(dk.mac, eth->h_dest);
+	struct kg_fdb_val *dst = bpf_map_lookup_elem(&kg_fdb, &dk);
+
+	if (!dst || (dst->kind == KG_DEST_PORT && dst->target == ifindex))
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	__u32 kind = dst->kind, target = dst->target, vni = port->vni;
+
+	if (fix_l4_csum(end, ip) < 0) {
+		count(KG_CTR_MALFORMED);
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	}
+	if (kind == KG_DEST_PORT) {
+		long action = bpf_redirect_map(&kg_devs, target, 0);
+
+		count(action == XDP_REDIRECT ? KG_CTR_FAST_LOCAL : KG_CTR_FAST_REDIRECT_FAILED);
+		return action;
+	}
+	if (kind == KG_DEST_VTEP) {
+		int r = encap(ctx, target, vni);
+
+		if (r >= 0)
+			return r;
+	}
+	return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
 }
 
-/*
- * The uplink program: VXLAN for this host from a configured peer goes to the uplink's AF_XDP
- * socket; everything else (the host's own traffic, VXLAN from strangers) goes on to the kernel.
- */
 SEC("xdp")
 int kangaroo_uplink(struct xdp_md *ctx)
 {
@@ -111,36 +517,71 @@ int kangaroo_uplink(struct xdp_md *ctx)
 		count(KG_CTR_UPLINK_PASS);
 		return XDP_PASS;
 	}
-	struct udphdr *udp = (void *)ip + ip->ihl * 4;
+	__u32 ihl = ip->ihl * 4;
+	struct udphdr *udp = (void *)ip + ihl;
 
 	if ((void *)(udp + 1) > end || udp->dest != up->port) {
 		count(KG_CTR_UPLINK_PASS);
 		return XDP_PASS;
 	}
-	__u32 src = ip->saddr;
+	__u32 src_addr = ip->saddr;
+	__u32 *peer = bpf_map_lookup_elem(&kg_peers, &src_addr);
 
-	if (!bpf_map_lookup_elem(&kg_peers, &src)) {
+	if (!peer) {
 		count(KG_CTR_UPLINK_NOT_PEER);
 		return XDP_PASS;
 	}
-	__u32 queue = ctx->rx_queue_index;
+	__u32 slot = up->slot;
 
-	if (queue >= KG_MAX_QUEUES || up->slot >= KG_MAX_PORTS) {
-		count(KG_CTR_NO_SOCKET);
-		return XDP_PASS;
+	if (!(up->flags & KG_UPLINK_F_FAST))
+		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
+	/* Only the plain case: a 20-byte outer IPv4 header, no outer UDP checksum to verify,
+	 * unfragmented, exactly the I flag. Everything else is user space's to check. */
+	__u8 *vx = (void *)(udp + 1);
+	struct ethhdr *inner = (void *)(vx + 8);
+
+	if (ihl != 20 || udp->check != 0 || (ip->frag_off & bpf_htons(0x3fff)) ||
+	    (void *)(inner + 1) > end || vx[0] != 0x08) {
+		if ((void *)(inner + 1) > end)
+			count(KG_CTR_MALFORMED);
+		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
 	}
-	__u32 index = up->slot * KG_MAX_QUEUES + queue;
+	__u32 vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
+	struct kg_peer_vni pv = { .addr = src_addr, .vni = vni };
 
-	if (!bpf_map_lookup_elem(&kg_xsks, &index)) {
-		count(KG_CTR_NO_SOCKET);
-		return XDP_PASS;
+	if (!bpf_map_lookup_elem(&kg_peer_vnis, &pv) || (inner->h_dest[0] & 1))
+		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
+	struct kg_fdb_key sk = { .vni = vni };
+
+	mac_copy(sk.mac, inner->h_source);
+	struct kg_fdb_val *src = bpf_map_lookup_elem(&kg_fdb, &sk);
+
+	if (!src || src->kind != KG_DEST_VTEP || src->target != *peer)
+		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
+	struct kg_fdb_key dk = { .vni = vni };
+
+	mac_copy(dk.mac, inner->h_dest);
+	struct kg_fdb_val *dst = bpf_map_lookup_elem(&kg_fdb, &dk);
+
+	if (!dst || dst->kind != KG_DEST_PORT)
+		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
+	if (!src->hit)
+		src->hit = 1;
+	__u32 target = dst->target;
+
+	if (inner->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iip = (void *)(inner + 1);
+
+		if ((void *)(iip + 1) > end || fix_l4_csum(end, iip) < 0) {
+			count(KG_CTR_MALFORMED);
+			return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
+		}
 	}
-	long action = bpf_redirect_map(&kg_xsks, index, XDP_ABORTED);
+	if (bpf_xdp_adjust_head(ctx, KG_OUTER_LEN))
+		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
+	long action = bpf_redirect_map(&kg_devs, target, 0);
 
-	if (action == XDP_REDIRECT)
-		count(KG_CTR_UPLINK_TO_SOCKET);
-	else
-		count(KG_CTR_REDIRECT_FAILED);
+	count(action == XDP_REDIRECT ? KG_CTR_FAST_DECAP : KG_CTR_FAST_REDIRECT_FAILED);
 	return action;
 }
 

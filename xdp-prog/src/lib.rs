@@ -30,6 +30,28 @@ pub const PEERS_MAP: &str = "kg_peers";
 /// Name of the per-CPU counter array.
 pub const COUNTERS_MAP: &str = "kg_counters";
 
+/// Port-security IPv4 addresses per port the fast path checks.
+pub const MAX_IPS: usize = 4;
+/// FDB entries the kernel mirror holds.
+pub const FDB_ENTRIES: u32 = 262_144;
+/// ARP entries the kernel mirror holds.
+pub const ARP_ENTRIES: u32 = 65_536;
+/// Peer VTEPs.
+pub const MAX_PEERS: u32 = 4096;
+/// Bytes of outer headers a VXLAN encapsulation adds.
+pub const OUTER_LEN: usize = 50;
+
+/// Name of the DEVMAP of redirect targets (ports and the uplink, by ifindex).
+pub const DEVS_MAP: &str = "kg_devs";
+/// Name of the FDB mirror.
+pub const FDB_MAP: &str = "kg_fdb";
+/// Name of the ARP mirror.
+pub const ARP_MAP: &str = "kg_arp";
+/// Name of the peer templates array.
+pub const VTEPS_MAP: &str = "kg_vteps";
+/// Name of the (peer, VNI) set.
+pub const PEER_VNIS_MAP: &str = "kg_peer_vnis";
+
 /// `struct kg_port`: what the program knows about a port interface.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,10 +60,26 @@ pub struct Port {
     pub slot: u32,
     /// `PORT_F_*` flags.
     pub flags: u32,
+    /// The port's network.
+    pub vni: u32,
+    /// Port security MAC ([`PORT_F_MAC`]).
+    pub mac: [u8; 6],
+    /// Entries of `ips` in use ([`PORT_F_IPS`]).
+    pub n_ips: u8,
+    /// Padding.
+    pub pad: u8,
+    /// Port security IPv4 addresses, network order.
+    pub ips: [u32; MAX_IPS],
 }
 
 /// Frames on this interface go to user space through its AF_XDP sockets.
 pub const PORT_F_STEER: u32 = 1;
+/// Frames whose fate the maps decide are handled in the kernel (mode "xdp").
+pub const PORT_F_FAST: u32 = 2;
+/// Port security: only `mac` may be the source MAC.
+pub const PORT_F_MAC: u32 = 4;
+/// Port security: only `ips` may be the source IPv4.
+pub const PORT_F_IPS: u32 = 8;
 
 impl Port {
     /// The XSKMAP index of this port's socket for `queue`.
@@ -50,10 +88,17 @@ impl Port {
     }
 
     /// The map value's bytes, as the kernel stores them (native byte order, C layout).
-    pub fn to_ne_bytes(&self) -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[core::mem::offset_of!(Port, slot)..][..4].copy_from_slice(&self.slot.to_ne_bytes());
-        b[core::mem::offset_of!(Port, flags)..][..4].copy_from_slice(&self.flags.to_ne_bytes());
+    pub fn to_ne_bytes(&self) -> [u8; 36] {
+        let mut b = [0u8; 36];
+        b[0..4].copy_from_slice(&self.slot.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.flags.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.vni.to_ne_bytes());
+        b[12..18].copy_from_slice(&self.mac);
+        b[18] = self.n_ips;
+        b[19] = self.pad;
+        for (i, ip) in self.ips.iter().enumerate() {
+            b[20 + 4 * i..24 + 4 * i].copy_from_slice(&ip.to_ne_bytes());
+        }
         b
     }
 }
@@ -76,6 +121,140 @@ pub struct Uplink {
 
 /// The uplink program hands VXLAN from peers to user space.
 pub const UPLINK_F_ENABLED: u32 = 1;
+/// The uplink program decapsulates known traffic itself (mode "xdp").
+pub const UPLINK_F_FAST: u32 = 2;
+
+/// `struct kg_fdb_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FdbKey {
+    /// The network.
+    pub vni: u32,
+    /// The station.
+    pub mac: [u8; 6],
+    /// Padding.
+    pub pad: u16,
+}
+
+impl FdbKey {
+    /// The key's bytes, as the kernel stores them.
+    pub fn to_ne_bytes(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[0..4].copy_from_slice(&self.vni.to_ne_bytes());
+        b[4..10].copy_from_slice(&self.mac);
+        b
+    }
+}
+
+/// `KG_DEST_PORT`.
+pub const DEST_PORT: u32 = 1;
+/// `KG_DEST_VTEP`.
+pub const DEST_VTEP: u32 = 2;
+
+/// `struct kg_fdb_val`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FdbVal {
+    /// `DEST_*`.
+    pub kind: u32,
+    /// The port's ifindex or the peer's id.
+    pub target: u32,
+    /// Set by the programs when the station is seen as a source.
+    pub hit: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+impl FdbVal {
+    /// The value's bytes, as the kernel stores them.
+    pub fn to_ne_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.kind.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.target.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.hit.to_ne_bytes());
+        b
+    }
+
+    /// Decodes the kernel's bytes.
+    pub fn from_ne_bytes(b: &[u8; 16]) -> FdbVal {
+        let u = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        FdbVal {
+            kind: u(0),
+            target: u(4),
+            hit: u(8),
+            pad: u(12),
+        }
+    }
+}
+
+/// `struct kg_arp_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArpKey {
+    /// The network.
+    pub vni: u32,
+    /// The address, network order.
+    pub ip: u32,
+}
+
+impl ArpKey {
+    /// The key's bytes, as the kernel stores them.
+    pub fn to_ne_bytes(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&self.vni.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.ip.to_ne_bytes());
+        b
+    }
+}
+
+/// `struct kg_vtep`: how to reach a peer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vtep {
+    /// Outer headers (per-frame fields zero).
+    pub hdr: [u8; OUTER_LEN],
+    /// Nonzero when usable.
+    pub valid: u16,
+    /// The peer's address, network order.
+    pub addr: u32,
+    /// The uplink's ifindex.
+    pub uplink: u32,
+    /// Longest inner frame that fits the underlay MTU.
+    pub max_inner: u32,
+}
+
+impl Vtep {
+    /// The value's bytes, as the kernel stores them.
+    pub fn to_ne_bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[..OUTER_LEN].copy_from_slice(&self.hdr);
+        b[50..52].copy_from_slice(&self.valid.to_ne_bytes());
+        b[52..56].copy_from_slice(&self.addr.to_ne_bytes());
+        b[56..60].copy_from_slice(&self.uplink.to_ne_bytes());
+        b[60..64].copy_from_slice(&self.max_inner.to_ne_bytes());
+        b
+    }
+}
+
+/// `struct kg_peer_vni`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerVni {
+    /// The peer's address, network order.
+    pub addr: u32,
+    /// The network.
+    pub vni: u32,
+}
+
+impl PeerVni {
+    /// The key's bytes, as the kernel stores them.
+    pub fn to_ne_bytes(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&self.addr.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.vni.to_ne_bytes());
+        b
+    }
+}
 
 impl Uplink {
     /// The map value's bytes, as the kernel stores them.
@@ -107,6 +286,20 @@ pub enum Counter {
     UplinkNotPeer = 5,
     /// Uplink: anything else, passed to the kernel untouched.
     UplinkPass = 6,
+    /// Fast path: known local unicast redirected to the destination port.
+    FastLocal = 7,
+    /// Fast path: ARP request answered from the ARP map.
+    FastArpReply = 8,
+    /// Fast path: known remote unicast encapsulated and redirected to the uplink.
+    FastEncap = 9,
+    /// Fast path: VXLAN decapsulated and redirected to the destination port.
+    FastDecap = 10,
+    /// Fast path: a partial TCP/UDP checksum completed in the kernel.
+    FastCsum = 11,
+    /// Frames cut short inside a header the program reads (handed to user space).
+    Malformed = 12,
+    /// Fast path: the redirect to a port or the uplink failed.
+    FastRedirectFailed = 13,
 }
 
 impl Counter {
@@ -119,6 +312,13 @@ impl Counter {
         Counter::UplinkToSocket,
         Counter::UplinkNotPeer,
         Counter::UplinkPass,
+        Counter::FastLocal,
+        Counter::FastArpReply,
+        Counter::FastEncap,
+        Counter::FastDecap,
+        Counter::FastCsum,
+        Counter::Malformed,
+        Counter::FastRedirectFailed,
     ];
 
     /// The counter's name in metrics.
@@ -131,18 +331,40 @@ impl Counter {
             Counter::UplinkToSocket => "uplink_to_socket",
             Counter::UplinkNotPeer => "uplink_not_peer",
             Counter::UplinkPass => "uplink_pass",
+            Counter::FastLocal => "fast_local",
+            Counter::FastArpReply => "fast_arp_reply",
+            Counter::FastEncap => "fast_encap",
+            Counter::FastDecap => "fast_decap",
+            Counter::FastCsum => "fast_csum",
+            Counter::Malformed => "malformed",
+            Counter::FastRedirectFailed => "fast_redirect_failed",
         }
     }
 }
 
 /// `KG_CTR_COUNT`.
-pub const COUNTER_COUNT: u32 = 7;
+pub const COUNTER_COUNT: u32 = 14;
 
 const _: () = {
-    assert!(core::mem::size_of::<Port>() == 8);
     assert!(core::mem::offset_of!(Port, slot) == 0);
     assert!(core::mem::offset_of!(Port, flags) == 4);
-    assert!(Counter::UplinkPass as u32 + 1 == COUNTER_COUNT);
+    assert!(Counter::FastRedirectFailed as u32 + 1 == COUNTER_COUNT);
+    assert!(core::mem::size_of::<Port>() == 36);
+    assert!(core::mem::offset_of!(Port, vni) == 8);
+    assert!(core::mem::offset_of!(Port, mac) == 12);
+    assert!(core::mem::offset_of!(Port, n_ips) == 18);
+    assert!(core::mem::offset_of!(Port, ips) == 20);
+    assert!(core::mem::size_of::<FdbKey>() == 12);
+    assert!(core::mem::offset_of!(FdbKey, mac) == 4);
+    assert!(core::mem::size_of::<FdbVal>() == 16);
+    assert!(core::mem::offset_of!(FdbVal, hit) == 8);
+    assert!(core::mem::size_of::<ArpKey>() == 8);
+    assert!(core::mem::size_of::<Vtep>() == 64);
+    assert!(core::mem::offset_of!(Vtep, valid) == 50);
+    assert!(core::mem::offset_of!(Vtep, addr) == 52);
+    assert!(core::mem::offset_of!(Vtep, uplink) == 56);
+    assert!(core::mem::offset_of!(Vtep, max_inner) == 60);
+    assert!(core::mem::size_of::<PeerVni>() == 8);
     assert!(core::mem::size_of::<Uplink>() == 16);
     assert!(core::mem::offset_of!(Uplink, addr) == 0);
     assert!(core::mem::offset_of!(Uplink, port) == 4);
@@ -193,6 +415,13 @@ mod tests {
             "KG_CTR_UPLINK_TO_SOCKET",
             "KG_CTR_UPLINK_NOT_PEER",
             "KG_CTR_UPLINK_PASS",
+            "KG_CTR_FAST_LOCAL",
+            "KG_CTR_FAST_ARP_REPLY",
+            "KG_CTR_FAST_ENCAP",
+            "KG_CTR_FAST_DECAP",
+            "KG_CTR_FAST_CSUM",
+            "KG_CTR_MALFORMED",
+            "KG_CTR_FAST_REDIRECT_FAILED",
         ]) {
             assert!(
                 h.contains(&format!("{enumerator} = {},", *c as u32)),

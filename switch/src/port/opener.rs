@@ -6,6 +6,34 @@
 use std::sync::{Arc, Mutex};
 
 use super::PortBackend;
+use crate::mac::MacAddr;
+use crate::tunnel::Vni;
+
+/// Where a mirrored FDB entry points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorDest<'a> {
+    /// The local port on this interface.
+    Port(&'a str),
+    /// The peer with this id.
+    Vtep(crate::tunnel::PeerId),
+}
+
+/// A peer as the kernel's fast path needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorPeer {
+    /// Its id.
+    pub id: crate::tunnel::PeerId,
+    /// Its VTEP address.
+    pub addr: std::net::Ipv4Addr,
+    /// Outer headers toward it (next-hop MAC not filled in).
+    pub template: [u8; crate::tunnel::OUTER_LEN],
+    /// The networks it shares that have local ports.
+    pub vnis: Vec<Vni>,
+    /// The uplink interface.
+    pub uplink: String,
+    /// Longest inner frame that fits the underlay.
+    pub max_inner: usize,
+}
 
 /// Opens ports of one datapath mode.
 pub trait PortOpener: Send {
@@ -24,7 +52,36 @@ pub trait PortOpener: Send {
     }
 
     /// A peer VTEP was added (the uplink XDP program must let its VXLAN through).
-    fn peer_added(&mut self, _addr: std::net::Ipv4Addr) {}
+    fn peer_added(&mut self, _addr: std::net::Ipv4Addr, _id: crate::tunnel::PeerId) {}
+
+    /// A port was opened on `interface` with `config` (the fast path must know its network and
+    /// port security).
+    fn port_configured(&mut self, _interface: &str, _config: &crate::pipeline::PortConfig) {}
+
+    /// True if this opener keeps the kernel's mirror of the tables (mode "xdp", first worker).
+    fn mirrors(&self) -> bool {
+        false
+    }
+
+    /// Mirrors an FDB entry (`None`: removes it).
+    fn mirror_fdb(&mut self, _vni: Vni, _mac: MacAddr, _dest: Option<MirrorDest<'_>>) {}
+
+    /// Empties the FDB mirror.
+    fn mirror_fdb_clear(&mut self) {}
+
+    /// True if the kernel saw the station send since the last call.
+    fn mirror_seen(&mut self, _vni: Vni, _mac: MacAddr) -> bool {
+        false
+    }
+
+    /// Mirrors an ARP entry (`None`: removes it).
+    fn mirror_arp(&mut self, _vni: Vni, _ip: std::net::Ipv4Addr, _mac: Option<MacAddr>) {}
+
+    /// Empties the ARP mirror.
+    fn mirror_arp_clear(&mut self) {}
+
+    /// Mirrors the peers: how to reach each, and the networks each shares.
+    fn mirror_peers(&mut self, _peers: &[MirrorPeer]) {}
 
     /// A peer VTEP was removed.
     fn peer_removed(&mut self, _addr: std::net::Ipv4Addr) {}
@@ -76,15 +133,19 @@ impl PortOpener for PacketOpener {
     }
 }
 
-/// AF_XDP ports steered by the XDP program. With several datapath workers, worker `w` of `n`
-/// owns receive queues `q` with `q % n == w` of every port (one socket each); all workers share
-/// the one loaded program.
+/// AF_XDP ports steered by the XDP program (modes "afxdp" and "xdp"). With several datapath
+/// workers, worker `w` of `n` owns receive queues `q` with `q % n == w` of every port (one socket
+/// each); all workers share the one loaded program, and the first keeps its maps in sync.
 #[cfg(target_os = "linux")]
 pub struct AfXdpOpener {
     steering: Arc<Mutex<crate::xdp::XdpSteering>>,
     config: super::afxdp::AfXdpConfig,
     worker: u32,
     workers: u32,
+    /// Next hops resolved for peers (address -> MAC), kept while the kernel forgets them.
+    next_hops: std::collections::HashMap<std::net::Ipv4Addr, MacAddr>,
+    /// Peer ids whose templates are installed.
+    installed: Vec<crate::tunnel::PeerId>,
 }
 
 #[cfg(target_os = "linux")]
@@ -93,13 +154,22 @@ impl AfXdpOpener {
     ///
     /// # Errors
     /// [`crate::xdp::XdpError`] if the kernel refuses the program.
-    pub fn new(config: super::afxdp::AfXdpConfig) -> Result<AfXdpOpener, crate::xdp::XdpError> {
+    pub fn new(
+        config: super::afxdp::AfXdpConfig,
+        fast: bool,
+    ) -> Result<AfXdpOpener, crate::xdp::XdpError> {
         Ok(AfXdpOpener {
-            steering: Arc::new(Mutex::new(crate::xdp::XdpSteering::load(false)?)),
+            steering: Arc::new(Mutex::new(crate::xdp::XdpSteering::load(false, fast)?)),
             config,
             worker: 0,
             workers: 1,
+            next_hops: std::collections::HashMap::new(),
+            installed: Vec::new(),
         })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut crate::xdp::XdpSteering) -> T) -> Option<T> {
+        self.steering.lock().ok().map(|mut s| f(&mut s))
     }
 
     /// The opener for worker `worker` of `workers`, sharing this one's program.
@@ -109,6 +179,8 @@ impl AfXdpOpener {
             config: self.config,
             worker,
             workers: workers.max(1),
+            next_hops: std::collections::HashMap::new(),
+            installed: Vec::new(),
         }
     }
 }
@@ -116,7 +188,11 @@ impl AfXdpOpener {
 #[cfg(target_os = "linux")]
 impl PortOpener for AfXdpOpener {
     fn mode(&self) -> &'static str {
-        "afxdp"
+        if self.with(|s| s.is_fast()).unwrap_or(false) {
+            "xdp"
+        } else {
+            "afxdp"
+        }
     }
 
     fn open(&mut self, interface: &str) -> Result<Box<dyn PortBackend>, String> {
@@ -134,12 +210,97 @@ impl PortOpener for AfXdpOpener {
         self.workers > 1
     }
 
-    fn peer_added(&mut self, addr: std::net::Ipv4Addr) {
+    fn peer_added(&mut self, addr: std::net::Ipv4Addr, id: crate::tunnel::PeerId) {
         if let Ok(mut s) = self.steering.lock() {
-            if let Err(e) = s.add_peer(addr) {
+            if let Err(e) = s.add_peer(addr, u32::from(id.get())) {
                 tracing::warn!(peer = %addr, error = %e, "the uplink XDP program will not see this peer");
             }
         }
+    }
+
+    fn port_configured(&mut self, interface: &str, config: &crate::pipeline::PortConfig) {
+        if let Some(Err(e)) = self.with(|s| s.configure_port(interface, config)) {
+            tracing::warn!(interface, error = %e, "the fast path will not handle this port");
+        }
+    }
+
+    fn mirrors(&self) -> bool {
+        self.worker == 0 && self.with(|s| s.is_fast()).unwrap_or(false)
+    }
+
+    fn mirror_fdb(&mut self, vni: Vni, mac: MacAddr, dest: Option<MirrorDest<'_>>) {
+        let r = self.with(|s| {
+            let d = match dest {
+                None => None,
+                Some(MirrorDest::Port(name)) => match s.ifindex_of(name) {
+                    Some(i) => Some((kangaroo_xdp::DEST_PORT, i)),
+                    // Not a port the program can redirect to: leave it to user space.
+                    None => None,
+                },
+                Some(MirrorDest::Vtep(p)) => Some((kangaroo_xdp::DEST_VTEP, u32::from(p.get()))),
+            };
+            s.fdb_set(vni.get(), mac.octets(), d)
+        });
+        if let Some(Err(e)) = r {
+            tracing::debug!(%mac, error = %e, "FDB entry not mirrored (user space forwards it)");
+        }
+    }
+
+    fn mirror_fdb_clear(&mut self) {
+        self.with(|s| s.fdb_clear());
+    }
+
+    fn mirror_seen(&mut self, vni: Vni, mac: MacAddr) -> bool {
+        self.with(|s| s.fdb_seen(vni.get(), mac.octets()))
+            .unwrap_or(false)
+    }
+
+    fn mirror_arp(&mut self, vni: Vni, ip: std::net::Ipv4Addr, mac: Option<MacAddr>) {
+        if let Some(Err(e)) = self.with(|s| s.arp_set(vni.get(), ip, mac.map(MacAddr::octets))) {
+            tracing::debug!(%ip, error = %e, "ARP entry not mirrored");
+        }
+    }
+
+    fn mirror_arp_clear(&mut self) {
+        self.with(|s| s.arp_clear());
+    }
+
+    fn mirror_peers(&mut self, peers: &[MirrorPeer]) {
+        let mut pairs = Vec::new();
+        for p in peers {
+            if let Some(mac) = crate::xdp::next_hop_mac(&p.uplink, p.addr) {
+                self.next_hops.insert(p.addr, mac);
+            }
+            let hop = self.next_hops.get(&p.addr).copied();
+            let uplink = self.with(|s| s.ifindex_of(&p.uplink)).flatten();
+            let vtep = match (hop, uplink) {
+                (Some(mac), Some(uplink)) => {
+                    let mut hdr = p.template;
+                    hdr[..6].copy_from_slice(&mac.octets());
+                    Some(kangaroo_xdp::Vtep {
+                        hdr,
+                        valid: 1,
+                        addr: u32::from_ne_bytes(p.addr.octets()),
+                        uplink,
+                        max_inner: p.max_inner as u32,
+                    })
+                }
+                // No next hop yet: user space sends (the kernel then resolves it).
+                _ => None,
+            };
+            self.with(|s| s.vtep_set(u32::from(p.id.get()), vtep.as_ref()));
+            pairs.extend(p.vnis.iter().map(|v| (p.addr, v.get())));
+        }
+        self.with(|s| s.peer_vnis_set(&pairs));
+        // Peers that are gone: withdraw their templates.
+        for gone in self
+            .installed
+            .iter()
+            .filter(|id| !peers.iter().any(|p| p.id == **id))
+        {
+            self.with(|s| s.vtep_set(u32::from(gone.get()), None));
+        }
+        self.installed = peers.iter().map(|p| p.id).collect();
     }
 
     fn peer_removed(&mut self, addr: std::net::Ipv4Addr) {

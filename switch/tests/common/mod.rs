@@ -320,3 +320,27 @@ pub fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
     let text = String::from_utf8_lossy(&o.stdout);
     text.contains("prog/xdp") || text.contains(" xdp ") || text.contains("xdpgeneric")
 }
+
+/// Attaches an XDP program that passes every frame (the switch's port program with empty maps)
+/// to `ifname` in `ns`: a veth that receives frames the XDP fast path redirects to it needs one
+/// (a tap or a physical NIC does not). Detached when the interface goes.
+pub fn xdp_pass(ns: &Netns, ifname: &str) {
+    let path = std::env::temp_dir().join(format!("kgr-pass-{}.o", std::process::id()));
+    if !path.exists() {
+        std::fs::write(&path, kangaroo_xdp::OBJECT).unwrap();
+    }
+    ok(&[
+        "ip",
+        "-n",
+        &ns.0,
+        "link",
+        "set",
+        "dev",
+        ifname,
+        "xdpdrv",
+        "obj",
+        path.to_str().unwrap(),
+        "sec",
+        "xdp",
+    ]);
+}
