@@ -306,6 +306,9 @@ pub fn iperf(client: &Vm, server: &Vm, secs: u32, udp: bool) -> (f64, Value) {
     let _ = srv.kill();
     let _ = srv.wait();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    if let Some(e) = v.get("error") {
+        eprintln!("iperf3 {} -> {}: {e}", client.ip, server.ip);
+    }
     let bps = if udp {
         v.pointer("/end/sum/bits_per_second")
     } else {
