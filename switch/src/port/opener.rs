@@ -232,11 +232,10 @@ impl PortOpener for AfXdpOpener {
         let r = self.with(|s| {
             let d = match dest {
                 None => None,
-                Some(MirrorDest::Port(name)) => match s.ifindex_of(name) {
-                    Some(i) => Some((kangaroo_xdp::DEST_PORT, i)),
-                    // Not a port the program can redirect to: leave it to user space.
-                    None => None,
-                },
+                // A port the program cannot redirect to is left to user space.
+                Some(MirrorDest::Port(name)) => s
+                    .ifindex_of(name)
+                    .map(|i| (kangaroo_xdp::DEST_PORT, i)),
                 Some(MirrorDest::Vtep(p)) => Some((kangaroo_xdp::DEST_VTEP, u32::from(p.get()))),
             };
             s.fdb_set(vni.get(), mac.octets(), d)
