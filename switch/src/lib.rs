@@ -23,6 +23,8 @@ pub mod port;
 pub mod sim;
 pub mod stats;
 pub mod switch;
+#[cfg(target_os = "linux")]
+pub mod sys;
 pub mod table;
 pub mod tunnel;
 #[cfg(target_os = "linux")]

@@ -417,6 +417,59 @@ impl XdpSteering {
             .map_err(map_err(abi::PORTS_MAP))
     }
 
+    /// Writes the port-table entry for `ifindex` (normally done by [`XdpSteering::configure_port`]
+    /// for attached ports; exposed for running the programs on synthetic frames).
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if the update fails.
+    pub fn set_port_entry(&mut self, ifindex: u32, entry: &abi::Port) -> Result<(), XdpError> {
+        self.ports()?
+            .insert(ifindex, entry.to_ne_bytes(), 0)
+            .map_err(map_err(abi::PORTS_MAP))
+    }
+
+    /// Makes `ifindex` a redirect target of the fast path.
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if the update fails (no such interface in this network namespace).
+    pub fn add_redirect_target(&mut self, ifindex: u32) -> Result<(), XdpError> {
+        self.devs()?
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| XdpError::Map {
+                map: abi::DEVS_MAP,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Runs `which` once on `frame` as if it arrived on `ifindex`, queue 0
+    /// (`BPF_PROG_TEST_RUN`), and returns the action and the frame as the program left it.
+    ///
+    /// # Errors
+    /// [`XdpError::Load`] if the kernel refuses the run.
+    pub fn test_run(
+        &mut self,
+        which: Program,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<(u32, Vec<u8>), XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = self.program(which)?;
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .map_err(|e| XdpError::Load(format!("test run: {e:#}")))?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
     /// The ifindex of an attached interface.
     pub fn ifindex_of(&self, interface: &str) -> Option<u32> {
         self.names.get(interface).copied()

@@ -233,9 +233,9 @@ impl PortOpener for AfXdpOpener {
             let d = match dest {
                 None => None,
                 // A port the program cannot redirect to is left to user space.
-                Some(MirrorDest::Port(name)) => s
-                    .ifindex_of(name)
-                    .map(|i| (kangaroo_xdp::DEST_PORT, i)),
+                Some(MirrorDest::Port(name)) => {
+                    s.ifindex_of(name).map(|i| (kangaroo_xdp::DEST_PORT, i))
+                }
                 Some(MirrorDest::Vtep(p)) => Some((kangaroo_xdp::DEST_VTEP, u32::from(p.get()))),
             };
             s.fdb_set(vni.get(), mac.octets(), d)
