@@ -6,7 +6,7 @@
 //! [`Config::check_interfaces`]) interfaces that do not exist on this host.
 //!
 //! ```toml
-//! mode = "packet"                         # "xdp" | "afxdp" | "packet"
+//! mode = "xdp"                            # "xdp" (default) | "afxdp" | "packet"
 //! control_socket = "/run/kangaroo/switch.sock"
 //! [datapath]                              # optional
 //! cores = [1]                             # one worker thread per core, pinned; default: one unpinned
@@ -451,7 +451,7 @@ impl Config {
         }
 
         Ok(Config {
-            mode: f.mode.unwrap_or(Mode::Packet),
+            mode: f.mode.unwrap_or(Mode::Xdp),
             control_socket: f
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
@@ -538,7 +538,7 @@ address = "10.10.0.3"
     #[test]
     fn defaults() {
         let c = Config::parse("t.toml", "").unwrap();
-        assert_eq!(c.mode, Mode::Packet);
+        assert_eq!(c.mode, Mode::Xdp);
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.fdb, FdbConfig::default());
     }

@@ -411,6 +411,13 @@ impl XdpSteering {
         }
         if self.fast && cfg.ips.len() <= abi::MAX_IPS {
             entry.flags |= abi::PORT_F_FAST;
+            if XdpSteering::is_veth(interface) {
+                tracing::info!(
+                    interface,
+                    "veth port: the VM's end must have an XDP program or GRO enabled to receive \
+                     fast-path frames (see docs/datapath.md)"
+                );
+            }
         }
         self.ports()?
             .insert(ifindex, entry.to_ne_bytes(), 0)
@@ -468,6 +475,18 @@ impl XdpSteering {
             .map_err(|e| XdpError::Load(format!("test run: {e:#}")))?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
+    }
+
+    /// True if `interface` looks like one end of a veth pair (no device, not a tap, linked to
+    /// another interface): frames the fast path redirects to it reach the other end only if
+    /// that end has an XDP program or GRO enabled.
+    pub fn is_veth(interface: &str) -> bool {
+        let dir = Path::new("/sys/class/net").join(interface);
+        let read = |a: &str| std::fs::read_to_string(dir.join(a)).ok();
+        !dir.join("device").exists()
+            && !dir.join("tun_flags").exists()
+            && read("iflink").is_some()
+            && read("iflink") != read("ifindex")
     }
 
     /// The ifindex of an attached interface.
