@@ -5,14 +5,17 @@
 # prints medians with min and max.
 #
 #   bench/scripts/local-pair.sh [ROUNDS] [SECONDS] [MODES]
-#       (root; defaults 3 rounds of 3 s, MODES="packet afxdp")
+#       (root; defaults 3 rounds of 3 s, MODES="xdp afxdp packet")
+#
+# The VMs' interfaces have GRO on (for every contender): a veth end needs it (or an XDP program)
+# to receive the frames the xdp mode's fast path redirects to it.
 #
 # Everything it creates has a name unique to this run and is removed on exit, also on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}
 secs=${2:-3}
-modes=${3:-packet afxdp}
+modes=${3:-xdp afxdp packet}
 id=$$
 H=kb$id-h; V1=kb$id-v1; V2=kb$id-v2
 bin=./target/release/kangaroo-switch
@@ -33,6 +36,7 @@ ip link add kb${id}b netns "$H" type veth peer name eth0 netns "$V2"
 ip -n "$V1" addr add 10.99.0.1/24 dev eth0; ip -n "$V1" link set eth0 up
 ip -n "$V2" addr add 10.99.0.2/24 dev eth0; ip -n "$V2" link set eth0 up
 ip -n "$H" link set kb${id}a up; ip -n "$H" link set kb${id}b up
+for v in "$V1" "$V2"; do ip netns exec "$v" ethtool -K eth0 gro on >/dev/null; done
 
 use_bridge() {
   ip -n "$H" link add br0 type bridge
