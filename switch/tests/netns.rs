@@ -348,10 +348,14 @@ fn two_datapath_workers_in_each_mode() {
         println!("skipping: {why}");
         return;
     }
-    for mode in ["packet", "afxdp"] {
+    for mode in ["packet", "afxdp", "xdp"] {
         let host = Netns::new("host");
         let vm1 = vm_with_queues(&host, 1, "192.168.78.1", 2);
         let vm2 = vm_with_queues(&host, 2, "192.168.78.2", 2);
+        if mode == "xdp" {
+            xdp_pass(&vm1.ns, "eth0");
+            xdp_pass(&vm2.ns, "eth0");
+        }
         let config = format!(
             "mode = \"{mode}\"\n[datapath]\ncores = [0, 1]\n[[port]]\ninterface = \"{}\"\nvni = 5\n[[port]]\ninterface = \"{}\"\nvni = 5\n",
             vm1.host_if, vm2.host_if
@@ -374,6 +378,9 @@ fn two_datapath_workers_in_each_mode() {
         );
         // A hot-added port opens on both workers.
         let vm3 = vm_with_queues(&host, 3, "192.168.78.3", 2);
+        if mode == "xdp" {
+            xdp_pass(&vm3.ns, "eth0");
+        }
         let (added, out) = ctl(&dir, &["add-port", &vm3.host_if, "--vni", "5"]);
         assert!(added, "{mode}: {out}");
         assert!(ping(&vm3, &vm1.ip, 3), "{mode}: vm3 reaches vm1");

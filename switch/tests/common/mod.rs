@@ -295,7 +295,7 @@ pub fn iperf(client: &Vm, server: &Vm, secs: u32, udp: bool) -> (f64, Value) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let mut args = vec!["timeout", "60", "iperf3", "-J", "-c", &server.ip, "-t"];
+    let mut args = vec!["timeout", "20", "iperf3", "-J", "-c", &server.ip, "-t"];
     let secs_s = secs.to_string();
     let port_s = port.to_string();
     args.extend_from_slice(&[&secs_s, "-p", &port_s]);
