@@ -28,6 +28,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 cargo build --release --locked -q -p kangaroo-switch -p kangaroo-bench
+obj=$(ls -t target/release/build/kangaroo-xdp-*/out/switch.bpf.o | head -1)
 for n in "$H" "$V1" "$V2"; do ip netns add "$n"; ip -n "$n" link set lo up; done
 
 vm_links() { # host-side veths into H
@@ -40,7 +41,10 @@ direct_link() { ip link add eth0 netns "$V1" type veth peer name eth0 netns "$V2
 vm_addrs() {
   ip -n "$V1" link set eth0 address 02:00:00:00:0f:01; ip -n "$V2" link set eth0 address 02:00:00:00:0f:02
   ip -n "$V1" addr add 10.98.0.1/24 dev eth0; ip -n "$V2" addr add 10.98.0.2/24 dev eth0
-  for v in "$V1" "$V2"; do ip -n "$v" link set eth0 up; ip netns exec "$v" ethtool -K eth0 gro on >/dev/null; done
+  for v in "$V1" "$V2"; do ip -n "$v" link set eth0 up; done
+  # The receiving VM's veth end takes frames the xdp mode redirects to it through an XDP program
+  # (a pass-through one: the switch's port program with empty maps), for every contender alike.
+  ip -n "$V2" link set dev eth0 xdpdrv obj "$obj" sec xdp
 }
 drop_links() { ip -n "$V1" link del eth0 2>/dev/null || true; ip -n "$V2" link del eth0 2>/dev/null || true; }
 
