@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # 64-byte frame rate between two nested VMs (namespaces) on one host: a generator in VM1
-# (`kangaroo-bench flood`, AF_PACKET, one core) sends minimum-size UDP frames to VM2 for S seconds;
-# the rate is what VM2's interface received. Contenders: a direct veth pair between the VMs (the
+# (`kangaroo-bench flood`, AF_PACKET, 64 frames per sendmmsg, one core) sends minimum-size UDP
+# frames to VM2 for S seconds; the rate is what reached VM2's interface, where an XDP sink
+# (`kangaroo_sink`) drops and counts them so VM2's own stack does not bound the figure. Contenders: a direct veth pair between the VMs (the
 # ceiling of this generator), the Linux bridge, and kangaroo-switch in each mode, alternated.
 #
 #   bench/scripts/frame-rate.sh [ROUNDS] [SECONDS] [MODES]
@@ -42,21 +43,25 @@ vm_addrs() {
   ip -n "$V1" link set eth0 address 02:00:00:00:0f:01; ip -n "$V2" link set eth0 address 02:00:00:00:0f:02
   ip -n "$V1" addr add 10.98.0.1/24 dev eth0; ip -n "$V2" addr add 10.98.0.2/24 dev eth0
   for v in "$V1" "$V2"; do ip -n "$v" link set eth0 up; done
-  # The receiving VM's veth end takes frames the xdp mode redirects to it through an XDP program
-  # (a pass-through one: the switch's port program with empty maps), for every contender alike.
-  ip -n "$V2" link set dev eth0 xdpdrv obj "$obj" sec xdp
+  ip -n "$V1" link set dev eth0 xdpdrv obj "$obj" sec xdp program kangaroo_port
+  # VM2 counts and drops in XDP (the sink), for every contender alike; a veth end needs an XDP
+  # program anyway to take the frames the xdp mode redirects to it. VM1 passes what it gets.
+  ip -n "$V2" link set dev eth0 xdpdrv obj "$obj" sec xdp program kangaroo_sink
 }
 drop_links() { ip -n "$V1" link del eth0 2>/dev/null || true; ip -n "$V2" link del eth0 2>/dev/null || true; }
 
+drops() { ip netns exec "$V2" ethtool -S eth0 | awk '/xdp_drops/ {s += $2} END {print s + 0}'; }
 measure() { # prints Mpps received by VM2
-  ip netns exec "$V1" ping -c 2 -i 0.1 -q 10.98.0.2 >/dev/null
-  ip netns exec "$V2" ping -c 2 -i 0.1 -q 10.98.0.1 >/dev/null
+  # Teach the switch where both VMs are (VM2's sink drops everything, so announce it by hand).
+  ip -n "$V2" link set dev eth0 xdpdrv off
+  ip netns exec "$V1" ping -c 2 -i 0.1 -q 10.98.0.2 >/dev/null || true
+  ip -n "$V2" link set dev eth0 xdpdrv obj "$obj" sec xdp program kangaroo_sink
   local before after
-  before=$(ip netns exec "$V2" cat /sys/class/net/eth0/statistics/rx_packets)
+  before=$(drops)
   ip netns exec "$V1" "$gen" flood eth0 --src-mac 02:00:00:00:0f:01 --dst-mac 02:00:00:00:0f:02 \
     --src-ip 10.98.0.1 --dst-ip 10.98.0.2 --seconds "$secs" >/dev/null
   sleep 0.2
-  after=$(ip netns exec "$V2" cat /sys/class/net/eth0/statistics/rx_packets)
+  after=$(drops)
   python3 -c "print(($after - $before) / $secs / 1e6)"
 }
 
