@@ -3,8 +3,10 @@
 # either by the Linux kernel's VXLAN + a bridge on each host, or by kangaroo-switch in each mode.
 # Measures cross-host ping RTT and TCP throughput (iperf3, guests with default offloads, guest MTU
 # 1450), alternating contenders so drift hits all alike, and prints medians with min and max.
+# With FRAMES=1 it measures 64-byte frame rates instead: `kangaroo-bench flood` in VM A, an XDP
+# sink (drop and count) in VM B.
 #
-#   bench/scripts/overlay-pair.sh [ROUNDS] [SECONDS] [MODES]
+#   [FRAMES=1] bench/scripts/overlay-pair.sh [ROUNDS] [SECONDS] [MODES]
 #       (root; defaults 3 rounds of 3 s, MODES="xdp afxdp packet")
 #
 # The veth ends that receive what the xdp mode's fast path redirects (the VMs' interfaces and the
@@ -29,7 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-cargo build --release --locked -q -p kangaroo-switch
+cargo build --release --locked -q -p kangaroo-switch -p kangaroo-bench
+obj=$(ls -t target/release/build/kangaroo-xdp-*/out/switch.bpf.o | head -1)
 for n in "$U" "$HA" "$HB" "$VA" "$VB"; do ip netns add "$n"; ip -n "$n" link set lo up; done
 ip -n "$U" link add br0 type bridge; ip -n "$U" link set br0 up
 i=0
@@ -68,7 +71,23 @@ use_kangaroo() { # MODE
 }
 drop_kangaroo() { for p in "${pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done; pids=(); }
 
+drops() { ip netns exec "$VB" ethtool -S eth0 | awk '/xdp_drops/ {s += $2} END {print s + 0}'; }
+measure_frames() { # prints "0 mpps" (Mpps in the second column)
+  ip -n "$VB" link set dev eth0 xdpdrv off 2>/dev/null || true
+  ip netns exec "$VA" ping -c 2 -i 0.1 -q 192.168.91.2 >/dev/null || true
+  ip -n "$VB" link set dev eth0 xdpdrv obj "$obj" sec xdp program kangaroo_sink
+  local before after
+  before=$(drops)
+  ip netns exec "$VA" ./target/release/kangaroo-bench flood eth0 --src-mac "$(ip netns exec "$VA" cat /sys/class/net/eth0/address)" \
+    --dst-mac "$(ip netns exec "$VB" cat /sys/class/net/eth0/address)" --src-ip 192.168.91.1 --dst-ip 192.168.91.2 --seconds "$secs" >/dev/null
+  sleep 0.2
+  after=$(drops)
+  ip -n "$VB" link set dev eth0 xdpdrv off
+  python3 -c "print(0, ($after - $before) / $secs / 1e6)"
+}
+
 measure() { # prints "rtt_ms gbps"
+  if [ -n "${FRAMES:-}" ]; then measure_frames; return; fi
   ip netns exec "$VA" ping -c 3 -i 0.05 -q 192.168.91.2 >/dev/null
   local rtt gbps
   rtt=$(ip netns exec "$VA" ping -c 20 -i 0.05 -q 192.168.91.2 | awk -F/ '/^rtt/ {print $5}')
@@ -93,6 +112,20 @@ for x in sys.argv[1:]:
     name, rtt, g = x.split()
     runs.setdefault(name, []).append((float(rtt), float(g)))
 names = {"kernel-vxlan": "Linux VXLAN + bridge"}
+import os
+if os.environ.get("FRAMES"):
+    print("| contender (across two hosts) | 64-byte frames received, Mpps (median, min–max) |")
+    print("|---|---|")
+    names = {"kernel-vxlan": "Linux VXLAN + bridge"}
+    med = {}
+    for name, xs in runs.items():
+        g = [x[1] for x in xs]; med[name] = st.median(g)
+        print(f"| {names.get(name, 'kangaroo-switch, ' + name + ' mode')} | {st.median(g):.3f} ({min(g):.3f}–{max(g):.3f}) |")
+    print()
+    for name in runs:
+        if name != "kernel-vxlan":
+            print(f"ratio {name}/kernel-vxlan: {med[name]/med['kernel-vxlan']:.2f}x")
+    sys.exit(0)
 print("| contender (across two hosts) | ping RTT ms (median, min–max) | TCP Gbit/s (median, min–max) |")
 print("|---|---|---|")
 med = {}

@@ -38,8 +38,11 @@ fn start() -> Server {
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("server started");
     let token = server::token(dir.path()).unwrap();
+    // A fresh connection per request: the server may close a connection after refusing a
+    // request whose body it did not read, and a pooled one would then fail the next request.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .max_idle_connections(0)
         .build()
         .into();
     Server {
