@@ -303,9 +303,7 @@ impl PortOpener for AfXdpOpener {
     }
 
     fn peer_removed(&mut self, addr: std::net::Ipv4Addr) {
-        if let Ok(mut s) = self.steering.lock() {
-            s.remove_peer(addr);
-        }
+        self.with(|s| s.remove_peer(addr));
     }
 
     fn open_uplink(
