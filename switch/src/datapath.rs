@@ -206,6 +206,16 @@ fn run(
 }
 
 impl Workers {
+    /// The first worker whose thread has ended although no stop was asked for (it panicked:
+    /// the panic message is on stderr). The daemon treats that as fatal so its supervisor
+    /// restarts it, rather than serving a control API whose requests can no longer run.
+    pub fn dead_worker(&self) -> Option<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.threads.iter().position(|t| t.is_finished())
+    }
+
     /// Number of workers.
     pub fn len(&self) -> usize {
         self.threads.len()

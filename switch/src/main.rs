@@ -410,7 +410,12 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
         control = %cfg.control_socket.display(),
         "kangaroo-switch running"
     );
+    let mut died = None;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(w) = running.dead_worker() {
+            died = Some(w);
+            break;
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = shutdown.send(());
@@ -421,6 +426,9 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     drop(sw);
+    if let Some(w) = died {
+        anyhow::bail!("datapath worker {w} stopped unexpectedly (its panic is logged above)");
+    }
     tracing::info!("kangaroo-switch stopped");
     Ok(())
 }

@@ -151,7 +151,7 @@ pub fn vm_with_queues(host: &Netns, idx: u32, ip: &str, queues: u32) -> Vm {
 }
 
 /// The switch daemon, stopped on drop.
-pub struct Daemon(pub Option<Child>);
+pub struct Daemon(pub Option<Child>, std::path::PathBuf);
 
 impl Daemon {
     /// Starts the daemon with `config` plus a control socket in a fresh directory.
@@ -159,6 +159,14 @@ impl Daemon {
         let dir = tempdir::Dir::new();
         let path = dir.0.join("switch.toml");
         let socket = dir.0.join("switch.sock");
+        // The daemon's log goes to a file (a pipe nobody reads could fill and block it); it is
+        // printed when the daemon fails or the test panics.
+        // It lives outside `dir`, which a test may drop first.
+        let log = std::env::temp_dir().join(format!(
+            "kgr-switch-{}-{:x}.log",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::write(
             &path,
             format!("control_socket = {:?}\n{config}", socket.to_str().unwrap()),
@@ -175,7 +183,7 @@ impl Daemon {
                 path.to_str().unwrap(),
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         // Wait for the control socket (bounded); a daemon that exits says why.
@@ -183,10 +191,9 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() && Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
-                let out = child.wait_with_output().unwrap();
                 panic!(
                     "the daemon exited ({status}): {}",
-                    String::from_utf8_lossy(&out.stderr)
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -196,7 +203,7 @@ impl Daemon {
             "control socket {} appeared",
             socket.display()
         );
-        (Daemon(Some(child)), dir)
+        (Daemon(Some(child), log), dir)
     }
 
     /// SIGTERM, wait, and return the counters it printed.
@@ -208,7 +215,7 @@ impl Daemon {
             out.status.success(),
             "daemon exit: {:?}\n{}",
             out.status,
-            String::from_utf8_lossy(&out.stderr)
+            std::fs::read_to_string(&self.1).unwrap_or_default()
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
@@ -224,7 +231,15 @@ impl Drop for Daemon {
         if let Some(mut c) = self.0.take() {
             let _ = c.kill();
             let _ = c.wait();
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- daemon log ({}) ---\n{}--- end of daemon log ---",
+                    self.1.display(),
+                    std::fs::read_to_string(&self.1).unwrap_or_default()
+                );
+            }
         }
+        let _ = std::fs::remove_file(&self.1);
     }
 }
 
