@@ -82,6 +82,9 @@ pub struct AfXdpCounters {
     pub tx_no_buffer: u64,
     /// Frames dropped on transmit because they exceed the frame size.
     pub tx_too_big: u64,
+    /// Times received frames could not go back on the fill ring at once (they are offered
+    /// again on the next receive).
+    pub fill_deferred: u64,
 }
 
 struct Queue {
@@ -92,6 +95,8 @@ struct Queue {
     tx: TxQueue,
     rx: RxQueue,
     rx_descs: Vec<FrameDesc>,
+    /// Received frames, copied out, waiting for room on the fill ring.
+    refill: Vec<FrameDesc>,
     free_tx: Vec<FrameDesc>,
     pending: Vec<FrameDesc>,
     completed: Vec<FrameDesc>,
@@ -119,9 +124,15 @@ impl Queue {
         let half = cfg.frames / 2;
         let ring =
             QueueSize::new(half.next_power_of_two()).map_err(|e| format!("ring size: {e}"))?;
+        // The kernel publishes how far it has read the fill ring lazily (in copy mode, when its
+        // cached entries run out), so a fill ring only as large as the receive frames can look
+        // full while every frame is back in user space. Twice as large leaves room; frames that
+        // still do not fit wait in `refill`.
+        let fill_ring = QueueSize::new(half.next_power_of_two() * 2)
+            .map_err(|e| format!("fill ring size: {e}"))?;
         let umem_cfg = UmemConfig::builder()
             .frame_size(FrameSize::new(frame_size).map_err(|e| format!("frame size: {e}"))?)
-            .fill_queue_size(ring)
+            .fill_queue_size(fill_ring)
             .comp_queue_size(ring)
             .build()
             .map_err(|e| format!("UMEM config: {e}"))?;
@@ -166,6 +177,7 @@ impl Queue {
             comp,
             tx,
             rx,
+            refill: Vec::with_capacity(rx_descs.capacity()),
             rx_descs,
             completed: free_tx.clone(),
             pending: Vec::with_capacity(free_tx.len()),
@@ -198,7 +210,27 @@ impl Queue {
         self.free_tx.extend_from_slice(&self.completed[..n]);
     }
 
+    /// Hands copied-out frames back to the kernel. The ring takes all of them or none; those
+    /// it does not take are offered again on the next call.
+    fn refill(&mut self, counters: &mut AfXdpCounters) {
+        if self.refill.is_empty() {
+            return;
+        }
+        // SAFETY: the frames in `refill` were taken off this UMEM's rx ring and copied out; no
+        // reference to their contents remains.
+        let back = unsafe { self.fill.produce(&self.refill) };
+        if back == self.refill.len() {
+            self.refill.clear();
+        } else {
+            counters.fill_deferred += 1;
+        }
+        if self.fill.needs_wakeup() {
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
     fn recv(&mut self, batch: &mut RxBatch, counters: &mut AfXdpCounters) -> usize {
+        self.refill(counters);
         let room = (batch.capacity() - batch.len()).min(self.rx_descs.len());
         if room == 0 {
             return 0;
@@ -233,13 +265,8 @@ impl Queue {
             });
         }
         if n > 0 {
-            // SAFETY: the frames were taken off this UMEM's rx ring and copied out above; no
-            // reference to their contents remains.
-            let back = unsafe { self.fill.produce(&self.rx_descs[..n]) };
-            debug_assert_eq!(back, n, "the fill ring has room for every rx frame");
-            if self.fill.needs_wakeup() {
-                let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
-            }
+            self.refill.extend_from_slice(&self.rx_descs[..n]);
+            self.refill(counters);
         }
         n
     }
