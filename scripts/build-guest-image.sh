@@ -7,7 +7,7 @@
 # inputs give the same bytes (sorted archive, fixed timestamps, gzip without a name or time).
 #
 # The guest reads its configuration from the kernel command line:
-#   kangaroo.name=NAME  kangaroo.ip=ADDR/PREFIX  [kangaroo.gw=ADDR]
+#   kangaroo.name=NAME  kangaroo.ip=ADDR/PREFIX  [kangaroo.gw=ADDR]  [kangaroo.probe=ADDR]
 # and serves, on TCP port 80, `/` = "name=NAME boot=BOOT_ID counter=N" where N counts tenths of
 # a second since boot in the guest (it keeps counting across a live migration and restarts from 0
 # on a reboot), and `/cgi-bin/hits` = a per-request counter.
@@ -18,20 +18,25 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 self_sum=$(sha256sum "$0" | cut -d' ' -f1)
 
-for tool in busybox dpkg-deb cpio gzip; do
+for tool in dpkg-deb cpio gzip apt-get; do
   command -v "$tool" >/dev/null || { echo "build-guest-image: $tool is missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
-busybox_bin=$(command -v busybox)
-if ! file -L "$busybox_bin" 2>/dev/null | grep -q static && [ -x /bin/busybox ]; then
-  busybox_bin=/bin/busybox
-fi
+# The guest needs a static busybox (the initramfs has no C library).
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" \
+  || { echo "build-guest-image: busybox-static is not installed (scripts/install-deps.sh installs it)" >&2; exit 1; }
+busybox_bin=/bin/busybox
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # The newest cloud kernel image package the archive offers.
 meta=linux-image-cloud-amd64
-pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+resolve() { apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
+pkg=$(resolve)
+if [ -z "$pkg" ] && [ "$(id -u)" -eq 0 ]; then
+  apt-get update -qq >/dev/null 2>&1 || true
+  pkg=$(resolve)
+fi
 [ -n "$pkg" ] || { echo "build-guest-image: apt cannot resolve $meta (run apt-get update)" >&2; exit 1; }
 version=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
 stamp="$pkg $version $self_sum"
@@ -77,12 +82,13 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 while read -r m; do insmod "/lib/modules/$m.ko" 2>/dev/null; done < /lib/modules/order
-name=guest ip= gw=
+name=guest ip= gw= probe=
 for arg in $(cat /proc/cmdline); do
   case $arg in
     kangaroo.name=*) name=${arg#kangaroo.name=} ;;
     kangaroo.ip=*) ip=${arg#kangaroo.ip=} ;;
     kangaroo.gw=*) gw=${arg#kangaroo.gw=} ;;
+    kangaroo.probe=*) probe=${arg#kangaroo.probe=} ;;
   esac
 done
 hostname "$name"
@@ -100,6 +106,17 @@ CGI
 chmod +x /www/cgi-bin/hits
 (n=0; while :; do echo "name=$name boot=$boot counter=$n" > /www/index.tmp; mv /www/index.tmp /www/index.html; n=$((n + 1)); usleep 100000; done) &
 httpd -p 80 -h /www
+# With kangaroo.probe=ADDR the guest pings ADDR and fetches its page every half second, and
+# publishes the tally at /probe.txt: "ping_ok=N ping_fail=N http_ok=N http_fail=N".
+if [ -n "$probe" ]; then
+  (po=0 pf=0 ho=0 hf=0
+   while :; do
+     if ping -c 1 -W 1 "$probe" >/dev/null 2>&1; then po=$((po + 1)); else pf=$((pf + 1)); fi
+     if timeout 3 wget -q -O /dev/null "http://$probe/" 2>/dev/null; then ho=$((ho + 1)); else hf=$((hf + 1)); fi
+     echo "ping_ok=$po ping_fail=$pf http_ok=$ho http_fail=$hf" > /www/probe.tmp; mv /www/probe.tmp /www/probe.txt
+     usleep 500000
+   done) &
+fi
 echo "kangaroo-guest: $name up at ${ip:-no address}"
 exec sh -c 'while :; do sleep 3600; done'
 EOF

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod infra;
 pub mod model;
 pub mod packing;
 pub mod server;

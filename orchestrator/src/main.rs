@@ -54,6 +54,18 @@ enum Command {
         #[arg(long = "provider", value_parser = parse_provider, default_value = "sim=ec2-2026")]
         providers: Vec<(String, String)>,
     },
+    /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
+    /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
+    /// with a request counter, like the QEMU guest image.
+    #[command(hide = true)]
+    GuestService {
+        /// The VM's name.
+        #[arg(long)]
+        name: String,
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Plan a workload file locally: hosts to rent, placement, cost vs one VM per instance.
     Plan {
         /// Workload file (TOML).
@@ -415,6 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }))
         }
+        Command::GuestService { name, listen } => guest_service(name, *listen),
         Command::Plan { file } => {
             let text = read_workload(file)?;
             let w = Workload::parse(&text)?;
@@ -680,7 +693,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     });
                 }
-                Command::Serve { .. } | Command::Plan { .. } | Command::Catalog(_) => {}
+                Command::Serve { .. }
+                | Command::GuestService { .. }
+                | Command::Plan { .. }
+                | Command::Catalog(_) => {}
             }
             Ok(())
         }
@@ -703,6 +719,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kangaroo guest-service`: a tiny HTTP responder, one request per connection.
+fn guest_service(name: &str, listen: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("guest-service: binding {listen}"))?;
+    let boot: String = (0..16)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut hits: u64 = 0;
+    for conn in listener.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let mut buf = [0u8; 2048];
+        let n = c.read(&mut buf).unwrap_or(0);
+        let req = String::from_utf8_lossy(&buf[..n]);
+        let path = req.split_whitespace().nth(1).unwrap_or("/");
+        let body = if path == "/cgi-bin/hits" {
+            hits += 1;
+            format!("name={name} boot={boot} hits={hits}\n")
+        } else {
+            format!(
+                "name={name} boot={boot} counter={}\n",
+                started.elapsed().as_millis() / 100
+            )
+        };
+        let _ = write!(
+            c,
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,601 @@
+//! The `local` provider: hosts are network namespaces on this machine.
+//!
+//! ```text
+//!   <prefix>-ul  (the underlay router: one bridge per provider, routing between them)
+//!     br0 10.210.0.1/24 ── host-1 (ul0 10.210.0.10) ── kangaroo-switch ── VMs' ports
+//!                      └─ host-2 (ul0 10.210.0.11) ── kangaroo-switch ── …
+//!     br1 10.211.0.1/24 ── host-3 (ul0 10.211.0.10) ── …
+//! ```
+//!
+//! Each provider has its own underlay subnet, as two clouds would; the router namespace joins
+//! them. Every host runs its own `kangaroo-switch` with the host's underlay interface as its
+//! uplink and every other host as a peer; a VM's NIC becomes a port of its host's switch, with
+//! port security set to the VM's MAC and address, and every switch holds a static FDB entry for
+//! every VM, so a VM that moves is found at its new host at once.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::switchctl::request;
+use super::sys;
+use super::{short_hash, HostRef, InfraError, MigrationStats, Result, VmDriver, VmSpec, VmStatus};
+
+/// Settings of the local provider.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Prefix of every namespace and of nothing else (letters and digits, ≤ 8).
+    pub prefix: String,
+    /// Directory for the hosts' files (switch configurations, sockets, pid files, logs).
+    pub state_dir: PathBuf,
+    /// The `kangaroo-switch` binary.
+    pub switch_bin: PathBuf,
+    /// The switches' datapath mode (`xdp`, `afxdp`, `packet`).
+    pub switch_mode: String,
+}
+
+/// Underlay MTU: room for VXLAN's 50 bytes over the VMs' 1500.
+pub const UNDERLAY_MTU: u32 = 1550;
+
+/// The underlay subnet of the `index`th local provider: 10.(210+index).0.0/24.
+pub fn provider_subnet(index: usize) -> Result<Ipv4Addr> {
+    let i = u8::try_from(index)
+        .ok()
+        .filter(|i| *i < 40)
+        .ok_or_else(|| InfraError::new("the local underlay", "at most 40 local providers"))?;
+    Ok(Ipv4Addr::new(10, 210 + i, 0, 0))
+}
+
+/// The address of the `n`th host (from 0) in a provider subnet.
+pub fn host_address(subnet: Ipv4Addr, n: usize) -> Result<Ipv4Addr> {
+    let n = u8::try_from(n + 10)
+        .ok()
+        .filter(|n| *n < 255)
+        .ok_or_else(|| InfraError::new("the local underlay", "at most 245 hosts per provider"))?;
+    let o = subnet.octets();
+    Ok(Ipv4Addr::new(o[0], o[1], o[2], n))
+}
+
+/// The local cloud.
+pub struct LocalCloud {
+    cfg: LocalConfig,
+    next_port: AtomicU16,
+}
+
+impl LocalCloud {
+    /// A local cloud with `cfg`.
+    ///
+    /// # Errors
+    /// A bad prefix, or the state directory cannot be created.
+    pub fn new(cfg: LocalConfig) -> Result<LocalCloud> {
+        if cfg.prefix.is_empty()
+            || cfg.prefix.len() > 8
+            || !cfg
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(InfraError::new(
+                "the local provider",
+                format!("prefix {:?}: 1–8 lowercase letters or digits", cfg.prefix),
+            ));
+        }
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| InfraError::new(format!("creating {}", cfg.state_dir.display()), e))?;
+        let seed = 40000 + (short_hash(&cfg.prefix) % 10000) as u16;
+        Ok(LocalCloud {
+            cfg,
+            next_port: AtomicU16::new(seed),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LocalConfig {
+        &self.cfg
+    }
+
+    /// The underlay router's namespace.
+    pub fn router_netns(&self) -> String {
+        format!("{}-ul", self.cfg.prefix)
+    }
+
+    /// A host's namespace.
+    pub fn host_netns(&self, host: &str) -> String {
+        format!("{}-h-{host}", self.cfg.prefix)
+    }
+
+    /// How drivers see host `name` at `underlay`.
+    pub fn host_ref(&self, name: &str, underlay: Ipv4Addr) -> HostRef {
+        HostRef {
+            name: name.to_owned(),
+            netns: self.host_netns(name),
+            underlay,
+            dir: self.cfg.state_dir.join("hosts").join(name),
+        }
+    }
+
+    fn socket(host: &HostRef) -> PathBuf {
+        host.dir.join("switch.sock")
+    }
+
+    /// Creates the router namespace and the bridge of provider `index` (idempotent).
+    fn ensure_underlay(&self, index: usize) -> Result<Ipv4Addr> {
+        let ns = self.router_netns();
+        sys::ensure_netns(&ns)?;
+        sys::run_in(&ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        let subnet = provider_subnet(index)?;
+        let br = format!("br{index}");
+        if !sys::link_exists(&ns, &br) {
+            sys::run(&["ip", "-n", &ns, "link", "add", &br, "type", "bridge"])?;
+            let o = subnet.octets();
+            let gw = format!("{}.{}.{}.1/24", o[0], o[1], o[2]);
+            sys::run(&["ip", "-n", &ns, "addr", "add", &gw, "dev", &br])?;
+        }
+        sys::run(&["ip", "-n", &ns, "link", "set", &br, "up"])?;
+        Ok(subnet)
+    }
+
+    /// Rents host `name` of provider `index` at `underlay`: its namespace, its underlay link
+    /// and its switch (idempotent: what exists is kept).
+    ///
+    /// # Errors
+    /// The step that failed; what was made is removed again.
+    pub fn rent_host(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
+        let r = self.try_rent(name, index, underlay);
+        if r.is_err() {
+            let _ = self.release_host(name);
+        }
+        r
+    }
+
+    fn try_rent(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
+        let subnet = self.ensure_underlay(index)?;
+        let host = self.host_ref(name, underlay);
+        std::fs::create_dir_all(&host.dir)
+            .map_err(|e| InfraError::new(format!("creating {}", host.dir.display()), e))?;
+        sys::ensure_netns(&host.netns)?;
+        let router = self.router_netns();
+        let peer = format!("u{:08x}", short_hash(&host.netns));
+        if !sys::link_exists(&host.netns, "ul0") {
+            if sys::link_exists(&router, &peer) {
+                sys::run(&["ip", "-n", &router, "link", "del", &peer])?;
+            }
+            sys::run(&[
+                "ip",
+                "-n",
+                &router,
+                "link",
+                "add",
+                &peer,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "ul0",
+                "netns",
+                &host.netns,
+            ])?;
+        }
+        let mtu = UNDERLAY_MTU.to_string();
+        let br = format!("br{index}");
+        sys::run(&[
+            "ip", "-n", &router, "link", "set", &peer, "mtu", &mtu, "master", &br, "up",
+        ])?;
+        // The switch's XDP program may redirect frames out of ul0: the receiving end needs GRO.
+        let _ = sys::run_in(&router, &["ethtool", "-K", &peer, "gro", "on"]);
+        let addr = format!("{underlay}/24");
+        sys::run(&[
+            "ip",
+            "-n",
+            &host.netns,
+            "link",
+            "set",
+            "ul0",
+            "mtu",
+            &mtu,
+            "up",
+        ])?;
+        sys::run(&[
+            "ip",
+            "-n",
+            &host.netns,
+            "addr",
+            "replace",
+            &addr,
+            "dev",
+            "ul0",
+        ])?;
+        let o = subnet.octets();
+        let gw = format!("{}.{}.{}.1", o[0], o[1], o[2]);
+        sys::run(&[
+            "ip",
+            "-n",
+            &host.netns,
+            "route",
+            "replace",
+            "default",
+            "via",
+            &gw,
+        ])?;
+        self.ensure_switch(&host)?;
+        Ok(host)
+    }
+
+    /// Whether the switch of `host` is running and answering.
+    pub fn switch_alive(&self, host: &HostRef) -> bool {
+        sys::live_pid(&host.dir.join("switch.pid")).is_some()
+            && request(&Self::socket(host), "GET", "/v1/stats", None).is_ok()
+    }
+
+    /// Starts the switch of `host` unless it is running (a restarted switch gets its ports,
+    /// peers and entries back from the caller's reconciliation).
+    ///
+    /// # Errors
+    /// The switch does not start; the error carries its last log line.
+    pub fn ensure_switch(&self, host: &HostRef) -> Result<()> {
+        if self.switch_alive(host) {
+            return Ok(());
+        }
+        let pid = host.dir.join("switch.pid");
+        sys::stop_pidfile(&pid, Duration::from_secs(3));
+        let socket = Self::socket(host);
+        let _ = std::fs::remove_file(&socket);
+        let config = host.dir.join("switch.toml");
+        let text = format!(
+            "# Written by kangaroo for host {name}.\nmode = {mode:?}\ncontrol_socket = {sock:?}\n\n[uplink]\ninterface = \"ul0\"\naddress = \"{addr}\"\nmtu = {mtu}\n",
+            name = host.name,
+            mode = self.cfg.switch_mode,
+            sock = socket.display().to_string(),
+            addr = host.underlay,
+            mtu = UNDERLAY_MTU,
+        );
+        std::fs::write(&config, text)
+            .map_err(|e| InfraError::new(format!("writing {}", config.display()), e))?;
+        let bin = self.cfg.switch_bin.display().to_string();
+        let cfg_path = config.display().to_string();
+        let log = host.dir.join("switch.log");
+        sys::spawn_detached(
+            &host.netns,
+            &[&bin, "run", "--config", &cfg_path],
+            &log,
+            &pid,
+        )?;
+        let step = format!("starting the switch of {}", host.name);
+        let r = sys::wait_for(&step, Duration::from_secs(15), || {
+            socket.exists() || sys::live_pid(&pid).is_none()
+        });
+        if r.is_err() || sys::live_pid(&pid).is_none() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(InfraError::new(
+                step,
+                text.lines()
+                    .last()
+                    .unwrap_or("it exited without a message")
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Releases host `name`: stops its switch, removes its namespace (and with it every link
+    /// and the VMs' host-side NICs) and its files. Idempotent.
+    ///
+    /// # Errors
+    /// If the namespace cannot be removed.
+    pub fn release_host(&self, name: &str) -> Result<()> {
+        let host = self.host_ref(name, Ipv4Addr::UNSPECIFIED);
+        sys::stop_pidfile(&host.dir.join("switch.pid"), Duration::from_secs(3));
+        // Processes still in the namespace (VMs a driver did not destroy) go too.
+        if sys::netns_exists(&host.netns) {
+            if let Ok(pids) = sys::run(&["ip", "netns", "pids", &host.netns]) {
+                for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+                    sys::signal(pid, "KILL");
+                }
+            }
+        }
+        sys::delete_netns(&host.netns)?;
+        let _ = std::fs::remove_dir_all(&host.dir);
+        Ok(())
+    }
+
+    /// Removes the underlay router (once no host is left). Idempotent.
+    ///
+    /// # Errors
+    /// If the namespace cannot be removed.
+    pub fn release_underlay(&self) -> Result<()> {
+        sys::delete_netns(&self.router_netns())
+    }
+
+    /// Every namespace this cloud made that still exists.
+    pub fn leftovers(&self) -> Vec<String> {
+        sys::netns_with_prefix(&format!("{}-", self.cfg.prefix))
+    }
+
+    /// Makes `host`'s switch peer with exactly `peers` (other hosts' underlay addresses).
+    ///
+    /// # Errors
+    /// The control request that failed.
+    pub fn set_peers(&self, host: &HostRef, peers: &[Ipv4Addr]) -> Result<()> {
+        let socket = Self::socket(host);
+        let have = request(&socket, "GET", "/v1/peers", None)?;
+        let have: Vec<Ipv4Addr> = have
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.get("address")?.as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in peers.iter().filter(|p| !have.contains(p)) {
+            request(
+                &socket,
+                "POST",
+                "/v1/peers",
+                Some(&json!({ "address": p.to_string() })),
+            )?;
+        }
+        for p in have.iter().filter(|p| !peers.contains(p)) {
+            request(&socket, "DELETE", &format!("/v1/peers/{p}"), None)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `interface` a port of `host`'s switch for `vm` (port security: its MAC and
+    /// address). Idempotent.
+    ///
+    /// # Errors
+    /// The control request that failed.
+    pub fn attach(&self, host: &HostRef, interface: &str, vm: &VmSpec) -> Result<()> {
+        let socket = Self::socket(host);
+        let ports = request(&socket, "GET", "/v1/ports", None)?;
+        let present = ports.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|p| p.get("interface").and_then(Value::as_str) == Some(interface))
+        });
+        if !present {
+            request(
+                &socket,
+                "POST",
+                "/v1/ports",
+                Some(&json!({
+                    "interface": interface,
+                    "vni": vm.vni,
+                    "mac": vm.mac,
+                    "ips": [vm.ip.to_string()],
+                })),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes port `interface` from `host`'s switch, if it is there.
+    ///
+    /// # Errors
+    /// The control request that failed (a missing switch is not an error).
+    pub fn detach(&self, host: &HostRef, interface: &str) -> Result<()> {
+        let socket = Self::socket(host);
+        if !socket.exists() {
+            return Ok(());
+        }
+        match request(&socket, "DELETE", &format!("/v1/ports/{interface}"), None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.cause.starts_with("404") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Tells every switch in `hosts` where `vm` is: its port on `at`, the VTEP of `at`
+    /// elsewhere (static entries: no switch waits for learning after a move).
+    ///
+    /// # Errors
+    /// The first control request that failed (the others are still tried).
+    pub fn publish_location(
+        &self,
+        hosts: &[HostRef],
+        vm: &VmSpec,
+        at: &HostRef,
+        interface: &str,
+    ) -> Result<()> {
+        let mut first = None;
+        for h in hosts {
+            let body = if h.name == at.name {
+                json!({ "vni": vm.vni, "mac": vm.mac, "interface": interface })
+            } else {
+                json!({ "vni": vm.vni, "mac": vm.mac, "vtep": at.underlay.to_string() })
+            };
+            let socket = Self::socket(h);
+            let _ = request(
+                &socket,
+                "DELETE",
+                &format!("/v1/fdb/{}/{}", vm.vni, vm.mac),
+                None,
+            );
+            if let Err(e) = request(&socket, "POST", "/v1/fdb", Some(&body)) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Forgets `vm` on every switch in `hosts`.
+    pub fn unpublish(&self, hosts: &[HostRef], vm: &VmSpec) {
+        for h in hosts {
+            let _ = request(
+                &Self::socket(h),
+                "DELETE",
+                &format!("/v1/fdb/{}/{}", vm.vni, vm.mac),
+                None,
+            );
+        }
+    }
+
+    /// Creates and starts `vm` on `host` with `driver`, attaches it and publishes where it is.
+    ///
+    /// # Errors
+    /// The step that failed; the VM is destroyed again.
+    pub fn create_vm(
+        &self,
+        driver: &dyn VmDriver,
+        hosts: &[HostRef],
+        host: &HostRef,
+        vm: &VmSpec,
+    ) -> Result<()> {
+        let r = (|| {
+            driver.create(host, vm)?;
+            let port = driver.port_name(vm);
+            self.attach(host, &port, vm)?;
+            self.publish_location(hosts, vm, host, &port)
+        })();
+        if r.is_err() {
+            let _ = self.destroy_vm(driver, hosts, host, vm);
+        }
+        r
+    }
+
+    /// Stops `vm`, detaches it and removes it from `host` and from every switch. Idempotent.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub fn destroy_vm(
+        &self,
+        driver: &dyn VmDriver,
+        hosts: &[HostRef],
+        host: &HostRef,
+        vm: &VmSpec,
+    ) -> Result<()> {
+        let _ = self.detach(host, &driver.port_name(vm));
+        self.unpublish(hosts, vm);
+        driver.destroy(host, vm)
+    }
+
+    /// Moves `vm` from `src` to `dst`: live when the driver can (the destination prepared and
+    /// attached first, the switches told the new location the moment the migration completes,
+    /// the source cleaned up), otherwise stop, move, start. On failure the VM keeps running at
+    /// the source and the destination is cleaned up.
+    ///
+    /// # Errors
+    /// The step that failed.
+    pub fn migrate_vm(
+        &self,
+        driver: &dyn VmDriver,
+        hosts: &[HostRef],
+        src: &HostRef,
+        dst: &HostRef,
+        vm: &VmSpec,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<MigrationReport> {
+        let started = Instant::now();
+        let port = driver.port_name(vm);
+        if !driver.live_migration() {
+            progress("stop-and-move: the VM restarts at the destination");
+            self.destroy_vm(driver, hosts, src, vm)?;
+            self.create_vm(driver, hosts, dst, vm)?;
+            return Ok(MigrationReport {
+                live: false,
+                stats: MigrationStats {
+                    total_ms: started.elapsed().as_millis() as u64,
+                    ..MigrationStats::default()
+                },
+            });
+        }
+        let tcp_port = self.migration_port();
+        let prepared = (|| {
+            driver.prepare_incoming(dst, vm, tcp_port)?;
+            self.attach(dst, &port, vm)
+        })();
+        if let Err(e) = prepared {
+            self.abort_incoming(driver, dst, vm);
+            return Err(e);
+        }
+        progress(&format!(
+            "destination {} prepared, listening on {}:{tcp_port}",
+            dst.name, dst.underlay
+        ));
+        match driver.migrate_out(src, dst, vm, tcp_port, progress) {
+            Ok(stats) => {
+                // The switches learn the new location first (the VM runs there already), then
+                // the paused source goes.
+                let published = self.publish_location(hosts, vm, dst, &port);
+                progress("switches updated");
+                let _ = self.detach(src, &port);
+                let _ = driver.destroy(src, vm);
+                progress("source cleaned up");
+                published?;
+                Ok(MigrationReport { live: true, stats })
+            }
+            Err(e) => {
+                self.abort_incoming(driver, dst, vm);
+                // The source keeps the VM; make sure the switches still say so.
+                let _ = self.publish_location(hosts, vm, src, &port);
+                Err(e)
+            }
+        }
+    }
+
+    fn abort_incoming(&self, driver: &dyn VmDriver, dst: &HostRef, vm: &VmSpec) {
+        let _ = self.detach(dst, &driver.port_name(vm));
+        let _ = driver.destroy(dst, vm);
+    }
+
+    fn migration_port(&self) -> u16 {
+        let p = self.next_port.fetch_add(1, Ordering::Relaxed);
+        if p >= 60000 {
+            self.next_port.store(40000, Ordering::Relaxed);
+        }
+        p
+    }
+
+    /// The status of `vm` on `host`.
+    pub fn vm_status(&self, driver: &dyn VmDriver, host: &HostRef, vm: &VmSpec) -> VmStatus {
+        driver.status(host, vm)
+    }
+
+    /// Where the switch binary is expected: next to `exe`, else on `PATH`.
+    pub fn find_switch_bin(exe: &Path) -> PathBuf {
+        let beside = exe.with_file_name("kangaroo-switch");
+        if beside.is_file() {
+            beside
+        } else {
+            PathBuf::from("kangaroo-switch")
+        }
+    }
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct MigrationReport {
+    /// Whether the VM kept running (live) or was restarted.
+    pub live: bool,
+    /// Its figures.
+    pub stats: MigrationStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(provider_subnet(1).ok(), Some(Ipv4Addr::new(10, 211, 0, 0)));
+        assert!(provider_subnet(40).is_err());
+        let s = Ipv4Addr::new(10, 210, 0, 0);
+        assert_eq!(host_address(s, 0).ok(), Some(Ipv4Addr::new(10, 210, 0, 10)));
+        assert!(host_address(s, 245).is_err());
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused() {
+        for p in ["", "Abc", "a-b", "toolongprefix"] {
+            let r = LocalCloud::new(LocalConfig {
+                prefix: p.to_owned(),
+                state_dir: std::env::temp_dir(),
+                switch_bin: PathBuf::from("kangaroo-switch"),
+                switch_mode: "packet".into(),
+            });
+            assert!(r.is_err(), "{p:?}");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Real infrastructure on this machine: the `local` provider, whose hosts are network
+//! namespaces running their own `kangaroo-switch`, joined by an underlay, and the nested-VM
+//! drivers (`qemu`: real virtual machines with live migration; `netns`: a namespace and a
+//! process, fast, moved by stop-and-start).
+//!
+//! Everything here is idempotent and named deterministically from the orchestrator's state (an
+//! instance prefix plus host and VM names), so a restarted orchestrator finds what it made.
+
+pub mod local;
+pub mod netns_vm;
+pub mod qemu;
+pub mod qmp;
+pub mod switchctl;
+pub mod sys;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// Why an infrastructure step failed: what was being done, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {cause}")]
+pub struct InfraError {
+    /// The step, e.g. `starting the switch of host-1`.
+    pub step: String,
+    /// The cause.
+    pub cause: String,
+}
+
+impl InfraError {
+    /// An error for `step` caused by `cause`.
+    pub fn new(step: impl Into<String>, cause: impl ToString) -> InfraError {
+        InfraError {
+            step: step.into(),
+            cause: cause.to_string(),
+        }
+    }
+}
+
+/// Result of an infrastructure step.
+pub type Result<T> = std::result::Result<T, InfraError>;
+
+/// What a driver needs to know about a nested VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// Name (unique in the orchestrator).
+    pub name: String,
+    /// vCPUs in quarters.
+    pub cpu_quarters: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// MAC address, `02:6b:…`.
+    pub mac: String,
+    /// IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Prefix length of its network.
+    pub prefix: u8,
+    /// The network's VNI.
+    pub vni: u32,
+    /// An address the guest keeps checking (ping and HTTP), publishing the tally at
+    /// `/probe.txt` (QEMU guests), to observe VM-to-VM connectivity from outside.
+    pub probe: Option<Ipv4Addr>,
+}
+
+/// Where a VM's host is, as a driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRef {
+    /// Host name.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its underlay address.
+    pub underlay: Ipv4Addr,
+    /// A directory for this host's files (pid files, sockets, logs).
+    pub dir: PathBuf,
+}
+
+/// What a driver reports about a VM on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmStatus {
+    /// Not there.
+    Absent,
+    /// There, not running.
+    Stopped,
+    /// Running.
+    Running,
+    /// Waiting for an incoming migration.
+    Incoming,
+}
+
+/// Figures of one live migration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct MigrationStats {
+    /// Wall time from start to completion, in milliseconds.
+    pub total_ms: u64,
+    /// The hypervisor's measured downtime (VM paused), in milliseconds.
+    pub downtime_ms: u64,
+    /// Bytes of memory transferred.
+    pub transferred_bytes: u64,
+}
+
+/// A nested-VM driver: how VMs are made and moved on a host.
+pub trait VmDriver: Send + Sync {
+    /// Driver name (`qemu`, `netns`).
+    fn name(&self) -> &'static str;
+    /// Whether `migrate_out` keeps the VM running (live) or restarts it at the destination.
+    fn live_migration(&self) -> bool;
+    /// The host-side interface of the VM's NIC on `host` (the switch port).
+    fn port_name(&self, vm: &VmSpec) -> String;
+    /// Creates the VM on `host` and starts it; its NIC's host side is `port_name`. Idempotent:
+    /// a VM already running there is left as it is.
+    fn create(&self, host: &HostRef, vm: &VmSpec) -> Result<()>;
+    /// Starts a stopped VM.
+    fn start(&self, host: &HostRef, vm: &VmSpec) -> Result<()>;
+    /// Stops a VM (it keeps its disk/state where the driver has one).
+    fn stop(&self, host: &HostRef, vm: &VmSpec) -> Result<()>;
+    /// Removes every trace of the VM from `host`. Idempotent.
+    fn destroy(&self, host: &HostRef, vm: &VmSpec) -> Result<()>;
+    /// The VM's status on `host`.
+    fn status(&self, host: &HostRef, vm: &VmSpec) -> VmStatus;
+    /// Prepares `dst` to receive the VM (its NIC's host side exists afterwards).
+    fn prepare_incoming(&self, dst: &HostRef, vm: &VmSpec, port: u16) -> Result<()>;
+    /// Moves the VM from `src` to the prepared `dst`; `progress` gets a line now and then.
+    fn migrate_out(
+        &self,
+        src: &HostRef,
+        dst: &HostRef,
+        vm: &VmSpec,
+        port: u16,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<MigrationStats>;
+}
+
+/// 32-bit FNV-1a, for short deterministic interface names.
+pub fn short_hash(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}

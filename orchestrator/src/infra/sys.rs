@@ -1,0 +1,179 @@
+//! Running system tools (`ip`, `ethtool`) and managing detached processes by pid file.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{InfraError, Result};
+
+/// Runs `args[0]` with the rest; an error names the command and carries its stderr.
+pub fn run(args: &[&str]) -> Result<String> {
+    let (prog, rest) = args
+        .split_first()
+        .ok_or_else(|| InfraError::new("running a command", "empty command line"))?;
+    let out = Command::new(prog)
+        .args(rest)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| InfraError::new(args.join(" "), e))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(InfraError::new(
+            args.join(" "),
+            format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ))
+    }
+}
+
+/// Runs `args` inside network namespace `ns`.
+pub fn run_in(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// Whether network namespace `ns` exists.
+pub fn netns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+/// Creates network namespace `ns` with loopback up, unless it exists.
+pub fn ensure_netns(ns: &str) -> Result<()> {
+    if !netns_exists(ns) {
+        run(&["ip", "netns", "add", ns])?;
+    }
+    run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Deletes network namespace `ns` if it exists (its interfaces go with it).
+pub fn delete_netns(ns: &str) -> Result<()> {
+    if netns_exists(ns) {
+        run(&["ip", "netns", "del", ns])?;
+    }
+    Ok(())
+}
+
+/// Whether interface `ifname` exists in namespace `ns`.
+pub fn link_exists(ns: &str, ifname: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "link", "show", "dev", ifname])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Network namespaces whose names start with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The pid in `pidfile` if that process is alive.
+pub fn live_pid(pidfile: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Sends `signal` to `pid`, ignoring a process that is already gone.
+pub fn signal(pid: i32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops the process in `pidfile`: SIGTERM, then SIGKILL after `grace`; removes the file.
+pub fn stop_pidfile(pidfile: &Path, grace: Duration) {
+    if let Some(pid) = live_pid(pidfile) {
+        signal(pid, "TERM");
+        let deadline = Instant::now() + grace;
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(pid) {
+            signal(pid, "KILL");
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pidfile);
+}
+
+/// Starts `args` inside namespace `ns` as a detached process (its own session: it outlives the
+/// orchestrator), output appended to `log`, and writes its pid to `pidfile`.
+pub fn spawn_detached(ns: &str, args: &[&str], log: &Path, pidfile: &Path) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let step = format!("starting {} in {ns}", args.first().copied().unwrap_or("?"));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| InfraError::new(&step, format!("{}: {e}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| InfraError::new(&step, format!("{}: {e}", log.display())))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| InfraError::new(&step, e))?;
+    let pid = i32::try_from(child.id()).map_err(|e| InfraError::new(&step, e))?;
+    // `ip netns exec` execs the program: the pid is the program's. The child is reaped by a
+    // thread so it never lingers as a zombie while this process lives.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    std::fs::write(pidfile, pid.to_string())
+        .map_err(|e| InfraError::new(&step, format!("{}: {e}", pidfile.display())))?;
+    Ok(pid)
+}
+
+/// Waits until `ready` holds, up to `timeout`; `what` names it in the error.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(InfraError::new(
+                what,
+                format!("not ready after {:.1} s", timeout.as_secs_f64()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

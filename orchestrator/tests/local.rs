@@ -1,0 +1,505 @@
+//! The `local` provider end to end (root): hosts as namespaces with their own switches on a
+//! routed underlay, nested VMs under QEMU and as namespaces, traffic across hosts, live
+//! migration under a 50 ms ping and an HTTP poll, a migration that fails and rolls back, and a
+//! release that leaves nothing behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kangaroo_orchestrator::infra::local::{host_address, provider_subnet, LocalCloud, LocalConfig};
+use kangaroo_orchestrator::infra::netns_vm::NetnsDriver;
+use kangaroo_orchestrator::infra::qemu::{QemuConfig, QemuDriver};
+use kangaroo_orchestrator::infra::{HostRef, VmDriver, VmSpec, VmStatus};
+
+fn target_dir() -> PathBuf {
+    // tests run from the package directory; binaries are in the workspace's target directory.
+    PathBuf::from(env!("CARGO_BIN_EXE_kangaroo"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn switch_bin() -> Option<PathBuf> {
+    let p = target_dir().join("kangaroo-switch");
+    p.is_file().then_some(p)
+}
+
+fn skip_reason(need_qemu: bool) -> Option<String> {
+    if not_root() {
+        return Some("needs root (namespaces, taps, XDP)".into());
+    }
+    if switch_bin().is_none() {
+        return Some(format!(
+            "no kangaroo-switch in {} (build the workspace first: cargo build)",
+            target_dir().display()
+        ));
+    }
+    if need_qemu
+        && Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .map_or(true, |s| !s.success())
+    {
+        return Some("qemu-system-x86_64 is not installed (scripts/install-deps.sh)".into());
+    }
+    None
+}
+
+fn not_root() -> bool {
+    // The effective uid from /proc (no libc call).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u != "0"))
+        })
+        .unwrap_or(true)
+}
+
+/// The guest image, built on first use into the target directory (or `KANGAROO_GUEST_DIR`).
+fn guest_image() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("KANGAROO_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("guest"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-guest-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the guest image: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(dir)
+}
+
+/// A local cloud that removes everything it made when dropped, also on a failed assertion.
+struct Cloud {
+    cloud: LocalCloud,
+    state: PathBuf,
+    hosts: Vec<HostRef>,
+    vms: Vec<(VmSpec, usize, Arc<dyn VmDriver>)>,
+}
+
+impl Cloud {
+    fn new(mode: &str) -> Cloud {
+        let prefix = format!("kt{:05x}", rand::random::<u32>() & 0xfffff);
+        let state = std::env::temp_dir().join(format!("{prefix}-state"));
+        let cloud = LocalCloud::new(LocalConfig {
+            prefix,
+            state_dir: state.clone(),
+            switch_bin: switch_bin().unwrap_or_default(),
+            switch_mode: mode.to_owned(),
+        })
+        .unwrap();
+        Cloud {
+            cloud,
+            state,
+            hosts: Vec::new(),
+            vms: Vec::new(),
+        }
+    }
+
+    fn rent(&mut self, name: &str, provider: usize, n: usize) -> usize {
+        let addr = host_address(provider_subnet(provider).unwrap(), n).unwrap();
+        let h = self.cloud.rent_host(name, provider, addr).unwrap();
+        self.hosts.push(h);
+        let all: Vec<Ipv4Addr> = self.hosts.iter().map(|h| h.underlay).collect();
+        for h in &self.hosts {
+            let peers: Vec<Ipv4Addr> = all.iter().copied().filter(|a| *a != h.underlay).collect();
+            self.cloud.set_peers(h, &peers).unwrap();
+        }
+        self.hosts.len() - 1
+    }
+
+    fn create(&mut self, driver: Arc<dyn VmDriver>, host: usize, vm: VmSpec) {
+        self.cloud
+            .create_vm(driver.as_ref(), &self.hosts, &self.hosts[host], &vm)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", vm.name));
+        self.vms.push((vm, host, driver));
+    }
+
+    fn vm(&self, name: &str) -> usize {
+        self.vms.iter().position(|v| v.0.name == name).unwrap()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        for (vm, h, d) in &self.vms {
+            let _ = self
+                .cloud
+                .destroy_vm(d.as_ref(), &self.hosts, &self.hosts[*h], vm);
+        }
+        for h in &self.hosts {
+            let _ = self.cloud.release_host(&h.name);
+        }
+        let _ = self.cloud.release_underlay();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn spec(name: &str, last: u8, probe: Option<u8>) -> VmSpec {
+    VmSpec {
+        name: name.to_owned(),
+        cpu_quarters: 4,
+        memory_mib: 256,
+        mac: format!("02:6b:0a:32:00:{last:02x}"),
+        ip: Ipv4Addr::new(10, 50, 0, last),
+        prefix: 24,
+        vni: 500,
+        probe: probe.map(|p| Ipv4Addr::new(10, 50, 0, p)),
+    }
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn http(ns: &str, ip: Ipv4Addr, path: &str) -> Option<String> {
+    let url = format!("http://{ip}{path}");
+    let o = in_ns(ns, &["curl", "-s", "-m", "2", &url]);
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+fn field(text: &str, key: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+fn wait_http(ns: &str, ip: Ipv4Addr, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = http(ns, ip, "/") {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ip} answers HTTP within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Parses `ping -D` output: the sequence numbers that got a reply.
+fn replied_seqs(out: &str) -> Vec<u32> {
+    out.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("icmp_seq="))
+                .and_then(|s| s.parse().ok())
+                .filter(|_| l.contains("bytes from"))
+        })
+        .collect()
+}
+
+/// Pings sent 50 ms apart across the live migration.
+const PINGS: u32 = 200;
+
+#[test]
+fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
+    if let Some(why) = skip_reason(true) {
+        println!("skipping: {why}");
+        return;
+    }
+    let image = match guest_image() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("skipping: {e}");
+            return;
+        }
+    };
+    let qemu: Arc<dyn VmDriver> = Arc::new(
+        QemuDriver::new(QemuConfig {
+            image_dir: image,
+            ..QemuConfig::default()
+        })
+        .unwrap(),
+    );
+    let mut c = Cloud::new(&local_mode());
+    let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
+        prefix: c.cloud.config().prefix.clone(),
+        service_bin: PathBuf::from(env!("CARGO_BIN_EXE_kangaroo")),
+    });
+    // Two hosts of two providers: separate underlay subnets joined by the router.
+    let a = c.rent("host-a", 0, 0);
+    let b = c.rent("host-b", 1, 0);
+    // Three QEMU VMs (web2 keeps fetching web1's page), and a namespace client on host A.
+    let t0 = Instant::now();
+    c.create(qemu.clone(), a, spec("web1", 11, None));
+    c.create(qemu.clone(), b, spec("web2", 12, Some(11)));
+    c.create(qemu.clone(), b, spec("web3", 13, None));
+    c.create(netns.clone(), a, spec("client", 2, None));
+    println!("3 QEMU VMs and a client created in {:?}", t0.elapsed());
+    let client_ns = format!("{}-v-client", c.cloud.config().prefix);
+
+    for ip in [11, 12, 13] {
+        let t = wait_http(&client_ns, Ipv4Addr::new(10, 50, 0, ip), 60);
+        assert!(t.starts_with("name=web"), "{t}");
+    }
+    // Ping and TCP across hosts, client (A) -> web2 (B).
+    let o = in_ns(
+        &client_ns,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.50.0.12"],
+    );
+    assert!(o.status.success(), "client pings web2 across hosts: {o:?}");
+    let o = in_ns(
+        &client_ns,
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "http://10.50.0.12/",
+        ],
+    );
+    assert!(o.status.success(), "HTTP (TCP) across hosts: {o:?}");
+    // VM to VM: web2 (B) has been pinging and fetching web1 (A).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let probe = loop {
+        let p = http(&client_ns, Ipv4Addr::new(10, 50, 0, 12), "/probe.txt").unwrap_or_default();
+        if field(&p, "http_ok").and_then(|v| v.parse::<u32>().ok()) >= Some(2) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web2 reaches web1 by ping and HTTP: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        field(&probe, "ping_ok").and_then(|v| v.parse::<u32>().ok()) >= Some(1),
+        "{probe}"
+    );
+    println!("web2 -> web1 (QEMU to QEMU across hosts): {probe}");
+
+    // Live-migrate web2 from B to A while the client pings it every 50 ms and polls its page.
+    let before = http(&client_ns, Ipv4Addr::new(10, 50, 0, 12), "/").unwrap();
+    let pinger = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &client_ns,
+            "ping",
+            "-D",
+            "-i",
+            "0.05",
+            "-c",
+            &PINGS.to_string(),
+            "-W",
+            "1",
+            "10.50.0.12",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let ns = client_ns.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match http(&ns, Ipv4Addr::new(10, 50, 0, 12), "/cgi-bin/hits") {
+                    Some(_) => ok += 1,
+                    None => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let w2 = c.vm("web2");
+    let mut lines = Vec::new();
+    let t_mig = Instant::now();
+    let report = c
+        .cloud
+        .migrate_vm(
+            qemu.as_ref(),
+            &c.hosts,
+            &c.hosts[b],
+            &c.hosts[a],
+            &c.vms[w2].0,
+            &mut |l| lines.push(format!("{:>6} ms {l}", t_mig.elapsed().as_millis())),
+        )
+        .unwrap_or_else(|e| panic!("live migration: {e}"));
+    c.vms[w2].1 = a;
+    lines.push(format!("{:>6} ms returned", t_mig.elapsed().as_millis()));
+    let out = pinger.wait_with_output().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (http_ok, http_failed) = poller.join().unwrap();
+    let seqs = replied_seqs(&String::from_utf8_lossy(&out.stdout));
+    // Gaps between answered pings, counting the start and the end of the run.
+    let mut bounds = vec![0];
+    bounds.extend(seqs.iter().copied());
+    bounds.push(PINGS + 1);
+    let longest_gap = bounds
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0);
+    let missing: Vec<u32> = (1..=PINGS).filter(|s| !seqs.contains(s)).collect();
+    let lost = PINGS - seqs.len() as u32;
+    println!(
+        "live migration of web2 B->A: {} ms total, {} ms downtime (QEMU), {} MiB; pings lost {lost}/{PINGS} {missing:?}, longest gap {} ms; HTTP polls {http_ok} ok, {http_failed} failed\n  {}",
+        report.stats.total_ms,
+        report.stats.downtime_ms,
+        report.stats.transferred_bytes >> 20,
+        longest_gap * 50,
+        lines.join("\n  ")
+    );
+    assert!(report.live);
+    assert_eq!(qemu.status(&c.hosts[a], &c.vms[w2].0), VmStatus::Running);
+    assert_eq!(qemu.status(&c.hosts[b], &c.vms[w2].0), VmStatus::Absent);
+    assert!(seqs.len() >= 150, "most pings answered: {}", seqs.len());
+    assert!(
+        longest_gap * 50 < 1000,
+        "interruption {} ms (target < 300 ms)",
+        longest_gap * 50
+    );
+    assert!(http_ok > 0);
+    // The guest kept running: same boot, its counter went on.
+    let after = http(&client_ns, Ipv4Addr::new(10, 50, 0, 12), "/").unwrap();
+    assert_eq!(
+        field(&before, "boot"),
+        field(&after, "boot"),
+        "{before} / {after}"
+    );
+    let n = |t: &str| {
+        field(t, "counter")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        n(&after) > n(&before),
+        "counter continued: {before} -> {after}"
+    );
+
+    // A migration whose destination dies: web3 stays at B, reachable, and A has no trace.
+    let w3 = c.vm("web3");
+    let dst_pid = c.hosts[a].dir.join("vms/web3/qemu.pid");
+    let killer = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(pid) = std::fs::read_to_string(&dst_pid)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    let r = c.cloud.migrate_vm(
+        qemu.as_ref(),
+        &c.hosts,
+        &c.hosts[b],
+        &c.hosts[a],
+        &c.vms[w3].0,
+        &mut |_| {},
+    );
+    assert!(killer.join().unwrap(), "the destination QEMU was killed");
+    let e = r.expect_err("a migration to a dead destination fails");
+    println!("failed migration, rolled back: {e}");
+    assert_eq!(qemu.status(&c.hosts[b], &c.vms[w3].0), VmStatus::Running);
+    assert_eq!(qemu.status(&c.hosts[a], &c.vms[w3].0), VmStatus::Absent);
+    let t = wait_http(&client_ns, Ipv4Addr::new(10, 50, 0, 13), 10);
+    assert!(t.starts_with("name=web3"), "{t}");
+
+    // Release everything: nothing of this cloud is left.
+    let prefix = c.cloud.config().prefix.clone();
+    let state = c.state.clone();
+    drop(c);
+    let left = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-"));
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    let procs = Command::new("pgrep")
+        .args(["-f", &state.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+}
+
+#[test]
+fn netns_vms_move_by_stop_and_start() {
+    if let Some(why) = skip_reason(false) {
+        println!("skipping: {why}");
+        return;
+    }
+    let mut c = Cloud::new(&local_mode());
+    let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
+        prefix: c.cloud.config().prefix.clone(),
+        service_bin: PathBuf::from(env!("CARGO_BIN_EXE_kangaroo")),
+    });
+    let a = c.rent("host-a", 0, 0);
+    let b = c.rent("host-b", 0, 1);
+    c.create(netns.clone(), a, spec("n1", 21, None));
+    c.create(netns.clone(), b, spec("n2", 22, None));
+    let ns1 = format!("{}-v-n1", c.cloud.config().prefix);
+    let t = wait_http(&ns1, Ipv4Addr::new(10, 50, 0, 22), 10);
+    assert!(t.starts_with("name=n2"), "{t}");
+    let o = in_ns(
+        &ns1,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.50.0.22"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let n2 = c.vm("n2");
+    let r = c
+        .cloud
+        .migrate_vm(
+            netns.as_ref(),
+            &c.hosts,
+            &c.hosts[b],
+            &c.hosts[a],
+            &c.vms[n2].0,
+            &mut |_| {},
+        )
+        .unwrap();
+    c.vms[n2].1 = a;
+    assert!(!r.live, "the netns driver says it restarts the VM");
+    assert_eq!(netns.status(&c.hosts[a], &c.vms[n2].0), VmStatus::Running);
+    assert_eq!(netns.status(&c.hosts[b], &c.vms[n2].0), VmStatus::Absent);
+    let t = wait_http(&ns1, Ipv4Addr::new(10, 50, 0, 22), 10);
+    assert!(t.starts_with("name=n2"), "{t}");
+    let prefix = c.cloud.config().prefix.clone();
+    drop(c);
+    assert!(kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")).is_empty());
+}
+
+/// The switches' datapath mode: `KGR_LOCAL_MODE`, else the default (`xdp`).
+fn local_mode() -> String {
+    std::env::var("KGR_LOCAL_MODE").unwrap_or_else(|_| "xdp".to_owned())
+}
