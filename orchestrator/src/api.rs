@@ -19,6 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
+use crate::infra::realize::ConvergeReport;
 use crate::model::{Host, NestedVm, Network};
 use crate::packing::{Consolidation, Plan};
 use crate::service::{
@@ -87,6 +88,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(_) => {
                 ApiError(StatusCode::CONFLICT, "conflict", e.to_string(), None)
             }
+            ServiceError::Infra(_) => ApiError(
+                StatusCode::BAD_GATEWAY,
+                "infrastructure",
+                e.to_string(),
+                None,
+            ),
             ServiceError::Store(_) => ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -175,7 +182,8 @@ async fn list_hosts(State(a): State<Api>) -> Json<Vec<Host>> {
 /// Rent a host.
 #[utoipa::path(post, path = "/v1/hosts", request_body = HostRequest, responses((status = 200, body = Host), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn add_host(State(a): State<Api>, b: Bytes) -> JsonResult<Host> {
-    Ok(Json(a.service.add_host(&body(&b)?)?))
+    let req: HostRequest = body(&b)?;
+    Ok(Json(blocking(&a, move |s| s.add_host(&req)).await?))
 }
 
 /// Release a host that runs no VM.
@@ -184,7 +192,7 @@ async fn remove_host(
     State(a): State<Api>,
     Path(name): Path<String>,
 ) -> std::result::Result<StatusCode, ApiError> {
-    a.service.remove_host(&name)?;
+    blocking(&a, move |s| s.remove_host(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -219,7 +227,8 @@ async fn list_vms(State(a): State<Api>) -> Json<Vec<NestedVm>> {
 /// Create a nested VM, placed cost-aware.
 #[utoipa::path(post, path = "/v1/vms", request_body = VmRequest, responses((status = 200, body = NestedVm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_vm(State(a): State<Api>, b: Bytes) -> JsonResult<NestedVm> {
-    Ok(Json(a.service.create_vm(&body(&b)?)?))
+    let req: VmRequest = body(&b)?;
+    Ok(Json(blocking(&a, move |s| s.create_vm(&req)).await?))
 }
 
 /// One nested VM.
@@ -234,30 +243,77 @@ async fn delete_vm(
     State(a): State<Api>,
     Path(name): Path<String>,
 ) -> std::result::Result<StatusCode, ApiError> {
-    a.service.delete_vm(&name)?;
+    blocking(&a, move |s| s.delete_vm(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Start a nested VM.
 #[utoipa::path(post, path = "/v1/vms/{name}/start", params(("name" = String, Path)), responses((status = 200, body = NestedVm), (status = 404, body = ErrorBody)))]
 async fn start_vm(State(a): State<Api>, Path(name): Path<String>) -> JsonResult<NestedVm> {
-    Ok(Json(a.service.start_vm(&name)?))
+    Ok(Json(blocking(&a, move |s| s.start_vm(&name)).await?))
 }
 
 /// Stop a nested VM.
 #[utoipa::path(post, path = "/v1/vms/{name}/stop", params(("name" = String, Path)), responses((status = 200, body = NestedVm), (status = 404, body = ErrorBody)))]
 async fn stop_vm(State(a): State<Api>, Path(name): Path<String>) -> JsonResult<NestedVm> {
-    Ok(Json(a.service.stop_vm(&name)?))
+    Ok(Json(blocking(&a, move |s| s.stop_vm(&name)).await?))
 }
 
-/// Move a nested VM to another host.
-#[utoipa::path(post, path = "/v1/vms/{name}/migrate", params(("name" = String, Path)), request_body = MigrateRequest, responses((status = 200, body = NestedVm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// The moved VM and, for a VM that ran on local hosts, how the move went.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MigrateResult {
+    /// The VM, at its new host.
+    #[serde(flatten)]
+    pub vm: NestedVm,
+    /// The migration's figures (absent when nothing ran: a simulated provider, a stopped VM).
+    pub migration: Option<crate::infra::local::MigrationReport>,
+}
+
+/// Move a nested VM to another host: live (it keeps running) with the `qemu` driver on local
+/// hosts; the VM stays where it was if the move fails.
+#[utoipa::path(post, path = "/v1/vms/{name}/migrate", params(("name" = String, Path)), request_body = MigrateRequest, responses((status = 200, body = MigrateResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn migrate_vm(
     State(a): State<Api>,
     Path(name): Path<String>,
     b: Bytes,
-) -> JsonResult<NestedVm> {
-    Ok(Json(a.service.migrate_vm(&name, &body(&b)?)?))
+) -> JsonResult<MigrateResult> {
+    let req: MigrateRequest = body(&b)?;
+    Ok(Json(
+        blocking(&a, move |s| {
+            let vm = s.migrate_vm(&name, &req)?;
+            Ok(MigrateResult {
+                vm,
+                migration: s.last_migration(),
+            })
+        })
+        .await?,
+    ))
+}
+
+/// Run the reconciler now: make the infrastructure match the state (it also runs at start-up
+/// and every few seconds).
+#[utoipa::path(post, path = "/v1/reconcile", responses((status = 200, body = ConvergeReport)))]
+async fn reconcile(State(a): State<Api>) -> JsonResult<ConvergeReport> {
+    Ok(Json(blocking(&a, |s| s.reconcile()).await?))
+}
+
+/// Runs `f` on the blocking pool: infrastructure steps take seconds.
+async fn blocking<T: Send + 'static>(
+    a: &Api,
+    f: impl FnOnce(&Service) -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let s = a.service.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the operation did not finish: {e}"),
+                None,
+            )
+        })?
+        .map_err(ApiError::from)
 }
 
 /// Plan a workload (changes nothing).
@@ -269,7 +325,8 @@ async fn compute_plan(State(a): State<Api>, b: Bytes) -> JsonResult<Plan> {
 /// Apply a workload: rent the planned hosts and create the VMs, in one transaction.
 #[utoipa::path(post, path = "/v1/plans/apply", request_body = WorkloadRequest, responses((status = 200, body = ApplyResult), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn apply_plan(State(a): State<Api>, b: Bytes) -> JsonResult<ApplyResult> {
-    Ok(Json(a.service.apply(&body(&b)?)?))
+    let req: WorkloadRequest = body(&b)?;
+    Ok(Json(blocking(&a, move |s| s.apply(&req)).await?))
 }
 
 /// Migrations that would free whole hosts (a dry run).
@@ -330,6 +387,7 @@ pub fn router(service: Arc<Service>, token: &str) -> (Router, utoipa::openapi::O
         .routes(routes!(start_vm))
         .routes(routes!(stop_vm))
         .routes(routes!(migrate_vm))
+        .routes(routes!(reconcile))
         .routes(routes!(compute_plan))
         .routes(routes!(apply_plan))
         .routes(routes!(consolidation))

@@ -49,10 +49,29 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: SocketAddr,
-        /// A provider as NAME=CATALOG (a built-in catalog or a file); repeatable. The first is the
-        /// default for placement.
+        /// A provider as NAME=CATALOG (a built-in catalog or a file; simulated) or
+        /// NAME=local:CATALOG (hosts are namespaces on this machine with their own switches,
+        /// VMs run under --vm-driver; needs root); repeatable. The first is the default for
+        /// placement.
         #[arg(long = "provider", value_parser = parse_provider, default_value = "sim=ec2-2026")]
         providers: Vec<(String, String)>,
+        /// Nested-VM driver of local providers: `qemu` (real VMs, live migration) or `netns`
+        /// (a namespace and a process; moves restart it).
+        #[arg(long, default_value = "netns")]
+        vm_driver: String,
+        /// Datapath mode of the local hosts' switches (`xdp`, `afxdp`, `packet`).
+        #[arg(long, default_value = "xdp")]
+        switch_mode: String,
+        /// Guest image directory of the `qemu` driver (scripts/build-guest-image.sh builds it).
+        #[arg(
+            long,
+            env = "KANGAROO_GUEST_DIR",
+            default_value = "/var/cache/kangaroo/guest"
+        )]
+        guest_image: PathBuf,
+        /// Seconds between reconciler passes over local hosts (0: start-up and on request only).
+        #[arg(long, default_value_t = 10)]
+        reconcile_secs: u64,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
     /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
@@ -170,6 +189,9 @@ enum VmCmd {
         /// Guest image.
         #[arg(long)]
         image: Option<String>,
+        /// Nested-VM driver on local hosts: `qemu` or `netns` (default: the server's).
+        #[arg(long)]
+        driver: Option<String>,
         /// Host to place on.
         #[arg(long)]
         host: Option<String>,
@@ -193,6 +215,15 @@ enum VmCmd {
     Rm {
         /// Name.
         name: String,
+    },
+    /// Run a command inside a `netns` VM on a local host of this machine (as root), e.g.
+    /// `kangaroo vm exec client -- ping -c 3 192.168.100.2`.
+    Exec {
+        /// Name.
+        name: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
     },
     /// Move a VM to another host.
     Migrate {
@@ -408,8 +439,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     match &cli.command {
-        Command::Serve { listen, providers } => {
+        Command::Serve {
+            listen,
+            providers,
+            vm_driver,
+            switch_mode,
+            guest_image,
+            reconcile_secs,
+        } => {
             let cfg = ServeConfig {
+                local: server::LocalSettings {
+                    driver: vm_driver.clone(),
+                    switch_mode: switch_mode.clone(),
+                    guest_image: guest_image.clone(),
+                    reconcile_secs: *reconcile_secs,
+                },
                 data_dir: cli
                     .data_dir
                     .clone()
@@ -428,6 +472,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::GuestService { name, listen } => guest_service(name, *listen),
+        Command::Vm(VmCmd::Exec { name, command }) => {
+            let dir = cli
+                .data_dir
+                .clone()
+                .unwrap_or_else(server::default_data_dir);
+            let ns = format!("{}-v-{name}", server::local_prefix(&dir));
+            if !std::path::Path::new("/run/netns").join(&ns).exists() {
+                bail!(
+                    "VM {name} is not a netns VM on a local host of the server using {}",
+                    dir.display()
+                );
+            }
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(command)
+                .status()
+                .context("running ip netns exec")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         Command::Plan { file } => {
             let text = read_workload(file)?;
             let w = Workload::parse(&text)?;
@@ -634,9 +697,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     affinity,
                     anti_affinity,
                     image,
+                    driver,
                     host,
                 }) => {
-                    let body = json!({ "name": name, "vcpus": vcpus, "memory": memory, "network": network, "affinity": affinity, "anti_affinity": anti_affinity, "image": image, "host": host });
+                    let body = json!({ "name": name, "vcpus": vcpus, "memory": memory, "network": network, "affinity": affinity, "anti_affinity": anti_affinity, "image": image, "driver": driver, "host": host });
                     let v = c.call("POST", "/v1/vms", Some(body))?;
                     emit(&v, &|v| {
                         println!(
@@ -672,7 +736,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         Some(json!({ "to": to })),
                     )?;
                     emit(&v, &|v| {
-                        println!("{} is now on {}", s(v, "/name"), s(v, "/host"))
+                        println!("{} is now on {}", s(v, "/name"), s(v, "/host"));
+                        if let Some(m) = v.get("migration").filter(|m| !m.is_null()) {
+                            let n = |p: &str| m.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+                            if m.get("live").and_then(Value::as_bool) == Some(true) {
+                                println!(
+                                    "live migration: {} ms, VM paused {} ms, {} MiB of memory sent",
+                                    n("/stats/total_ms"),
+                                    n("/stats/downtime_ms"),
+                                    n("/stats/transferred_bytes") >> 20
+                                );
+                            } else {
+                                println!(
+                                    "moved by stop-and-start in {} ms (the driver cannot migrate live)",
+                                    n("/stats/total_ms")
+                                );
+                            }
+                        }
                     });
                 }
                 Command::Billing => {
@@ -695,6 +775,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Command::Serve { .. }
                 | Command::GuestService { .. }
+                | Command::Vm(VmCmd::Exec { .. })
                 | Command::Plan { .. }
                 | Command::Catalog(_) => {}
             }

@@ -334,6 +334,9 @@ pub struct NestedVm {
     pub memory_mib: u64,
     /// Guest image.
     pub image: String,
+    /// Nested-VM driver on local hosts (`qemu`, `netns`); the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     /// The network it is attached to.
     pub network: Name,
     /// MAC address assigned from the network.

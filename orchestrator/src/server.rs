@@ -7,6 +7,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::infra::local::{LocalCloud, LocalConfig};
+use crate::infra::netns_vm::NetnsDriver;
+use crate::infra::qemu::{QemuConfig, QemuDriver};
+use crate::infra::realize::Realizer;
+use crate::infra::VmDriver;
 use crate::packing::PackOptions;
 use crate::service::Service;
 use crate::store::RedbStore;
@@ -75,6 +80,82 @@ pub struct ServeConfig {
     pub providers: Vec<(String, String)>,
     /// Packing options.
     pub options: PackOptions,
+    /// How `local` providers' hosts and VMs are made.
+    pub local: LocalSettings,
+}
+
+/// Settings of the `local` providers.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// Nested-VM driver: `qemu` or `netns`.
+    pub driver: String,
+    /// The switches' datapath mode.
+    pub switch_mode: String,
+    /// The guest image directory (the `qemu` driver).
+    pub guest_image: PathBuf,
+    /// Seconds between reconciler passes (0: only at start-up and on request).
+    pub reconcile_secs: u64,
+}
+
+impl Default for LocalSettings {
+    fn default() -> LocalSettings {
+        LocalSettings {
+            driver: "netns".to_owned(),
+            switch_mode: "xdp".to_owned(),
+            guest_image: crate::infra::qemu::QemuConfig::default().image_dir,
+            reconcile_secs: 10,
+        }
+    }
+}
+
+/// The prefix of every namespace the local providers of the server with `data_dir` make.
+pub fn local_prefix(data_dir: &Path) -> String {
+    let abs = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    format!(
+        "k{:07x}",
+        crate::infra::short_hash(&abs.display().to_string()) & 0x0fff_ffff
+    )
+}
+
+/// The realizer for the local providers of `service`, with names derived from `data_dir` (so
+/// one data directory always finds its own namespaces).
+///
+/// # Errors
+/// A bad driver name, a missing guest image, or an unusable state directory.
+pub fn realizer(
+    service: &Service,
+    data_dir: &Path,
+    settings: &LocalSettings,
+) -> anyhow::Result<Option<Arc<Realizer>>> {
+    let locals = service.local_providers();
+    if locals.is_empty() {
+        return Ok(None);
+    }
+    let prefix = local_prefix(data_dir);
+    let exe = std::env::current_exe().context("locating the kangaroo binary")?;
+    let cloud = LocalCloud::new(LocalConfig {
+        prefix: prefix.clone(),
+        state_dir: data_dir.join("local"),
+        switch_bin: LocalCloud::find_switch_bin(&exe),
+        switch_mode: settings.switch_mode.clone(),
+    })?;
+    let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
+        prefix,
+        service_bin: exe,
+    });
+    let qemu = QemuDriver::new(QemuConfig {
+        image_dir: settings.guest_image.clone(),
+        ..QemuConfig::default()
+    });
+    // The default driver first; `qemu` is offered as a second driver when its image exists.
+    let drivers: Vec<Arc<dyn VmDriver>> = match (settings.driver.as_str(), qemu) {
+        ("qemu", Ok(q)) => vec![Arc::new(q), netns],
+        ("qemu", Err(e)) => return Err(anyhow::anyhow!("--vm-driver qemu: {e}")),
+        ("netns", Ok(q)) => vec![netns, Arc::new(q)],
+        ("netns", Err(_)) => vec![netns],
+        (other, _) => anyhow::bail!("--vm-driver {other:?}: use \"qemu\" or \"netns\""),
+    };
+    Ok(Some(Arc::new(Realizer::new(cloud, drivers, locals))))
 }
 
 /// Runs the API server until SIGINT or SIGTERM.
@@ -83,7 +164,45 @@ pub struct ServeConfig {
 /// If the store, token or socket cannot be opened.
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
     let store = RedbStore::open(&cfg.data_dir)?;
-    let service = Arc::new(Service::new(Box::new(store), &cfg.providers, cfg.options)?);
+    let mut service = Service::new(Box::new(store), &cfg.providers, cfg.options)?;
+    if let Some(r) = realizer(&service, &cfg.data_dir, &cfg.local)? {
+        service = service.with_realizer(r);
+    }
+    let service = Arc::new(service);
+    if service.realizer().is_some() {
+        // Adopt what runs, repair what drifted, finish what a crash interrupted, then keep
+        // doing so in the background.
+        let s = service.clone();
+        let first = tokio::task::spawn_blocking(move || s.reconcile())
+            .await
+            .context("the reconciler")?;
+        match first {
+            Ok(r) => {
+                for line in r.repaired.iter().chain(r.errors.iter()) {
+                    eprintln!("kangaroo: reconcile: {line}");
+                }
+                for (vm, host) in &r.adopted {
+                    eprintln!("kangaroo: reconcile: VM {vm} adopted on {host}");
+                }
+            }
+            Err(e) => eprintln!("kangaroo: reconcile: {e}"),
+        }
+        if cfg.local.reconcile_secs > 0 {
+            let s = service.clone();
+            let every = std::time::Duration::from_secs(cfg.local.reconcile_secs);
+            std::thread::spawn(move || loop {
+                std::thread::sleep(every);
+                match s.reconcile() {
+                    Ok(r) => {
+                        for line in r.repaired.iter().chain(r.errors.iter()) {
+                            eprintln!("kangaroo: reconcile: {line}");
+                        }
+                    }
+                    Err(e) => eprintln!("kangaroo: reconcile: {e}"),
+                }
+            });
+        }
+    }
     let token = token(&cfg.data_dir)?;
     let (app, _) = crate::api::router(service, &token);
     let listener = tokio::net::TcpListener::bind(cfg.listen)

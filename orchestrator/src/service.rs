@@ -6,11 +6,13 @@
 //! operations loses nothing, and a crash inside one leaves no half of it.
 
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
+use crate::infra::local::MigrationReport;
+use crate::infra::realize::{ConvergeReport, Realizer};
 use crate::model::{self, Host, HostState, Name, NestedVm, Network, Resources, VmState};
 use crate::packing::{self, Consolidation, Decision, Demand, ExistingHost, PackOptions, Plan};
 use crate::store::{Op, State, Store, StoreError};
@@ -21,7 +23,8 @@ use crate::workload::Workload;
 pub struct Provider {
     /// Name.
     pub name: Name,
-    /// Kind: `sim` (instant, billed on a simulated clock).
+    /// Kind: `sim` (instant, billed on a simulated clock) or `local` (hosts are namespaces on
+    /// this machine with their own switches; VMs run under the configured driver).
     pub kind: String,
     /// Region.
     pub region: String,
@@ -56,6 +59,15 @@ pub enum ServiceError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The infrastructure failed (what was being done and why); nothing was changed.
+    #[error("{0}")]
+    Infra(String),
+}
+
+impl From<crate::infra::InfraError> for ServiceError {
+    fn from(e: crate::infra::InfraError) -> ServiceError {
+        ServiceError::Infra(e.to_string())
+    }
 }
 
 fn invalid(field: &str, message: impl ToString) -> ServiceError {
@@ -107,6 +119,8 @@ pub struct VmRequest {
     pub network: String,
     /// Guest image.
     pub image: Option<String>,
+    /// Nested-VM driver on local hosts: `qemu` or `netns` (the server's default when absent).
+    pub driver: Option<String>,
     /// Affinity group.
     pub affinity: Option<String>,
     /// Anti-affinity group.
@@ -176,13 +190,19 @@ pub struct Service {
     inner: Mutex<Inner>,
     providers: Vec<Provider>,
     opts: PackOptions,
+    realizer: Option<Arc<Realizer>>,
+    last_migration: Mutex<Option<MigrationReport>>,
 }
+
+/// The nested-VM drivers a VM may ask for.
+pub const VM_DRIVERS: [&str; 2] = ["qemu", "netns"];
 
 /// The network created on first use when a workload names none.
 pub const DEFAULT_NETWORK: (&str, u32, &str) = ("default", 1, "10.0.0.0/16");
 
 impl Service {
-    /// A service over `store` with `providers` (catalog name per provider; `sim` kind).
+    /// A service over `store` with `providers` (catalog per provider: `CATALOG` for a
+    /// simulated provider, `local:CATALOG` for a local one).
     ///
     /// # Errors
     /// If the store cannot be read or a catalog cannot be loaded.
@@ -194,10 +214,14 @@ impl Service {
         let (state, rev) = store.load()?;
         let mut ps = Vec::new();
         for (name, cat) in providers {
+            let (kind, cat) = match cat.strip_prefix("local:") {
+                Some(c) => ("local", c),
+                None => ("sim", cat.as_str()),
+            };
             let c = Catalog::load(cat)?;
             ps.push(Provider {
                 name: Name::new(name)?,
-                kind: "sim".to_owned(),
+                kind: kind.to_owned(),
                 region: c.region.clone(),
                 catalog: c.name.clone(),
                 instance_types: c.instances,
@@ -209,7 +233,95 @@ impl Service {
             inner: Mutex::new(Inner { state, rev }),
             providers: ps,
             opts,
+            realizer: None,
+            last_migration: Mutex::new(None),
         })
+    }
+
+    /// The names of the `local` providers, in order.
+    pub fn local_providers(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .filter(|p| p.kind == "local")
+            .map(|p| p.name.to_string())
+            .collect()
+    }
+
+    /// Makes hosts of `local` providers and their VMs real through `realizer`.
+    pub fn with_realizer(mut self, realizer: Arc<Realizer>) -> Service {
+        self.realizer = Some(realizer);
+        self
+    }
+
+    /// The realizer, when local providers are real.
+    pub fn realizer(&self) -> Option<&Arc<Realizer>> {
+        self.realizer.as_ref()
+    }
+
+    /// One pass of the reconciler: makes the infrastructure match the state (adopting,
+    /// repairing, finishing interrupted work) and records VMs found to have moved.
+    ///
+    /// # Errors
+    /// The store failed while recording.
+    pub fn reconcile(&self) -> Result<ConvergeReport, ServiceError> {
+        let Some(r) = &self.realizer else {
+            return Ok(ConvergeReport::default());
+        };
+        // Hosts whose renting was interrupted are finished first.
+        self.realize_pending_hosts()?;
+        let report = r.converge(&self.snapshot());
+        if !report.adopted.is_empty() {
+            let mut g = self.lock();
+            let mut ops = Vec::new();
+            for (vm, host) in &report.adopted {
+                if let (Ok(vn), Ok(hn)) = (Name::new(vm), Name::new(host)) {
+                    if let Some(mut v) = g.state.vms.get(&vn).cloned() {
+                        if g.state.hosts.contains_key(&hn) {
+                            v.host = hn;
+                            ops.push(Op::PutVm(v));
+                        }
+                    }
+                }
+            }
+            self.commit(&mut g, ops)?;
+        }
+        Ok(report)
+    }
+
+    /// Rents, for real, every local host still marked provisioning; marks it running.
+    fn realize_pending_hosts(&self) -> Result<(), ServiceError> {
+        let Some(r) = &self.realizer else {
+            return Ok(());
+        };
+        let state = self.snapshot();
+        for h in state
+            .hosts
+            .values()
+            .filter(|h| h.state == HostState::Provisioning)
+        {
+            r.ensure_host(&state, h)?;
+            let mut g = self.lock();
+            if let Some(mut cur) = g.state.hosts.get(&h.name).cloned() {
+                cur.state = HostState::Running;
+                self.commit(&mut g, vec![Op::PutHost(cur)])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `vms` real (after their records were committed).
+    fn realize_vms(&self, vms: &[Name]) -> Result<(), ServiceError> {
+        let Some(r) = &self.realizer else {
+            return Ok(());
+        };
+        self.realize_pending_hosts()?;
+        let state = self.snapshot();
+        for n in vms {
+            if let Some(vm) = state.vms.get(n) {
+                r.ensure_vm(&state, vm)?;
+            }
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -265,7 +377,25 @@ impl Service {
         provider: &Provider,
         ty: &model::InstanceType,
         name: Option<Name>,
-    ) -> Host {
+        pending: &[Op],
+    ) -> Result<Host, ServiceError> {
+        let (state, underlay) = match (&self.realizer, provider.kind.as_str()) {
+            (Some(r), "local") => {
+                // Addresses taken by hosts of this transaction count too.
+                let mut view = State {
+                    hosts: g.state.hosts.clone(),
+                    ..State::default()
+                };
+                for op in pending {
+                    if let Op::PutHost(h) = op {
+                        view.hosts.insert(h.name.clone(), h.clone());
+                    }
+                }
+                let a = r.allocate_underlay(&view, provider.name.as_str())?;
+                (HostState::Provisioning, Some(a))
+            }
+            _ => (HostState::Running, None),
+        };
         let name = name.unwrap_or_else(|| loop {
             meta.next_host += 1;
             if let Ok(n) = Name::new(&format!("host-{}", meta.next_host)) {
@@ -274,14 +404,14 @@ impl Service {
                 }
             }
         });
-        Host {
+        Ok(Host {
             name,
             provider: provider.name.clone(),
             instance_type: ty.clone(),
-            state: HostState::Running,
-            underlay: None,
+            state,
+            underlay,
             rented_at: meta.clock_secs,
-        }
+        })
     }
 
     /// Rents a host.
@@ -315,9 +445,36 @@ impl Service {
             }
         }
         let mut meta = g.state.meta.clone();
-        let host = self.new_host(&g, &mut meta, provider, ty, name);
+        let host = self.new_host(&g, &mut meta, provider, ty, name, &[])?;
         self.commit(&mut g, vec![Op::PutMeta(meta), Op::PutHost(host.clone())])?;
-        Ok(host)
+        drop(g);
+        if host.state == HostState::Provisioning {
+            if let Err(e) = self.realize_pending_hosts() {
+                // Nothing of it stays: neither the record nor what was made.
+                self.forget_host(&host.name);
+                return Err(e);
+            }
+        }
+        Ok(self
+            .lock()
+            .state
+            .hosts
+            .get(&host.name)
+            .cloned()
+            .unwrap_or(host))
+    }
+
+    /// Releases `name` for real and removes its record (a failed rent's clean-up).
+    fn forget_host(&self, name: &Name) {
+        let mut g = self.lock();
+        if g.state.hosts.contains_key(name) {
+            let _ = self.commit(&mut g, vec![Op::DeleteHost(name.clone())]);
+        }
+        let state = g.state.clone();
+        drop(g);
+        if let Some(r) = &self.realizer {
+            let _ = r.release_host(&state, name.as_str());
+        }
     }
 
     /// Releases a host that runs no VM.
@@ -349,7 +506,15 @@ impl Service {
                 on.join(", ")
             )));
         }
-        self.commit(&mut g, vec![Op::DeleteHost(n)])
+        self.commit(&mut g, vec![Op::DeleteHost(n.clone())])?;
+        let state = g.state.clone();
+        drop(g);
+        if let Some(r) = &self.realizer {
+            // The record is gone; a release that fails here is retried by the reconciler
+            // (it removes namespaces of hosts the state does not have).
+            r.release_host(&state, n.as_str())?;
+        }
+        Ok(())
     }
 
     /// Networks.
@@ -469,6 +634,17 @@ impl Service {
             ));
         }
         let network = name_field("network", &req.network)?;
+        if let Some(d) = &req.driver {
+            if !VM_DRIVERS.contains(&d.as_str()) {
+                return Err(invalid(
+                    "driver",
+                    format!(
+                        "{d:?} is not a driver: use one of {}",
+                        VM_DRIVERS.join(", ")
+                    ),
+                ));
+            }
+        }
         let affinity = req
             .affinity
             .as_deref()
@@ -516,7 +692,7 @@ impl Service {
                             .iter()
                             .find(|i| i.name == t)
                             .ok_or_else(|| ServiceError::Conflict(format!("type {t} vanished")))?;
-                        let host = self.new_host(&g, &mut meta, provider, ty, None);
+                        let host = self.new_host(&g, &mut meta, provider, ty, None, &ops)?;
                         let n = host.name.clone();
                         ops.push(Op::PutHost(host));
                         n
@@ -540,6 +716,7 @@ impl Service {
             cpu_quarters: cpu,
             memory_mib: mem,
             image: req.image.clone().unwrap_or_else(|| "busybox".to_owned()),
+            driver: req.driver.clone(),
             network: net.name.clone(),
             mac: mac_for(&ip),
             ip,
@@ -548,9 +725,28 @@ impl Service {
             state: VmState::Running,
             host,
         };
+        let rented: Option<Name> = ops.iter().find_map(|o| match o {
+            Op::PutHost(h) => Some(h.name.clone()),
+            _ => None,
+        });
         ops.push(Op::PutMeta(meta));
         ops.push(Op::PutVm(vm.clone()));
         self.commit(&mut g, ops)?;
+        drop(g);
+        if let Err(e) = self.realize_vms(std::slice::from_ref(&vm.name)) {
+            // Undo: the VM (and a host rented for it) go again.
+            let state = self.snapshot();
+            if let (Some(r), Some(v)) = (&self.realizer, state.vms.get(&vm.name)) {
+                let _ = r.destroy_vm(&state, v);
+            }
+            let mut g = self.lock();
+            let _ = self.commit(&mut g, vec![Op::DeleteVm(vm.name.clone())]);
+            drop(g);
+            if let Some(h) = rented {
+                self.forget_host(&h);
+            }
+            return Err(e);
+        }
         Ok(vm)
     }
 
@@ -603,8 +799,15 @@ impl Service {
                 name: name.to_owned(),
             });
         };
+        let before = vm.clone();
         vm.state = st;
         self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
+        drop(g);
+        if let Err(e) = self.realize_vms(std::slice::from_ref(&vm.name)) {
+            let mut g = self.lock();
+            let _ = self.commit(&mut g, vec![Op::PutVm(before)]);
+            return Err(e);
+        }
         Ok(vm)
     }
 
@@ -636,6 +839,10 @@ impl Service {
                 name: name.to_owned(),
             });
         };
+        let state = g.state.clone();
+        if let (Some(r), Some(vm)) = (&self.realizer, state.vms.get(&n)) {
+            r.destroy_vm(&state, vm)?;
+        }
         self.commit(&mut g, vec![Op::DeleteVm(n)])
     }
 
@@ -645,7 +852,7 @@ impl Service {
     /// Not found, no room or anti-affinity at the destination.
     pub fn migrate_vm(&self, name: &str, req: &MigrateRequest) -> Result<NestedVm, ServiceError> {
         let to = name_field("to", &req.to)?;
-        let mut g = self.lock();
+        let g = self.lock();
         let Some(mut vm) = g
             .state
             .vms
@@ -671,9 +878,32 @@ impl Service {
             });
         };
         check_fits(&demand_of(&vm), dest, &self.opts)?;
+        let state = g.state.clone();
+        drop(g);
+        // The move happens first; the record follows only when it succeeded. A crash in
+        // between is resolved by the reconciler, which finds where the VM runs.
+        let report = match &self.realizer {
+            Some(r) => r.migrate(&state, &vm, &to, &mut |line| {
+                tracing_line(&format!("migrate {name}: {line}"));
+            })?,
+            None => None,
+        };
+        let mut g = self.lock();
         vm.host = to;
         self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
+        *self
+            .last_migration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = report;
         Ok(vm)
+    }
+
+    /// Figures of the last live migration, if there was one.
+    pub fn last_migration(&self) -> Option<MigrationReport> {
+        *self
+            .last_migration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Plans a workload (does not change anything).
@@ -719,7 +949,7 @@ impl Service {
                 .ok_or_else(|| {
                     ServiceError::Conflict(format!("type {} vanished", ph.instance_type))
                 })?;
-            let host = self.new_host(&g, &mut meta, provider, ty, None);
+            let host = self.new_host(&g, &mut meta, provider, ty, None, &ops)?;
             rented.push(host.name.clone());
             for vname in &ph.vms {
                 let Some(v) = new.iter().find(|v| &v.demand.name == vname) else {
@@ -741,6 +971,7 @@ impl Service {
                     cpu_quarters: v.demand.resources.cpu_quarters,
                     memory_mib: v.demand.resources.memory_mib,
                     image: v.image.clone(),
+                    driver: None,
                     network: net.name.clone(),
                     mac: mac_for(&ip),
                     ip,
@@ -754,6 +985,10 @@ impl Service {
         }
         ops.push(Op::PutMeta(meta));
         self.commit(&mut g, ops)?;
+        drop(g);
+        // Recorded first, then made real; a step that fails here is retried by the
+        // reconciler, and the error says which.
+        self.realize_vms(&created)?;
         Ok(ApplyResult {
             plan,
             rented,
@@ -868,4 +1103,9 @@ fn free_ip(net: &Network, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
 fn mac_for(ip: &Ipv4Addr) -> String {
     let o = ip.octets();
     format!("02:6b:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// Progress of long infrastructure steps goes to the server's log (stderr).
+fn tracing_line(line: &str) {
+    eprintln!("kangaroo: {line}");
 }

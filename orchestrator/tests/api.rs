@@ -27,6 +27,7 @@ fn start() -> Server {
             ("old".into(), "ec2-2014".into()),
         ],
         options: PackOptions::default(),
+        local: server::LocalSettings::default(),
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

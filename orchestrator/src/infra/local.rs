@@ -565,7 +565,7 @@ impl LocalCloud {
 }
 
 /// What a migration did.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct MigrationReport {
     /// Whether the VM kept running (live) or was restarted.
     pub live: bool,

@@ -10,6 +10,7 @@ pub mod local;
 pub mod netns_vm;
 pub mod qemu;
 pub mod qmp;
+pub mod realize;
 pub mod switchctl;
 pub mod sys;
 
@@ -88,7 +89,7 @@ pub enum VmStatus {
 }
 
 /// Figures of one live migration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct MigrationStats {
     /// Wall time from start to completion, in milliseconds.
     pub total_ms: u64,

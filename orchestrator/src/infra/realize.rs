@@ -1,0 +1,413 @@
+//! Makes the orchestrator's state real on the local cloud: hosts of `local` providers become
+//! namespaces with switches, their VMs become VMs of the configured driver.
+//!
+//! Every step is idempotent. [`Realizer::converge`] walks the whole state (at start-up and
+//! periodically): it adopts what is running, restarts what died, re-adds missing ports, peers
+//! and FDB entries, finishes or undoes interrupted migrations (a VM never runs twice), and
+//! removes what the state no longer has.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::local::{host_address, provider_subnet, LocalCloud, MigrationReport};
+use super::{HostRef, InfraError, Result, VmDriver, VmSpec, VmStatus};
+use crate::model::{Host, Name, NestedVm, VmState};
+use crate::store::State;
+
+/// The local cloud with its driver, serialising every change.
+pub struct Realizer {
+    cloud: LocalCloud,
+    drivers: BTreeMap<String, Arc<dyn VmDriver>>,
+    default_driver: String,
+    /// Names of the `local` providers, in order (the index picks the underlay subnet).
+    providers: Vec<String>,
+    lock: Mutex<()>,
+}
+
+/// What a convergence pass did.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ConvergeReport {
+    /// VMs found running on another host than recorded (a migration completed, its record
+    /// did not): (vm, host). The caller records them.
+    pub adopted: Vec<(String, String)>,
+    /// Repairs made, one line each.
+    pub repaired: Vec<String>,
+    /// Steps that failed (retried on the next pass).
+    pub errors: Vec<String>,
+}
+
+impl Realizer {
+    /// A realizer over `cloud` with `drivers` (the first is the default) for the `local`
+    /// providers named in `providers`.
+    pub fn new(
+        cloud: LocalCloud,
+        drivers: Vec<Arc<dyn VmDriver>>,
+        providers: Vec<String>,
+    ) -> Realizer {
+        let default_driver = drivers
+            .first()
+            .map_or_else(String::new, |d| d.name().to_owned());
+        Realizer {
+            cloud,
+            drivers: drivers
+                .into_iter()
+                .map(|d| (d.name().to_owned(), d))
+                .collect(),
+            default_driver,
+            providers,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The driver of `vm` (its own, else the default).
+    ///
+    /// # Errors
+    /// The driver is not available on this server.
+    pub fn driver_of(&self, vm: &NestedVm) -> Result<Arc<dyn VmDriver>> {
+        let name = vm.driver.as_deref().unwrap_or(&self.default_driver);
+        self.drivers.get(name).cloned().ok_or_else(|| {
+            InfraError::new(
+                format!("VM {}", vm.name),
+                format!(
+                    "driver {name} is not available here (have: {})",
+                    self.drivers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// The cloud.
+    pub fn cloud(&self) -> &LocalCloud {
+        &self.cloud
+    }
+
+    fn guard(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `provider` is one of the local ones.
+    pub fn is_local(&self, provider: &str) -> bool {
+        self.providers.iter().any(|p| p == provider)
+    }
+
+    fn index(&self, provider: &str) -> Result<usize> {
+        self.providers
+            .iter()
+            .position(|p| p == provider)
+            .ok_or_else(|| InfraError::new("the local cloud", format!("{provider} is not local")))
+    }
+
+    /// The lowest free underlay address for a new host of `provider`.
+    ///
+    /// # Errors
+    /// Not a local provider, or its subnet is full.
+    pub fn allocate_underlay(&self, state: &State, provider: &str) -> Result<Ipv4Addr> {
+        let subnet = provider_subnet(self.index(provider)?)?;
+        let used: BTreeSet<Ipv4Addr> = state.hosts.values().filter_map(|h| h.underlay).collect();
+        (0..245)
+            .map(|n| host_address(subnet, n))
+            .find(|a| a.as_ref().is_ok_and(|a| !used.contains(a)))
+            .unwrap_or_else(|| {
+                Err(InfraError::new(
+                    "the local underlay",
+                    format!("{provider}'s subnet is full"),
+                ))
+            })
+    }
+
+    fn host_ref(&self, h: &Host) -> Option<HostRef> {
+        if !self.is_local(h.provider.as_str()) {
+            return None;
+        }
+        h.underlay.map(|a| self.cloud.host_ref(h.name.as_str(), a))
+    }
+
+    /// Every local host of `state`.
+    pub fn hosts(&self, state: &State) -> Vec<HostRef> {
+        state
+            .hosts
+            .values()
+            .filter_map(|h| self.host_ref(h))
+            .collect()
+    }
+
+    fn spec(state: &State, vm: &NestedVm) -> Result<VmSpec> {
+        let net = state.networks.get(&vm.network).ok_or_else(|| {
+            InfraError::new(
+                format!("VM {}", vm.name),
+                format!("network {} is missing", vm.network),
+            )
+        })?;
+        Ok(VmSpec {
+            name: vm.name.to_string(),
+            cpu_quarters: vm.cpu_quarters,
+            memory_mib: vm.memory_mib,
+            mac: vm.mac.clone(),
+            ip: vm.ip,
+            prefix: net.prefix,
+            vni: net.vni,
+            probe: None,
+        })
+    }
+
+    fn peers_of(all: &[HostRef], h: &HostRef) -> Vec<Ipv4Addr> {
+        all.iter()
+            .filter(|o| o.name != h.name)
+            .map(|o| o.underlay)
+            .collect()
+    }
+
+    /// Rents `host` (of a local provider, in `state` with its underlay address) and makes
+    /// every switch peer with every other.
+    ///
+    /// # Errors
+    /// The step that failed (what was made for this host is removed again).
+    pub fn ensure_host(&self, state: &State, host: &Host) -> Result<()> {
+        let _g = self.guard();
+        self.ensure_host_locked(state, host)
+    }
+
+    fn ensure_host_locked(&self, state: &State, host: &Host) -> Result<()> {
+        let addr = host
+            .underlay
+            .ok_or_else(|| InfraError::new(format!("host {}", host.name), "no underlay address"))?;
+        let index = self.index(host.provider.as_str())?;
+        self.cloud.rent_host(host.name.as_str(), index, addr)?;
+        let all = self.hosts(state);
+        for h in &all {
+            self.cloud.set_peers(h, &Self::peers_of(&all, h))?;
+        }
+        Ok(())
+    }
+
+    /// Releases host `name` (its VMs' traces go with its namespace); the other switches stop
+    /// peering with it. `state` is the state without it.
+    ///
+    /// # Errors
+    /// The namespace cannot be removed.
+    pub fn release_host(&self, state: &State, name: &str) -> Result<()> {
+        let _g = self.guard();
+        self.cloud.release_host(name)?;
+        let all = self.hosts(state);
+        for h in &all {
+            let _ = self.cloud.set_peers(h, &Self::peers_of(&all, h));
+        }
+        if all.is_empty() {
+            self.cloud.release_underlay()?;
+        }
+        Ok(())
+    }
+
+    /// Makes `vm` (in `state`) what its record says: running or stopped on its host.
+    ///
+    /// # Errors
+    /// The step that failed.
+    pub fn ensure_vm(&self, state: &State, vm: &NestedVm) -> Result<()> {
+        let _g = self.guard();
+        self.ensure_vm_locked(state, vm)
+    }
+
+    fn ensure_vm_locked(&self, state: &State, vm: &NestedVm) -> Result<()> {
+        let Some(host) = state.hosts.get(&vm.host).and_then(|h| self.host_ref(h)) else {
+            return Ok(());
+        };
+        let spec = Self::spec(state, vm)?;
+        let driver = self.driver_of(vm)?;
+        match vm.state {
+            VmState::Running => {
+                self.cloud
+                    .create_vm(driver.as_ref(), &self.hosts(state), &host, &spec)
+            }
+            VmState::Stopped => driver.stop(&host, &spec),
+        }
+    }
+
+    /// Removes `vm` from its host and from every switch.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub fn destroy_vm(&self, state: &State, vm: &NestedVm) -> Result<()> {
+        let _g = self.guard();
+        let Some(host) = state.hosts.get(&vm.host).and_then(|h| self.host_ref(h)) else {
+            return Ok(());
+        };
+        let spec = Self::spec(state, vm)?;
+        let driver = self.driver_of(vm)?;
+        self.cloud
+            .destroy_vm(driver.as_ref(), &self.hosts(state), &host, &spec)
+    }
+
+    /// Moves running `vm` to host `to` (live when the driver can). The VM stays where it was
+    /// if this fails.
+    ///
+    /// # Errors
+    /// The step that failed.
+    pub fn migrate(
+        &self,
+        state: &State,
+        vm: &NestedVm,
+        to: &Name,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Option<MigrationReport>> {
+        let _g = self.guard();
+        let src = state.hosts.get(&vm.host).and_then(|h| self.host_ref(h));
+        let dst = state.hosts.get(to).and_then(|h| self.host_ref(h));
+        let (Some(src), Some(dst)) = (src, dst) else {
+            return match (
+                state.hosts.get(&vm.host).and_then(|h| self.host_ref(h)),
+                state.hosts.get(to).and_then(|h| self.host_ref(h)),
+            ) {
+                (None, None) => Ok(None),
+                _ => Err(InfraError::new(
+                    format!("moving {} to {to}", vm.name),
+                    "between a local and a simulated provider a VM cannot move",
+                )),
+            };
+        };
+        let spec = Self::spec(state, vm)?;
+        let driver = self.driver_of(vm)?;
+        if vm.state == VmState::Stopped {
+            // Nothing runs: it only changes host.
+            self.cloud
+                .destroy_vm(driver.as_ref(), &self.hosts(state), &src, &spec)?;
+            return Ok(None);
+        }
+        self.cloud
+            .migrate_vm(
+                driver.as_ref(),
+                &self.hosts(state),
+                &src,
+                &dst,
+                &spec,
+                progress,
+            )
+            .map(Some)
+    }
+
+    /// One convergence pass over the whole `state` (see the module documentation).
+    pub fn converge(&self, state: &State) -> ConvergeReport {
+        let _g = self.guard();
+        let mut r = ConvergeReport::default();
+        let hosts = self.hosts(state);
+        for h in state.hosts.values().filter(|h| self.host_ref(h).is_some()) {
+            let Some(hr) = self.host_ref(h) else { continue };
+            let was_alive = self.cloud.switch_alive(&hr);
+            match self.ensure_host_locked(state, h) {
+                Ok(()) if !was_alive => r
+                    .repaired
+                    .push(format!("host {}: switch (re)started", h.name)),
+                Ok(()) => {}
+                Err(e) => r.errors.push(e.to_string()),
+            }
+        }
+        for vm in state.vms.values() {
+            let Some(home) = state.hosts.get(&vm.host).and_then(|h| self.host_ref(h)) else {
+                continue;
+            };
+            let (spec, driver) =
+                match Self::spec(state, vm).and_then(|s| Ok((s, self.driver_of(vm)?))) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        r.errors.push(e.to_string());
+                        continue;
+                    }
+                };
+            let here = driver.status(&home, &spec);
+            // Copies elsewhere: an interrupted migration.
+            let elsewhere: Vec<(&HostRef, VmStatus)> = hosts
+                .iter()
+                .filter(|h| h.name != home.name)
+                .map(|h| (h, driver.status(h, &spec)))
+                .filter(|(_, s)| *s != VmStatus::Absent)
+                .collect();
+            let running_elsewhere = elsewhere
+                .iter()
+                .find(|(_, s)| *s == VmStatus::Running)
+                .map(|(h, _)| (*h).clone());
+            if here != VmStatus::Running && vm.state == VmState::Running {
+                if let Some(h) = running_elsewhere {
+                    // The migration completed; the record did not.
+                    let port = driver.port_name(&spec);
+                    let _ = self.cloud.destroy_vm(driver.as_ref(), &[], &home, &spec);
+                    match self
+                        .cloud
+                        .attach(&h, &port, &spec)
+                        .and_then(|()| self.cloud.publish_location(&hosts, &spec, &h, &port))
+                    {
+                        Ok(()) => r.adopted.push((vm.name.to_string(), h.name.clone())),
+                        Err(e) => r.errors.push(e.to_string()),
+                    }
+                    continue;
+                }
+            }
+            for (h, _) in &elsewhere {
+                if let Err(e) = self.cloud.destroy_vm(driver.as_ref(), &[], h, &spec) {
+                    r.errors.push(e.to_string());
+                } else {
+                    r.repaired
+                        .push(format!("VM {}: stray copy on {} removed", vm.name, h.name));
+                }
+            }
+            let want_running = vm.state == VmState::Running;
+            if want_running && here != VmStatus::Running {
+                r.repaired
+                    .push(format!("VM {}: started on {}", vm.name, home.name));
+            }
+            let res = if want_running {
+                self.cloud.create_vm(driver.as_ref(), &hosts, &home, &spec)
+            } else {
+                driver.stop(&home, &spec)
+            };
+            if let Err(e) = res {
+                r.errors.push(e.to_string());
+            }
+        }
+        // Namespaces of hosts and VMs the state no longer has (released while the
+        // orchestrator was down or interrupted).
+        let known: BTreeSet<String> = hosts.iter().map(|h| h.netns.clone()).collect();
+        let host_prefix = format!("{}-h-", self.cloud.config().prefix);
+        let vm_prefix = format!("{}-v-", self.cloud.config().prefix);
+        for ns in self.cloud.leftovers() {
+            if let Some(name) = ns.strip_prefix(&vm_prefix) {
+                if !state.vms.keys().any(|k| k.as_str() == name) {
+                    match super::sys::delete_netns(&ns) {
+                        Ok(()) => r.repaired.push(format!("VM {name}: namespace removed")),
+                        Err(e) => r.errors.push(e.to_string()),
+                    }
+                }
+                continue;
+            }
+            if let Some(name) = ns.strip_prefix(&host_prefix) {
+                if !known.contains(&ns) {
+                    match self.cloud.release_host(name) {
+                        Ok(()) => r
+                            .repaired
+                            .push(format!("host {name}: released (not in the state)")),
+                        Err(e) => r.errors.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// Releases everything of every local host in `state` and the underlay (for `kangaroo
+    /// down`-style teardown and tests).
+    pub fn release_all(&self, state: &State) {
+        let _g = self.guard();
+        for vm in state.vms.values() {
+            if let (Some(h), Ok(spec), Ok(d)) = (
+                state.hosts.get(&vm.host).and_then(|h| self.host_ref(h)),
+                Self::spec(state, vm),
+                self.driver_of(vm),
+            ) {
+                let _ = d.destroy(&h, &spec);
+            }
+        }
+        for h in self.hosts(state) {
+            let _ = self.cloud.release_host(&h.name);
+        }
+        let _ = self.cloud.release_underlay();
+    }
+}
