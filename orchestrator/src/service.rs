@@ -268,8 +268,11 @@ impl Service {
             return Ok(ConvergeReport::default());
         };
         // Hosts whose renting was interrupted are finished first.
-        self.realize_pending_hosts()?;
-        let report = r.converge(&self.snapshot());
+        let pending = self.realize_pending_hosts();
+        let mut report = r.converge(&self.snapshot());
+        if let Err(e) = pending {
+            report.errors.push(e.to_string());
+        }
         if !report.adopted.is_empty() {
             let mut g = self.lock();
             let mut ops = Vec::new();
@@ -294,19 +297,24 @@ impl Service {
             return Ok(());
         };
         let state = self.snapshot();
+        let mut first = None;
         for h in state
             .hosts
             .values()
             .filter(|h| h.state == HostState::Provisioning)
         {
-            r.ensure_host(&state, h)?;
+            // Every pending host is tried; the first failure is reported.
+            if let Err(e) = r.ensure_host(&state, h) {
+                first.get_or_insert(ServiceError::from(e));
+                continue;
+            }
             let mut g = self.lock();
             if let Some(mut cur) = g.state.hosts.get(&h.name).cloned() {
                 cur.state = HostState::Running;
                 self.commit(&mut g, vec![Op::PutHost(cur)])?;
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Makes `vms` real (after their records were committed).

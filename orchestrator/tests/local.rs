@@ -503,3 +503,276 @@ fn netns_vms_move_by_stop_and_start() {
 fn local_mode() -> String {
     std::env::var("KGR_LOCAL_MODE").unwrap_or_else(|_| "xdp".to_owned())
 }
+
+/// `kangaroo serve` with two local providers, as a child process.
+struct Serve {
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Serve {
+    fn start(dir: &std::path::Path, port: u16) -> Serve {
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("serve.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--provider",
+                "cloud-a=local:ec2-2026",
+                "--provider",
+                "cloud-b=local:ec2-2014",
+                "--vm-driver",
+                "netns",
+                "--switch-mode",
+                &local_mode(),
+                "--reconcile-secs",
+                "0",
+            ])
+            .env("KANGAROO_DATA_DIR", dir)
+            .stdout(Stdio::null())
+            .stderr(log.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        let s = Serve {
+            child: Some(child),
+            dir: dir.to_owned(),
+            url,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let o = Command::new("curl")
+                .args(["-fsS", "-m", "1", &format!("{}/health", s.url)])
+                .output()
+                .unwrap();
+            if o.status.success() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("kangaroo serve answers: {}", s.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args(args)
+            .env("KANGAROO_DATA_DIR", &self.dir)
+            .env("KANGAROO_URL", &self.url)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out) = self.cli(args);
+        assert!(ok, "kangaroo {args:?}: {out}\nserver log:\n{}", self.log());
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).unwrap()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Removes every namespace and process of the server with `dir`, whatever happened.
+struct Teardown(PathBuf);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let prefix = kangaroo_orchestrator::server::local_prefix(&self.0);
+        for ns in kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")) {
+            let _ = kangaroo_orchestrator::infra::sys::delete_netns(&ns);
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
+    if let Some(why) = skip_reason(false) {
+        println!("skipping: {why}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kgr-orch-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _teardown = Teardown(dir.clone());
+    let prefix = kangaroo_orchestrator::server::local_prefix(&dir);
+    let port = 20000 + (rand::random::<u16>() % 20000);
+    let mut s = Serve::start(&dir, port);
+    s.ok(&[
+        "network",
+        "create",
+        "shop",
+        "--vni",
+        "100",
+        "--subnet",
+        "192.168.100.0/24",
+    ]);
+
+    // Deploy the web shop (11 VMs, packed onto hosts of cloud-a) and kill -9 the server
+    // while it is making them real.
+    let workload = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/shop.toml");
+    let apply = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+        .args(["apply", "-f", &workload.display().to_string()])
+        .env("KANGAROO_DATA_DIR", &dir)
+        .env("KANGAROO_URL", &s.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until part of the deployment is real, then kill.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let vms = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-"));
+        if !vms.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.kill9();
+    let _ = apply.wait_with_output();
+    let made = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-")).len();
+    println!("killed -9 with {made} of 11 VMs made");
+
+    // Restart: the reconciler completes the deployment; every VM runs exactly once.
+    let s2 = Serve::start(&dir, port);
+    let vms = s2.json(&["vm", "ls"]);
+    let vms = vms.as_array().unwrap();
+    assert_eq!(vms.len(), 11, "the deployment was recorded whole: {vms:?}");
+    let hosts = s2.json(&["host", "ls"]);
+    let hosts: Vec<String> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap().to_owned())
+        .collect();
+    for v in vms {
+        let name = v["name"].as_str().unwrap();
+        let port = format!("kn{:08x}", kangaroo_orchestrator::infra::short_hash(name));
+        let on: Vec<&String> = hosts
+            .iter()
+            .filter(|h| {
+                kangaroo_orchestrator::infra::sys::link_exists(&format!("{prefix}-h-{h}"), &port)
+            })
+            .collect();
+        assert_eq!(
+            on,
+            vec![&v["host"].as_str().unwrap().to_owned()],
+            "VM {name} runs once, on its host"
+        );
+    }
+    println!(
+        "after restart: {} VMs on {} hosts, each exactly once",
+        vms.len(),
+        hosts.len()
+    );
+
+    // Traffic across hosts: web-1 and web-2 are on different hosts (anti-affinity).
+    let ip2 = vms.iter().find(|v| v["name"] == "web-2").unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let (ok, out) = s2.cli(&[
+            "vm",
+            "exec",
+            "web-1",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            &format!("http://{ip2}/"),
+        ]);
+        if ok && out.starts_with("name=web-2") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "web-1 reaches web-2: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("web-1 -> web-2: {}", page.trim());
+
+    // Move web-2 to a host of the other provider (stop-and-move with this driver).
+    s2.ok(&[
+        "host",
+        "add",
+        "m3.large",
+        "--name",
+        "b1",
+        "--provider",
+        "cloud-b",
+    ]);
+    let out = s2.ok(&["vm", "migrate", "web-2", "--to", "b1"]);
+    assert!(out.contains("stop-and-start"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out) = s2.cli(&[
+            "vm",
+            "exec",
+            "web-1",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            &format!("http://{ip2}/"),
+        ]);
+        if ok && out.starts_with("name=web-2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web-2 answers from cloud-b: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Release everything through the API: nothing is left.
+    for v in s2.json(&["vm", "ls"]).as_array().unwrap() {
+        s2.ok(&["vm", "rm", v["name"].as_str().unwrap()]);
+    }
+    for h in s2.json(&["host", "ls"]).as_array().unwrap() {
+        s2.ok(&["host", "rm", h["name"].as_str().unwrap()]);
+    }
+    let left = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-"));
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    let procs = Command::new("pgrep")
+        .args(["-f", &dir.display().to_string()])
+        .output()
+        .unwrap();
+    let procs = String::from_utf8_lossy(&procs.stdout);
+    assert!(procs.trim().is_empty(), "processes left: {procs}");
+}

@@ -288,14 +288,7 @@ impl LocalCloud {
     pub fn release_host(&self, name: &str) -> Result<()> {
         let host = self.host_ref(name, Ipv4Addr::UNSPECIFIED);
         sys::stop_pidfile(&host.dir.join("switch.pid"), Duration::from_secs(3));
-        // Processes still in the namespace (VMs a driver did not destroy) go too.
-        if sys::netns_exists(&host.netns) {
-            if let Ok(pids) = sys::run(&["ip", "netns", "pids", &host.netns]) {
-                for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
-                    sys::signal(pid, "KILL");
-                }
-            }
-        }
+        // Processes still in the namespace (VMs a driver did not destroy) go with it.
         sys::delete_netns(&host.netns)?;
         let _ = std::fs::remove_dir_all(&host.dir);
         Ok(())

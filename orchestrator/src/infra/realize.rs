@@ -174,9 +174,13 @@ impl Realizer {
             .ok_or_else(|| InfraError::new(format!("host {}", host.name), "no underlay address"))?;
         let index = self.index(host.provider.as_str())?;
         self.cloud.rent_host(host.name.as_str(), index, addr)?;
+        // Every host peers with every other, including hosts still being rented (their
+        // switches are configured when they come up).
         let all = self.hosts(state);
         for h in &all {
-            self.cloud.set_peers(h, &Self::peers_of(&all, h))?;
+            if h.name == host.name.as_str() || self.cloud.switch_alive(h) {
+                self.cloud.set_peers(h, &Self::peers_of(&all, h))?;
+            }
         }
         Ok(())
     }
@@ -191,7 +195,9 @@ impl Realizer {
         self.cloud.release_host(name)?;
         let all = self.hosts(state);
         for h in &all {
-            let _ = self.cloud.set_peers(h, &Self::peers_of(&all, h));
+            if self.cloud.switch_alive(h) {
+                let _ = self.cloud.set_peers(h, &Self::peers_of(&all, h));
+            }
         }
         if all.is_empty() {
             self.cloud.release_underlay()?;

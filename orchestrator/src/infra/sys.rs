@@ -51,9 +51,23 @@ pub fn ensure_netns(ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes network namespace `ns` if it exists (its interfaces go with it).
+/// Deletes network namespace `ns` if it exists, with every process still in it (its
+/// interfaces go with it).
 pub fn delete_netns(ns: &str) -> Result<()> {
     if netns_exists(ns) {
+        if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
+            let pids: Vec<i32> = pids
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            for pid in &pids {
+                signal(*pid, "KILL");
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         run(&["ip", "netns", "del", ns])?;
     }
     Ok(())
