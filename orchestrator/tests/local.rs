@@ -211,11 +211,20 @@ fn replied_seqs(out: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The tests here run one at a time: QEMU under TCG and a dozen namespaces are heavy for a
+/// small machine, and the migration's interruption is measured.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Pings sent 50 ms apart across the live migration.
 const PINGS: u32 = 200;
 
 #[test]
 fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
+    let _serial = serial();
     if let Some(why) = skip_reason(true) {
         println!("skipping: {why}");
         return;
@@ -455,6 +464,7 @@ fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
 
 #[test]
 fn netns_vms_move_by_stop_and_start() {
+    let _serial = serial();
     if let Some(why) = skip_reason(false) {
         println!("skipping: {why}");
         return;
@@ -621,6 +631,7 @@ impl Drop for Teardown {
 
 #[test]
 fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
+    let _serial = serial();
     if let Some(why) = skip_reason(false) {
         println!("skipping: {why}");
         return;
