@@ -10,7 +10,9 @@
 #  4. shows traffic across hosts through the switches' VXLAN overlay;
 #  5. live-migrates a VM to a host of the other cloud while it is pinged every 50 ms, and prints
 #     the interruption and that the guest kept running;
-#  6. prints the hourly cost against one VM per instance, and releases everything.
+#  6. moves the whole application to cloud-b while a client polls it, and prints the failed
+#     requests (none expected);
+#  7. prints the hourly cost against one VM per instance, and releases everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,6 +105,31 @@ print(f"pings: {len(seqs)}/{sent} answered; longest interruption {gap * 50} ms")
 PY
 echo "before: $before"
 echo "after:  $after   (same boot id, the counter went on: the guest never stopped)"
+"$K" vm ls
+
+say "The whole application moves to cloud-b (packed for cost there) while a client polls it"
+poll() {
+  local ok=0 fail=0 i=0 ips=("$web1" "$web2" "$db")
+  # Bounded: at most 600 requests, until the flag file appears.
+  while [ ! -e "$data/stop" ] && [ "$i" -lt 600 ]; do
+    if "$K" vm exec probe -- curl -fsS -m 2 -o /dev/null "http://${ips[$((i % 3))]}/cgi-bin/hits"; then
+      ok=$((ok + 1))
+    else
+      fail=$((fail + 1))
+    fi
+    i=$((i + 1))
+    sleep 0.05
+  done
+  echo "client requests during the move: $ok answered, $fail failed"
+}
+poll > "$data/poll.log" &
+poller=$!
+sleep 1
+"$K" app migrate shop --to cloud-b
+touch "$data/stop"
+wait "$poller" || true
+cat "$data/poll.log"
+"$K" host ls
 "$K" vm ls
 
 say "What it costs"

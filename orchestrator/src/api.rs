@@ -23,8 +23,8 @@ use crate::infra::realize::ConvergeReport;
 use crate::model::{Host, NestedVm, Network};
 use crate::packing::{Consolidation, Plan};
 use crate::service::{
-    ApplyResult, Billing, ClockRequest, HostRequest, MigrateRequest, NetworkRequest, Provider,
-    Service, ServiceError, VmRequest, WorkloadRequest,
+    AppMigrateRequest, AppMigrateResult, ApplyResult, Billing, ClockRequest, HostRequest,
+    MigrateRequest, NetworkRequest, Provider, Service, ServiceError, VmRequest, WorkloadRequest,
 };
 
 /// Shared state of the handlers.
@@ -280,13 +280,24 @@ async fn migrate_vm(
     let req: MigrateRequest = body(&b)?;
     Ok(Json(
         blocking(&a, move |s| {
-            let vm = s.migrate_vm(&name, &req)?;
-            Ok(MigrateResult {
-                vm,
-                migration: s.last_migration(),
-            })
+            let (vm, migration) = s.migrate_vm_report(&name, &req)?;
+            Ok(MigrateResult { vm, migration })
         })
         .await?,
+    ))
+}
+
+/// Move every VM of an application (labelled by `app` in its workload or request) to hosts of
+/// another provider, packed for cost there; source hosts left empty are released.
+#[utoipa::path(post, path = "/v1/apps/{app}/migrate", params(("app" = String, Path)), request_body = AppMigrateRequest, responses((status = 200, body = AppMigrateResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn migrate_app(
+    State(a): State<Api>,
+    Path(app): Path<String>,
+    b: Bytes,
+) -> JsonResult<AppMigrateResult> {
+    let req: AppMigrateRequest = body(&b)?;
+    Ok(Json(
+        blocking(&a, move |s| s.migrate_app(&app, &req)).await?,
     ))
 }
 
@@ -388,6 +399,7 @@ pub fn router(service: Arc<Service>, token: &str) -> (Router, utoipa::openapi::O
         .routes(routes!(stop_vm))
         .routes(routes!(migrate_vm))
         .routes(routes!(reconcile))
+        .routes(routes!(migrate_app))
         .routes(routes!(compute_plan))
         .routes(routes!(apply_plan))
         .routes(routes!(consolidation))

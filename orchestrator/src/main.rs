@@ -112,6 +112,9 @@ enum Command {
     /// Nested VMs.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Applications (the VMs labelled with one `app`).
+    #[command(subcommand)]
+    App(AppCmd),
     /// Provider catalogs (built in).
     #[command(subcommand)]
     Catalog(CatalogCmd),
@@ -192,6 +195,9 @@ enum VmCmd {
         /// Nested-VM driver on local hosts: `qemu` or `netns` (default: the server's).
         #[arg(long)]
         driver: Option<String>,
+        /// The application it belongs to.
+        #[arg(long)]
+        app: Option<String>,
         /// Host to place on.
         #[arg(long)]
         host: Option<String>,
@@ -230,6 +236,19 @@ enum VmCmd {
         /// Name.
         name: String,
         /// Destination host.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppCmd {
+    /// Move every VM of an application to new hosts of another provider (packed for cost),
+    /// live where the driver can, and release the hosts it leaves empty.
+    Migrate {
+        /// The application.
+        name: String,
+        /// Destination provider.
         #[arg(long)]
         to: String,
     },
@@ -584,6 +603,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     });
                 }
+                Command::App(AppCmd::Migrate { name, to }) => {
+                    if std::io::stderr().is_terminal() {
+                        eprintln!("moving application {name} to {to}…");
+                    }
+                    let v = c.call(
+                        "POST",
+                        &format!("/v1/apps/{name}/migrate"),
+                        Some(json!({ "to": to })),
+                    )?;
+                    emit(&v, &|v| {
+                        let n =
+                            |x: &Value, p: &str| x.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+                        let rows = v["moved"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|m| {
+                                        let mig = &m["migration"];
+                                        vec![
+                                            s(m, "/vm"),
+                                            s(m, "/from"),
+                                            s(m, "/to"),
+                                            match mig.get("live").and_then(Value::as_bool) {
+                                                Some(true) => "live".to_owned(),
+                                                Some(false) => "restarted".to_owned(),
+                                                None => "-".to_owned(),
+                                            },
+                                            format!("{}", n(mig, "/stats/total_ms")),
+                                            format!("{}", n(mig, "/stats/downtime_ms")),
+                                        ]
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        table(&["vm", "from", "to", "move", "ms", "paused ms"], rows);
+                        let list = |p: &str| {
+                            v.pointer(p)
+                                .and_then(Value::as_array)
+                                .map(|a| {
+                                    a.iter()
+                                        .filter_map(Value::as_str)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                })
+                                .unwrap_or_default()
+                        };
+                        println!("rented: {}", list("/rented"));
+                        println!("released: {}", list("/released"));
+                        println!(
+                            "cost: {:.4}/h -> {:.4}/h; took {} ms",
+                            v["cost_per_hour_before"].as_f64().unwrap_or(0.0),
+                            v["cost_per_hour_after"].as_f64().unwrap_or(0.0),
+                            n(v, "/total_ms")
+                        );
+                    });
+                }
                 Command::Consolidate { .. } => {
                     let v = c.call("GET", "/v1/consolidation", None)?;
                     emit(&v, &|v| {
@@ -698,9 +773,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     anti_affinity,
                     image,
                     driver,
+                    app,
                     host,
                 }) => {
-                    let body = json!({ "name": name, "vcpus": vcpus, "memory": memory, "network": network, "affinity": affinity, "anti_affinity": anti_affinity, "image": image, "driver": driver, "host": host });
+                    let body = json!({ "name": name, "vcpus": vcpus, "memory": memory, "network": network, "affinity": affinity, "anti_affinity": anti_affinity, "image": image, "driver": driver, "app": app, "host": host });
                     let v = c.call("POST", "/v1/vms", Some(body))?;
                     emit(&v, &|v| {
                         println!(

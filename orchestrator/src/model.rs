@@ -337,6 +337,10 @@ pub struct NestedVm {
     /// Nested-VM driver on local hosts (`qemu`, `netns`); the server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// The application it belongs to (moved together by an application migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub app: Option<Name>,
     /// The network it is attached to.
     pub network: Name,
     /// MAC address assigned from the network.

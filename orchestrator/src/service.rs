@@ -121,6 +121,8 @@ pub struct VmRequest {
     pub image: Option<String>,
     /// Nested-VM driver on local hosts: `qemu` or `netns` (the server's default when absent).
     pub driver: Option<String>,
+    /// The application it belongs to.
+    pub app: Option<String>,
     /// Affinity group.
     pub affinity: Option<String>,
     /// Anti-affinity group.
@@ -158,6 +160,48 @@ pub struct ApplyResult {
     pub existing: Vec<Name>,
 }
 
+/// Request to move a whole application to another provider.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppMigrateRequest {
+    /// The destination provider.
+    pub to: String,
+}
+
+/// One VM of an application migration.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AppMove {
+    /// The VM.
+    pub vm: Name,
+    /// Where it was.
+    pub from: Name,
+    /// Where it is.
+    pub to: Name,
+    /// How the move went (absent for a simulated provider or a stopped VM).
+    pub migration: Option<MigrationReport>,
+}
+
+/// What an application migration did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AppMigrateResult {
+    /// The application.
+    pub app: Name,
+    /// The destination provider.
+    pub to: Name,
+    /// Hosts rented at the destination (packed for cost).
+    pub rented: Vec<Name>,
+    /// Every VM moved, in order.
+    pub moved: Vec<AppMove>,
+    /// Source hosts released because they were left empty.
+    pub released: Vec<Name>,
+    /// Hourly cost of every rented host before and after.
+    pub cost_per_hour_before: f64,
+    /// After.
+    pub cost_per_hour_after: f64,
+    /// Wall time of the whole operation, milliseconds.
+    pub total_ms: u64,
+}
+
 /// Request to advance the simulated billing clock.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -191,7 +235,6 @@ pub struct Service {
     providers: Vec<Provider>,
     opts: PackOptions,
     realizer: Option<Arc<Realizer>>,
-    last_migration: Mutex<Option<MigrationReport>>,
 }
 
 /// The nested-VM drivers a VM may ask for.
@@ -234,7 +277,6 @@ impl Service {
             providers: ps,
             opts,
             realizer: None,
-            last_migration: Mutex::new(None),
         })
     }
 
@@ -663,6 +705,11 @@ impl Service {
             .as_deref()
             .map(|a| name_field("anti_affinity", a))
             .transpose()?;
+        let app = req
+            .app
+            .as_deref()
+            .map(|a| name_field("app", a))
+            .transpose()?;
         let demand = Demand {
             name: name.clone(),
             resources: Resources::new(cpu, mem),
@@ -725,6 +772,7 @@ impl Service {
             memory_mib: mem,
             image: req.image.clone().unwrap_or_else(|| "busybox".to_owned()),
             driver: req.driver.clone(),
+            app,
             network: net.name.clone(),
             mac: mac_for(&ip),
             ip,
@@ -859,6 +907,18 @@ impl Service {
     /// # Errors
     /// Not found, no room or anti-affinity at the destination.
     pub fn migrate_vm(&self, name: &str, req: &MigrateRequest) -> Result<NestedVm, ServiceError> {
+        self.migrate_vm_report(name, req).map(|(vm, _)| vm)
+    }
+
+    /// As [`Service::migrate_vm`], with the migration's figures when something ran.
+    ///
+    /// # Errors
+    /// As [`Service::migrate_vm`].
+    pub fn migrate_vm_report(
+        &self,
+        name: &str,
+        req: &MigrateRequest,
+    ) -> Result<(NestedVm, Option<MigrationReport>), ServiceError> {
         let to = name_field("to", &req.to)?;
         let g = self.lock();
         let Some(mut vm) = g
@@ -899,19 +959,136 @@ impl Service {
         let mut g = self.lock();
         vm.host = to;
         self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
-        *self
-            .last_migration
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = report;
-        Ok(vm)
+        Ok((vm, report))
     }
 
-    /// Figures of the last live migration, if there was one.
-    pub fn last_migration(&self) -> Option<MigrationReport> {
-        *self
-            .last_migration
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// Moves every VM of application `app` to hosts of provider `req.to`: packs them for cost
+    /// onto new hosts there, migrates each (live where the driver can), and releases the source
+    /// hosts left empty. A VM that fails to move stays where it was; the operation stops there,
+    /// releases destination hosts left unused, and says which VMs moved.
+    ///
+    /// # Errors
+    /// Unknown application or provider, nothing placeable, or the first move that failed.
+    pub fn migrate_app(
+        &self,
+        app: &str,
+        req: &AppMigrateRequest,
+    ) -> Result<AppMigrateResult, ServiceError> {
+        let started = std::time::Instant::now();
+        let app_name = Name::new(app).map_err(|_| ServiceError::NotFound {
+            kind: "application",
+            name: app.to_owned(),
+        })?;
+        let provider = self.provider(Some(&req.to))?.clone();
+        let state = self.snapshot();
+        let members: Vec<NestedVm> = state
+            .vms
+            .values()
+            .filter(|v| v.app.as_ref() == Some(&app_name))
+            .cloned()
+            .collect();
+        if members.is_empty() {
+            return Err(ServiceError::NotFound {
+                kind: "application",
+                name: app.to_owned(),
+            });
+        }
+        let to_move: Vec<&NestedVm> = members
+            .iter()
+            .filter(|v| {
+                state
+                    .hosts
+                    .get(&v.host)
+                    .is_none_or(|h| h.provider != provider.name)
+            })
+            .collect();
+        let cost = |s: &State| -> f64 {
+            s.hosts
+                .values()
+                .map(|h| h.instance_type.price_per_hour)
+                .sum()
+        };
+        let cost_before = cost(&state);
+        let sources: std::collections::BTreeSet<Name> =
+            to_move.iter().map(|v| v.host.clone()).collect();
+        let demands: Vec<Demand> = to_move.iter().map(|v| demand_of(v)).collect();
+        let plan = packing::plan(&demands, &provider.instance_types, &self.opts);
+        if let Some(u) = plan.unplaced.first() {
+            return Err(ServiceError::Conflict(format!(
+                "{} cannot be placed at {}: {}",
+                u.name, provider.name, u.reason
+            )));
+        }
+        let mut rented = Vec::new();
+        let mut moved = Vec::new();
+        let mut failure = None;
+        'hosts: for ph in &plan.hosts {
+            let host = match self.add_host(&HostRequest {
+                name: None,
+                provider: Some(provider.name.to_string()),
+                instance_type: ph.instance_type.to_string(),
+            }) {
+                Ok(h) => h,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            rented.push(host.name.clone());
+            for vm in &ph.vms {
+                let Some(v) = to_move.iter().find(|v| &v.name == vm) else {
+                    continue;
+                };
+                match self.migrate_vm_report(
+                    v.name.as_str(),
+                    &MigrateRequest {
+                        to: host.name.to_string(),
+                    },
+                ) {
+                    Ok((_, migration)) => moved.push(AppMove {
+                        vm: v.name.clone(),
+                        from: v.host.clone(),
+                        to: host.name.clone(),
+                        migration,
+                    }),
+                    Err(e) => {
+                        failure = Some(ServiceError::Conflict(format!(
+                            "moving {}: {e} (moved so far: {})",
+                            v.name,
+                            moved
+                                .iter()
+                                .map(|m: &AppMove| m.vm.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                        break 'hosts;
+                    }
+                }
+            }
+        }
+        // Hosts left empty: the sources the application vacated, and destinations unused
+        // after a failure.
+        let mut released = Vec::new();
+        let now = self.snapshot();
+        for h in sources.iter().chain(rented.iter()) {
+            let empty = now.hosts.contains_key(h) && !now.vms.values().any(|v| &v.host == h);
+            if empty && self.remove_host(h.as_str()).is_ok() {
+                released.push(h.clone());
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(AppMigrateResult {
+            app: app_name,
+            to: provider.name.clone(),
+            rented,
+            moved,
+            released,
+            cost_per_hour_before: cost_before,
+            cost_per_hour_after: cost(&self.snapshot()),
+            total_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     /// Plans a workload (does not change anything).
@@ -980,6 +1157,7 @@ impl Service {
                     memory_mib: v.demand.resources.memory_mib,
                     image: v.image.clone(),
                     driver: None,
+                    app: w.app.clone(),
                     network: net.name.clone(),
                     mac: mac_for(&ip),
                     ip,

@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! catalog = "ec2-2026"              # a built-in catalog or a catalog file path
+//! app = "shop"                      # optional: labels every VM (moved together by `app migrate`)
 //! [packing]                         # optional
 //! reserve_vcpus = 0.25              # per host, for the hypervisor and switch (default 0)
 //! reserve_memory = "256MiB"         # default 0
@@ -27,6 +28,8 @@ use crate::packing::{Demand, PackOptions};
 pub struct Workload {
     /// Catalog name or path.
     pub catalog: String,
+    /// The application every VM of the workload belongs to.
+    pub app: Option<Name>,
     /// Packing options.
     pub options: PackOptions,
     /// The VMs, with `count` expanded.
@@ -76,12 +79,17 @@ pub enum WorkloadError {
     /// No VMs.
     #[error("workload: no [[vm]] entries")]
     Empty,
+    /// The `app` label.
+    #[error("workload: app: {0}")]
+    App(String),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     catalog: String,
+    #[serde(default)]
+    app: Option<String>,
     #[serde(default)]
     packing: Option<PackingFile>,
     #[serde(default)]
@@ -212,8 +220,13 @@ impl Workload {
         if vms.is_empty() {
             return Err(WorkloadError::Empty);
         }
+        let app = f
+            .app
+            .map(|a| Name::new(&a).map_err(|e| WorkloadError::App(e.to_string())))
+            .transpose()?;
         Ok(Workload {
             catalog: f.catalog,
+            app,
             options,
             vms,
         })

@@ -523,6 +523,15 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &std::path::Path, port: u16) -> Serve {
+        Serve::start_with(dir, port, "netns", &[])
+    }
+
+    fn start_with(
+        dir: &std::path::Path,
+        port: u16,
+        driver: &str,
+        env: &[(&str, &std::path::Path)],
+    ) -> Serve {
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -539,13 +548,14 @@ impl Serve {
                 "--provider",
                 "cloud-b=local:ec2-2014",
                 "--vm-driver",
-                "netns",
+                driver,
                 "--switch-mode",
                 &local_mode(),
                 "--reconcile-secs",
                 "0",
             ])
             .env("KANGAROO_DATA_DIR", dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log.try_clone().unwrap())
             .spawn()
@@ -786,4 +796,161 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
         .unwrap();
     let procs = String::from_utf8_lossy(&procs.stdout);
     assert!(procs.trim().is_empty(), "processes left: {procs}");
+}
+
+#[test]
+fn whole_application_moves_to_the_other_provider_without_a_failed_request() {
+    let _serial = serial();
+    if let Some(why) = skip_reason(true) {
+        println!("skipping: {why}");
+        return;
+    }
+    let image = match guest_image() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("skipping: {e}");
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("kgr-app-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _teardown = Teardown(dir.clone());
+    let port = 20000 + (rand::random::<u16>() % 20000);
+    let s = Serve::start_with(&dir, port, "qemu", &[("KANGAROO_GUEST_DIR", &image)]);
+    s.ok(&[
+        "network",
+        "create",
+        "shop",
+        "--vni",
+        "100",
+        "--subnet",
+        "192.168.100.0/24",
+    ]);
+    let workload = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/demo.toml");
+    s.ok(&["apply", "-f", &workload.display().to_string()]);
+    let db_host = s.json(&["vm", "show", "db"])["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.ok(&[
+        "vm",
+        "create",
+        "client",
+        "--vcpus",
+        "0.25",
+        "--memory",
+        "256MiB",
+        "--network",
+        "shop",
+        "--host",
+        &db_host,
+        "--driver",
+        "netns",
+    ]);
+    let ips: Vec<String> = ["web-1", "web-2", "db"]
+        .iter()
+        .map(|v| {
+            s.json(&["vm", "show", v])["ip"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let client_ns = format!(
+        "{}-v-client",
+        kangaroo_orchestrator::server::local_prefix(&dir)
+    );
+    for ip in &ips {
+        wait_http(&client_ns, ip.parse().unwrap(), 60);
+    }
+    let boots: Vec<Option<String>> = ips
+        .iter()
+        .map(|ip| field(&http(&client_ns, ip.parse().unwrap(), "/").unwrap(), "boot"))
+        .collect();
+
+    // A client polls every VM of the application, round robin, while it moves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let ns = client_ns.clone();
+        let ips = ips.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let ip: Ipv4Addr = ips[i % ips.len()].parse().unwrap();
+                match http(&ns, ip, "/cgi-bin/hits") {
+                    Some(_) => ok += 1,
+                    None => failed.push(ip),
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let r = s.json(&["app", "migrate", "shop", "--to", "cloud-b"]);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = poller.join().unwrap();
+    println!(
+        "application moved in {} ms: {} VMs, rented {}, released {}, cost {:.4}/h -> {:.4}/h; client requests: {ok} ok, {} failed",
+        r["total_ms"],
+        r["moved"].as_array().unwrap().len(),
+        r["rented"],
+        r["released"],
+        r["cost_per_hour_before"].as_f64().unwrap(),
+        r["cost_per_hour_after"].as_f64().unwrap(),
+        failed.len()
+    );
+    for m in r["moved"].as_array().unwrap() {
+        println!(
+            "  {} {} -> {}: {}",
+            m["vm"], m["from"], m["to"], m["migration"]
+        );
+        assert_eq!(m["migration"]["live"], true, "{m}");
+    }
+    assert_eq!(r["moved"].as_array().unwrap().len(), 3);
+    assert!(
+        failed.is_empty(),
+        "requests failed during the move: {failed:?}"
+    );
+    assert!(ok > 10);
+    // Every VM is on a cloud-b host, still the same boot, and the emptied cloud-a host (the
+    // web servers') was released; the database's host keeps the client.
+    let hosts = s.json(&["host", "ls"]);
+    let provider_of = |h: &str| {
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == h)
+            .unwrap()["provider"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for (v, (ip, boot)) in ["web-1", "web-2", "db"].iter().zip(ips.iter().zip(&boots)) {
+        let host = s.json(&["vm", "show", v])["host"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(provider_of(&host), "cloud-b", "{v} on {host}");
+        let page = http(&client_ns, ip.parse().unwrap(), "/").unwrap();
+        assert_eq!(&field(&page, "boot"), boot, "{v} kept running: {page}");
+    }
+    assert_eq!(
+        r["released"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r["released"]
+    );
+    for v in s.json(&["vm", "ls"]).as_array().unwrap() {
+        s.ok(&["vm", "rm", v["name"].as_str().unwrap()]);
+    }
+    for h in s.json(&["host", "ls"]).as_array().unwrap() {
+        s.ok(&["host", "rm", h["name"].as_str().unwrap()]);
+    }
 }
