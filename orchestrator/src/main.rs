@@ -103,6 +103,8 @@ enum Command {
         #[arg(long, required = true)]
         dry_run: bool,
     },
+    /// Make local hosts and VMs match the state now (adopt, repair, finish interrupted work).
+    Reconcile,
     /// Rented hosts.
     #[command(subcommand)]
     Host(HostCmd),
@@ -657,6 +659,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             v["cost_per_hour_after"].as_f64().unwrap_or(0.0),
                             n(v, "/total_ms")
                         );
+                    });
+                }
+                Command::Reconcile => {
+                    let v = c.call("POST", "/v1/reconcile", None)?;
+                    emit(&v, &|v| {
+                        let lines = |p: &str| {
+                            v.pointer(p)
+                                .and_then(Value::as_array)
+                                .cloned()
+                                .unwrap_or_default()
+                        };
+                        for a in lines("/adopted") {
+                            println!("adopted: VM {} on {}", s(&a, "/0"), s(&a, "/1"));
+                        }
+                        for r in lines("/repaired") {
+                            println!("repaired: {}", r.as_str().unwrap_or(""));
+                        }
+                        for e in lines("/errors") {
+                            println!("error: {}", e.as_str().unwrap_or(""));
+                        }
+                        if lines("/adopted").is_empty()
+                            && lines("/repaired").is_empty()
+                            && lines("/errors").is_empty()
+                        {
+                            println!("everything matches the state");
+                        }
                     });
                 }
                 Command::Consolidate { .. } => {

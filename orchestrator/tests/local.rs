@@ -746,6 +746,52 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     };
     println!("web-1 -> web-2: {}", page.trim());
 
+    // Drift: web-2's host loses its switch (kill -9). The reconciler restarts it and gives it
+    // back its peers, ports and entries.
+    let w2_host = vms.iter().find(|v| v["name"] == "web-2").unwrap()["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pidfile = dir.join("local/hosts").join(&w2_host).join("switch.pid");
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    let out = s2.ok(&["reconcile"]);
+    assert!(
+        out.contains(&format!("host {w2_host}: switch (re)started")),
+        "{out}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out) = s2.cli(&[
+            "vm",
+            "exec",
+            "web-1",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            &format!("http://{ip2}/"),
+        ]);
+        if ok && out.starts_with("name=web-2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web-2 answers after its switch was restarted: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "switch of {w2_host} killed and restored by the reconciler: {}",
+        out.trim()
+    );
+
     // Move web-2 to a host of the other provider (stop-and-move with this driver).
     s2.ok(&[
         "host",
