@@ -504,6 +504,77 @@ fn netns_vms_move_by_stop_and_start() {
     assert_eq!(netns.status(&c.hosts[b], &c.vms[n2].0), VmStatus::Absent);
     let t = wait_http(&ns1, Ipv4Addr::new(10, 50, 0, 22), 10);
     assert!(t.starts_with("name=n2"), "{t}");
+
+    // The reconciler against a state that has both hosts, n1, and not n2: n2 goes, n1 stays.
+    use kangaroo_orchestrator::model::{
+        Host, HostState, InstanceType, Name, NestedVm, Network, VmState,
+    };
+    let mut state = kangaroo_orchestrator::store::State::default();
+    for (h, provider) in [(&c.hosts[a], "pa"), (&c.hosts[b], "pa")] {
+        state.hosts.insert(
+            Name::new(&h.name).unwrap(),
+            Host {
+                name: Name::new(&h.name).unwrap(),
+                provider: Name::new(provider).unwrap(),
+                instance_type: InstanceType {
+                    name: Name::new("m5.large").unwrap(),
+                    vcpus: 2,
+                    memory_mib: 8192,
+                    price_per_hour: 0.1,
+                },
+                state: HostState::Running,
+                underlay: Some(h.underlay),
+                rented_at: 0,
+            },
+        );
+    }
+    state.networks.insert(
+        Name::new("t").unwrap(),
+        Network {
+            name: Name::new("t").unwrap(),
+            vni: 500,
+            subnet: Ipv4Addr::new(10, 50, 0, 0),
+            prefix: 24,
+        },
+    );
+    let n1 = &c.vms[c.vm("n1")].0;
+    state.vms.insert(
+        Name::new("n1").unwrap(),
+        NestedVm {
+            name: Name::new("n1").unwrap(),
+            cpu_quarters: n1.cpu_quarters,
+            memory_mib: n1.memory_mib,
+            image: "busybox".into(),
+            driver: None,
+            app: None,
+            network: Name::new("t").unwrap(),
+            mac: n1.mac.clone(),
+            ip: n1.ip,
+            affinity: None,
+            anti_affinity: None,
+            state: VmState::Running,
+            host: Name::new(&c.hosts[a].name).unwrap(),
+        },
+    );
+    let realizer = kangaroo_orchestrator::infra::realize::Realizer::new(
+        LocalCloud::new(c.cloud.config().clone()).unwrap(),
+        vec![netns.clone()],
+        vec!["pa".to_owned()],
+    );
+    let report = realizer.converge(&state);
+    println!("reconciler: {report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report
+            .repaired
+            .iter()
+            .any(|l| l.starts_with("VM n2: removed")),
+        "{report:?}"
+    );
+    assert_eq!(netns.status(&c.hosts[a], &c.vms[n2].0), VmStatus::Absent);
+    assert_eq!(netns.status(&c.hosts[a], n1), VmStatus::Running);
+    c.vms.retain(|v| v.0.name != "n2");
+
     let prefix = c.cloud.config().prefix.clone();
     drop(c);
     assert!(kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")).is_empty());

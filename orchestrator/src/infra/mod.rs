@@ -118,6 +118,8 @@ pub trait VmDriver: Send + Sync {
     fn destroy(&self, host: &HostRef, vm: &VmSpec) -> Result<()>;
     /// The VM's status on `host`.
     fn status(&self, host: &HostRef, vm: &VmSpec) -> VmStatus;
+    /// Names of the VMs of this driver that have a trace on `host` (running or not).
+    fn list(&self, host: &HostRef) -> Vec<String>;
     /// Prepares `dst` to receive the VM (its NIC's host side exists afterwards).
     fn prepare_incoming(&self, dst: &HostRef, vm: &VmSpec, port: u16) -> Result<()>;
     /// Moves the VM from `src` to the prepared `dst`; `progress` gets a line now and then.

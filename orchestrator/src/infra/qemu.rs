@@ -305,6 +305,18 @@ impl VmDriver for QemuDriver {
         }
     }
 
+    fn list(&self, host: &HostRef) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(host.dir.join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("qemu.pid").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        out.sort();
+        out
+    }
+
     fn prepare_incoming(&self, dst: &HostRef, vm: &VmSpec, port: u16) -> Result<()> {
         Self::quit(dst, vm);
         self.launch(dst, vm, Some(port))

@@ -369,6 +369,35 @@ impl Realizer {
                 r.errors.push(e.to_string());
             }
         }
+        // VMs the state does not have at all (deleted while the orchestrator was down): their
+        // drivers list them; they go.
+        for h in &hosts {
+            for d in self.drivers.values() {
+                for name in d.list(h) {
+                    if state.vms.keys().any(|k| k.as_str() == name) {
+                        continue;
+                    }
+                    let spec = VmSpec {
+                        name: name.clone(),
+                        cpu_quarters: 0,
+                        memory_mib: 0,
+                        mac: String::new(),
+                        ip: Ipv4Addr::UNSPECIFIED,
+                        prefix: 0,
+                        vni: 0,
+                        probe: None,
+                    };
+                    let _ = self.cloud.detach(h, &d.port_name(&spec));
+                    match d.destroy(h, &spec) {
+                        Ok(()) => r.repaired.push(format!(
+                            "VM {name}: removed from {} (not in the state)",
+                            h.name
+                        )),
+                        Err(e) => r.errors.push(e.to_string()),
+                    }
+                }
+            }
+        }
         // Namespaces of hosts and VMs the state no longer has (released while the
         // orchestrator was down or interrupted).
         let known: BTreeSet<String> = hosts.iter().map(|h| h.netns.clone()).collect();
