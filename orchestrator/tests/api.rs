@@ -538,7 +538,7 @@ fn requests_without_the_token_are_rejected() {
     let paths = doc["paths"].as_object().unwrap();
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
-            let concrete = path.replace("{name}", "x");
+            let concrete = path.replace("{name}", "x").replace("{app}", "x");
             let m = method.to_uppercase();
             let (st, v) = s.req(&m, &concrete, Some(json!({})), false);
             if path == "/health" {
@@ -604,6 +604,8 @@ fn the_openapi_document_matches_the_routes() {
         ("GET", "/v1/consolidation"),
         ("GET", "/v1/billing"),
         ("POST", "/v1/billing/clock"),
+        ("POST", "/v1/reconcile"),
+        ("POST", "/v1/apps/{app}/migrate"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -612,7 +614,12 @@ fn the_openapi_document_matches_the_routes() {
     assert_eq!(documented, expected);
     // Every documented operation is served: nothing answers 405 or falls through to "no such route".
     for (m, p) in &documented {
-        let (st, v) = s.req(m, &p.replace("{name}", "x"), Some(json!({})), true);
+        let (st, v) = s.req(
+            m,
+            &p.replace("{name}", "x").replace("{app}", "x"),
+            Some(json!({})),
+            true,
+        );
         assert_ne!(st, 405, "{m} {p}");
         assert!(
             !(st == 404 && err(&v).1 == "no such route"),
