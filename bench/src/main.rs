@@ -23,6 +23,142 @@ enum Command {
     /// Send minimum-size (64-byte) UDP frames out of an interface as fast as one core can, for a
     /// fixed time (run it inside a test namespace); prints frames sent and the rate.
     Flood(FloodArgs),
+    /// Build the topologies (namespaces, unique names, always removed, also on Ctrl-C), run
+    /// every contender on them with the contenders alternating, and write `results.json`,
+    /// `report.md` and one SVG chart per workload (root).
+    Run(RunArgs),
+    /// Ratios between two `results.json` files (B / A).
+    Compare {
+        /// The reference run.
+        a: std::path::PathBuf,
+        /// The run compared with it.
+        b: std::path::PathBuf,
+    },
+    /// UDP request/response latency tool (`serve` in one VM, `client` in another).
+    #[command(subcommand)]
+    Pingpong(PingpongCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum PingpongCmd {
+    /// Echo datagrams back for at most SECONDS.
+    Serve {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Seconds to serve for.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+    },
+    /// Send COUNT requests one at a time; print p50/p99 round trips (JSON).
+    Client {
+        /// Server address.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// Requests (1 to 1,000,000).
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// `quick` (2 repetitions, 2 s per figure: a few minutes) or `full` (5 repetitions, 5 s).
+    #[arg(long, default_value = "quick")]
+    suite: String,
+    /// Output directory.
+    #[arg(long, default_value = "bench-results")]
+    out: std::path::PathBuf,
+    /// Contenders, comma-separated (default: all): veth, bridge, kangaroo-{xdp,afxdp,packet},
+    /// kernel-vxlan, kangaroo-{xdp,afxdp,packet}-overlay.
+    #[arg(long, value_delimiter = ',')]
+    contenders: Vec<String>,
+    /// Workloads, comma-separated (default: all): tcp-1, tcp-4, tcp-1-no-offload, udp-rr,
+    /// frames-64.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Repetitions (overrides the suite's).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Seconds per throughput figure (overrides the suite's).
+    #[arg(long)]
+    seconds: Option<f64>,
+}
+
+fn run_suite(a: &RunArgs) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    use kangaroo_bench::net::{Contender, Tools};
+    use kangaroo_bench::run::{self, Workload};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let (reps, seconds, round_trips) = match a.suite.as_str() {
+        "quick" => (2, 2.0, 500),
+        "full" => (5, 5.0, 2000),
+        other => anyhow::bail!("--suite {other:?}: use quick or full"),
+    };
+    let reps = a.reps.unwrap_or(reps);
+    let seconds = a.seconds.unwrap_or(seconds);
+    anyhow::ensure!((1..=100).contains(&reps), "--reps must be 1..=100");
+    anyhow::ensure!(
+        seconds > 0.0 && seconds <= 60.0,
+        "--seconds must be in (0, 60]"
+    );
+    let contenders = if a.contenders.is_empty() {
+        Contender::ALL.to_vec()
+    } else {
+        a.contenders
+            .iter()
+            .map(|c| Contender::parse(c))
+            .collect::<Result<_, _>>()?
+    };
+    let workloads = if a.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        a.workloads
+            .iter()
+            .map(|w| Workload::parse(w))
+            .collect::<Result<_, _>>()?
+    };
+    let exe = std::env::current_exe().context("locating kangaroo-bench")?;
+    let switch = exe.with_file_name("kangaroo-switch");
+    anyhow::ensure!(
+        switch.is_file(),
+        "{} is missing: build it with cargo build --release -p kangaroo-switch",
+        switch.display()
+    );
+    let scratch = std::env::temp_dir().join(format!("kb{:x}-tools", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let xdp_object = scratch.join("switch.bpf.o");
+    std::fs::write(&xdp_object, kangaroo_xdp::OBJECT)?;
+    let tools = Tools {
+        switch,
+        bench: exe,
+        xdp_object,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let opts = run::Options {
+        suite: a.suite.clone(),
+        contenders,
+        workloads,
+        reps,
+        seconds,
+        round_trips,
+        out: a.out.clone(),
+    };
+    let result = run::run(&opts, &tools, &stop);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let r = result?;
+    run::write_outputs(&r, &a.out)?;
+    eprintln!(
+        "kangaroo-bench: {} samples{}; wrote {}/results.json, report.md and the charts",
+        r.samples.len(),
+        if r.interrupted { " (interrupted)" } else { "" },
+        a.out.display()
+    );
+    Ok(!r.interrupted)
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,6 +260,50 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Run(r) => {
+            return match run_suite(&r) {
+                Ok(true) => ExitCode::SUCCESS,
+                // Interrupted: partial results written, everything removed.
+                Ok(false) => ExitCode::from(130),
+                Err(e) => {
+                    eprintln!("kangaroo-bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Compare { a, b } => {
+            return match kangaroo_bench::run::compare(&a, &b) {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kangaroo-bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Pingpong(p) => {
+            let r = match p {
+                PingpongCmd::Serve { listen, seconds } => {
+                    kangaroo_bench::pingpong::serve(listen, seconds)
+                }
+                PingpongCmd::Client { to, count } => {
+                    if !(1..=1_000_000).contains(&count) {
+                        eprintln!("kangaroo-bench: --count must be 1..=1000000");
+                        return ExitCode::from(2);
+                    }
+                    kangaroo_bench::pingpong::client(to, count).map(|v| println!("{v}"))
+                }
+            };
+            return match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kangaroo-bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
     };
     if a.min_vms == 0 || a.min_vms > a.max_vms || a.max_vms > 16 {

@@ -1,0 +1,421 @@
+//! The benchmark topologies: two nested VMs (namespaces) joined by each contender, on one host
+//! or across two hosts. Every name carries a prefix unique to the run; everything is removed
+//! when the topology is dropped (also after a failed measurement or an interrupt).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// How the two VMs are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contender {
+    /// A direct veth pair between the VMs: the ceiling on this machine.
+    Veth,
+    /// A Linux bridge on one host.
+    Bridge,
+    /// Linux bridges and the kernel's VXLAN across two hosts.
+    KernelVxlan,
+    /// kangaroo-switch on one host, in a datapath mode.
+    Kangaroo(Mode),
+    /// kangaroo-switch on two hosts joined by its VXLAN overlay.
+    KangarooOverlay(Mode),
+}
+
+/// A switch datapath mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// eBPF fast path + AF_XDP.
+    Xdp,
+    /// AF_XDP.
+    Afxdp,
+    /// AF_PACKET.
+    Packet,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Xdp => "xdp",
+            Mode::Afxdp => "afxdp",
+            Mode::Packet => "packet",
+        }
+    }
+}
+
+impl Contender {
+    /// Every contender.
+    pub const ALL: [Contender; 9] = [
+        Contender::Veth,
+        Contender::Bridge,
+        Contender::Kangaroo(Mode::Xdp),
+        Contender::Kangaroo(Mode::Afxdp),
+        Contender::Kangaroo(Mode::Packet),
+        Contender::KernelVxlan,
+        Contender::KangarooOverlay(Mode::Xdp),
+        Contender::KangarooOverlay(Mode::Afxdp),
+        Contender::KangarooOverlay(Mode::Packet),
+    ];
+
+    /// Its name in results and on the command line.
+    pub fn name(self) -> String {
+        match self {
+            Contender::Veth => "veth".into(),
+            Contender::Bridge => "bridge".into(),
+            Contender::KernelVxlan => "kernel-vxlan".into(),
+            Contender::Kangaroo(m) => format!("kangaroo-{}", m.as_str()),
+            Contender::KangarooOverlay(m) => format!("kangaroo-{}-overlay", m.as_str()),
+        }
+    }
+
+    /// Parses a name.
+    ///
+    /// # Errors
+    /// An unknown name, with the list of known ones.
+    pub fn parse(s: &str) -> anyhow::Result<Contender> {
+        Contender::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown contender {s:?}; known: {}",
+                    Contender::ALL.map(Contender::name).join(", ")
+                )
+            })
+    }
+
+    /// Whether the VMs are on two hosts.
+    pub fn across_hosts(self) -> bool {
+        matches!(self, Contender::KernelVxlan | Contender::KangarooOverlay(_))
+    }
+
+    /// The contender its ratios are taken against.
+    pub fn baseline(self) -> Contender {
+        if self.across_hosts() {
+            Contender::KernelVxlan
+        } else {
+            Contender::Bridge
+        }
+    }
+}
+
+/// Runs a command; an error names it and carries its stderr.
+pub fn sh(args: &[&str]) -> anyhow::Result<String> {
+    let (p, rest) = args.split_first().context("empty command")?;
+    let o = Command::new(p)
+        .args(rest)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| args.join(" "))?;
+    if !o.status.success() {
+        bail!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Runs `args` in namespace `ns`.
+pub fn ns_sh(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+/// Network namespaces whose names start with `prefix`.
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// Where the binaries and the XDP object are.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// `kangaroo-switch`.
+    pub switch: PathBuf,
+    /// `kangaroo-bench` (the traffic tools).
+    pub bench: PathBuf,
+    /// The XDP object (for the frame sink), written out of the binary.
+    pub xdp_object: PathBuf,
+}
+
+/// The two VMs' addresses.
+pub const VM1: (&str, &str) = ("02:00:00:00:0b:01", "10.97.0.1");
+/// The second VM.
+pub const VM2: (&str, &str) = ("02:00:00:00:0b:02", "10.97.0.2");
+
+/// One built topology.
+pub struct Topology {
+    /// Namespace of VM 1 (the sender).
+    pub vm1: String,
+    /// Namespace of VM 2 (the receiver).
+    pub vm2: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.namespaces {
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Topology {
+    fn add_ns(&mut self, name: &str) -> anyhow::Result<()> {
+        sh(&["ip", "netns", "add", name])?;
+        self.namespaces.push(name.to_owned());
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Builds the topology of `c` with names starting with `prefix`.
+    ///
+    /// # Errors
+    /// The step that failed (what was made is removed).
+    pub fn build(c: Contender, prefix: &str, tools: &Tools) -> anyhow::Result<Topology> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-files"));
+        std::fs::create_dir_all(&dir)?;
+        let mut t = Topology {
+            vm1: format!("{prefix}-v1"),
+            vm2: format!("{prefix}-v2"),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dir,
+        };
+        let (v1, v2) = (t.vm1.clone(), t.vm2.clone());
+        t.add_ns(&v1)?;
+        t.add_ns(&v2)?;
+        let mtu = if c.across_hosts() { "1450" } else { "1500" };
+        match c {
+            Contender::Veth => {
+                sh(&[
+                    "ip", "link", "add", "eth0", "netns", &v1, "type", "veth", "peer", "name",
+                    "eth0", "netns", &v2,
+                ])?;
+            }
+            Contender::Bridge | Contender::Kangaroo(_) => {
+                let h = format!("{prefix}-h");
+                t.add_ns(&h)?;
+                for (i, v) in [(1, &v1), (2, &v2)] {
+                    let port = format!("p{i}");
+                    sh(&[
+                        "ip", "link", "add", &port, "netns", &h, "type", "veth", "peer", "name",
+                        "eth0", "netns", v,
+                    ])?;
+                    sh(&["ip", "-n", &h, "link", "set", &port, "up"])?;
+                }
+                match c {
+                    Contender::Bridge => {
+                        sh(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"])?;
+                        for p in ["p1", "p2"] {
+                            sh(&["ip", "-n", &h, "link", "set", p, "master", "br0"])?;
+                        }
+                        sh(&["ip", "-n", &h, "link", "set", "br0", "up"])?;
+                    }
+                    Contender::Kangaroo(m) => {
+                        let cfg = format!(
+                            "mode = \"{}\"\ncontrol_socket = \"{}\"\n[[port]]\ninterface = \"p1\"\nvni = 1\n[[port]]\ninterface = \"p2\"\nvni = 1\n",
+                            m.as_str(),
+                            t.dir.join("h.sock").display()
+                        );
+                        t.start_switch(&h, &cfg, "h", tools)?;
+                    }
+                    _ => {}
+                }
+            }
+            Contender::KernelVxlan | Contender::KangarooOverlay(_) => {
+                let u = format!("{prefix}-u");
+                t.add_ns(&u)?;
+                sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"])?;
+                sh(&["ip", "-n", &u, "link", "set", "br0", "up"])?;
+                let hosts = [
+                    (format!("{prefix}-ha"), "10.96.0.1", "10.96.0.2", &v1, "u1"),
+                    (format!("{prefix}-hb"), "10.96.0.2", "10.96.0.1", &v2, "u2"),
+                ];
+                for (h, local, _, v, up) in &hosts {
+                    t.add_ns(h)?;
+                    sh(&[
+                        "ip", "link", "add", "ul0", "netns", h, "type", "veth", "peer", "name", up,
+                        "netns", &u,
+                    ])?;
+                    sh(&["ip", "-n", &u, "link", "set", up, "master", "br0", "up"])?;
+                    // Frames an XDP program redirects into a veth need GRO (or XDP) there.
+                    ns_sh(&u, &["ethtool", "-K", up, "gro", "on"])?;
+                    sh(&[
+                        "ip",
+                        "-n",
+                        h,
+                        "addr",
+                        "add",
+                        &format!("{local}/24"),
+                        "dev",
+                        "ul0",
+                    ])?;
+                    sh(&["ip", "-n", h, "link", "set", "ul0", "up"])?;
+                    sh(&[
+                        "ip", "link", "add", "vm", "netns", h, "type", "veth", "peer", "name",
+                        "eth0", "netns", v,
+                    ])?;
+                    sh(&["ip", "-n", h, "link", "set", "vm", "up"])?;
+                }
+                for (h, local, remote, _, _) in &hosts {
+                    match c {
+                        Contender::KernelVxlan => {
+                            sh(&[
+                                "ip",
+                                "-n",
+                                h,
+                                "link",
+                                "add",
+                                "vx1",
+                                "type",
+                                "vxlan",
+                                "id",
+                                "1",
+                                "dstport",
+                                "4789",
+                                "local",
+                                local,
+                                "dev",
+                                "ul0",
+                                "nolearning",
+                            ])?;
+                            sh(&["ip", "-n", h, "link", "add", "br1", "type", "bridge"])?;
+                            sh(&["ip", "-n", h, "link", "set", "vx1", "master", "br1", "up"])?;
+                            sh(&["ip", "-n", h, "link", "set", "vm", "master", "br1"])?;
+                            sh(&["ip", "-n", h, "link", "set", "br1", "up"])?;
+                            sh(&[
+                                "bridge",
+                                "-n",
+                                h,
+                                "fdb",
+                                "append",
+                                "00:00:00:00:00:00",
+                                "dev",
+                                "vx1",
+                                "dst",
+                                remote,
+                            ])?;
+                        }
+                        Contender::KangarooOverlay(m) => {
+                            let tag = &h[h.len() - 2..];
+                            let cfg = format!(
+                                "mode = \"{}\"\ncontrol_socket = \"{}\"\n[[port]]\ninterface = \"vm\"\nvni = 1\n[uplink]\ninterface = \"ul0\"\naddress = \"{local}\"\n[[peer]]\naddress = \"{remote}\"\n",
+                                m.as_str(),
+                                t.dir.join(format!("{tag}.sock")).display()
+                            );
+                            t.start_switch(h, &cfg, tag, tools)?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for (v, (mac, ip)) in [(&v1, VM1), (&v2, VM2)] {
+            sh(&[
+                "ip", "-n", v, "link", "set", "eth0", "address", mac, "mtu", mtu,
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                v,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            sh(&["ip", "-n", v, "link", "set", "eth0", "up"])?;
+            ns_sh(v, &["ethtool", "-K", "eth0", "gro", "on"])?;
+        }
+        // Both VMs resolve each other and every switch has learned both (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ns_sh(&v1, &["ping", "-c", "1", "-W", "1", VM2.1]).is_err() {
+            if Instant::now() > deadline {
+                bail!("{}: VM1 cannot reach VM2", c.name());
+            }
+        }
+        ns_sh(&v2, &["ping", "-c", "1", "-W", "1", VM1.1])?;
+        Ok(t)
+    }
+
+    fn start_switch(
+        &mut self,
+        ns: &str,
+        cfg: &str,
+        tag: &str,
+        tools: &Tools,
+    ) -> anyhow::Result<()> {
+        let path = self.dir.join(format!("{tag}.toml"));
+        std::fs::write(&path, cfg)?;
+        let sock = self.dir.join(format!("{tag}.sock"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&tools.switch)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting kangaroo-switch")?;
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if Instant::now() > deadline {
+                bail!("kangaroo-switch in {ns} did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Turns the VMs' transmit offloads (checksum, TSO) off or back on.
+    ///
+    /// # Errors
+    /// `ethtool` failed.
+    pub fn offloads(&self, on: bool) -> anyhow::Result<()> {
+        let v = if on { "on" } else { "off" };
+        for ns in [&self.vm1, &self.vm2] {
+            ns_sh(ns, &["ethtool", "-K", "eth0", "tx", v, "tso", v])?;
+        }
+        Ok(())
+    }
+
+    /// The run's scratch directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

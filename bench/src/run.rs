@@ -1,0 +1,686 @@
+//! `kangaroo-bench run`: every contender on the same topology, workloads repeated with the
+//! contenders alternating (A B C … A B C …) so drift hits all alike; medians with min/max and
+//! ratios to the Linux bridge (one host) and the kernel's VXLAN (two hosts), written as
+//! `results.json`, `report.md` and one SVG chart per workload.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::net::{ns_sh, Contender, Tools, Topology, VM1, VM2};
+
+/// A workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Workload {
+    /// One TCP stream (iperf3), guests with default offloads.
+    Tcp1,
+    /// Four TCP streams.
+    Tcp4,
+    /// One TCP stream with the guests' transmit offloads off.
+    Tcp1NoOffload,
+    /// UDP request/response round trips, one at a time.
+    Rr,
+    /// 64-byte frames, as fast as one core sends them.
+    Frames64,
+}
+
+impl Workload {
+    /// Every workload.
+    pub const ALL: [Workload; 5] = [
+        Workload::Tcp1,
+        Workload::Tcp4,
+        Workload::Tcp1NoOffload,
+        Workload::Rr,
+        Workload::Frames64,
+    ];
+
+    /// Name in results and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Tcp1 => "tcp-1",
+            Workload::Tcp4 => "tcp-4",
+            Workload::Tcp1NoOffload => "tcp-1-no-offload",
+            Workload::Rr => "udp-rr",
+            Workload::Frames64 => "frames-64",
+        }
+    }
+
+    /// Parses a name.
+    ///
+    /// # Errors
+    /// An unknown name, with the list.
+    pub fn parse(s: &str) -> anyhow::Result<Workload> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown workload {s:?}; known: {}",
+                    Workload::ALL.map(Workload::name).join(", ")
+                )
+            })
+    }
+
+    /// The unit of its main figure, and whether more is better.
+    pub fn unit(self) -> (&'static str, bool) {
+        match self {
+            Workload::Tcp1 | Workload::Tcp4 | Workload::Tcp1NoOffload => ("Gbit/s", true),
+            Workload::Rr => ("us p50", false),
+            Workload::Frames64 => ("Mpps", true),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `quick` or `full` (recorded).
+    pub suite: String,
+    /// Contenders, in the order they alternate.
+    pub contenders: Vec<Contender>,
+    /// Workloads.
+    pub workloads: Vec<Workload>,
+    /// Repetitions of every (contender, workload).
+    pub reps: usize,
+    /// Seconds per throughput measurement.
+    pub seconds: f64,
+    /// Round trips per latency measurement.
+    pub round_trips: u32,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    /// Workload name.
+    pub workload: String,
+    /// Contender name.
+    pub contender: String,
+    /// Repetition (from 0).
+    pub rep: usize,
+    /// The main figure.
+    pub value: f64,
+    /// Its unit.
+    pub unit: String,
+    /// Further figures (p99, loss, frames sent, …).
+    pub extra: Value,
+}
+
+/// Median, min and max of one (workload, contender).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Workload name.
+    pub workload: String,
+    /// Contender name.
+    pub contender: String,
+    /// Unit.
+    pub unit: String,
+    /// Whether more is better.
+    pub higher_is_better: bool,
+    /// Median of the samples.
+    pub median: f64,
+    /// Smallest sample.
+    pub min: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Number of samples.
+    pub n: usize,
+    /// The baseline contender (bridge on one host, kernel-vxlan across hosts).
+    pub baseline: String,
+    /// median / baseline median, when the baseline was measured.
+    pub ratio: Option<f64>,
+}
+
+/// The whole result file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Results {
+    /// `kangaroo-bench/1`.
+    pub schema: String,
+    /// The machine and software measured.
+    pub machine: Value,
+    /// `quick` or `full`.
+    pub suite: String,
+    /// Repetitions.
+    pub reps: usize,
+    /// Seconds per throughput measurement.
+    pub seconds: f64,
+    /// Whether the run was interrupted (then the samples are those taken).
+    pub interrupted: bool,
+    /// Every sample.
+    pub samples: Vec<Sample>,
+    /// Per (workload, contender).
+    pub summary: Vec<Summary>,
+}
+
+/// The schema name written in `results.json`.
+pub const SCHEMA: &str = "kangaroo-bench/1";
+
+fn machine() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let git = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json!({
+        "kernel": kernel,
+        "cpu_model": cpu,
+        "cores": cores,
+        "git_revision": git,
+        "started_unix": started,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Medians, extremes and ratios of `samples`.
+pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.value.is_finite()) {
+        groups
+            .entry((s.workload.clone(), s.contender.clone()))
+            .or_default()
+            .push(s.value);
+    }
+    let medians: BTreeMap<(String, String), f64> = groups
+        .iter()
+        .map(|(k, v)| (k.clone(), median(&mut v.clone())))
+        .collect();
+    groups
+        .into_iter()
+        .map(|((w, c), v)| {
+            let wl = Workload::parse(&w).ok();
+            let (unit, higher) = wl.map_or(("", true), Workload::unit);
+            let baseline =
+                Contender::parse(&c).map_or_else(|_| String::new(), |x| x.baseline().name());
+            let m = medians[&(w.clone(), c.clone())];
+            let ratio = medians
+                .get(&(w.clone(), baseline.clone()))
+                .filter(|b| **b > 0.0)
+                .map(|b| m / b);
+            Summary {
+                workload: w,
+                contender: c,
+                unit: unit.to_owned(),
+                higher_is_better: higher,
+                median: m,
+                min: v.iter().copied().fold(f64::INFINITY, f64::min),
+                max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                n: v.len(),
+                baseline,
+                ratio,
+            }
+        })
+        .collect()
+}
+
+/// Runs the suite; `stop` ends it early (the samples taken are kept and the topology removed).
+///
+/// # Errors
+/// A topology that cannot be built or a tool that is missing; measurements that fail are
+/// recorded as failed samples (`NaN`) with the reason, not fatal.
+pub fn run(opts: &Options, tools: &Tools, stop: &Arc<AtomicBool>) -> anyhow::Result<Results> {
+    let mut samples = Vec::new();
+    let mut interrupted = false;
+    let base = format!("kb{:x}", std::process::id());
+    let mut n = 0;
+    'reps: for rep in 0..opts.reps {
+        for &c in &opts.contenders {
+            if stop.load(Ordering::Relaxed) {
+                interrupted = true;
+                break 'reps;
+            }
+            n += 1;
+            let prefix = format!("{base}-{n}");
+            eprintln!("kangaroo-bench: rep {}/{} {}", rep + 1, opts.reps, c.name());
+            let topo = Topology::build(c, &prefix, tools)
+                .with_context(|| format!("building the {} topology", c.name()))?;
+            for &w in &opts.workloads {
+                if stop.load(Ordering::Relaxed) {
+                    interrupted = true;
+                    break 'reps;
+                }
+                let (value, extra) = match measure(w, &topo, opts, tools) {
+                    Ok(r) => r,
+                    Err(e) => (f64::NAN, json!({ "error": format!("{e:#}") })),
+                };
+                eprintln!("  {:<18} {value:>10.3} {}", w.name(), w.unit().0);
+                samples.push(Sample {
+                    workload: w.name().to_owned(),
+                    contender: c.name(),
+                    rep,
+                    value,
+                    unit: w.unit().0.to_owned(),
+                    extra,
+                });
+            }
+            drop(topo);
+        }
+    }
+    let summary = summarize(&samples);
+    Ok(Results {
+        schema: SCHEMA.to_owned(),
+        machine: machine(),
+        suite: opts.suite.clone(),
+        reps: opts.reps,
+        seconds: opts.seconds,
+        interrupted,
+        samples,
+        summary,
+    })
+}
+
+fn measure(w: Workload, t: &Topology, o: &Options, tools: &Tools) -> anyhow::Result<(f64, Value)> {
+    match w {
+        Workload::Tcp1 => tcp(t, 1, o.seconds),
+        Workload::Tcp4 => tcp(t, 4, o.seconds),
+        Workload::Tcp1NoOffload => {
+            t.offloads(false)?;
+            let r = tcp(t, 1, o.seconds);
+            t.offloads(true)?;
+            r
+        }
+        Workload::Rr => rr(t, o.round_trips, tools),
+        Workload::Frames64 => frames(t, o.seconds, tools),
+    }
+}
+
+/// A child process killed when dropped.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_in(ns: &str, args: &[&str]) -> anyhow::Result<Guard> {
+    let c = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| args.join(" "))?;
+    Ok(Guard(c))
+}
+
+fn tcp(t: &Topology, streams: u32, secs: f64) -> anyhow::Result<(f64, Value)> {
+    let port = "5299";
+    let _server = spawn_in(&t.vm2, &["timeout", "60", "iperf3", "-s", "-1", "-p", port])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let secs_s = format!("{}", secs.ceil().max(1.0));
+    let streams_s = streams.to_string();
+    let out = ns_sh(
+        &t.vm1,
+        &[
+            "timeout", "60", "iperf3", "-c", VM2.1, "-p", port, "-t", &secs_s, "-P", &streams_s,
+            "-J",
+        ],
+    )?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    let bps = v
+        .pointer("/end/sum_received/bits_per_second")
+        .and_then(Value::as_f64)
+        .context("iperf3 reported no received rate")?;
+    let retr = v
+        .pointer("/end/sum_sent/retransmits")
+        .cloned()
+        .unwrap_or(Value::Null);
+    Ok((
+        bps / 1e9,
+        json!({ "retransmits": retr, "streams": streams }),
+    ))
+}
+
+fn rr(t: &Topology, count: u32, tools: &Tools) -> anyhow::Result<(f64, Value)> {
+    let bench = tools.bench.display().to_string();
+    let listen = format!("{}:7301", VM2.1);
+    let _server = spawn_in(
+        &t.vm2,
+        &[
+            &bench,
+            "pingpong",
+            "serve",
+            "--listen",
+            &listen,
+            "--seconds",
+            "60",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let count_s = count.to_string();
+    let out = ns_sh(
+        &t.vm1,
+        &[
+            &bench, "pingpong", "client", "--to", &listen, "--count", &count_s,
+        ],
+    )?;
+    let v: Value = serde_json::from_str(&out).context("pingpong output")?;
+    let p50 = v.get("p50_us").and_then(Value::as_f64).context("no p50")?;
+    Ok((p50, v))
+}
+
+fn xdp_drops(ns: &str) -> anyhow::Result<u64> {
+    let out = ns_sh(ns, &["ethtool", "-S", "eth0"])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains("xdp_drops"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+        .sum())
+}
+
+fn frames(t: &Topology, secs: f64, tools: &Tools) -> anyhow::Result<(f64, Value)> {
+    let obj = tools.xdp_object.display().to_string();
+    // VM2 counts and drops in XDP, so its own stack does not bound the figure.
+    ns_sh(
+        &t.vm2,
+        &[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "eth0",
+            "xdpdrv",
+            "obj",
+            &obj,
+            "sec",
+            "xdp",
+            "program",
+            "kangaroo_sink",
+        ],
+    )?;
+    let result = (|| {
+        let before = xdp_drops(&t.vm2)?;
+        let bench = tools.bench.display().to_string();
+        let secs_s = format!("{secs}");
+        let out = ns_sh(
+            &t.vm1,
+            &[
+                &bench,
+                "flood",
+                "eth0",
+                "--src-mac",
+                VM1.0,
+                "--dst-mac",
+                VM2.0,
+                "--src-ip",
+                VM1.1,
+                "--dst-ip",
+                VM2.1,
+                "--seconds",
+                &secs_s,
+            ],
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+        let after = xdp_drops(&t.vm2)?;
+        let got = after.saturating_sub(before);
+        let sent: Option<u64> = serde_json::from_str::<Value>(out.trim())
+            .ok()
+            .and_then(|v| v.get("sent").and_then(Value::as_u64));
+        let loss = sent.map(|s| 1.0 - got as f64 / s.max(1) as f64);
+        Ok((
+            got as f64 / secs / 1e6,
+            json!({ "received": got, "sent": sent, "loss": loss }),
+        ))
+    })();
+    let _ = ns_sh(
+        &t.vm2,
+        &["ip", "link", "set", "dev", "eth0", "xdpdrv", "off"],
+    );
+    result
+}
+
+/// Writes `results.json`, `report.md` and the charts into `dir`.
+///
+/// # Errors
+/// A file cannot be written.
+pub fn write_outputs(r: &Results, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(r)?)?;
+    let mut charts = Vec::new();
+    for w in Workload::ALL {
+        let rows: Vec<&Summary> = r
+            .summary
+            .iter()
+            .filter(|s| s.workload == w.name())
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let file = format!("{}.svg", w.name());
+        crate::plot::bars(
+            &dir.join(&file),
+            &format!(
+                "{} ({}, median of {}; whiskers min-max)",
+                w.name(),
+                w.unit().0,
+                r.reps
+            ),
+            &rows
+                .iter()
+                .map(|s| (s.contender.clone(), s.median, s.min, s.max))
+                .collect::<Vec<_>>(),
+        )?;
+        charts.push((w, file));
+    }
+    std::fs::write(dir.join("report.md"), report(r, &charts))?;
+    Ok(())
+}
+
+fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        "failed".to_owned()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The Markdown report.
+pub fn report(r: &Results, charts: &[(Workload, String)]) -> String {
+    let m = &r.machine;
+    let mut s = format!(
+        "# kangaroo-bench {} suite\n\nKernel {}, {} ({} cores), revision {}; {} repetitions, contenders alternating; {} s per throughput figure.{}\n",
+        r.suite,
+        m["kernel"].as_str().unwrap_or("?"),
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["git_revision"].as_str().unwrap_or("?"),
+        r.reps,
+        r.seconds,
+        if r.interrupted { " **Interrupted: partial results.**" } else { "" }
+    );
+    for w in Workload::ALL {
+        let rows: Vec<&Summary> = r
+            .summary
+            .iter()
+            .filter(|x| x.workload == w.name())
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let (unit, higher) = w.unit();
+        s += &format!(
+            "\n## {}\n\n{}, {}.\n\n| contender | median | min | max | ratio to baseline |\n|---|---:|---:|---:|---|\n",
+            w.name(),
+            unit,
+            if higher { "more is better" } else { "less is better" }
+        );
+        for x in rows {
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                x.contender,
+                fmt(x.median),
+                fmt(x.min),
+                fmt(x.max),
+                x.ratio
+                    .map_or_else(|| "-".to_owned(), |q| format!("{q:.2}x {}", x.baseline))
+            );
+        }
+        if let Some((_, f)) = charts.iter().find(|(cw, _)| *cw == w) {
+            s += &format!("\n![{}]({f})\n", w.name());
+        }
+    }
+    let failed: Vec<&Sample> = r.samples.iter().filter(|x| !x.value.is_finite()).collect();
+    if !failed.is_empty() {
+        s += "\n## Failed measurements\n\n";
+        for f in failed {
+            s += &format!(
+                "- {} {} rep {}: {}\n",
+                f.workload, f.contender, f.rep, f.extra["error"]
+            );
+        }
+    }
+    s
+}
+
+/// Ratios between two result files: `b / a` per (workload, contender).
+///
+/// # Errors
+/// A file cannot be read or is not a result file.
+pub fn compare(a: &Path, b: &Path) -> anyhow::Result<String> {
+    let load = |p: &Path| -> anyhow::Result<Results> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let r: Results = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a kangaroo-bench result file", p.display()))?;
+        if r.schema != SCHEMA {
+            bail!(
+                "{}: schema {:?}, expected {SCHEMA:?}",
+                p.display(),
+                r.schema
+            );
+        }
+        Ok(r)
+    };
+    let (ra, rb) = (load(a)?, load(b)?);
+    let mut s = format!(
+        "{:<18} {:<26} {:>10} {:>10} {:>8}\n",
+        "workload", "contender", "A", "B", "B/A"
+    );
+    for x in &ra.summary {
+        if let Some(y) = rb
+            .summary
+            .iter()
+            .find(|y| y.workload == x.workload && y.contender == x.contender)
+        {
+            s += &format!(
+                "{:<18} {:<26} {:>10} {:>10} {:>7.2}x\n",
+                x.workload,
+                x.contender,
+                fmt(x.median),
+                fmt(y.median),
+                y.median / x.median
+            );
+        }
+    }
+    Ok(s)
+}
+
+/// Waits for `secs` unless `stop` is set.
+pub fn sleep_unless(stop: &AtomicBool, secs: f64) {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(w: &str, c: &str, v: f64) -> Sample {
+        Sample {
+            workload: w.into(),
+            contender: c.into(),
+            rep: 0,
+            value: v,
+            unit: String::new(),
+            extra: Value::Null,
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        let s = vec![
+            sample("tcp-1", "bridge", 10.0),
+            sample("tcp-1", "bridge", 14.0),
+            sample("tcp-1", "kangaroo-xdp", 3.0),
+            sample("tcp-1", "kangaroo-xdp", 4.0),
+            sample("tcp-1", "kangaroo-xdp", 5.0),
+            sample("tcp-1", "kangaroo-xdp-overlay", f64::NAN),
+        ];
+        let sum = summarize(&s);
+        let b = sum.iter().find(|x| x.contender == "bridge").unwrap();
+        assert_eq!((b.median, b.min, b.max, b.n), (12.0, 10.0, 14.0, 2));
+        let k = sum.iter().find(|x| x.contender == "kangaroo-xdp").unwrap();
+        assert_eq!(k.median, 4.0);
+        assert_eq!(k.ratio, Some(4.0 / 12.0));
+        // A failed sample is not summarised, and without its baseline there is no ratio.
+        assert!(sum.iter().all(|x| x.contender != "kangaroo-xdp-overlay"));
+        assert!(report(
+            &Results {
+                schema: SCHEMA.into(),
+                machine: json!({}),
+                suite: "quick".into(),
+                reps: 2,
+                seconds: 1.0,
+                interrupted: false,
+                samples: s.clone(),
+                summary: sum.clone(),
+            },
+            &[]
+        )
+        .contains("| kangaroo-xdp | 4.000 | 3.000 | 5.000 | 0.33x bridge |"));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for c in Contender::ALL {
+            assert_eq!(Contender::parse(&c.name()).unwrap(), c);
+        }
+        for w in Workload::ALL {
+            assert_eq!(Workload::parse(w.name()).unwrap(), w);
+        }
+        assert!(Contender::parse("ovs").is_err());
+    }
+}
