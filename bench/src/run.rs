@@ -274,8 +274,13 @@ pub fn run(opts: &Options, tools: &Tools, stop: &Arc<AtomicBool>) -> anyhow::Res
                     interrupted = true;
                     break 'reps;
                 }
-                let (value, extra) = match measure(w, &topo, opts, tools) {
+                let (value, extra) = match measure(w, &topo, opts, tools, stop) {
                     Ok(r) => r,
+                    // A measurement cut short by Ctrl-C is not a result.
+                    Err(_) if stop.load(Ordering::Relaxed) => {
+                        interrupted = true;
+                        break 'reps;
+                    }
                     Err(e) => (f64::NAN, json!({ "error": format!("{e:#}") })),
                 };
                 eprintln!("  {:<18} {value:>10.3} {}", w.name(), w.unit().0);
@@ -304,19 +309,72 @@ pub fn run(opts: &Options, tools: &Tools, stop: &Arc<AtomicBool>) -> anyhow::Res
     })
 }
 
-fn measure(w: Workload, t: &Topology, o: &Options, tools: &Tools) -> anyhow::Result<(f64, Value)> {
+fn measure(
+    w: Workload,
+    t: &Topology,
+    o: &Options,
+    tools: &Tools,
+    stop: &AtomicBool,
+) -> anyhow::Result<(f64, Value)> {
     match w {
-        Workload::Tcp1 => tcp(t, 1, o.seconds),
-        Workload::Tcp4 => tcp(t, 4, o.seconds),
+        Workload::Tcp1 => tcp(t, 1, o.seconds, stop),
+        Workload::Tcp4 => tcp(t, 4, o.seconds, stop),
         Workload::Tcp1NoOffload => {
             t.offloads(false)?;
-            let r = tcp(t, 1, o.seconds);
+            let r = tcp(t, 1, o.seconds, stop);
             t.offloads(true)?;
             r
         }
-        Workload::Rr => rr(t, o.round_trips, tools),
-        Workload::Frames64 => frames(t, o.seconds, tools),
+        Workload::Rr => rr(t, o.round_trips, tools, stop),
+        Workload::Frames64 => frames(t, o.seconds, tools, stop),
     }
+}
+
+/// Runs `args` in namespace `ns` and returns its output, killing it when `limit` passes or
+/// `stop` is set (so Ctrl-C ends a measurement at once).
+fn bounded(
+    t: &Topology,
+    ns: &str,
+    args: &[&str],
+    limit: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<String> {
+    let out_path = t.dir().join("cmd.out");
+    let err_path = t.dir().join("cmd.err");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
+        .spawn()
+        .with_context(|| args.join(" "))?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            if stop.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            bail!("{} did not finish in {:?}", args.join(" "), limit);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "{}: {status}: {}",
+            args.join(" "),
+            std::fs::read_to_string(&err_path)
+                .unwrap_or_default()
+                .trim()
+        );
+    }
+    Ok(out)
 }
 
 /// A child process killed when dropped.
@@ -340,18 +398,20 @@ fn spawn_in(ns: &str, args: &[&str]) -> anyhow::Result<Guard> {
     Ok(Guard(c))
 }
 
-fn tcp(t: &Topology, streams: u32, secs: f64) -> anyhow::Result<(f64, Value)> {
+fn tcp(t: &Topology, streams: u32, secs: f64, stop: &AtomicBool) -> anyhow::Result<(f64, Value)> {
     let port = "5299";
-    let _server = spawn_in(&t.vm2, &["timeout", "60", "iperf3", "-s", "-1", "-p", port])?;
+    let _server = spawn_in(&t.vm2, &["iperf3", "-s", "-1", "-p", port])?;
     std::thread::sleep(Duration::from_millis(300));
     let secs_s = format!("{}", secs.ceil().max(1.0));
     let streams_s = streams.to_string();
-    let out = ns_sh(
+    let out = bounded(
+        t,
         &t.vm1,
         &[
-            "timeout", "60", "iperf3", "-c", VM2.1, "-p", port, "-t", &secs_s, "-P", &streams_s,
-            "-J",
+            "iperf3", "-c", VM2.1, "-p", port, "-t", &secs_s, "-P", &streams_s, "-J",
         ],
+        Duration::from_secs_f64(secs + 20.0),
+        stop,
     )?;
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     let bps = v
@@ -368,7 +428,7 @@ fn tcp(t: &Topology, streams: u32, secs: f64) -> anyhow::Result<(f64, Value)> {
     ))
 }
 
-fn rr(t: &Topology, count: u32, tools: &Tools) -> anyhow::Result<(f64, Value)> {
+fn rr(t: &Topology, count: u32, tools: &Tools, stop: &AtomicBool) -> anyhow::Result<(f64, Value)> {
     let bench = tools.bench.display().to_string();
     let listen = format!("{}:7301", VM2.1);
     let _server = spawn_in(
@@ -385,11 +445,14 @@ fn rr(t: &Topology, count: u32, tools: &Tools) -> anyhow::Result<(f64, Value)> {
     )?;
     std::thread::sleep(Duration::from_millis(200));
     let count_s = count.to_string();
-    let out = ns_sh(
+    let out = bounded(
+        t,
         &t.vm1,
         &[
             &bench, "pingpong", "client", "--to", &listen, "--count", &count_s,
         ],
+        Duration::from_secs(120),
+        stop,
     )?;
     let v: Value = serde_json::from_str(&out).context("pingpong output")?;
     let p50 = v.get("p50_us").and_then(Value::as_f64).context("no p50")?;
@@ -405,7 +468,12 @@ fn xdp_drops(ns: &str) -> anyhow::Result<u64> {
         .sum())
 }
 
-fn frames(t: &Topology, secs: f64, tools: &Tools) -> anyhow::Result<(f64, Value)> {
+fn frames(
+    t: &Topology,
+    secs: f64,
+    tools: &Tools,
+    stop: &AtomicBool,
+) -> anyhow::Result<(f64, Value)> {
     let obj = tools.xdp_object.display().to_string();
     // VM2 counts and drops in XDP, so its own stack does not bound the figure.
     ns_sh(
@@ -429,7 +497,8 @@ fn frames(t: &Topology, secs: f64, tools: &Tools) -> anyhow::Result<(f64, Value)
         let before = xdp_drops(&t.vm2)?;
         let bench = tools.bench.display().to_string();
         let secs_s = format!("{secs}");
-        let out = ns_sh(
+        let out = bounded(
+            t,
             &t.vm1,
             &[
                 &bench,
@@ -446,6 +515,8 @@ fn frames(t: &Topology, secs: f64, tools: &Tools) -> anyhow::Result<(f64, Value)
                 "--seconds",
                 &secs_s,
             ],
+            Duration::from_secs_f64(secs + 20.0),
+            stop,
         )?;
         std::thread::sleep(Duration::from_millis(200));
         let after = xdp_drops(&t.vm2)?;
