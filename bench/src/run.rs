@@ -220,7 +220,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
         .iter()
         .map(|(k, v)| (k.clone(), median(&mut v.clone())))
         .collect();
-    groups
+    let mut out: Vec<Summary> = groups
         .into_iter()
         .map(|((w, c), v)| {
             let wl = Workload::parse(&w).ok();
@@ -245,7 +245,22 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
                 ratio,
             }
         })
-        .collect()
+        .collect();
+    // Workloads and contenders in their documented order (unknown names last).
+    let rank_w = |w: &str| {
+        Workload::ALL
+            .iter()
+            .position(|x| x.name() == w)
+            .unwrap_or(usize::MAX)
+    };
+    let rank_c = |c: &str| {
+        Contender::ALL
+            .iter()
+            .position(|x| x.name() == c)
+            .unwrap_or(usize::MAX)
+    };
+    out.sort_by_key(|s| (rank_w(&s.workload), rank_c(&s.contender)));
+    out
 }
 
 /// Runs the suite; `stop` ends it early (the samples taken are kept and the topology removed).
