@@ -710,6 +710,20 @@ impl Drop for Teardown {
     }
 }
 
+/// web-2's page as fetched from web-1 (a `netns` VM) through the switches, within 10 s.
+fn web2_page(s: &Serve, ip2: &str, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = format!("http://{ip2}/");
+        let (ok, out) = s.cli(&["vm", "exec", "web-1", "--", "curl", "-s", "-m", "2", &url]);
+        if ok && out.starts_with("name=web-2") {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{what}: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     let _serial = serial();
@@ -796,25 +810,7 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
         .as_str()
         .unwrap()
         .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let page = loop {
-        let (ok, out) = s2.cli(&[
-            "vm",
-            "exec",
-            "web-1",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "2",
-            &format!("http://{ip2}/"),
-        ]);
-        if ok && out.starts_with("name=web-2") {
-            break out;
-        }
-        assert!(Instant::now() < deadline, "web-1 reaches web-2: {out}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let page = web2_page(&s2, &ip2, "web-1 reaches web-2");
     println!("web-1 -> web-2: {}", page.trim());
 
     // Drift: web-2's host loses its switch (kill -9). The reconciler restarts it and gives it
@@ -836,28 +832,7 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
         out.contains(&format!("host {w2_host}: switch (re)started")),
         "{out}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (ok, out) = s2.cli(&[
-            "vm",
-            "exec",
-            "web-1",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "2",
-            &format!("http://{ip2}/"),
-        ]);
-        if ok && out.starts_with("name=web-2") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "web-2 answers after its switch was restarted: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    web2_page(&s2, &ip2, "web-2 answers after its switch was restarted");
     println!(
         "switch of {w2_host} killed and restored by the reconciler: {}",
         out.trim()
@@ -875,28 +850,7 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     ]);
     let out = s2.ok(&["vm", "migrate", "web-2", "--to", "b1"]);
     assert!(out.contains("stop-and-start"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (ok, out) = s2.cli(&[
-            "vm",
-            "exec",
-            "web-1",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "2",
-            &format!("http://{ip2}/"),
-        ]);
-        if ok && out.starts_with("name=web-2") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "web-2 answers from cloud-b: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    web2_page(&s2, &ip2, "web-2 answers from cloud-b");
 
     // Release everything through the API: nothing is left.
     for v in s2.json(&["vm", "ls"]).as_array().unwrap() {

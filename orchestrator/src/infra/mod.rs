@@ -133,6 +133,20 @@ pub trait VmDriver: Send + Sync {
     ) -> Result<MigrationStats>;
 }
 
+/// Names of the VMs whose directory on `host` (`<host dir>/vms/<name>`) holds `file`: how the
+/// drivers find the VMs they made there.
+pub fn vms_with_file(host: &HostRef, file: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(host.dir.join("vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(file).exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    out.sort();
+    out
+}
+
 /// 32-bit FNV-1a, for short deterministic interface names.
 pub fn short_hash(s: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;

@@ -143,15 +143,7 @@ impl VmDriver for NetnsDriver {
     }
 
     fn list(&self, host: &HostRef) -> Vec<String> {
-        let mut out: Vec<String> = std::fs::read_dir(host.dir.join("vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().join("service.pid").exists())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        out.sort();
-        out
+        super::vms_with_file(host, "service.pid")
     }
 
     fn prepare_incoming(&self, _dst: &HostRef, vm: &VmSpec, _port: u16) -> Result<()> {

@@ -306,15 +306,7 @@ impl VmDriver for QemuDriver {
     }
 
     fn list(&self, host: &HostRef) -> Vec<String> {
-        let mut out: Vec<String> = std::fs::read_dir(host.dir.join("vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().join("qemu.pid").exists())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        out.sort();
-        out
+        super::vms_with_file(host, "qemu.pid")
     }
 
     fn prepare_incoming(&self, dst: &HostRef, vm: &VmSpec, port: u16) -> Result<()> {
