@@ -952,7 +952,7 @@ impl Service {
         // between is resolved by the reconciler, which finds where the VM runs.
         let report = match &self.realizer {
             Some(r) => r.migrate(&state, &vm, &to, &mut |line| {
-                tracing_line(&format!("migrate {name}: {line}"));
+                log_progress(&format!("migrate {name}: {line}"));
             })?,
             None => None,
         };
@@ -1292,6 +1292,6 @@ fn mac_for(ip: &Ipv4Addr) -> String {
 }
 
 /// Progress of long infrastructure steps goes to the server's log (stderr).
-fn tracing_line(line: &str) {
+fn log_progress(line: &str) {
     eprintln!("kangaroo: {line}");
 }

@@ -84,6 +84,21 @@ fn guest_image() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// The guest image when the QEMU tests can run here; otherwise `None`, having printed why.
+fn qemu_ready() -> Option<PathBuf> {
+    if let Some(why) = skip_reason(true) {
+        println!("skipping: {why}");
+        return None;
+    }
+    match guest_image() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!("skipping: {e}");
+            None
+        }
+    }
+}
+
 /// A local cloud that removes everything it made when dropped, also on a failed assertion.
 struct Cloud {
     cloud: LocalCloud,
@@ -225,17 +240,7 @@ const PINGS: u32 = 200;
 #[test]
 fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
     let _serial = serial();
-    if let Some(why) = skip_reason(true) {
-        println!("skipping: {why}");
-        return;
-    }
-    let image = match guest_image() {
-        Ok(d) => d,
-        Err(e) => {
-            println!("skipping: {e}");
-            return;
-        }
-    };
+    let Some(image) = qemu_ready() else { return };
     let qemu: Arc<dyn VmDriver> = Arc::new(
         QemuDriver::new(QemuConfig {
             image_dir: image,
@@ -872,17 +877,7 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
 #[test]
 fn whole_application_moves_to_the_other_provider_without_a_failed_request() {
     let _serial = serial();
-    if let Some(why) = skip_reason(true) {
-        println!("skipping: {why}");
-        return;
-    }
-    let image = match guest_image() {
-        Ok(d) => d,
-        Err(e) => {
-            println!("skipping: {e}");
-            return;
-        }
-    };
+    let Some(image) = qemu_ready() else { return };
     let dir = std::env::temp_dir().join(format!("kgr-app-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     let _teardown = Teardown(dir.clone());

@@ -259,17 +259,16 @@ impl Realizer {
         let _g = self.guard();
         let src = state.hosts.get(&vm.host).and_then(|h| self.host_ref(h));
         let dst = state.hosts.get(to).and_then(|h| self.host_ref(h));
-        let (Some(src), Some(dst)) = (src, dst) else {
-            return match (
-                state.hosts.get(&vm.host).and_then(|h| self.host_ref(h)),
-                state.hosts.get(to).and_then(|h| self.host_ref(h)),
-            ) {
-                (None, None) => Ok(None),
-                _ => Err(InfraError::new(
+        let (src, dst) = match (src, dst) {
+            (Some(s), Some(d)) => (s, d),
+            // Both simulated: nothing runs anywhere.
+            (None, None) => return Ok(None),
+            _ => {
+                return Err(InfraError::new(
                     format!("moving {} to {to}", vm.name),
                     "between a local and a simulated provider a VM cannot move",
-                )),
-            };
+                ))
+            }
         };
         let spec = Self::spec(state, vm)?;
         let driver = self.driver_of(vm)?;
