@@ -4,10 +4,12 @@
 //! against the exact solver and the LP lower bound, saving against one VM per instance, and the
 //! time of a placement decision. [`run`] measures the switch against the Linux bridge and the
 //! kernel's VXLAN on the same topologies ([`net`]), in one run, with [`pingpong`] for latency
-//! and [`plot`] for the charts.
+//! and [`plot`] for the charts; [`sweep`] measures how the switch scales with learned MACs,
+//! ports and peers.
 
 pub mod net;
 pub mod packing;
 pub mod pingpong;
 pub mod plot;
 pub mod run;
+pub mod sweep;

@@ -63,14 +63,15 @@ enum PingpongCmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// `quick` (2 repetitions, 2 s per figure: a few minutes) or `full` (5 repetitions, 5 s).
+    /// `quick` (2 repetitions, 2 s per figure, sweeps at their end points once: under 5
+    /// minutes) or `full` (5 repetitions, 5 s, every sweep point 5 times).
     #[arg(long, default_value = "quick")]
     suite: String,
     /// Output directory.
     #[arg(long, default_value = "bench-results")]
     out: std::path::PathBuf,
-    /// Contenders, comma-separated (default: all): veth, bridge, kangaroo-{xdp,afxdp,packet},
-    /// kernel-vxlan, kangaroo-{xdp,afxdp,packet}-overlay.
+    /// Contenders, comma-separated (default: all), or `none` (sweeps only): veth, bridge, ovs,
+    /// kangaroo-{xdp,afxdp,packet}, kernel-vxlan, kangaroo-{xdp,afxdp,packet}-overlay.
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<String>,
     /// Workloads, comma-separated (default: all): tcp-1, tcp-4, tcp-1-no-offload, udp-rr,
@@ -83,6 +84,23 @@ struct RunArgs {
     /// Seconds per throughput figure (overrides the suite's).
     #[arg(long)]
     seconds: Option<f64>,
+    /// Scale sweeps, comma-separated, or `none` (default: all): fdb-size (1k → 1M learned
+    /// MACs), ports (2 → 32), peers (1 → 64, broadcast replication). `full` runs every point,
+    /// `quick` the smallest and the largest.
+    #[arg(long, value_delimiter = ',')]
+    sweeps: Vec<String>,
+    /// Datapath modes the sweeps run in, comma-separated (default: xdp).
+    #[arg(long, value_delimiter = ',', default_value = "xdp")]
+    sweep_modes: Vec<String>,
+    /// Points of the fdb-size sweep (overrides the suite's), e.g. 1000,1000000.
+    #[arg(long, value_delimiter = ',')]
+    fdb_sizes: Vec<u32>,
+    /// Points of the ports sweep (overrides the suite's).
+    #[arg(long, value_delimiter = ',')]
+    port_counts: Vec<u32>,
+    /// Points of the peers sweep (overrides the suite's).
+    #[arg(long, value_delimiter = ',')]
+    peer_counts: Vec<u32>,
 }
 
 fn run_suite(a: &RunArgs) -> anyhow::Result<bool> {
@@ -105,6 +123,8 @@ fn run_suite(a: &RunArgs) -> anyhow::Result<bool> {
     );
     let contenders = if a.contenders.is_empty() {
         Contender::ALL.to_vec()
+    } else if a.contenders == ["none"] {
+        Vec::new()
     } else {
         a.contenders
             .iter()
@@ -119,6 +139,38 @@ fn run_suite(a: &RunArgs) -> anyhow::Result<bool> {
             .map(|w| Workload::parse(w))
             .collect::<Result<_, _>>()?
     };
+    use kangaroo_bench::sweep::{SweepKind, SweepSpec};
+    let kinds: Vec<SweepKind> = match a.sweeps.as_slice() {
+        [] => SweepKind::ALL.to_vec(),
+        [none] if none == "none" => Vec::new(),
+        names => names
+            .iter()
+            .map(|n| SweepKind::parse(n))
+            .collect::<Result<_, _>>()?,
+    };
+    let mut sweeps = Vec::new();
+    for kind in kinds {
+        let given = match kind {
+            SweepKind::Fdb => &a.fdb_sizes,
+            SweepKind::Ports => &a.port_counts,
+            SweepKind::Peers => &a.peer_counts,
+        };
+        let points = if given.is_empty() {
+            kind.points(a.suite == "full")
+        } else {
+            given.clone()
+        };
+        let (lo, hi) = kind.bounds();
+        if let Some(bad) = points.iter().find(|p| !(lo..=hi).contains(*p)) {
+            anyhow::bail!("{} sweep: point {bad} is outside {lo}..={hi}", kind.name());
+        }
+        sweeps.push(SweepSpec { kind, points });
+    }
+    let sweep_modes = a
+        .sweep_modes
+        .iter()
+        .map(|m| kangaroo_bench::net::Mode::parse(m))
+        .collect::<Result<Vec<_>, _>>()?;
     let exe = std::env::current_exe().context("locating kangaroo-bench")?;
     let switch = exe.with_file_name("kangaroo-switch");
     anyhow::ensure!(
@@ -147,6 +199,11 @@ fn run_suite(a: &RunArgs) -> anyhow::Result<bool> {
         seconds,
         round_trips,
         out: a.out.clone(),
+        sweeps,
+        sweep_modes,
+        // The quick suite measures each sweep point once (the 1M-MAC point alone takes ≈ 30 s
+        // to learn); --reps sets both.
+        sweep_reps: a.reps.unwrap_or(if a.suite == "full" { reps } else { 1 }),
     };
     let result = run::run(&opts, &tools, &stop);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -180,6 +237,19 @@ struct FloodArgs {
     /// Seconds to send for (at most 60).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Send from this many distinct source MACs (`0a:` followed by the frame's index), each
+    /// once per pass, instead of from `--src-mac`: fills a switch's MAC table (at most 2^24).
+    #[arg(long, default_value_t = 0)]
+    sources: u32,
+    /// With `--sources`: stop after this many passes over the sources (or at `--seconds`).
+    #[arg(long, default_value_t = 1)]
+    passes: u32,
+}
+
+/// The source MAC of frame `i` of a `--sources` flood.
+fn source_mac(i: u32) -> [u8; 6] {
+    let b = i.to_be_bytes();
+    [0x0a, 0, b[0], b[1], b[2], b[3]]
 }
 
 fn flood(a: &FloodArgs) -> anyhow::Result<()> {
@@ -204,12 +274,38 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(a.seconds);
     let started = std::time::Instant::now();
     let (mut sent, mut refused) = (0u64, 0u64);
-    while std::time::Instant::now() < deadline {
-        for _ in 0..64 {
-            // 64 frames per system call.
-            let n = port.send_repeated(&frame, 64).context("sending")?;
-            sent += n as u64;
-            refused += 64 - n as u64;
+    if a.sources > 0 {
+        anyhow::ensure!(a.sources <= 1 << 24, "--sources must be at most 2^24");
+        anyhow::ensure!((1..=100).contains(&a.passes), "--passes must be 1..=100");
+        let mut batch = vec![frame.clone(); 64];
+        'passes: for _ in 0..a.passes {
+            let mut next = 0u32;
+            while next < a.sources {
+                if std::time::Instant::now() >= deadline {
+                    break 'passes;
+                }
+                let k = (a.sources - next).min(64) as usize;
+                for (j, f) in batch[..k].iter_mut().enumerate() {
+                    f[6..12].copy_from_slice(&source_mac(next + j as u32));
+                }
+                let views: Vec<&[u8]> = batch[..k].iter().map(Vec::as_slice).collect();
+                let n = port.send_batch(&views).context("sending")?;
+                if n == 0 {
+                    // The queue is full: let it drain rather than skip sources.
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                sent += n as u64;
+                next += n as u32;
+            }
+        }
+    } else {
+        while std::time::Instant::now() < deadline {
+            for _ in 0..64 {
+                // 64 frames per system call.
+                let n = port.send_repeated(&frame, 64).context("sending")?;
+                sent += n as u64;
+                refused += 64 - n as u64;
+            }
         }
     }
     let secs = started.elapsed().as_secs_f64();

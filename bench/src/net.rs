@@ -16,6 +16,9 @@ pub enum Contender {
     Veth,
     /// A Linux bridge on one host.
     Bridge,
+    /// Open vSwitch on one host: its userspace (netdev) datapath with AF_XDP ports, the one
+    /// that runs here (this kernel has no `openvswitch` module for the kernel datapath).
+    Ovs,
     /// Linux bridges and the kernel's VXLAN across two hosts.
     KernelVxlan,
     /// kangaroo-switch on one host, in a datapath mode.
@@ -37,7 +40,22 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    /// Every mode.
+    pub const ALL: [Mode; 3] = [Mode::Xdp, Mode::Afxdp, Mode::Packet];
+
+    /// Parses a mode name.
+    ///
+    /// # Errors
+    /// An unknown name, with the list.
+    pub fn parse(s: &str) -> anyhow::Result<Mode> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown mode {s:?}; known: xdp, afxdp, packet"))
+    }
+
+    /// Its name in the switch's configuration.
+    pub fn as_str(self) -> &'static str {
         match self {
             Mode::Xdp => "xdp",
             Mode::Afxdp => "afxdp",
@@ -48,9 +66,10 @@ impl Mode {
 
 impl Contender {
     /// Every contender.
-    pub const ALL: [Contender; 9] = [
+    pub const ALL: [Contender; 10] = [
         Contender::Veth,
         Contender::Bridge,
+        Contender::Ovs,
         Contender::Kangaroo(Mode::Xdp),
         Contender::Kangaroo(Mode::Afxdp),
         Contender::Kangaroo(Mode::Packet),
@@ -65,6 +84,7 @@ impl Contender {
         match self {
             Contender::Veth => "veth".into(),
             Contender::Bridge => "bridge".into(),
+            Contender::Ovs => "ovs".into(),
             Contender::KernelVxlan => "kernel-vxlan".into(),
             Contender::Kangaroo(m) => format!("kangaroo-{}", m.as_str()),
             Contender::KangarooOverlay(m) => format!("kangaroo-{}-overlay", m.as_str()),
@@ -194,7 +214,28 @@ impl Drop for Topology {
 }
 
 impl Topology {
-    fn add_ns(&mut self, name: &str) -> anyhow::Result<()> {
+    /// A topology with nothing built yet: namespaces `{prefix}-v1` and `{prefix}-v2` are to be
+    /// VM 1 and VM 2; what is added later is removed on drop.
+    ///
+    /// # Errors
+    /// The scratch directory cannot be made.
+    pub fn empty(prefix: &str) -> anyhow::Result<Topology> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-files"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Topology {
+            vm1: format!("{prefix}-v1"),
+            vm2: format!("{prefix}-v2"),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dir,
+        })
+    }
+
+    /// Creates namespace `name` (removed on drop) with its loopback up.
+    ///
+    /// # Errors
+    /// `ip netns add` failed.
+    pub fn add_ns(&mut self, name: &str) -> anyhow::Result<()> {
         sh(&["ip", "netns", "add", name])?;
         self.namespaces.push(name.to_owned());
         sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
@@ -206,15 +247,7 @@ impl Topology {
     /// # Errors
     /// The step that failed (what was made is removed).
     pub fn build(c: Contender, prefix: &str, tools: &Tools) -> anyhow::Result<Topology> {
-        let dir = std::env::temp_dir().join(format!("{prefix}-files"));
-        std::fs::create_dir_all(&dir)?;
-        let mut t = Topology {
-            vm1: format!("{prefix}-v1"),
-            vm2: format!("{prefix}-v2"),
-            namespaces: Vec::new(),
-            children: Vec::new(),
-            dir,
-        };
+        let mut t = Topology::empty(prefix)?;
         let (v1, v2) = (t.vm1.clone(), t.vm2.clone());
         t.add_ns(&v1)?;
         t.add_ns(&v2)?;
@@ -226,7 +259,7 @@ impl Topology {
                     "eth0", "netns", &v2,
                 ])?;
             }
-            Contender::Bridge | Contender::Kangaroo(_) => {
+            Contender::Bridge | Contender::Ovs | Contender::Kangaroo(_) => {
                 let h = format!("{prefix}-h");
                 t.add_ns(&h)?;
                 for (i, v) in [(1, &v1), (2, &v2)] {
@@ -245,6 +278,7 @@ impl Topology {
                         }
                         sh(&["ip", "-n", &h, "link", "set", "br0", "up"])?;
                     }
+                    Contender::Ovs => t.start_ovs(&h, &["p1", "p2"])?,
                     Contender::Kangaroo(m) => {
                         let cfg = format!(
                             "mode = \"{}\"\ncontrol_socket = \"{}\"\n[[port]]\ninterface = \"p1\"\nvni = 1\n[[port]]\ninterface = \"p2\"\nvni = 1\n",
@@ -345,34 +379,34 @@ impl Topology {
             }
         }
         for (v, (mac, ip)) in [(&v1, VM1), (&v2, VM2)] {
-            sh(&[
-                "ip", "-n", v, "link", "set", "eth0", "address", mac, "mtu", mtu,
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                v,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            sh(&["ip", "-n", v, "link", "set", "eth0", "up"])?;
-            ns_sh(v, &["ethtool", "-K", "eth0", "gro", "on"])?;
+            configure_vm(v, mac, ip, mtu)?;
         }
-        // Both VMs resolve each other and every switch has learned both (bounded).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ns_sh(&v1, &["ping", "-c", "1", "-W", "1", VM2.1]).is_err() {
-            if Instant::now() > deadline {
-                bail!("{}: VM1 cannot reach VM2", c.name());
-            }
-        }
-        ns_sh(&v2, &["ping", "-c", "1", "-W", "1", VM1.1])?;
+        t.await_vms(&c.name())?;
         Ok(t)
     }
 
-    fn start_switch(
+    /// Waits (bounded) until VM 1 and VM 2 reach each other, so every switch between them has
+    /// learned both.
+    ///
+    /// # Errors
+    /// They do not within 10 s.
+    pub fn await_vms(&self, what: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ns_sh(&self.vm1, &["ping", "-c", "1", "-W", "1", VM2.1]).is_err() {
+            if Instant::now() > deadline {
+                bail!("{what}: VM1 cannot reach VM2");
+            }
+        }
+        ns_sh(&self.vm2, &["ping", "-c", "1", "-W", "1", VM1.1])?;
+        Ok(())
+    }
+
+    /// Starts `kangaroo-switch run` with configuration `cfg` in namespace `ns` (stopped on
+    /// drop) and waits for its control socket, `{dir}/{tag}.sock`.
+    ///
+    /// # Errors
+    /// It cannot be started or its socket does not appear within 10 s.
+    pub fn start_switch(
         &mut self,
         ns: &str,
         cfg: &str,
@@ -382,24 +416,133 @@ impl Topology {
         let path = self.dir.join(format!("{tag}.toml"));
         std::fs::write(&path, cfg)?;
         let sock = self.dir.join(format!("{tag}.sock"));
+        let log = self.dir.join(format!("{tag}.log"));
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(&tools.switch)
             .args(["run", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting kangaroo-switch")?;
         self.children.push(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let tail = || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(8)..].join("\n")
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !sock.exists() {
+            let exited = self
+                .children
+                .last_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                bail!("kangaroo-switch in {ns} exited ({status}):\n{}", tail());
+            }
             if Instant::now() > deadline {
-                bail!("kangaroo-switch in {ns} did not start");
+                bail!("kangaroo-switch in {ns} did not start in 30 s:\n{}", tail());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Starts Open vSwitch in namespace `ns` (its database and `ovs-vswitchd` as children of
+    /// this process, stopped on drop, with every file in the scratch directory) with one
+    /// userspace-datapath bridge over `ports` as AF_XDP ports in native mode.
+    ///
+    /// # Errors
+    /// Open vSwitch is not installed, or a step failed (its log is in the message).
+    pub fn start_ovs(&mut self, ns: &str, ports: &[&str]) -> anyhow::Result<()> {
+        let d = self.dir.join("ovs");
+        std::fs::create_dir_all(&d)?;
+        let ds = d.display().to_string();
+        let db = format!("{ds}/conf.db");
+        sh(&[
+            "ovsdb-tool",
+            "create",
+            &db,
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ])
+        .context("ovsdb-tool (Debian package openvswitch-switch)")?;
+        let sock = format!("unix:{ds}/db.sock");
+        let spawn = |args: &[String], log: &str| -> anyhow::Result<Child> {
+            Command::new("ip")
+                .args(["netns", "exec", ns])
+                .args(args)
+                .envs([("OVS_RUNDIR", &ds), ("OVS_DBDIR", &ds), ("OVS_LOGDIR", &ds)])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join(log))?)
+                .spawn()
+                .with_context(|| args.join(" "))
+        };
+        let c = spawn(
+            &[
+                "ovsdb-server".into(),
+                format!("--remote=punix:{ds}/db.sock"),
+                format!("--unixctl={ds}/db.ctl"),
+                db.clone(),
+            ],
+            "ovsdb.log",
+        )?;
+        self.children.push(c);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.join("db.sock").exists() {
+            if Instant::now() > deadline {
+                bail!("ovsdb-server did not start: {}", ovs_log(&d, "ovsdb.log"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let db_arg = format!("--db={sock}");
+        sh(&["ovs-vsctl", &db_arg, "--no-wait", "init"])?;
+        let c = spawn(
+            &[
+                "ovs-vswitchd".into(),
+                sock.clone(),
+                format!("--unixctl={ds}/vs.ctl"),
+            ],
+            "vswitchd.log",
+        )?;
+        self.children.push(c);
+        sh(&[
+            "ovs-vsctl",
+            &db_arg,
+            "--timeout=10",
+            "add-br",
+            "br0",
+            "--",
+            "set",
+            "bridge",
+            "br0",
+            "datapath_type=netdev",
+        ])
+        .with_context(|| ovs_log(&d, "vswitchd.log"))?;
+        for p in ports {
+            sh(&[
+                "ovs-vsctl",
+                &db_arg,
+                "--timeout=10",
+                "add-port",
+                "br0",
+                p,
+                "--",
+                "set",
+                "interface",
+                p,
+                "type=afxdp",
+                "options:xdp-mode=native",
+            ])
+            .with_context(|| ovs_log(&d, "vswitchd.log"))?;
+        }
+        Ok(())
+    }
+
+    /// The control socket of the switch started with `tag`.
+    pub fn switch_socket(&self, tag: &str) -> PathBuf {
+        self.dir.join(format!("{tag}.sock"))
     }
 
     /// Turns the VMs' transmit offloads (checksum, TSO) off or back on.
@@ -418,4 +561,38 @@ impl Topology {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Gives a VM's `eth0` (in namespace `ns`) its MAC, IPv4 address (/24) and MTU, brings it up
+/// and turns GRO on.
+///
+/// # Errors
+/// An `ip` or `ethtool` command failed.
+pub fn configure_vm(ns: &str, mac: &str, ip: &str, mtu: &str) -> anyhow::Result<()> {
+    sh(&[
+        "ip", "-n", ns, "link", "set", "eth0", "address", mac, "mtu", mtu,
+    ])?;
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{ip}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+    ns_sh(ns, &["ethtool", "-K", "eth0", "gro", "on"])?;
+    Ok(())
+}
+
+/// The last lines of an Open vSwitch log in `dir`, for error messages.
+fn ovs_log(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "{name}: {}",
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    )
 }

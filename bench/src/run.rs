@@ -95,6 +95,12 @@ pub struct Options {
     pub round_trips: u32,
     /// Output directory.
     pub out: PathBuf,
+    /// Scale sweeps, run after the contenders.
+    pub sweeps: Vec<crate::sweep::SweepSpec>,
+    /// Datapath modes the sweeps run in.
+    pub sweep_modes: Vec<crate::net::Mode>,
+    /// Repetitions of every sweep point.
+    pub sweep_reps: usize,
 }
 
 /// One measurement.
@@ -158,6 +164,12 @@ pub struct Results {
     pub samples: Vec<Sample>,
     /// Per (workload, contender).
     pub summary: Vec<Summary>,
+    /// Every sweep sample.
+    #[serde(default)]
+    pub sweeps: Vec<crate::sweep::SweepSample>,
+    /// Per (sweep, mode, figure, point).
+    #[serde(default)]
+    pub sweep_summary: Vec<crate::sweep::SweepSummary>,
 }
 
 /// The schema name written in `results.json`.
@@ -197,7 +209,8 @@ fn machine() -> Value {
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (sorted in place); NaN when empty.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     match n {
@@ -311,7 +324,17 @@ pub fn run(opts: &Options, tools: &Tools, stop: &Arc<AtomicBool>) -> anyhow::Res
             drop(topo);
         }
     }
+    let mut sweeps = Vec::new();
+    if !interrupted && !opts.sweeps.is_empty() {
+        for &mode in &opts.sweep_modes {
+            if !crate::sweep::run(&opts.sweeps, mode, opts, tools, stop, &mut sweeps)? {
+                interrupted = true;
+                break;
+            }
+        }
+    }
     let summary = summarize(&samples);
+    let sweep_summary = crate::sweep::summarize(&sweeps);
     Ok(Results {
         schema: SCHEMA.to_owned(),
         machine: machine(),
@@ -321,6 +344,8 @@ pub fn run(opts: &Options, tools: &Tools, stop: &Arc<AtomicBool>) -> anyhow::Res
         interrupted,
         samples,
         summary,
+        sweeps,
+        sweep_summary,
     })
 }
 
@@ -347,7 +372,7 @@ fn measure(
 
 /// Runs `args` in namespace `ns` and returns its output, killing it when `limit` passes or
 /// `stop` is set (so Ctrl-C ends a measurement at once).
-fn bounded(
+pub(crate) fn bounded(
     t: &Topology,
     ns: &str,
     args: &[&str],
@@ -423,7 +448,18 @@ fn tcp(t: &Topology, streams: u32, secs: f64, stop: &AtomicBool) -> anyhow::Resu
         t,
         &t.vm1,
         &[
-            "iperf3", "-c", VM2.1, "-p", port, "-t", &secs_s, "-P", &streams_s, "-J",
+            "iperf3",
+            "-c",
+            VM2.1,
+            "-p",
+            port,
+            "-t",
+            &secs_s,
+            "-P",
+            &streams_s,
+            "-J",
+            "--connect-timeout",
+            "5000",
         ],
         Duration::from_secs_f64(secs + 20.0),
         stop,
@@ -443,7 +479,12 @@ fn tcp(t: &Topology, streams: u32, secs: f64, stop: &AtomicBool) -> anyhow::Resu
     ))
 }
 
-fn rr(t: &Topology, count: u32, tools: &Tools, stop: &AtomicBool) -> anyhow::Result<(f64, Value)> {
+pub(crate) fn rr(
+    t: &Topology,
+    count: u32,
+    tools: &Tools,
+    stop: &AtomicBool,
+) -> anyhow::Result<(f64, Value)> {
     let bench = tools.bench.display().to_string();
     let listen = format!("{}:7301", VM2.1);
     let _server = spawn_in(
@@ -474,8 +515,9 @@ fn rr(t: &Topology, count: u32, tools: &Tools, stop: &AtomicBool) -> anyhow::Res
     Ok((p50, v))
 }
 
-fn xdp_drops(ns: &str) -> anyhow::Result<u64> {
-    let out = ns_sh(ns, &["ethtool", "-S", "eth0"])?;
+/// Frames the XDP programs on `dev` in `ns` dropped (the sink's count).
+pub(crate) fn xdp_drops(ns: &str, dev: &str) -> anyhow::Result<u64> {
+    let out = ns_sh(ns, &["ethtool", "-S", dev])?;
     Ok(out
         .lines()
         .filter(|l| l.contains("xdp_drops"))
@@ -483,33 +525,16 @@ fn xdp_drops(ns: &str) -> anyhow::Result<u64> {
         .sum())
 }
 
-fn frames(
+pub(crate) fn frames(
     t: &Topology,
     secs: f64,
     tools: &Tools,
     stop: &AtomicBool,
 ) -> anyhow::Result<(f64, Value)> {
-    let obj = tools.xdp_object.display().to_string();
     // VM2 counts and drops in XDP, so its own stack does not bound the figure.
-    ns_sh(
-        &t.vm2,
-        &[
-            "ip",
-            "link",
-            "set",
-            "dev",
-            "eth0",
-            "xdpdrv",
-            "obj",
-            &obj,
-            "sec",
-            "xdp",
-            "program",
-            "kangaroo_sink",
-        ],
-    )?;
+    crate::sweep::sink_attach(&t.vm2, "eth0", tools)?;
     let result = (|| {
-        let before = xdp_drops(&t.vm2)?;
+        let before = xdp_drops(&t.vm2, "eth0")?;
         let bench = tools.bench.display().to_string();
         let secs_s = format!("{secs}");
         let out = bounded(
@@ -534,21 +559,19 @@ fn frames(
             stop,
         )?;
         std::thread::sleep(Duration::from_millis(200));
-        let after = xdp_drops(&t.vm2)?;
+        let after = xdp_drops(&t.vm2, "eth0")?;
         let got = after.saturating_sub(before);
         let sent: Option<u64> = serde_json::from_str::<Value>(out.trim())
             .ok()
             .and_then(|v| v.get("sent").and_then(Value::as_u64));
-        let loss = sent.map(|s| 1.0 - got as f64 / s.max(1) as f64);
+        // The VMs' own few frames (ARP, neighbour discovery) can make `got` exceed `sent`.
+        let loss = sent.map(|s| (1.0 - got as f64 / s.max(1) as f64).max(0.0));
         Ok((
             got as f64 / secs / 1e6,
             json!({ "received": got, "sent": sent, "loss": loss }),
         ))
     })();
-    let _ = ns_sh(
-        &t.vm2,
-        &["ip", "link", "set", "dev", "eth0", "xdpdrv", "off"],
-    );
+    crate::sweep::sink_detach(&t.vm2, "eth0");
     result
 }
 
@@ -585,8 +608,46 @@ pub fn write_outputs(r: &Results, dir: &Path) -> anyhow::Result<()> {
         )?;
         charts.push((w, file));
     }
+    for kind in crate::sweep::SweepKind::ALL {
+        for (figure, unit, _) in kind.figures() {
+            let rows: Vec<&crate::sweep::SweepSummary> = r
+                .sweep_summary
+                .iter()
+                .filter(|s| s.sweep == kind.name() && s.figure == figure)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut modes: Vec<&str> = rows.iter().map(|s| s.mode.as_str()).collect();
+            modes.dedup();
+            let series: Vec<crate::plot::Line> = modes
+                .iter()
+                .map(|m| {
+                    (
+                        format!("kangaroo-{m}"),
+                        rows.iter()
+                            .filter(|s| s.mode == *m)
+                            .map(|s| (s.x as f64, s.median, s.min, s.max))
+                            .collect(),
+                    )
+                })
+                .collect();
+            crate::plot::lines(
+                &dir.join(sweep_chart(kind.name(), figure)),
+                &format!("{} sweep: {figure} (median; whiskers min-max)", kind.name()),
+                kind.axis(),
+                unit,
+                &series,
+            )?;
+        }
+    }
     std::fs::write(dir.join("report.md"), report(r, &charts))?;
     Ok(())
+}
+
+/// File name of a sweep's chart.
+fn sweep_chart(sweep: &str, figure: &str) -> String {
+    format!("sweep-{sweep}-{figure}.svg")
 }
 
 fn fmt(v: f64) -> String {
@@ -646,14 +707,94 @@ pub fn report(r: &Results, charts: &[(Workload, String)]) -> String {
             s += &format!("\n![{}]({f})\n", w.name());
         }
     }
+    s += &sweep_report(r);
     let failed: Vec<&Sample> = r.samples.iter().filter(|x| !x.value.is_finite()).collect();
-    if !failed.is_empty() {
+    let failed_sweeps: Vec<&crate::sweep::SweepSample> =
+        r.sweeps.iter().filter(|x| !x.value.is_finite()).collect();
+    if !failed.is_empty() || !failed_sweeps.is_empty() {
         s += "\n## Failed measurements\n\n";
         for f in failed {
             s += &format!(
                 "- {} {} rep {}: {}\n",
                 f.workload, f.contender, f.rep, f.extra["error"]
             );
+        }
+        for f in failed_sweeps {
+            s += &format!(
+                "- sweep {} ({}) at {} {} rep {}: {}\n",
+                f.sweep, f.mode, f.x, f.figure, f.rep, f.extra["error"]
+            );
+        }
+    }
+    s
+}
+
+/// The sweeps' tables: one per (sweep, mode), a row per point, each figure with its ratio to
+/// the smallest point.
+fn sweep_report(r: &Results) -> String {
+    let mut s = String::new();
+    for kind in crate::sweep::SweepKind::ALL {
+        let rows: Vec<&crate::sweep::SweepSummary> = r
+            .sweep_summary
+            .iter()
+            .filter(|x| x.sweep == kind.name())
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let figures = kind.figures();
+        s += &format!(
+            "\n## Sweep: {} ({})\n\nMedians (min–max) and the ratio to the smallest point.\n",
+            kind.name(),
+            kind.axis()
+        );
+        let mut modes: Vec<&str> = rows.iter().map(|x| x.mode.as_str()).collect();
+        modes.sort_unstable();
+        modes.dedup();
+        for m in modes {
+            s += &format!("\n### kangaroo-{m}\n\n| {} |", kind.axis());
+            for (f, unit, higher) in figures {
+                s += &format!(
+                    " {f} ({unit}, {}) | ratio |",
+                    if higher {
+                        "more is better"
+                    } else {
+                        "less is better"
+                    }
+                );
+            }
+            s += "\n|---:|";
+            s += &"---:|---|".repeat(figures.len());
+            s += "\n";
+            let mut xs: Vec<u64> = rows.iter().filter(|x| x.mode == m).map(|x| x.x).collect();
+            xs.sort_unstable();
+            xs.dedup();
+            for x in xs {
+                s += &format!("| {x} |");
+                for (f, _, _) in figures {
+                    match rows
+                        .iter()
+                        .find(|y| y.mode == m && y.x == x && y.figure == f)
+                    {
+                        Some(y) => {
+                            s += &format!(
+                                " {} ({}–{}) | {} |",
+                                fmt(y.median),
+                                fmt(y.min),
+                                fmt(y.max),
+                                y.ratio_to_first
+                                    .map_or_else(|| "-".to_owned(), |q| format!("{q:.2}x"))
+                            );
+                        }
+                        None => s += " failed | - |",
+                    }
+                }
+                s += "\n";
+            }
+        }
+        s += "\n";
+        for (f, _, _) in figures {
+            s += &format!("![{} {f}]({})\n", kind.name(), sweep_chart(kind.name(), f));
         }
     }
     s
@@ -693,6 +834,22 @@ pub fn compare(a: &Path, b: &Path) -> anyhow::Result<String> {
                 "{:<18} {:<26} {:>10} {:>10} {:>7.2}x\n",
                 x.workload,
                 x.contender,
+                fmt(x.median),
+                fmt(y.median),
+                y.median / x.median
+            );
+        }
+    }
+    for x in &ra.sweep_summary {
+        if let Some(y) = rb
+            .sweep_summary
+            .iter()
+            .find(|y| y.sweep == x.sweep && y.mode == x.mode && y.figure == x.figure && y.x == x.x)
+        {
+            s += &format!(
+                "{:<18} {:<26} {:>10} {:>10} {:>7.2}x\n",
+                format!("{}/{}", x.sweep, x.figure),
+                format!("kangaroo-{} @ {}", x.mode, x.x),
                 fmt(x.median),
                 fmt(y.median),
                 y.median / x.median
@@ -753,6 +910,8 @@ mod tests {
                 interrupted: false,
                 samples: s.clone(),
                 summary: sum.clone(),
+                sweeps: Vec::new(),
+                sweep_summary: Vec::new(),
             },
             &[]
         )
@@ -767,6 +926,6 @@ mod tests {
         for w in Workload::ALL {
             assert_eq!(Workload::parse(w.name()).unwrap(), w);
         }
-        assert!(Contender::parse("ovs").is_err());
+        assert!(Contender::parse("ovs-kernel").is_err());
     }
 }

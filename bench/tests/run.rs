@@ -60,6 +60,8 @@ fn a_tiny_suite_writes_valid_results() {
             "udp-rr",
             "--reps",
             "1",
+            "--sweeps",
+            "none",
             "--out",
         ])
         .arg(&out)
@@ -102,6 +104,84 @@ fn a_tiny_suite_writes_valid_results() {
     let svg = std::fs::read_to_string(out.join("udp-rr.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
     println!("{report}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn tiny_sweeps_write_valid_results() {
+    if let Some(why) = skip_reason() {
+        println!("skipping: {why}");
+        return;
+    }
+    let out = out_dir("sweeps");
+    let o = Command::new(env!("CARGO_BIN_EXE_kangaroo-bench"))
+        .args([
+            "run",
+            "--contenders",
+            "none",
+            "--sweeps",
+            "fdb-size,ports,peers",
+            "--fdb-sizes",
+            "3000",
+            "--port-counts",
+            "3",
+            "--peer-counts",
+            "3",
+            "--reps",
+            "1",
+            "--seconds",
+            "1",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["schema"], "kangaroo-bench/1");
+    assert!(r["samples"].as_array().unwrap().is_empty());
+    let sweeps = r["sweeps"].as_array().unwrap();
+    // Three sweeps, one point each, two figures per point.
+    assert_eq!(sweeps.len(), 6, "{sweeps:?}");
+    for s in sweeps {
+        assert_eq!(s["mode"], "xdp", "{s}");
+        assert!(num(s, "/value") > 0.0, "a measured figure: {s}");
+    }
+    let find = |sweep: &str, figure: &str| {
+        sweeps
+            .iter()
+            .find(|s| s["sweep"] == sweep && s["figure"] == figure)
+            .unwrap_or_else(|| panic!("no {sweep}/{figure} in {sweeps:?}"))
+    };
+    // The table really held the MACs: 3,000 sources plus the two VMs.
+    let fdb = find("fdb-size", "frames-64");
+    assert_eq!(fdb["x"], 3000);
+    assert!(num(fdb, "/extra/fdb_entries") >= 3002.0, "{fdb}");
+    assert!(num(fdb, "/extra/received") > 0.0, "{fdb}");
+    assert_eq!(find("ports", "udp-rr")["x"], 3);
+    // Broadcast reached the real peer, and the two further peers got their copies too.
+    let bum = find("peers", "bum-64");
+    assert_eq!(bum["extra"]["expected_copies_per_frame"], 3);
+    assert!(num(bum, "/extra/received_at_peer_b") > 0.0, "{bum}");
+    assert!(num(bum, "/extra/copies_at_other_peers") > 0.0, "{bum}");
+    let summary = r["sweep_summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 6, "{summary:?}");
+    assert!(summary.iter().all(|x| num(x, "/ratio_to_first") == 1.0));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for h in ["## Sweep: fdb-size", "## Sweep: ports", "## Sweep: peers"] {
+        assert!(report.contains(h), "{h} in {report}");
+    }
+    for f in [
+        "sweep-fdb-size-frames-64.svg",
+        "sweep-ports-udp-rr.svg",
+        "sweep-peers-bum-64.svg",
+    ] {
+        let svg = std::fs::read_to_string(out.join(f)).unwrap();
+        assert!(svg.starts_with("<svg"), "{f}");
+    }
+    println!("{report}\n{err}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 

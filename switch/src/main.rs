@@ -361,8 +361,12 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     let afxdp = match cfg.mode {
         Mode::Packet => None,
         _ => Some(
-            AfXdpOpener::new(Default::default(), cfg.mode == Mode::Xdp)
-                .with_context(|| format!("{origin}: mode: {:?}", cfg.mode))?,
+            AfXdpOpener::new(
+                Default::default(),
+                cfg.mode == Mode::Xdp,
+                u32::try_from(cfg.fdb.capacity).unwrap_or(u32::MAX),
+            )
+            .with_context(|| format!("{origin}: mode: {:?}", cfg.mode))?,
         ),
     };
     let opener = |w: usize, n: usize| -> Box<dyn PortOpener> {

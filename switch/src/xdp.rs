@@ -13,7 +13,7 @@ use std::path::Path;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp, XdpMode};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use kangaroo_xdp as abi;
 
 /// XDP set-up failed.
@@ -191,12 +191,26 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
 
 impl XdpSteering {
     /// Loads the program into the kernel (not yet attached anywhere). With `force_skb`, ports
-    /// are attached in generic mode even where the driver supports native XDP.
+    /// are attached in generic mode even where the driver supports native XDP. The kernel's FDB
+    /// mirror is sized to hold `fdb_entries` (the user-space table's capacity, so every entry
+    /// the switch knows can take the fast path); `None` keeps the object's default,
+    /// [`abi::FDB_ENTRIES`].
     ///
     /// # Errors
-    /// [`XdpError::Load`] if the kernel refuses the object (no BPF support, missing privileges).
-    pub fn load(force_skb: bool, fast: bool) -> Result<XdpSteering, XdpError> {
-        let mut ebpf = Ebpf::load(abi::OBJECT).map_err(|e| XdpError::Load(e.to_string()))?;
+    /// [`XdpError::Load`] if the kernel refuses the object (no BPF support, missing privileges,
+    /// or not enough memory for the maps).
+    pub fn load(
+        force_skb: bool,
+        fast: bool,
+        fdb_entries: Option<u32>,
+    ) -> Result<XdpSteering, XdpError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(n) = fdb_entries {
+            loader.map_max_entries(abi::FDB_MAP, n.max(1));
+        }
+        let mut ebpf = loader
+            .load(abi::OBJECT)
+            .map_err(|e| XdpError::Load(e.to_string()))?;
         for name in [abi::PORT_PROGRAM, abi::UPLINK_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)

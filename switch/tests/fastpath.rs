@@ -57,7 +57,7 @@ fn bench() -> Option<Bench> {
     // runs look the ingress device up there too: enter the namespace for the whole test.
     let file = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();
     nix_setns(&file);
-    let mut steer = XdpSteering::load(false, true).unwrap();
+    let mut steer = XdpSteering::load(false, true, None).unwrap();
     let port = abi::Port {
         slot: 0,
         flags: abi::PORT_F_STEER | abi::PORT_F_FAST,

@@ -18,7 +18,7 @@
 #define KG_MAX_SOCKETS (KG_MAX_PORTS * KG_MAX_QUEUES)
 /* Port-security IPv4 addresses per port the fast path checks (more: the port is not fast). */
 #define KG_MAX_IPS 4
-/* FDB entries the kernel mirror holds. */
+/* FDB entries the kernel mirror holds by default (the loader resizes it to the switch's fdb.capacity). */
 #define KG_FDB_ENTRIES 262144
 /* ARP entries the kernel mirror holds. */
 #define KG_ARP_ENTRIES 65536

@@ -32,7 +32,8 @@ pub const COUNTERS_MAP: &str = "kg_counters";
 
 /// Port-security IPv4 addresses per port the fast path checks.
 pub const MAX_IPS: usize = 4;
-/// FDB entries the kernel mirror holds.
+/// FDB entries the kernel mirror holds by default (the loader resizes it to the switch's
+/// `fdb.capacity`).
 pub const FDB_ENTRIES: u32 = 262_144;
 /// ARP entries the kernel mirror holds.
 pub const ARP_ENTRIES: u32 = 65_536;

@@ -150,16 +150,22 @@ pub struct AfXdpOpener {
 
 #[cfg(target_os = "linux")]
 impl AfXdpOpener {
-    /// Loads the XDP program (attached to each port as it opens), for a single worker.
+    /// Loads the XDP program (attached to each port as it opens), for a single worker, with a
+    /// kernel FDB mirror of `fdb_entries` entries.
     ///
     /// # Errors
     /// [`crate::xdp::XdpError`] if the kernel refuses the program.
     pub fn new(
         config: super::afxdp::AfXdpConfig,
         fast: bool,
+        fdb_entries: u32,
     ) -> Result<AfXdpOpener, crate::xdp::XdpError> {
         Ok(AfXdpOpener {
-            steering: Arc::new(Mutex::new(crate::xdp::XdpSteering::load(false, fast)?)),
+            steering: Arc::new(Mutex::new(crate::xdp::XdpSteering::load(
+                false,
+                fast,
+                Some(fdb_entries),
+            )?)),
             config,
             worker: 0,
             workers: 1,

@@ -161,28 +161,45 @@ impl PacketPort {
     /// # Errors
     /// The OS error, except a full queue (`EAGAIN`, `ENOBUFS`), which returns `Ok(0)`.
     pub fn send_repeated(&mut self, frame: &[u8], count: usize) -> io::Result<usize> {
+        let frames = [frame; 64];
+        self.send_batch(&frames[..count.min(64)])
+    }
+
+    /// Sends each of `frames` (no offloads; at most 64, the rest are ignored) with one
+    /// `sendmmsg`; returns how many the kernel took, in order. For traffic generators.
+    ///
+    /// # Errors
+    /// The OS error, except a full queue (`EAGAIN`, `ENOBUFS`), which returns `Ok(0)`.
+    pub fn send_batch(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
         let hdr = Offload::NONE.to_bytes();
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_ptr() as *mut libc::c_void,
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
-                iov_len: frame.len(),
-            },
-        ];
+        let n = frames.len().min(64);
+        let mut iovs = [[libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 2]; 64];
+        for (iov, f) in iovs.iter_mut().zip(&frames[..n]) {
+            *iov = [
+                libc::iovec {
+                    iov_base: hdr.as_ptr() as *mut libc::c_void,
+                    iov_len: hdr.len(),
+                },
+                libc::iovec {
+                    iov_base: f.as_ptr() as *mut libc::c_void,
+                    iov_len: f.len(),
+                },
+            ];
+        }
         // SAFETY: `mmsghdr` is plain old data; all-zero is valid.
         let mut msgs: [libc::mmsghdr; 64] = unsafe { std::mem::zeroed() };
-        let n = count.min(msgs.len());
-        for m in &mut msgs[..n] {
+        for (m, iov) in msgs[..n].iter_mut().zip(&iovs) {
             m.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
             m.msg_hdr.msg_iovlen = iov.len();
         }
         // SAFETY:
         // - `self.fd` is a valid, bound packet socket;
-        // - the first `n` headers each point at the two iovecs above, over live buffers of the
-        //   stated lengths, which the kernel only reads; it writes only `msg_len` of each header.
+        // - the first `n` headers each point at their own two iovecs in `iovs`, over `hdr` and
+        //   one of `frames`, live buffers of the stated lengths that the kernel only reads; it
+        //   writes only `msg_len` of each header.
         let r = unsafe {
             libc::sendmmsg(
                 self.fd.as_raw_fd(),
