@@ -7,6 +7,7 @@
 //! and [`plot`] for the charts; [`sweep`] measures how the switch scales with learned MACs,
 //! ports and peers.
 
+pub mod gen;
 pub mod net;
 pub mod packing;
 pub mod pingpong;

@@ -34,6 +34,15 @@ enum Command {
         /// The run compared with it.
         b: std::path::PathBuf,
     },
+    /// Writes `report.md` and the charts again from a `results.json` (into its directory, or
+    /// `--out`).
+    Report {
+        /// The result file.
+        results: std::path::PathBuf,
+        /// Output directory (default: the result file's).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// UDP request/response latency tool (`serve` in one VM, `client` in another).
     #[command(subcommand)]
     Pingpong(PingpongCmd),
@@ -64,7 +73,7 @@ enum PingpongCmd {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// `quick` (2 repetitions, 2 s per figure, sweeps at their end points once: under 5
-    /// minutes) or `full` (5 repetitions, 5 s, every sweep point 5 times).
+    /// minutes) or `full` (5 repetitions, 5 s, every sweep point 3 times).
     #[arg(long, default_value = "quick")]
     suite: String,
     /// Output directory.
@@ -201,9 +210,10 @@ fn run_suite(a: &RunArgs) -> anyhow::Result<bool> {
         out: a.out.clone(),
         sweeps,
         sweep_modes,
-        // The quick suite measures each sweep point once (the 1M-MAC point alone takes ≈ 30 s
-        // to learn); --reps sets both.
-        sweep_reps: a.reps.unwrap_or(if a.suite == "full" { reps } else { 1 }),
+        // Sweeps have 12 points in the full suite, and the 1M-MAC point alone takes ≈ 30 s to
+        // learn: the full suite measures each point 3 times, the quick one once; --reps sets
+        // both.
+        sweep_reps: a.reps.unwrap_or(if a.suite == "full" { 3 } else { 1 }),
     };
     let result = run::run(&opts, &tools, &stop);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -244,6 +254,12 @@ struct FloodArgs {
     /// With `--sources`: stop after this many passes over the sources (or at `--seconds`).
     #[arg(long, default_value_t = 1)]
     passes: u32,
+    /// How frames are sent: `xdp` (the generator program in BPF_PROG_TEST_RUN live-frames
+    /// mode: the kernel transmits from a page pool with no socket buffers, the fastest),
+    /// `afxdp` (a transmit-only AF_XDP socket) or `packet` (AF_PACKET, 64 frames per
+    /// `sendmmsg`). `--sources` always uses `packet` (each frame differs).
+    #[arg(long, default_value = "xdp")]
+    generator: String,
 }
 
 /// The source MAC of frame `i` of a `--sources` flood.
@@ -257,6 +273,11 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.seconds > 0.0 && a.seconds <= 60.0,
         "--seconds must be in (0, 60]"
+    );
+    anyhow::ensure!(
+        ["xdp", "afxdp", "packet"].contains(&a.generator.as_str()),
+        "--generator {:?}: use xdp, afxdp or packet",
+        a.generator
     );
     let mac = |s: &str| -> anyhow::Result<[u8; 6]> {
         let m: kangaroo_switch::MacAddr = s.parse().map_err(|e| anyhow::anyhow!("{s}: {e}"))?;
@@ -274,6 +295,7 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(a.seconds);
     let started = std::time::Instant::now();
     let (mut sent, mut refused) = (0u64, 0u64);
+    let mut sending = None;
     if a.sources > 0 {
         anyhow::ensure!(a.sources <= 1 << 24, "--sources must be at most 2^24");
         anyhow::ensure!((1..=100).contains(&a.passes), "--passes must be 1..=100");
@@ -298,6 +320,33 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
                 next += n as u32;
             }
         }
+    } else if a.generator == "xdp" {
+        drop(port);
+        let ifindex: u32 =
+            std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", a.interface))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .with_context(|| format!("no interface {}", a.interface))?;
+        let (n, secs) = kangaroo_bench::gen::flood(ifindex, &frame, a.seconds)?;
+        sent = n;
+        sending = Some(secs);
+    } else if a.generator == "afxdp" {
+        drop(port);
+        let mut tx = kangaroo_switch::port::afxdp_tx::AfXdpSender::open(&a.interface, &frame)?;
+        while std::time::Instant::now() < deadline {
+            for _ in 0..64 {
+                let n = tx.send_repeated(256).context("sending")?;
+                sent += n as u64;
+            }
+        }
+        sending = Some(started.elapsed().as_secs_f64());
+        // Frames still queued at the end are not counted as sent until the kernel took them.
+        let settle = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        while tx.in_flight() > 0 && std::time::Instant::now() < settle {
+            tx.send_repeated(0).context("sending")?;
+            std::thread::yield_now();
+        }
+        sent -= tx.in_flight() as u64;
     } else {
         while std::time::Instant::now() < deadline {
             for _ in 0..64 {
@@ -308,10 +357,16 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = sending.unwrap_or_else(|| started.elapsed().as_secs_f64());
     println!(
         "{}",
-        serde_json::json!({ "sent": sent, "refused": refused, "seconds": secs, "pps": sent as f64 / secs })
+        serde_json::json!({
+            "sent": sent,
+            "refused": refused,
+            "seconds": secs,
+            "pps": sent as f64 / secs,
+            "generator": if a.sources > 0 { "packet" } else { a.generator.as_str() },
+        })
     );
     Ok(())
 }
@@ -379,6 +434,31 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Report { results, out } => {
+            let dir = out.unwrap_or_else(|| {
+                results
+                    .parent()
+                    .map_or_else(|| ".".into(), std::path::Path::to_path_buf)
+            });
+            let r = kangaroo_bench::run::load(&results).and_then(|r| {
+                kangaroo_bench::run::write_outputs(&r, &dir)?;
+                Ok(r)
+            });
+            return match r {
+                Ok(r) => {
+                    eprintln!(
+                        "kangaroo-bench: {} samples; wrote {}/report.md and the charts",
+                        r.samples.len() + r.sweeps.len(),
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kangaroo-bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Pingpong(p) => {
             let r = match p {

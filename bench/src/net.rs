@@ -269,6 +269,7 @@ impl Topology {
                         "eth0", "netns", v,
                     ])?;
                     sh(&["ip", "-n", &h, "link", "set", &port, "up"])?;
+                    host_end(&h, &port)?;
                 }
                 match c {
                     Contender::Bridge => {
@@ -324,6 +325,7 @@ impl Topology {
                         "eth0", "netns", v,
                     ])?;
                     sh(&["ip", "-n", h, "link", "set", "vm", "up"])?;
+                    host_end(h, "vm")?;
                 }
                 for (h, local, remote, _, _) in &hosts {
                     match c {
@@ -595,4 +597,15 @@ fn ovs_log(dir: &Path, name: &str) -> String {
         "{name}: {}",
         lines[lines.len().saturating_sub(5)..].join(" | ")
     )
+}
+
+/// Readies the host end of a VM's veth for every contender alike: GRO on, so frames the
+/// generator transmits as XDP frames (and fast-path redirects) are taken in even where no XDP
+/// program is attached (a veth drops them otherwise).
+///
+/// # Errors
+/// `ethtool` failed.
+pub fn host_end(ns: &str, dev: &str) -> anyhow::Result<()> {
+    ns_sh(ns, &["ethtool", "-K", dev, "gro", "on"])?;
+    Ok(())
 }

@@ -112,7 +112,8 @@ pub struct Sample {
     pub contender: String,
     /// Repetition (from 0).
     pub rep: usize,
-    /// The main figure.
+    /// The main figure (`NaN`, written as `null`, for a failed measurement).
+    #[serde(deserialize_with = "nan_if_null")]
     pub value: f64,
     /// Its unit.
     pub unit: String,
@@ -170,6 +171,14 @@ pub struct Results {
     /// Per (sweep, mode, figure, point).
     #[serde(default)]
     pub sweep_summary: Vec<crate::sweep::SweepSummary>,
+}
+
+/// Reads a figure that JSON holds as `null` when it was `NaN` (a failed measurement).
+///
+/// # Errors
+/// Neither a number nor `null`.
+pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The schema name written in `results.json`.
@@ -295,8 +304,15 @@ pub fn run(opts: &Options, tools: &Tools, stop: &Arc<AtomicBool>) -> anyhow::Res
             n += 1;
             let prefix = format!("{base}-{n}");
             eprintln!("kangaroo-bench: rep {}/{} {}", rep + 1, opts.reps, c.name());
-            let topo = Topology::build(c, &prefix, tools)
-                .with_context(|| format!("building the {} topology", c.name()))?;
+            let topo = match Topology::build(c, &prefix, tools) {
+                Ok(t) => t,
+                // Ctrl-C reaches the switches being started too: not a failure of the build.
+                Err(_) if stop.load(Ordering::Relaxed) => {
+                    interrupted = true;
+                    break 'reps;
+                }
+                Err(e) => return Err(e.context(format!("building the {} topology", c.name()))),
+            };
             for &w in &opts.workloads {
                 if stop.load(Ordering::Relaxed) {
                     interrupted = true;
@@ -692,6 +708,15 @@ pub fn report(r: &Results, charts: &[(Workload, String)]) -> String {
             unit,
             if higher { "more is better" } else { "less is better" }
         );
+        // Contenders whose every sample failed keep a row, so a reader sees them.
+        let mut failed_only: Vec<&str> = r
+            .samples
+            .iter()
+            .filter(|x| x.workload == w.name() && !x.value.is_finite())
+            .map(|x| x.contender.as_str())
+            .filter(|c| !rows.iter().any(|y| y.contender == *c))
+            .collect();
+        failed_only.dedup();
         for x in rows {
             s += &format!(
                 "| {} | {} | {} | {} | {} |\n",
@@ -702,6 +727,9 @@ pub fn report(r: &Results, charts: &[(Workload, String)]) -> String {
                 x.ratio
                     .map_or_else(|| "-".to_owned(), |q| format!("{q:.2}x {}", x.baseline))
             );
+        }
+        for c in failed_only {
+            s += &format!("| {c} | failed | - | - | every sample failed (see below) |\n");
         }
         if let Some((_, f)) = charts.iter().find(|(cw, _)| *cw == w) {
             s += &format!("\n![{}]({f})\n", w.name());
@@ -744,7 +772,7 @@ fn sweep_report(r: &Results) -> String {
         }
         let figures = kind.figures();
         s += &format!(
-            "\n## Sweep: {} ({})\n\nMedians (min–max) and the ratio to the smallest point.\n",
+            "\n## Sweep: {}\n\nx: {}. Medians (min–max) and the ratio to the smallest point.\n",
             kind.name(),
             kind.axis()
         );
@@ -800,25 +828,29 @@ fn sweep_report(r: &Results) -> String {
     s
 }
 
+/// Reads a `results.json`.
+///
+/// # Errors
+/// The file cannot be read, is not a result file, or has another schema.
+pub fn load(p: &Path) -> anyhow::Result<Results> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let r: Results = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a kangaroo-bench result file", p.display()))?;
+    if r.schema != SCHEMA {
+        bail!(
+            "{}: schema {:?}, expected {SCHEMA:?}",
+            p.display(),
+            r.schema
+        );
+    }
+    Ok(r)
+}
+
 /// Ratios between two result files: `b / a` per (workload, contender).
 ///
 /// # Errors
 /// A file cannot be read or is not a result file.
 pub fn compare(a: &Path, b: &Path) -> anyhow::Result<String> {
-    let load = |p: &Path| -> anyhow::Result<Results> {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        let r: Results = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a kangaroo-bench result file", p.display()))?;
-        if r.schema != SCHEMA {
-            bail!(
-                "{}: schema {:?}, expected {SCHEMA:?}",
-                p.display(),
-                r.schema
-            );
-        }
-        Ok(r)
-    };
     let (ra, rb) = (load(a)?, load(b)?);
     let mut s = format!(
         "{:<18} {:<26} {:>10} {:>10} {:>8}\n",
@@ -916,6 +948,36 @@ mod tests {
             &[]
         )
         .contains("| kangaroo-xdp | 4.000 | 3.000 | 5.000 | 0.33x bridge |"));
+    }
+
+    #[test]
+    fn failed_samples_survive_a_round_trip_and_keep_a_row() {
+        let samples = vec![
+            sample("tcp-1", "bridge", 10.0),
+            sample("tcp-1", "ovs", f64::NAN),
+        ];
+        let r = Results {
+            schema: SCHEMA.into(),
+            machine: json!({}),
+            suite: "quick".into(),
+            reps: 1,
+            seconds: 1.0,
+            interrupted: false,
+            summary: summarize(&samples),
+            samples,
+            sweeps: Vec::new(),
+            sweep_summary: Vec::new(),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"value\":null"), "{text}");
+        let back: Results = serde_json::from_str(&text).unwrap();
+        assert!(back.samples[1].value.is_nan());
+        assert_eq!(back.samples[0], r.samples[0]);
+        let md = report(&back, &[]);
+        assert!(
+            md.contains("| ovs | failed | - | - | every sample failed (see below) |"),
+            "{md}"
+        );
     }
 
     #[test]

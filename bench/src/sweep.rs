@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::net::{configure_vm, ns_sh, sh, Mode, Tools, Topology, VM1, VM2};
+use crate::net::{configure_vm, host_end, ns_sh, sh, Mode, Tools, Topology, VM1, VM2};
 use crate::run::{self, Options};
 
 /// What a sweep varies.
@@ -118,7 +118,8 @@ pub struct SweepSample {
     pub rep: usize,
     /// Figure name (`frames-64`, `bum-64`, `udp-rr`).
     pub figure: String,
-    /// The figure.
+    /// The figure (`NaN`, written as `null`, for a failed measurement).
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub value: f64,
     /// Its unit.
     pub unit: String,
@@ -244,9 +245,14 @@ pub fn run(
                     x,
                     mode,
                 };
-                let (topo, built) = point
-                    .build(&prefix, tools, stop)
-                    .with_context(|| format!("building sweep {} at {x}", spec.kind.name()))?;
+                let (topo, built) = match point.build(&prefix, tools, stop) {
+                    Ok(b) => b,
+                    // Ctrl-C reaches the switches being started too: not a failure.
+                    Err(_) if stop.load(Ordering::Relaxed) => return Ok(false),
+                    Err(e) => {
+                        return Err(e.context(format!("building sweep {} at {x}", spec.kind.name())))
+                    }
+                };
                 for (figure, unit, _) in spec.kind.figures() {
                     if stop.load(Ordering::Relaxed) {
                         return Ok(false);
@@ -370,6 +376,7 @@ impl Point {
                 "netns", &v,
             ])?;
             sh(&["ip", "-n", &h, "link", "set", &port, "up"])?;
+            host_end(&h, &port)?;
             let (mac, ip) = vm_addr(i);
             configure_vm(&v, &mac, &ip, "1500")?;
             cfg += &format!("[[port]]\ninterface = \"{port}\"\nvni = 1\n");
@@ -448,6 +455,7 @@ impl Point {
                 "netns", v,
             ])?;
             sh(&["ip", "-n", h, "link", "set", "vm", "up"])?;
+            host_end(h, "vm")?;
             configure_vm(v, mac, ip, "1450")?;
             let peers = if i == 0 {
                 peers_a.clone()

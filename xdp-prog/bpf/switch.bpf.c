@@ -596,4 +596,29 @@ int kangaroo_sink(struct xdp_md *ctx)
 	return XDP_DROP;
 }
 
+/* The benchmarks' frame generator's target: entry 0 holds the ifindex frames are sent out of. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} kg_gen_target SEC(".maps");
+
+/*
+ * The benchmarks' frame generator, run with BPF_PROG_TEST_RUN in live-frames mode: every run
+ * transmits the test frame out of the interface in kg_gen_target (its ndo_xdp_xmit), with no
+ * socket buffer on the way, as a hardware traffic generator would put it on the wire. Never
+ * attached by the switch.
+ */
+SEC("xdp")
+int kangaroo_gen(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u32 *ifindex = bpf_map_lookup_elem(&kg_gen_target, &zero);
+
+	if (!ifindex || !*ifindex)
+		return XDP_ABORTED;
+	return bpf_redirect(*ifindex, 0);
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

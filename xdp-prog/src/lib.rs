@@ -15,6 +15,11 @@ pub const MAX_QUEUES: u32 = 16;
 /// Entries in the XSKMAP: one per (port slot, queue).
 pub const MAX_SOCKETS: u32 = MAX_PORTS * MAX_QUEUES;
 
+/// Name of the benchmarks' frame generator program (run in live-frames mode, never attached).
+pub const GEN_PROGRAM: &str = "kangaroo_gen";
+/// Name of the generator's target (entry 0: the ifindex frames go out of).
+pub const GEN_TARGET_MAP: &str = "kg_gen_target";
+
 /// Name of the XDP program attached to ports.
 pub const PORT_PROGRAM: &str = "kangaroo_port";
 /// Name of the port table (ifindex → [`Port`]).
