@@ -255,9 +255,9 @@ struct FloodArgs {
     #[arg(long, default_value_t = 1)]
     passes: u32,
     /// How frames are sent: `xdp` (the generator program in BPF_PROG_TEST_RUN live-frames
-    /// mode: the kernel transmits from a page pool with no socket buffers, the fastest),
-    /// `afxdp` (a transmit-only AF_XDP socket) or `packet` (AF_PACKET, 64 frames per
-    /// `sendmmsg`). `--sources` always uses `packet` (each frame differs).
+    /// mode: the kernel transmits from a page pool with no socket buffers, the fastest) or
+    /// `packet` (AF_PACKET, 64 frames per `sendmmsg`). `--sources` always uses `packet` (each
+    /// frame differs).
     #[arg(long, default_value = "xdp")]
     generator: String,
 }
@@ -275,8 +275,8 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
         "--seconds must be in (0, 60]"
     );
     anyhow::ensure!(
-        ["xdp", "afxdp", "packet"].contains(&a.generator.as_str()),
-        "--generator {:?}: use xdp, afxdp or packet",
+        ["xdp", "packet"].contains(&a.generator.as_str()),
+        "--generator {:?}: use xdp or packet",
         a.generator
     );
     let mac = |s: &str| -> anyhow::Result<[u8; 6]> {
@@ -330,23 +330,6 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
         let (n, secs) = kangaroo_bench::gen::flood(ifindex, &frame, a.seconds)?;
         sent = n;
         sending = Some(secs);
-    } else if a.generator == "afxdp" {
-        drop(port);
-        let mut tx = kangaroo_switch::port::afxdp_tx::AfXdpSender::open(&a.interface, &frame)?;
-        while std::time::Instant::now() < deadline {
-            for _ in 0..64 {
-                let n = tx.send_repeated(256).context("sending")?;
-                sent += n as u64;
-            }
-        }
-        sending = Some(started.elapsed().as_secs_f64());
-        // Frames still queued at the end are not counted as sent until the kernel took them.
-        let settle = std::time::Instant::now() + std::time::Duration::from_millis(200);
-        while tx.in_flight() > 0 && std::time::Instant::now() < settle {
-            tx.send_repeated(0).context("sending")?;
-            std::thread::yield_now();
-        }
-        sent -= tx.in_flight() as u64;
     } else {
         while std::time::Instant::now() < deadline {
             for _ in 0..64 {

@@ -6,8 +6,6 @@
 
 #[cfg(target_os = "linux")]
 pub mod afxdp;
-#[cfg(target_os = "linux")]
-pub mod afxdp_tx;
 pub mod memory;
 pub mod opener;
 pub mod packet;
