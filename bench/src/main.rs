@@ -290,8 +290,10 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
         .write(&mut frame, &[0u8; 18])
         .context("building the frame")?;
     // 60 bytes on the wire plus the 4-byte FCS the NIC would add: the classic 64-byte frame.
-    let mut port = kangaroo_switch::port::packet::PacketPort::open(&a.interface)
-        .with_context(|| format!("opening {}", a.interface))?;
+    let open = || {
+        kangaroo_switch::port::packet::PacketPort::open(&a.interface)
+            .with_context(|| format!("opening {}", a.interface))
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(a.seconds);
     let started = std::time::Instant::now();
     let (mut sent, mut refused) = (0u64, 0u64);
@@ -299,6 +301,7 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
     if a.sources > 0 {
         anyhow::ensure!(a.sources <= 1 << 24, "--sources must be at most 2^24");
         anyhow::ensure!((1..=100).contains(&a.passes), "--passes must be 1..=100");
+        let mut port = open()?;
         let mut batch = vec![frame.clone(); 64];
         'passes: for _ in 0..a.passes {
             let mut next = 0u32;
@@ -321,7 +324,6 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
             }
         }
     } else if a.generator == "xdp" {
-        drop(port);
         let ifindex: u32 =
             std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", a.interface))
                 .ok()
@@ -331,6 +333,7 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
         sent = n;
         sending = Some(secs);
     } else {
+        let mut port = open()?;
         while std::time::Instant::now() < deadline {
             for _ in 0..64 {
                 // 64 frames per system call.

@@ -180,6 +180,7 @@ pub struct Topology {
     pub vm1: String,
     /// Namespace of VM 2 (the receiver).
     pub vm2: String,
+    prefix: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
     dir: PathBuf,
@@ -225,6 +226,7 @@ impl Topology {
         Ok(Topology {
             vm1: format!("{prefix}-v1"),
             vm2: format!("{prefix}-v2"),
+            prefix: prefix.to_owned(),
             namespaces: Vec::new(),
             children: Vec::new(),
             dir,
@@ -540,6 +542,11 @@ impl Topology {
             .with_context(|| ovs_log(&d, "vswitchd.log"))?;
         }
         Ok(())
+    }
+
+    /// The prefix every name of this topology starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The control socket of the switch started with `tag`.

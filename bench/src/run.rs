@@ -551,35 +551,10 @@ pub(crate) fn frames(
     crate::sweep::sink_attach(&t.vm2, "eth0", tools)?;
     let result = (|| {
         let before = xdp_drops(&t.vm2, "eth0")?;
-        let bench = tools.bench.display().to_string();
-        let secs_s = format!("{secs}");
-        let out = bounded(
-            t,
-            &t.vm1,
-            &[
-                &bench,
-                "flood",
-                "eth0",
-                "--src-mac",
-                VM1.0,
-                "--dst-mac",
-                VM2.0,
-                "--src-ip",
-                VM1.1,
-                "--dst-ip",
-                VM2.1,
-                "--seconds",
-                &secs_s,
-            ],
-            Duration::from_secs_f64(secs + 20.0),
-            stop,
-        )?;
+        let sent = flood_from_vm1(t, tools, stop, VM2, secs, &[])?;
         std::thread::sleep(Duration::from_millis(200));
         let after = xdp_drops(&t.vm2, "eth0")?;
         let got = after.saturating_sub(before);
-        let sent: Option<u64> = serde_json::from_str::<Value>(out.trim())
-            .ok()
-            .and_then(|v| v.get("sent").and_then(Value::as_u64));
         // The VMs' own few frames (ARP, neighbour discovery) can make `got` exceed `sent`.
         let loss = sent.map(|s| (1.0 - got as f64 / s.max(1) as f64).max(0.0));
         Ok((
@@ -589,6 +564,44 @@ pub(crate) fn frames(
     })();
     crate::sweep::sink_detach(&t.vm2, "eth0");
     result
+}
+
+/// Runs `kangaroo-bench flood` in VM 1 (from VM 1's addresses) to `(dst_mac, dst_ip)` for
+/// `secs` seconds with `extra` arguments, bounded by `secs + 20` s; returns the frames it
+/// reports sent.
+///
+/// # Errors
+/// The generator failed or did not finish in time, or `stop` was set.
+pub(crate) fn flood_from_vm1(
+    t: &Topology,
+    tools: &Tools,
+    stop: &AtomicBool,
+    (dst_mac, dst_ip): (&str, &str),
+    secs: f64,
+    extra: &[&str],
+) -> anyhow::Result<Option<u64>> {
+    let bench = tools.bench.display().to_string();
+    let secs_s = format!("{secs}");
+    let mut args = vec![
+        bench.as_str(),
+        "flood",
+        "eth0",
+        "--src-mac",
+        VM1.0,
+        "--dst-mac",
+        dst_mac,
+        "--src-ip",
+        VM1.1,
+        "--dst-ip",
+        dst_ip,
+        "--seconds",
+        &secs_s,
+    ];
+    args.extend_from_slice(extra);
+    let out = bounded(t, &t.vm1, &args, Duration::from_secs_f64(secs + 20.0), stop)?;
+    Ok(serde_json::from_str::<Value>(out.trim())
+        .ok()
+        .and_then(|v| v.get("sent").and_then(Value::as_u64)))
 }
 
 /// Writes `results.json`, `report.md` and the charts into `dir`.

@@ -303,6 +303,11 @@ fn vm_addr(i: u32) -> (String, String) {
     }
 }
 
+/// The peers sweep's sink namespace, which answers for the further peers.
+fn sink_ns(prefix: &str) -> String {
+    format!("{prefix}-s")
+}
+
 /// Address of fake peer `k` (from 1) on the peers sweep's underlay.
 fn fake_peer(k: u32) -> String {
     format!("10.96.{}.{}", k / 200, 10 + k % 200)
@@ -395,7 +400,7 @@ impl Point {
             (format!("{prefix}-ha"), "10.96.0.1", "a", t.vm1.clone(), VM1),
             (format!("{prefix}-hb"), "10.96.0.2", "b", t.vm2.clone(), VM2),
         ];
-        let sink = format!("{prefix}-s");
+        let sink = sink_ns(prefix);
         for (ns, addr, up) in hosts
             .iter()
             .map(|(h, a, tag, _, _)| (h.clone(), *a, format!("u{tag}")))
@@ -495,35 +500,12 @@ impl Point {
         sink_attach(&t.vm2, "eth0", tools)?;
         let started = Instant::now();
         let result = (|| {
-            let bench = tools.bench.display().to_string();
             let sources = self.x.to_string();
             let mut have = entries()?;
             let mut passes = 0;
             while have < want && passes < 8 {
                 passes += 1;
-                run::bounded(
-                    t,
-                    &t.vm1,
-                    &[
-                        &bench,
-                        "flood",
-                        "eth0",
-                        "--src-mac",
-                        VM1.0,
-                        "--dst-mac",
-                        VM2.0,
-                        "--src-ip",
-                        VM1.1,
-                        "--dst-ip",
-                        VM2.1,
-                        "--sources",
-                        &sources,
-                        "--seconds",
-                        "30",
-                    ],
-                    Duration::from_secs(40),
-                    stop,
-                )?;
+                run::flood_from_vm1(t, tools, stop, VM2, 30.0, &["--sources", &sources])?;
                 // The switch drains its queues (bounded).
                 let deadline = Instant::now() + Duration::from_secs(5);
                 loop {
@@ -588,35 +570,20 @@ fn bum(
     tools: &Tools,
     stop: &AtomicBool,
 ) -> anyhow::Result<(f64, Value)> {
-    let sink = t.vm1.replace("-v1", "-s");
+    let sink = sink_ns(t.prefix());
     sink_attach(&t.vm2, "eth0", tools)?;
     let result = (|| {
         let before = (
             run::xdp_drops(&t.vm2, "eth0")?,
             run::xdp_drops(&sink, "ul0")?,
         );
-        let bench = tools.bench.display().to_string();
-        let secs_s = format!("{secs}");
-        let out = run::bounded(
+        let sent = run::flood_from_vm1(
             t,
-            &t.vm1,
-            &[
-                &bench,
-                "flood",
-                "eth0",
-                "--src-mac",
-                VM1.0,
-                "--dst-mac",
-                "ff:ff:ff:ff:ff:ff",
-                "--src-ip",
-                VM1.1,
-                "--dst-ip",
-                "10.97.0.255",
-                "--seconds",
-                &secs_s,
-            ],
-            Duration::from_secs_f64(secs + 20.0),
+            tools,
             stop,
+            ("ff:ff:ff:ff:ff:ff", "10.97.0.255"),
+            secs,
+            &[],
         )?;
         std::thread::sleep(Duration::from_millis(300));
         let after = (
@@ -625,9 +592,6 @@ fn bum(
         );
         let at_b = after.0.saturating_sub(before.0);
         let elsewhere = after.1.saturating_sub(before.1);
-        let sent: Option<u64> = serde_json::from_str::<Value>(out.trim())
-            .ok()
-            .and_then(|v| v.get("sent").and_then(Value::as_u64));
         Ok((
             at_b as f64 / secs / 1e6,
             json!({
