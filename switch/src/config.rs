@@ -6,7 +6,7 @@
 //! [`Config::check_interfaces`]) interfaces that do not exist on this host.
 //!
 //! ```toml
-//! mode = "xdp"                            # "xdp" (default) | "afxdp" | "packet"
+//! mode = "xdp"                            # "xdp" (default) | "tc" | "afxdp" | "packet"
 //! control_socket = "/run/kangaroo/switch.sock"
 //! [datapath]                              # optional
 //! cores = [1]                             # one worker thread per core, pinned; default: one unpinned
@@ -47,10 +47,34 @@ use crate::tunnel::{Vni, VXLAN_PORT};
 pub enum Mode {
     /// XDP fast path in the kernel, AF_XDP for the rest.
     Xdp,
+    /// tc (clsact ingress) fast path in the kernel, keeping the guests' offloads; punt devices
+    /// for the rest.
+    Tc,
     /// AF_XDP sockets steered by XDP; every frame through user space.
     Afxdp,
     /// AF_PACKET sockets and a UDP socket; no eBPF.
     Packet,
+}
+
+/// The mode a file that names none gets (see docs/datapath.md for the measurements behind it).
+pub const DEFAULT_MODE: Mode = Mode::Xdp;
+
+impl Mode {
+    /// What the mode is good at, for the start-up log.
+    pub fn trade_off(self) -> &'static str {
+        match self {
+            Mode::Xdp => {
+                "highest small-frame rate (XDP fast path); native XDP turns the guests' TSO off, \
+                 so bulk TCP runs below kernel speed"
+            }
+            Mode::Tc => {
+                "keeps the guests' TSO and checksum offloads (tc fast path): bulk TCP at kernel \
+                 speed; lower small-frame rate than xdp"
+            }
+            Mode::Afxdp => "every frame through user space over AF_XDP; no kernel fast path",
+            Mode::Packet => "portable fallback: AF_PACKET and UDP sockets, no eBPF",
+        }
+    }
 }
 
 /// Default control socket path.
@@ -118,6 +142,8 @@ impl PeerSettings {
 pub struct Config {
     /// Datapath mode.
     pub mode: Mode,
+    /// True when the file named the mode (false: the default).
+    pub mode_configured: bool,
     /// Control API socket.
     pub control_socket: PathBuf,
     /// Worker threads.
@@ -232,6 +258,16 @@ pub fn valid_ifname(s: &str) -> bool {
 }
 
 impl Config {
+    /// Why the switch runs in its mode: configured or the default, and the mode's trade-off.
+    pub fn mode_reason(&self) -> String {
+        let origin = if self.mode_configured {
+            "set in the config file"
+        } else {
+            "the default"
+        };
+        format!("{origin}: {}", self.mode.trade_off())
+    }
+
     /// Reads and validates a configuration file.
     ///
     /// # Errors
@@ -451,7 +487,8 @@ impl Config {
         }
 
         Ok(Config {
-            mode: f.mode.unwrap_or(Mode::Xdp),
+            mode_configured: f.mode.is_some(),
+            mode: f.mode.unwrap_or(DEFAULT_MODE),
             control_socket: f
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),

@@ -346,7 +346,7 @@ fn init_logging() {
 
 fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     use kangaroo_switch::config::Mode;
-    use kangaroo_switch::port::opener::{AfXdpOpener, PacketOpener, PortOpener};
+    use kangaroo_switch::port::opener::{EbpfOpener, PacketOpener, PortOpener};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -358,17 +358,23 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     // Receive slots hold a whole GSO super-frame (up to 64 KiB): guests with TSO send them to
     // packet ports, and peers whose packets crossed only virtual links send them in one datagram.
     let max_frame = usize::from(u16::MAX);
+    let hook = match cfg.mode {
+        Mode::Tc => kangaroo_switch::xdp::Hook::Tc,
+        _ => kangaroo_switch::xdp::Hook::Xdp,
+    };
     let afxdp = match cfg.mode {
         Mode::Packet => None,
         _ => Some(
-            AfXdpOpener::new(
+            EbpfOpener::with_hook(
+                hook,
                 Default::default(),
-                cfg.mode == Mode::Xdp,
+                matches!(cfg.mode, Mode::Xdp | Mode::Tc),
                 u32::try_from(cfg.fdb.capacity).unwrap_or(u32::MAX),
             )
             .with_context(|| format!("{origin}: mode: {:?}", cfg.mode))?,
         ),
     };
+    tracing::info!(mode = ?cfg.mode, why = %cfg.mode_reason(), "datapath mode");
     let opener = |w: usize, n: usize| -> Box<dyn PortOpener> {
         match &afxdp {
             Some(a) => Box::new(a.for_worker(w as u32, n as u32)),

@@ -1,4 +1,10 @@
-//! The XDP program on port interfaces: loading, attaching, steering table, counters.
+//! The switch's eBPF programs on port interfaces and the uplink: loading, attaching, steering
+//! table, the kernel's mirror of the tables, counters.
+//!
+//! Two hooks, one object and one set of maps: [`Hook::Xdp`] attaches the XDP programs (modes
+//! "xdp" and "afxdp"); [`Hook::Tc`] attaches the tc programs at clsact ingress (mode "tc"), which
+//! keep the guests' segmentation and checksum offloads. In mode "tc" a port's slow path is its
+//! punt device ([`crate::port::tc`]), entered in the port table as `punt`.
 //!
 //! One [`XdpSteering`] loads `kangaroo-xdp`'s object once and attaches its port program to every
 //! port interface, in driver (native) mode where the driver supports it and in generic (skb) mode
@@ -11,8 +17,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::xdp::XdpLinkId;
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use kangaroo_xdp as abi;
 
@@ -59,6 +66,17 @@ pub enum AttachMode {
     Driver,
     /// Generic XDP, after the skb is built (every driver supports it).
     Skb,
+    /// The tc program at clsact ingress (mode "tc").
+    Tc,
+}
+
+/// Which hook the programs run at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP (modes "xdp" and "afxdp").
+    Xdp,
+    /// tc, clsact ingress (mode "tc").
+    Tc,
 }
 
 /// A port attached to the XDP program.
@@ -82,27 +100,39 @@ pub enum Program {
 }
 
 impl Program {
-    fn name(self) -> &'static str {
-        match self {
-            Program::Port => abi::PORT_PROGRAM,
-            Program::Uplink => abi::UPLINK_PROGRAM,
+    fn name(self, hook: Hook) -> &'static str {
+        match (self, hook) {
+            (Program::Port, Hook::Xdp) => abi::PORT_PROGRAM,
+            (Program::Uplink, Hook::Xdp) => abi::UPLINK_PROGRAM,
+            (Program::Port, Hook::Tc) => abi::TC_PORT_PROGRAM,
+            (Program::Uplink, Hook::Tc) => abi::TC_UPLINK_PROGRAM,
         }
     }
 }
 
+enum Link {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
+}
+
 struct Attached {
     program: Program,
-    link: XdpLinkId,
+    link: Link,
+    /// The interface is one end of a veth pair (mode "tc" forwards into the other end).
+    veth: bool,
     slot: u32,
     mode: AttachMode,
     queues: Vec<u32>,
     /// Ports (one per datapath worker) using this attachment.
     users: u32,
+    /// Mode "tc": the ifindex of the port's punt device.
+    punt: u32,
 }
 
 /// The loaded XDP program and its maps.
 pub struct XdpSteering {
     ebpf: Ebpf,
+    hook: Hook,
     attached: HashMap<u32, Attached>,
     names: HashMap<String, u32>,
     free_slots: Vec<u32>,
@@ -204,6 +234,19 @@ impl XdpSteering {
         fast: bool,
         fdb_entries: Option<u32>,
     ) -> Result<XdpSteering, XdpError> {
+        XdpSteering::load_hook(Hook::Xdp, force_skb, fast, fdb_entries)
+    }
+
+    /// As [`XdpSteering::load`], for the programs of `hook` (`force_skb` applies to XDP only).
+    ///
+    /// # Errors
+    /// As [`XdpSteering::load`].
+    pub fn load_hook(
+        hook: Hook,
+        force_skb: bool,
+        fast: bool,
+        fdb_entries: Option<u32>,
+    ) -> Result<XdpSteering, XdpError> {
         let mut loader = EbpfLoader::new();
         if let Some(n) = fdb_entries {
             loader.map_max_entries(abi::FDB_MAP, n.max(1));
@@ -211,17 +254,29 @@ impl XdpSteering {
         let mut ebpf = loader
             .load(abi::OBJECT)
             .map_err(|e| XdpError::Load(e.to_string()))?;
-        for name in [abi::PORT_PROGRAM, abi::UPLINK_PROGRAM] {
-            let prog: &mut Xdp = ebpf
+        let load_err = |name: &str| {
+            let name = name.to_owned();
+            move |e: aya::programs::ProgramError| XdpError::Load(format!("{name}: {e:#}"))
+        };
+        for which in [Program::Port, Program::Uplink] {
+            let name = which.name(hook);
+            let prog = ebpf
                 .program_mut(name)
-                .ok_or_else(|| XdpError::Load(format!("the object has no program {name}")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))?;
-            prog.load()
-                .map_err(|e| XdpError::Load(format!("{name}: {e:#}")))?;
+                .ok_or_else(|| XdpError::Load(format!("the object has no program {name}")))?;
+            match hook {
+                Hook::Xdp => {
+                    let p: &mut Xdp = prog.try_into().map_err(load_err(name))?;
+                    p.load().map_err(load_err(name))?;
+                }
+                Hook::Tc => {
+                    let p: &mut SchedClassifier = prog.try_into().map_err(load_err(name))?;
+                    p.load().map_err(load_err(name))?;
+                }
+            }
         }
         Ok(XdpSteering {
             ebpf,
+            hook,
             attached: HashMap::new(),
             names: HashMap::new(),
             free_slots: (0..abi::MAX_PORTS).rev().collect(),
@@ -231,11 +286,26 @@ impl XdpSteering {
     }
 
     fn program(&mut self, which: Program) -> Result<&mut Xdp, XdpError> {
+        let name = which.name(Hook::Xdp);
         self.ebpf
-            .program_mut(which.name())
-            .ok_or_else(|| XdpError::Load(format!("no program {}", which.name())))?
+            .program_mut(name)
+            .ok_or_else(|| XdpError::Load(format!("no program {name}")))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))
+    }
+
+    fn classifier(&mut self, which: Program) -> Result<&mut SchedClassifier, XdpError> {
+        let name = which.name(Hook::Tc);
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| XdpError::Load(format!("no program {name}")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))
+    }
+
+    /// The hook the programs run at.
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
 
     /// Attaches the program to `interface` (driver mode first, then skb mode) and reserves a
@@ -259,13 +329,24 @@ impl XdpSteering {
             .pop()
             .ok_or(XdpError::NoSlot(abi::MAX_PORTS))?;
         let force_skb = self.force_skb;
+        let hook = self.hook;
         let attempt = (|| {
+            if hook == Hook::Tc {
+                let prog = self.classifier(which)?;
+                return prog
+                    .attach(interface, TcAttachType::Ingress)
+                    .map(|l| (Link::Tc(l), AttachMode::Tc))
+                    .map_err(|e| XdpError::Attach {
+                        interface: interface.to_owned(),
+                        reason: format!("clsact ingress: {e:#}"),
+                    });
+            }
             let prog = self.program(which)?;
             let driver_err = if force_skb {
                 "skb mode was asked for".to_owned()
             } else {
                 match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                    Ok(link) => return Ok((link, AttachMode::Driver)),
+                    Ok(link) => return Ok((Link::Xdp(link), AttachMode::Driver)),
                     Err(e) => format!("{e:#}"),
                 }
             };
@@ -278,7 +359,7 @@ impl XdpSteering {
                             "native XDP unavailable; attached in skb (generic) mode"
                         );
                     }
-                    Ok((link, AttachMode::Skb))
+                    Ok((Link::Xdp(link), AttachMode::Skb))
                 }
                 Err(e) => Err(XdpError::Attach {
                     interface: interface.to_owned(),
@@ -298,10 +379,12 @@ impl XdpSteering {
             Attached {
                 program: which,
                 link,
+                veth: XdpSteering::is_veth(interface),
                 slot,
                 mode,
                 queues: Vec::new(),
                 users: 1,
+                punt: 0,
             },
         );
         self.names.insert(interface.to_owned(), ifindex);
@@ -315,7 +398,7 @@ impl XdpSteering {
         }) {
             tracing::warn!(interface, error = %e, "not a fast-path redirect target");
         }
-        tracing::info!(interface, ifindex, slot, ?mode, "XDP program attached");
+        tracing::info!(interface, ifindex, slot, ?mode, "eBPF program attached");
         Ok(Attachment {
             ifindex,
             slot,
@@ -331,7 +414,7 @@ impl XdpSteering {
         XskMap::try_from(map).map_err(map_err(abi::XSKS_MAP))
     }
 
-    fn ports(&mut self) -> Result<BpfHashMap<&mut MapData, u32, [u8; 36]>, XdpError> {
+    fn ports(&mut self) -> Result<BpfHashMap<&mut MapData, u32, [u8; 40]>, XdpError> {
         let map = self
             .ebpf
             .map_mut(abi::PORTS_MAP)
@@ -373,6 +456,7 @@ impl XdpSteering {
         let entry = abi::Port {
             slot: at.slot,
             flags: abi::PORT_F_STEER,
+            punt: self.punt_of(at.ifindex),
             ..Default::default()
         };
         self.ports()?
@@ -410,6 +494,7 @@ impl XdpSteering {
             slot,
             flags: abi::PORT_F_STEER,
             vni: cfg.vni.get(),
+            punt: self.punt_of(ifindex),
             ..Default::default()
         };
         if let Some(m) = cfg.mac {
@@ -425,7 +510,7 @@ impl XdpSteering {
         }
         if self.fast && cfg.ips.len() <= abi::MAX_IPS {
             entry.flags |= abi::PORT_F_FAST;
-            if XdpSteering::is_veth(interface) {
+            if self.hook == Hook::Xdp && XdpSteering::is_veth(interface) {
                 tracing::info!(
                     interface,
                     "veth port: the VM's end must have an XDP program or GRO enabled to receive \
@@ -436,6 +521,23 @@ impl XdpSteering {
         self.ports()?
             .insert(ifindex, entry.to_ne_bytes(), 0)
             .map_err(map_err(abi::PORTS_MAP))
+    }
+
+    /// Mode "tc": records the punt device of the port on `ifindex` (its slow path). Takes effect
+    /// at the next [`XdpSteering::steer`] or [`XdpSteering::configure_port`].
+    pub fn set_punt(&mut self, ifindex: u32, punt: u32) {
+        if let Some(a) = self.attached.get_mut(&ifindex) {
+            a.punt = punt;
+        }
+    }
+
+    fn punt_of(&self, ifindex: u32) -> u32 {
+        self.attached.get(&ifindex).map_or(0, |a| a.punt)
+    }
+
+    /// True if the attached interface `ifindex` is one end of a veth pair.
+    pub fn is_attached_veth(&self, ifindex: u32) -> bool {
+        self.attached.get(&ifindex).is_some_and(|a| a.veth)
     }
 
     /// Writes the port-table entry for `ifindex` (normally done by [`XdpSteering::configure_port`]
@@ -462,7 +564,7 @@ impl XdpSteering {
             })
     }
 
-    /// Runs `which` once on `frame` as if it arrived on `ifindex`, queue 0
+    /// Runs `which` (of the loaded hook) once on `frame` as if it arrived on `ifindex`, queue 0
     /// (`BPF_PROG_TEST_RUN`), and returns the action and the frame as the program left it.
     ///
     /// # Errors
@@ -474,19 +576,35 @@ impl XdpSteering {
         ifindex: u32,
     ) -> Result<(u32, Vec<u8>), XdpError> {
         use aya::programs::{TestRun, TestRunOptions};
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.program(which)?;
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::new()
-            })
-            .map_err(|e| XdpError::Load(format!("test run: {e:#}")))?;
+        let r = match self.hook {
+            Hook::Xdp => {
+                // struct xdp_md: data_end's slot carries the length, then ingress_ifindex.
+                let mut ctx = [0u8; 24];
+                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+                self.program(which)?.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..TestRunOptions::new()
+                })
+            }
+            Hook::Tc => {
+                // struct __sk_buff up to ifindex: ingress_ifindex at 36, ifindex at 40 (the
+                // fields before them must be zero in a test run).
+                let mut ctx = [0u8; 44];
+                ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+                self.classifier(which)?.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..TestRunOptions::new()
+                })
+            }
+        }
+        .map_err(|e| XdpError::Load(format!("test run: {e:#}")))?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
     }
@@ -543,6 +661,10 @@ impl XdpSteering {
         mac: [u8; 6],
         dest: Option<(u32, u32)>,
     ) -> Result<(), XdpError> {
+        let flags = match dest {
+            Some((abi::DEST_PORT, ifindex)) if self.is_attached_veth(ifindex) => abi::FDB_F_PEER,
+            _ => 0,
+        };
         let key = abi::FdbKey { vni, mac, pad: 0 }.to_ne_bytes();
         let mut m = self.bytes_map::<12, 16>(abi::FDB_MAP)?;
         match dest {
@@ -553,7 +675,7 @@ impl XdpSteering {
                         kind,
                         target,
                         hit: 0,
-                        pad: 0,
+                        flags,
                     }
                     .to_ne_bytes(),
                     0,
@@ -702,10 +824,14 @@ impl XdpSteering {
         if let Ok(mut d) = self.devs() {
             let _ = d.remove(ifindex);
         }
-        match self.program(a.program).map(|p| p.detach(a.link)) {
-            Ok(Ok(())) => tracing::info!(ifindex, "XDP program detached"),
-            Ok(Err(e)) => tracing::warn!(ifindex, error = %e, "detaching XDP failed"),
-            Err(e) => tracing::warn!(ifindex, error = %e, "detaching XDP failed"),
+        let detached = match a.link {
+            Link::Xdp(l) => self.program(a.program).map(|p| p.detach(l)),
+            Link::Tc(l) => self.classifier(a.program).map(|p| p.detach(l)),
+        };
+        match detached {
+            Ok(Ok(())) => tracing::info!(ifindex, "eBPF program detached"),
+            Ok(Err(e)) => tracing::warn!(ifindex, error = %e, "detaching the eBPF program failed"),
+            Err(e) => tracing::warn!(ifindex, error = %e, "detaching the eBPF program failed"),
         }
         self.free_slots.push(a.slot);
     }

@@ -515,7 +515,7 @@ fn overlay_in(mode: &str) {
     let report_a = da.stop();
     let report_b = db.stop();
     assert!(
-        !xdp_attached(&ha, "ul0") && !xdp_attached(&hb, "ul0"),
+        !program_attached(&ha, "ul0") && !program_attached(&hb, "ul0"),
         "{mode}: no XDP program is left on the uplinks"
     );
     for (h, r) in [("A", &report_a), ("B", &report_b)] {

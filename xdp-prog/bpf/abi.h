@@ -52,6 +52,9 @@ struct kg_port {
 	__u8 pad;
 	/* Port security IPv4 addresses, network order. */
 	__u32 ips[KG_MAX_IPS];
+	/* Mode "tc": the ifindex of the port's punt device, where frames for user space go
+	 * (0: none yet, such frames are dropped and counted as no_socket). */
+	__u32 punt;
 };
 
 /* kg_uplink.flags */
@@ -93,8 +96,14 @@ struct kg_fdb_val {
 	/* Set by the programs when the station is seen as a source; cleared by user space, which
 	 * then keeps its own entry alive. */
 	__u32 hit;
-	__u32 pad;
+	/* KG_FDB_F_* */
+	__u32 flags;
 };
+
+/* kg_fdb_val.flags */
+/* KG_DEST_PORT: the port is one end of a veth pair; mode "tc" forwards into the other end
+ * directly (bpf_redirect_peer). */
+#define KG_FDB_F_PEER 1u
 
 /* Key of the `kg_arp` hash map. */
 struct kg_arp_key {

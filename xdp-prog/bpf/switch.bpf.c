@@ -31,6 +31,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/udp.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -420,6 +421,87 @@ static __always_inline int arp_reply(struct ethhdr *eth, void *end, struct kg_po
 	return XDP_TX;
 }
 
+/* What the port decision tree concluded (port_decide). */
+enum kg_action {
+	/* User space decides (learning, BUM, unknown, anything unusual). */
+	KG_ACT_SOCKET = 0,
+	/* An ARP reply was written in place: send it back out of the port. */
+	KG_ACT_ARP_REPLY = 1,
+	/* Known unicast to the local port `target` (its ifindex). */
+	KG_ACT_LOCAL = 2,
+	/* Known unicast behind the peer `target` (its id), in `vni`. */
+	KG_ACT_ENCAP = 3,
+};
+
+struct kg_verdict {
+	__u32 target;
+	__u32 vni;
+	/* KG_FDB_F_* of the destination entry. */
+	__u32 flags;
+};
+
+/*
+ * The port decision tree, shared by the XDP and tc entry points: port security, source learned
+ * on this port, ARP answerable from the map, IPv4 unicast to a known destination. `complete_csum`
+ * completes partial checksums (XDP, which carries no checksum metadata); tc leaves them to the
+ * skb's offload state. The caller has checked that the port is steered and fast.
+ */
+static __always_inline int port_decide(struct kg_port *port, __u32 ifindex, void *data, void *end,
+				       struct kg_verdict *v, int complete_csum)
+{
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end) {
+		count(KG_CTR_MALFORMED);
+		return KG_ACT_SOCKET;
+	}
+	if ((eth->h_source[0] & 1) ||
+	    ((port->flags & KG_PORT_F_MAC) && !mac_eq(eth->h_source, port->mac)))
+		return KG_ACT_SOCKET;
+	/* The source must already be learned on this very port: new and moved stations are
+	 * user space's to learn. */
+	struct kg_fdb_key sk = { .vni = port->vni };
+
+	mac_copy(sk.mac, eth->h_source);
+	struct kg_fdb_val *src = bpf_map_lookup_elem(&kg_fdb, &sk);
+
+	if (!src || src->kind != KG_DEST_PORT || src->target != ifindex)
+		return KG_ACT_SOCKET;
+	if (!src->hit)
+		src->hit = 1;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return arp_reply(eth, end, port) < 0 ? KG_ACT_SOCKET : KG_ACT_ARP_REPLY;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || (eth->h_dest[0] & 1))
+		return KG_ACT_SOCKET;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > end) {
+		count(KG_CTR_MALFORMED);
+		return KG_ACT_SOCKET;
+	}
+	if (ip->version != 4 || !ip_allowed(port, ip->saddr))
+		return KG_ACT_SOCKET;
+	struct kg_fdb_key dk = { .vni = port->vni };
+
+	mac_copy(dk.mac, eth->h_dest);
+	struct kg_fdb_val *dst = bpf_map_lookup_elem(&kg_fdb, &dk);
+
+	if (!dst || (dst->kind == KG_DEST_PORT && dst->target == ifindex))
+		return KG_ACT_SOCKET;
+	__u32 kind = dst->kind;
+
+	v->target = dst->target;
+	v->flags = dst->flags;
+	v->vni = port->vni;
+	if (kind != KG_DEST_PORT && kind != KG_DEST_VTEP)
+		return KG_ACT_SOCKET;
+	if (complete_csum && fix_l4_csum(end, ip) < 0) {
+		count(KG_CTR_MALFORMED);
+		return KG_ACT_SOCKET;
+	}
+	return kind == KG_DEST_PORT ? KG_ACT_LOCAL : KG_ACT_ENCAP;
+}
+
 SEC("xdp")
 int kangaroo_port(struct xdp_md *ctx)
 {
@@ -436,69 +518,118 @@ int kangaroo_port(struct xdp_md *ctx)
 		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
+	struct kg_verdict v = {};
 
-	if ((void *)(eth + 1) > end) {
-		count(KG_CTR_MALFORMED);
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
-	}
-	if ((eth->h_source[0] & 1) ||
-	    ((port->flags & KG_PORT_F_MAC) && !mac_eq(eth->h_source, port->mac)))
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
-	/* The source must already be learned on this very port: new and moved stations are
-	 * user space's to learn. */
-	struct kg_fdb_key sk = { .vni = port->vni };
-
-	mac_copy(sk.mac, eth->h_source);
-	struct kg_fdb_val *src = bpf_map_lookup_elem(&kg_fdb, &sk);
-
-	if (!src || src->kind != KG_DEST_PORT || src->target != ifindex)
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
-	if (!src->hit)
-		src->hit = 1;
-	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
-		if (arp_reply(eth, end, port) < 0)
-			return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	switch (port_decide(port, ifindex, data, end, &v, 1)) {
+	case KG_ACT_ARP_REPLY:
 		/* Back out of the port it came in on. A redirect to the port itself rather than
 		 * XDP_TX: on veth, XDP_TX frames built from an skb did not reach the VM. */
 		return bpf_redirect_map(&kg_devs, ifindex, XDP_TX);
-	}
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || (eth->h_dest[0] & 1))
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
-	struct iphdr *ip = (void *)(eth + 1);
-
-	if ((void *)(ip + 1) > end) {
-		count(KG_CTR_MALFORMED);
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
-	}
-	if (ip->version != 4 || !ip_allowed(port, ip->saddr))
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
-	struct kg_fdb_key dk = { .vni = port->vni };
-
-	mac_copy(dk.mac, eth->h_dest);
-	struct kg_fdb_val *dst = bpf_map_lookup_elem(&kg_fdb, &dk);
-
-	if (!dst || (dst->kind == KG_DEST_PORT && dst->target == ifindex))
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
-	__u32 kind = dst->kind, target = dst->target, vni = port->vni;
-
-	if (fix_l4_csum(end, ip) < 0) {
-		count(KG_CTR_MALFORMED);
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
-	}
-	if (kind == KG_DEST_PORT) {
-		long action = bpf_redirect_map(&kg_devs, target, 0);
+	case KG_ACT_LOCAL: {
+		long action = bpf_redirect_map(&kg_devs, v.target, 0);
 
 		count(action == XDP_REDIRECT ? KG_CTR_FAST_LOCAL : KG_CTR_FAST_REDIRECT_FAILED);
 		return action;
 	}
-	if (kind == KG_DEST_VTEP) {
-		int r = encap(ctx, target, vni);
+	case KG_ACT_ENCAP: {
+		int r = encap(ctx, v.target, v.vni);
 
 		if (r >= 0)
 			return r;
+		break;
+	}
+	default:
+		break;
 	}
 	return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+}
+
+/* What the uplink decision tree concluded (uplink_decide). */
+enum kg_uplink_action {
+	/* Not VXLAN from a peer for this host: the host's own traffic. */
+	KG_UP_PASS = 0,
+	/* VXLAN to our port from an address that is not a peer. */
+	KG_UP_NOT_PEER = 1,
+	/* VXLAN from a peer that user space must handle. */
+	KG_UP_SOCKET = 2,
+	/* Known traffic to the local port `target`: strip the outer 50 bytes and forward. */
+	KG_UP_DECAP = 3,
+};
+
+/*
+ * The uplink decision tree, shared by the XDP and tc entry points. Only the plain case is
+ * decapsulated in the kernel: a 20-byte outer IPv4 header, no outer UDP checksum to verify,
+ * unfragmented, exactly the I flag, a VNI shared with the peer, the inner source known behind
+ * that peer and the inner destination a known local port. With `inner_ipv4_only` (tc, where the
+ * skb's protocol must stay IPv4) other inner types go to user space.
+ */
+static __always_inline int uplink_decide(struct kg_uplink *up, void *data, void *end,
+					 struct kg_verdict *v, int complete_csum,
+					 int inner_ipv4_only)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if (!up || !(up->flags & KG_UPLINK_F_ENABLED) || (void *)(ip + 1) > end ||
+	    eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_UDP ||
+	    ip->daddr != up->addr || ip->ihl < 5)
+		return KG_UP_PASS;
+	__u32 ihl = ip->ihl * 4;
+	struct udphdr *udp = (void *)ip + ihl;
+
+	if ((void *)(udp + 1) > end || udp->dest != up->port)
+		return KG_UP_PASS;
+	__u32 src_addr = ip->saddr;
+	__u32 *peer = bpf_map_lookup_elem(&kg_peers, &src_addr);
+
+	if (!peer)
+		return KG_UP_NOT_PEER;
+	if (!(up->flags & KG_UPLINK_F_FAST))
+		return KG_UP_SOCKET;
+	__u8 *vx = (void *)(udp + 1);
+	struct ethhdr *inner = (void *)(vx + 8);
+
+	if (ihl != 20 || udp->check != 0 || (ip->frag_off & bpf_htons(0x3fff)) ||
+	    (void *)(inner + 1) > end || vx[0] != 0x08) {
+		if ((void *)(inner + 1) > end)
+			count(KG_CTR_MALFORMED);
+		return KG_UP_SOCKET;
+	}
+	__u32 vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
+	struct kg_peer_vni pv = { .addr = src_addr, .vni = vni };
+
+	if (!bpf_map_lookup_elem(&kg_peer_vnis, &pv) || (inner->h_dest[0] & 1))
+		return KG_UP_SOCKET;
+	if (inner_ipv4_only && inner->h_proto != bpf_htons(ETH_P_IP))
+		return KG_UP_SOCKET;
+	struct kg_fdb_key sk = { .vni = vni };
+
+	mac_copy(sk.mac, inner->h_source);
+	struct kg_fdb_val *src = bpf_map_lookup_elem(&kg_fdb, &sk);
+
+	if (!src || src->kind != KG_DEST_VTEP || src->target != *peer)
+		return KG_UP_SOCKET;
+	struct kg_fdb_key dk = { .vni = vni };
+
+	mac_copy(dk.mac, inner->h_dest);
+	struct kg_fdb_val *dst = bpf_map_lookup_elem(&kg_fdb, &dk);
+
+	if (!dst || dst->kind != KG_DEST_PORT)
+		return KG_UP_SOCKET;
+	if (!src->hit)
+		src->hit = 1;
+	v->target = dst->target;
+	v->flags = dst->flags;
+	v->vni = vni;
+	if (complete_csum && inner->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iip = (void *)(inner + 1);
+
+		if ((void *)(iip + 1) > end || fix_l4_csum(end, iip) < 0) {
+			count(KG_CTR_MALFORMED);
+			return KG_UP_SOCKET;
+		}
+	}
+	return KG_UP_DECAP;
 }
 
 SEC("xdp")
@@ -508,81 +639,223 @@ int kangaroo_uplink(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	__u32 zero = 0;
 	struct kg_uplink *up = bpf_map_lookup_elem(&kg_uplink_cfg, &zero);
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
+	struct kg_verdict v = {};
 
-	if (!up || !(up->flags & KG_UPLINK_F_ENABLED) || (void *)(ip + 1) > end ||
-	    eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_UDP ||
-	    ip->daddr != up->addr || ip->ihl < 5) {
+	switch (uplink_decide(up, data, end, &v, 1, 0)) {
+	case KG_UP_PASS:
 		count(KG_CTR_UPLINK_PASS);
 		return XDP_PASS;
-	}
-	__u32 ihl = ip->ihl * 4;
-	struct udphdr *udp = (void *)ip + ihl;
-
-	if ((void *)(udp + 1) > end || udp->dest != up->port) {
-		count(KG_CTR_UPLINK_PASS);
-		return XDP_PASS;
-	}
-	__u32 src_addr = ip->saddr;
-	__u32 *peer = bpf_map_lookup_elem(&kg_peers, &src_addr);
-
-	if (!peer) {
+	case KG_UP_NOT_PEER:
 		count(KG_CTR_UPLINK_NOT_PEER);
 		return XDP_PASS;
+	case KG_UP_DECAP: {
+		if (bpf_xdp_adjust_head(ctx, KG_OUTER_LEN))
+			break;
+		long action = bpf_redirect_map(&kg_devs, v.target, 0);
+
+		count(action == XDP_REDIRECT ? KG_CTR_FAST_DECAP : KG_CTR_FAST_REDIRECT_FAILED);
+		return action;
 	}
-	__u32 slot = up->slot;
-
-	if (!(up->flags & KG_UPLINK_F_FAST))
-		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
-	/* Only the plain case: a 20-byte outer IPv4 header, no outer UDP checksum to verify,
-	 * unfragmented, exactly the I flag. Everything else is user space's to check. */
-	__u8 *vx = (void *)(udp + 1);
-	struct ethhdr *inner = (void *)(vx + 8);
-
-	if (ihl != 20 || udp->check != 0 || (ip->frag_off & bpf_htons(0x3fff)) ||
-	    (void *)(inner + 1) > end || vx[0] != 0x08) {
-		if ((void *)(inner + 1) > end)
-			count(KG_CTR_MALFORMED);
-		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
+	default:
+		break;
 	}
-	__u32 vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
-	struct kg_peer_vni pv = { .addr = src_addr, .vni = vni };
+	/* up is non-null here: uplink_decide passes a missing configuration. */
+	return up ? to_socket(ctx, up->slot, KG_CTR_UPLINK_TO_SOCKET) : XDP_PASS;
+}
 
-	if (!bpf_map_lookup_elem(&kg_peer_vnis, &pv) || (inner->h_dest[0] & 1))
-		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
-	struct kg_fdb_key sk = { .vni = vni };
+/*
+ * The tc (clsact ingress) entry points: the same decision trees on socket buffers, which keep the
+ * guests' segmentation and checksum offloads (a 64 KiB TCP super-frame is switched as one).
+ * Forwarding uses bpf_redirect_peer into a veth's other end (KG_FDB_F_PEER) and bpf_redirect
+ * elsewhere; encapsulation uses bpf_skb_adjust_room with the UDP tunnel flags, so the kernel
+ * segments the super-frame (or hands it to the next virtual link whole). The slow path is a
+ * redirect to the port's punt device (a tap the user-space switch reads): no frame reaches user
+ * space twice, and none that the fast path handles reaches it at all.
+ */
 
-	mac_copy(sk.mac, inner->h_source);
-	struct kg_fdb_val *src = bpf_map_lookup_elem(&kg_fdb, &sk);
+/* Bytes the tc programs read directly: outer Ethernet/IPv4/UDP/VXLAN, inner Ethernet and IPv4
+ * (84), or the port's Ethernet, IPv4 and L4 ports / ARP. */
+#define TC_PULL 96
 
-	if (!src || src->kind != KG_DEST_VTEP || src->target != *peer)
-		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
-	struct kg_fdb_key dk = { .vni = vni };
+/* Pulls the first TC_PULL bytes (or the whole frame, if shorter) into the linear area. */
+static __always_inline int tc_pull(struct __sk_buff *skb)
+{
+	__u32 want = skb->len < TC_PULL ? skb->len : TC_PULL;
 
-	mac_copy(dk.mac, inner->h_dest);
-	struct kg_fdb_val *dst = bpf_map_lookup_elem(&kg_fdb, &dk);
+	return bpf_skb_pull_data(skb, want);
+}
 
-	if (!dst || dst->kind != KG_DEST_PORT)
-		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
-	if (!src->hit)
-		src->hit = 1;
-	__u32 target = dst->target;
+static __always_inline int tc_forward(__u32 ifindex, __u32 flags)
+{
+	if (flags & KG_FDB_F_PEER)
+		return bpf_redirect_peer(ifindex, 0);
+	return bpf_redirect(ifindex, 0);
+}
 
-	if (inner->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *iip = (void *)(inner + 1);
-
-		if ((void *)(iip + 1) > end || fix_l4_csum(end, iip) < 0) {
-			count(KG_CTR_MALFORMED);
-			return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
-		}
+static __always_inline int tc_punt(struct kg_port *port)
+{
+	if (!port->punt) {
+		count(KG_CTR_NO_SOCKET);
+		return TC_ACT_SHOT;
 	}
-	if (bpf_xdp_adjust_head(ctx, KG_OUTER_LEN))
-		return to_socket(ctx, slot, KG_CTR_UPLINK_TO_SOCKET);
-	long action = bpf_redirect_map(&kg_devs, target, 0);
+	count(KG_CTR_TO_SOCKET);
+	return bpf_redirect(port->punt, 0);
+}
 
-	count(action == XDP_REDIRECT ? KG_CTR_FAST_DECAP : KG_CTR_FAST_REDIRECT_FAILED);
+/* Encapsulates toward peer `peer` in `vni` and redirects to the uplink. Returns -1 (frame
+ * untouched) when user space must handle it. */
+static __always_inline int tc_encap(struct __sk_buff *skb, __u32 peer, __u32 vni)
+{
+	struct kg_vtep *v = bpf_map_lookup_elem(&kg_vteps, &peer);
+
+	if (!v || !v->valid)
+		return -1;
+	struct kg_peer_vni pv = { .addr = v->addr, .vni = vni };
+
+	if (!bpf_map_lookup_elem(&kg_peer_vnis, &pv))
+		return -1;
+	__u32 inner_len = skb->len;
+
+	/* A super-frame is cut to the guest's MSS, which fits when the port's MTU leaves room
+	 * for the outer headers; a plain frame must fit itself. The outer IPv4 length must fit
+	 * 16 bits either way. */
+	if (inner_len > 0xffff - 36 || (!skb->gso_segs && inner_len > v->max_inner) ||
+	    (skb->gso_segs && skb->gso_size + 14 + 60 + 60 > v->max_inner))
+		return -1;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 hash = flow_hash(data, end);
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+		      BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+		      ((__u64)14 << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
+
+	if (bpf_skb_adjust_room(skb, KG_OUTER_LEN, BPF_ADJ_ROOM_MAC, flags))
+		return -1;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + KG_OUTER_LEN + 14 > end) {
+		/* The room is there but not linear: cannot happen after adjust_room, which
+		 * pushes into the headroom; the frame is no longer what the sender sent. */
+		count(KG_CTR_FAST_REDIRECT_FAILED);
+		return TC_ACT_SHOT;
+	}
+	/* The room went in after the Ethernet header: that header becomes the inner one. */
+	__builtin_memcpy(data + KG_OUTER_LEN, data, 14);
+	__builtin_memcpy(data, v->hdr, KG_OUTER_LEN);
+	struct iphdr *ip = data + 14;
+	struct udphdr *udp = data + 34;
+	__u8 *vx = data + 42;
+
+	ip->tot_len = bpf_htons(inner_len + 36);
+	ip->check = 0;
+	__u16 *w = (__u16 *)ip;
+	__u64 s = 0;
+
+	for (int i = 0; i < 10; i++)
+		s += w[i];
+	ip->check = ~fold(s);
+	udp->source = bpf_htons(49152 | (hash & 0x3fff));
+	udp->len = bpf_htons(inner_len + 16);
+	udp->check = 0;
+	vx[4] = vni >> 16;
+	vx[5] = vni >> 8;
+	vx[6] = vni;
+	long action = bpf_redirect(v->uplink, 0);
+
+	count(action == TC_ACT_REDIRECT ? KG_CTR_FAST_ENCAP : KG_CTR_FAST_REDIRECT_FAILED);
 	return action;
+}
+
+SEC("classifier")
+int kangaroo_tc_port(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct kg_port *port = bpf_map_lookup_elem(&kg_ports, &ifindex);
+
+	if (!port || !(port->flags & KG_PORT_F_STEER)) {
+		count(KG_CTR_NOT_PORT);
+		return TC_ACT_OK;
+	}
+	if (!(port->flags & KG_PORT_F_FAST) || tc_pull(skb))
+		return tc_punt(port);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct kg_verdict v = {};
+
+	switch (port_decide(port, ifindex, data, end, &v, 0)) {
+	case KG_ACT_ARP_REPLY:
+		count(KG_CTR_FAST_ARP_REPLY);
+		return bpf_redirect(ifindex, 0);
+	case KG_ACT_LOCAL: {
+		long action = tc_forward(v.target, v.flags);
+
+		count(action == TC_ACT_REDIRECT ? KG_CTR_FAST_LOCAL : KG_CTR_FAST_REDIRECT_FAILED);
+		return action;
+	}
+	case KG_ACT_ENCAP: {
+		int r = tc_encap(skb, v.target, v.vni);
+
+		if (r >= 0)
+			return r;
+		break;
+	}
+	default:
+		break;
+	}
+	return tc_punt(port);
+}
+
+SEC("classifier")
+int kangaroo_tc_uplink(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct kg_uplink *up = bpf_map_lookup_elem(&kg_uplink_cfg, &zero);
+
+	if (tc_pull(skb)) {
+		count(KG_CTR_UPLINK_PASS);
+		return TC_ACT_OK;
+	}
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct kg_verdict v = {};
+
+	switch (uplink_decide(up, data, end, &v, 0, 1)) {
+	case KG_UP_PASS:
+		count(KG_CTR_UPLINK_PASS);
+		return TC_ACT_OK;
+	case KG_UP_NOT_PEER:
+		count(KG_CTR_UPLINK_NOT_PEER);
+		return TC_ACT_OK;
+	case KG_UP_DECAP: {
+		/* The 50 bytes after the outer Ethernet header (outer IPv4/UDP/VXLAN and the
+		 * inner Ethernet header) are removed, and the inner header takes the outer's
+		 * place. */
+		__u8 inner[14];
+
+		if (data + KG_OUTER_LEN + 14 > end)
+			break;
+		__builtin_memcpy(inner, data + KG_OUTER_LEN, 14);
+		if (bpf_skb_adjust_room(skb, -KG_OUTER_LEN, BPF_ADJ_ROOM_MAC,
+					BPF_F_ADJ_ROOM_FIXED_GSO))
+			break;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		if (data + 14 > end) {
+			count(KG_CTR_FAST_REDIRECT_FAILED);
+			return TC_ACT_SHOT;
+		}
+		__builtin_memcpy(data, inner, 14);
+		long action = tc_forward(v.target, v.flags);
+
+		count(action == TC_ACT_REDIRECT ? KG_CTR_FAST_DECAP : KG_CTR_FAST_REDIRECT_FAILED);
+		return action;
+	}
+	default:
+		break;
+	}
+	/* The switch's UDP socket receives it through the host's stack. */
+	count(KG_CTR_UPLINK_TO_SOCKET);
+	return TC_ACT_OK;
 }
 
 /*

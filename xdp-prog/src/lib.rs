@@ -26,6 +26,10 @@ pub const PORT_PROGRAM: &str = "kangaroo_port";
 pub const PORTS_MAP: &str = "kg_ports";
 /// Name of the XSKMAP.
 pub const XSKS_MAP: &str = "kg_xsks";
+/// Name of the tc (clsact ingress) program attached to ports in mode "tc".
+pub const TC_PORT_PROGRAM: &str = "kangaroo_tc_port";
+/// Name of the tc (clsact ingress) program attached to the uplink in mode "tc".
+pub const TC_UPLINK_PROGRAM: &str = "kangaroo_tc_uplink";
 /// Name of the XDP program attached to the uplink.
 pub const UPLINK_PROGRAM: &str = "kangaroo_uplink";
 /// Name of the uplink configuration array (one [`Uplink`]).
@@ -76,6 +80,8 @@ pub struct Port {
     pub pad: u8,
     /// Port security IPv4 addresses, network order.
     pub ips: [u32; MAX_IPS],
+    /// Mode "tc": the ifindex of the port's punt device (0: none).
+    pub punt: u32,
 }
 
 /// Frames on this interface go to user space through its AF_XDP sockets.
@@ -94,8 +100,8 @@ impl Port {
     }
 
     /// The map value's bytes, as the kernel stores them (native byte order, C layout).
-    pub fn to_ne_bytes(&self) -> [u8; 36] {
-        let mut b = [0u8; 36];
+    pub fn to_ne_bytes(&self) -> [u8; 40] {
+        let mut b = [0u8; 40];
         b[0..4].copy_from_slice(&self.slot.to_ne_bytes());
         b[4..8].copy_from_slice(&self.flags.to_ne_bytes());
         b[8..12].copy_from_slice(&self.vni.to_ne_bytes());
@@ -105,6 +111,7 @@ impl Port {
         for (i, ip) in self.ips.iter().enumerate() {
             b[20 + 4 * i..24 + 4 * i].copy_from_slice(&ip.to_ne_bytes());
         }
+        b[36..40].copy_from_slice(&self.punt.to_ne_bytes());
         b
     }
 }
@@ -167,9 +174,13 @@ pub struct FdbVal {
     pub target: u32,
     /// Set by the programs when the station is seen as a source.
     pub hit: u32,
-    /// Padding.
-    pub pad: u32,
+    /// `FDB_F_*`.
+    pub flags: u32,
 }
+
+/// `KG_FDB_F_PEER`: the destination port is one end of a veth pair (mode "tc" forwards into
+/// the other end directly).
+pub const FDB_F_PEER: u32 = 1;
 
 impl FdbVal {
     /// The value's bytes, as the kernel stores them.
@@ -178,6 +189,7 @@ impl FdbVal {
         b[0..4].copy_from_slice(&self.kind.to_ne_bytes());
         b[4..8].copy_from_slice(&self.target.to_ne_bytes());
         b[8..12].copy_from_slice(&self.hit.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_ne_bytes());
         b
     }
 
@@ -188,7 +200,7 @@ impl FdbVal {
             kind: u(0),
             target: u(4),
             hit: u(8),
-            pad: u(12),
+            flags: u(12),
         }
     }
 }
@@ -355,7 +367,8 @@ const _: () = {
     assert!(core::mem::offset_of!(Port, slot) == 0);
     assert!(core::mem::offset_of!(Port, flags) == 4);
     assert!(Counter::FastRedirectFailed as u32 + 1 == COUNTER_COUNT);
-    assert!(core::mem::size_of::<Port>() == 36);
+    assert!(core::mem::size_of::<Port>() == 40);
+    assert!(core::mem::offset_of!(Port, punt) == 36);
     assert!(core::mem::offset_of!(Port, vni) == 8);
     assert!(core::mem::offset_of!(Port, mac) == 12);
     assert!(core::mem::offset_of!(Port, n_ips) == 18);
@@ -364,6 +377,7 @@ const _: () = {
     assert!(core::mem::offset_of!(FdbKey, mac) == 4);
     assert!(core::mem::size_of::<FdbVal>() == 16);
     assert!(core::mem::offset_of!(FdbVal, hit) == 8);
+    assert!(core::mem::offset_of!(FdbVal, flags) == 12);
     assert!(core::mem::size_of::<ArpKey>() == 8);
     assert!(core::mem::size_of::<Vtep>() == 64);
     assert!(core::mem::offset_of!(Vtep, valid) == 50);
@@ -413,6 +427,7 @@ mod tests {
         assert_eq!(define("KG_MAX_PORTS"), Some("1024"));
         assert_eq!(define("KG_MAX_QUEUES"), Some("16"));
         assert_eq!(define("KG_PORT_F_STEER"), Some("1u"));
+        assert_eq!(define("KG_FDB_F_PEER"), Some("1u"));
         for (c, enumerator) in Counter::ALL.iter().zip([
             "KG_CTR_TO_SOCKET",
             "KG_CTR_NO_SOCKET",

@@ -9,6 +9,8 @@ pub mod afxdp;
 pub mod memory;
 pub mod opener;
 pub mod packet;
+#[cfg(target_os = "linux")]
+pub mod tc;
 pub mod underlay;
 
 /// Index of a port in the switch.

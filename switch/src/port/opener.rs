@@ -133,12 +133,17 @@ impl PortOpener for PacketOpener {
     }
 }
 
-/// AF_XDP ports steered by the XDP program (modes "afxdp" and "xdp"). With several datapath
-/// workers, worker `w` of `n` owns receive queues `q` with `q % n == w` of every port (one socket
-/// each); all workers share the one loaded program, and the first keeps its maps in sync.
+/// Ports driven by the switch's eBPF programs: AF_XDP ports steered by the XDP program (modes
+/// "afxdp" and "xdp"), or tc ports with their punt devices (mode "tc"). With several datapath
+/// workers, worker `w` of `n` owns receive queues `q` with `q % n == w` of every AF_XDP port (one
+/// socket each), or one queue of every tc port's punt device; all workers share the one loaded
+/// object, and the first keeps its maps in sync.
 #[cfg(target_os = "linux")]
-pub struct AfXdpOpener {
+pub struct EbpfOpener {
     steering: Arc<Mutex<crate::xdp::XdpSteering>>,
+    /// Mode "tc": each port's punt device, by port interface (the first worker to open a port
+    /// creates it, the others join it). Held while a tc port opens.
+    punts: Arc<Mutex<std::collections::HashMap<String, String>>>,
     config: super::afxdp::AfXdpConfig,
     worker: u32,
     workers: u32,
@@ -149,7 +154,7 @@ pub struct AfXdpOpener {
 }
 
 #[cfg(target_os = "linux")]
-impl AfXdpOpener {
+impl EbpfOpener {
     /// Loads the XDP program (attached to each port as it opens), for a single worker, with a
     /// kernel FDB mirror of `fdb_entries` entries.
     ///
@@ -159,13 +164,29 @@ impl AfXdpOpener {
         config: super::afxdp::AfXdpConfig,
         fast: bool,
         fdb_entries: u32,
-    ) -> Result<AfXdpOpener, crate::xdp::XdpError> {
-        Ok(AfXdpOpener {
-            steering: Arc::new(Mutex::new(crate::xdp::XdpSteering::load(
+    ) -> Result<EbpfOpener, crate::xdp::XdpError> {
+        EbpfOpener::with_hook(crate::xdp::Hook::Xdp, config, fast, fdb_entries)
+    }
+
+    /// As [`EbpfOpener::new`], for the programs of `hook` (mode "tc": [`crate::xdp::Hook::Tc`],
+    /// always fast).
+    ///
+    /// # Errors
+    /// As [`EbpfOpener::new`].
+    pub fn with_hook(
+        hook: crate::xdp::Hook,
+        config: super::afxdp::AfXdpConfig,
+        fast: bool,
+        fdb_entries: u32,
+    ) -> Result<EbpfOpener, crate::xdp::XdpError> {
+        Ok(EbpfOpener {
+            steering: Arc::new(Mutex::new(crate::xdp::XdpSteering::load_hook(
+                hook,
                 false,
                 fast,
                 Some(fdb_entries),
             )?)),
+            punts: Arc::default(),
             config,
             worker: 0,
             workers: 1,
@@ -174,14 +195,20 @@ impl AfXdpOpener {
         })
     }
 
+    fn is_tc(&self) -> bool {
+        self.with(|s| s.hook() == crate::xdp::Hook::Tc)
+            .unwrap_or(false)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut crate::xdp::XdpSteering) -> T) -> Option<T> {
         self.steering.lock().ok().map(|mut s| f(&mut s))
     }
 
     /// The opener for worker `worker` of `workers`, sharing this one's program.
-    pub fn for_worker(&self, worker: u32, workers: u32) -> AfXdpOpener {
-        AfXdpOpener {
+    pub fn for_worker(&self, worker: u32, workers: u32) -> EbpfOpener {
+        EbpfOpener {
             steering: self.steering.clone(),
+            punts: self.punts.clone(),
             config: self.config,
             worker,
             workers: workers.max(1),
@@ -192,16 +219,31 @@ impl AfXdpOpener {
 }
 
 #[cfg(target_os = "linux")]
-impl PortOpener for AfXdpOpener {
+impl PortOpener for EbpfOpener {
     fn mode(&self) -> &'static str {
-        if self.with(|s| s.is_fast()).unwrap_or(false) {
-            "xdp"
-        } else {
-            "afxdp"
+        match self.with(|s| (s.hook(), s.is_fast())) {
+            Some((crate::xdp::Hook::Tc, _)) => "tc",
+            Some((_, true)) => "xdp",
+            _ => "afxdp",
         }
     }
 
     fn open(&mut self, interface: &str) -> Result<Box<dyn PortBackend>, String> {
+        if self.is_tc() {
+            let mut punts = self
+                .punts
+                .lock()
+                .map_err(|_| "the punt registry is poisoned".to_owned())?;
+            let port = super::tc::TcPort::open(
+                interface,
+                self.steering.clone(),
+                punts.get(interface).map(String::as_str),
+                self.workers > 1,
+            )
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+            punts.insert(interface.to_owned(), port.punt_name().to_owned());
+            return Ok(Box::new(port));
+        }
         super::afxdp::AfXdpPort::open(
             interface,
             self.steering.clone(),
@@ -323,6 +365,12 @@ impl PortOpener for AfXdpOpener {
         let ip =
             super::underlay::UnderlayPort::open(interface, local, mac, inner_mtu, self.shared())
                 .map_err(fmt)?;
+        if self.is_tc() {
+            // One program per interface, shared by the workers' uplinks (attach counts them).
+            return super::tc::TcUplink::open(ip, self.steering.clone(), local)
+                .map(|u| Box::new(u) as Box<dyn PortBackend>)
+                .map_err(fmt);
+        }
         let xdp = super::afxdp::AfXdpPort::open_with(
             interface,
             self.steering.clone(),

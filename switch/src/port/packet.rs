@@ -70,6 +70,19 @@ impl PacketPort {
     /// # Errors
     /// As [`PacketPort::open`].
     pub fn open_in_fanout(name: &str, fanout: bool) -> Result<PacketPort, PortError> {
+        PacketPort::open_with(name, fanout, true)
+    }
+
+    /// A transmit-only packet socket on `name` (bound with protocol 0, so the kernel delivers it
+    /// nothing): for ports whose frames reach user space another way (mode "tc").
+    ///
+    /// # Errors
+    /// As [`PacketPort::open`].
+    pub fn open_tx_only(name: &str) -> Result<PacketPort, PortError> {
+        PacketPort::open_with(name, false, false)
+    }
+
+    fn open_with(name: &str, fanout: bool, receive: bool) -> Result<PacketPort, PortError> {
         let io_err = |source: io::Error| PortError::Io {
             name: name.to_owned(),
             source,
@@ -81,7 +94,11 @@ impl PacketPort {
         if ifindex == 0 {
             return Err(io_err(io::Error::last_os_error()));
         }
-        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let proto = if receive {
+            (libc::ETH_P_ALL as u16).to_be()
+        } else {
+            0
+        };
         // SAFETY: plain socket(2) call with constant arguments; the result is checked below.
         let raw = unsafe {
             libc::socket(
@@ -124,6 +141,12 @@ impl PacketPort {
         };
         if r != 0 {
             return Err(io_err(io::Error::last_os_error()));
+        }
+        if !receive {
+            return Ok(PacketPort {
+                name: name.to_owned(),
+                fd,
+            });
         }
         if fanout {
             let group = (ifindex & 0xffff) as libc::c_int

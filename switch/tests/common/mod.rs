@@ -332,11 +332,70 @@ pub fn iperf(client: &Vm, server: &Vm, secs: u32, udp: bool) -> (f64, Value) {
     (bps.and_then(Value::as_f64).unwrap_or(0.0), v)
 }
 
-/// True if an XDP program is attached to `ifname` in `ns`.
-pub fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
+/// True if an XDP program, or one of the switch's tc programs, is attached to `ifname` in `ns`.
+pub fn program_attached(ns: &Netns, ifname: &str) -> bool {
     let o = sh(&["ip", "-n", &ns.0, "-d", "link", "show", "dev", ifname]);
     let text = String::from_utf8_lossy(&o.stdout);
-    text.contains("prog/xdp") || text.contains(" xdp ") || text.contains("xdpgeneric")
+    if text.contains("prog/xdp") || text.contains(" xdp ") || text.contains("xdpgeneric") {
+        return true;
+    }
+    tcx_attached(ns, ifname)
+}
+
+/// True if a process in `ns` holds a tcx link on `ifname` (found in the link descriptors'
+/// `fdinfo`: Debian's bpftool predates tcx and cannot list them).
+pub fn tcx_attached(ns: &Netns, ifname: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let o = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.0,
+        "cat",
+        &format!("/sys/class/net/{ifname}/ifindex"),
+    ]);
+    let Ok(ifindex) = String::from_utf8_lossy(&o.stdout).trim().parse::<u32>() else {
+        return false;
+    };
+    let Ok(ns_ino) = std::fs::metadata(format!("/run/netns/{}", ns.0)).map(|m| m.ino()) else {
+        return false;
+    };
+    let want_ns = format!("net:[{ns_ino}]");
+    let want_if = format!("ifindex:\t{ifindex}\n");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let dir = p.path();
+        let in_ns =
+            std::fs::read_link(dir.join("ns/net")).is_ok_and(|l| l.to_string_lossy() == want_ns);
+        in_ns
+            && std::fs::read_dir(dir.join("fdinfo")).is_ok_and(|fds| {
+                fds.flatten().any(|f| {
+                    std::fs::read_to_string(f.path())
+                        .is_ok_and(|t| t.contains("link_type:\ttcx\n") && t.contains(&want_if))
+                })
+            })
+    })
+}
+
+/// Lengths of the first `count` TCP frames `tcpdump` sees on `ifname` in `ns` within `secs`
+/// seconds, while something else makes traffic.
+pub fn tcp_frame_lengths(ns: &str, ifname: &str, count: u32, secs: u32) -> Vec<usize> {
+    let secs = secs.to_string();
+    let count = count.to_string();
+    let o = sh(&[
+        "ip", "netns", "exec", ns, "timeout", &secs, "tcpdump", "-nn", "-e", "-i", ifname, "-c",
+        &count, "tcp",
+    ]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "... ethertype IPv4 (0x0800), length 65226: 10.0.0.1.5201 > ..."
+            let rest = l.split(", length ").nth(1)?;
+            rest.split(':').next()?.trim().parse().ok()
+        })
+        .collect()
 }
 
 /// Attaches an XDP program that passes every frame (the switch's port program with empty maps)
