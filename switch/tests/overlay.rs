@@ -143,7 +143,7 @@ fn switch_config(mode: &str, ports: &[(&Vm, u32)], local: &str, peers: &[(&str, 
 
 /// The modes to test: all, or those listed in `KGR_MODES` (comma-separated).
 fn modes() -> Vec<&'static str> {
-    let all = ["afxdp", "xdp", "packet"];
+    let all = ["afxdp", "xdp", "tc", "packet"];
     match std::env::var("KGR_MODES") {
         Ok(m) => all
             .into_iter()
@@ -311,6 +311,14 @@ fn overlay_in(mode: &str) {
             stats(&dir_b)
         );
         tcp = iperf(&a1, &b1, 3, false).0;
+    }
+    if mode == "tc" || mode == "xdp" {
+        let (ca, cb) = (stats(&dir_a), stats(&dir_b));
+        let ctr = |s: &Value, k: &str| s["datapath"]["counters"][k].as_u64().unwrap_or(0);
+        assert!(
+            ctr(&ca, "fast_encap") > 1000 && ctr(&cb, "fast_decap") > 1000,
+            "{mode}: the stream is encapsulated and decapsulated in the kernel\nA: {ca}\nB: {cb}"
+        );
     }
     let (tcp_c, _) = iperf(&c1, &a1, 2, false);
     println!(

@@ -715,15 +715,34 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 peer, __u32 vni
 	if (!bpf_map_lookup_elem(&kg_peer_vnis, &pv))
 		return -1;
 	__u32 inner_len = skb->len;
-
-	/* A super-frame is cut to the guest's MSS, which fits when the port's MTU leaves room
-	 * for the outer headers; a plain frame must fit itself. The outer IPv4 length must fit
-	 * 16 bits either way. */
-	if (inner_len > 0xffff - 36 || (!skb->gso_segs && inner_len > v->max_inner) ||
-	    (skb->gso_segs && skb->gso_size + 14 + 60 + 60 > v->max_inner))
-		return -1;
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
+
+	/* The outer IPv4 length must fit 16 bits. A plain frame must fit the tunnel itself; a
+	 * super-frame is cut into segments of its headers plus gso_size, and each of those must
+	 * fit (they do when the guest's MTU leaves room for the outer headers). */
+	if (inner_len > 0xffff - 36)
+		return -1;
+	if (skb->gso_size) {
+		struct iphdr *ip = data + 14;
+
+		if ((void *)(ip + 1) > end)
+			return -1;
+		__u32 ihl = ip->ihl * 4;
+		__u32 l4 = 8;
+
+		if (ip->protocol == IPPROTO_TCP) {
+			__u8 *doff = (void *)ip + ihl + 12;
+
+			if ((void *)(doff + 1) > end)
+				return -1;
+			l4 = (*doff >> 4) * 4;
+		}
+		if (14 + ihl + l4 + skb->gso_size > v->max_inner)
+			return -1;
+	} else if (inner_len > v->max_inner) {
+		return -1;
+	}
 	__u32 hash = flow_hash(data, end);
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
 		      BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
