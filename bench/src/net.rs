@@ -31,8 +31,10 @@ pub enum Contender {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// eBPF fast path + AF_XDP.
+    /// eBPF fast path at XDP + AF_XDP.
     Xdp,
+    /// eBPF fast path at tc (clsact ingress) + punt devices; keeps the guests' offloads.
+    Tc,
     /// AF_XDP.
     Afxdp,
     /// AF_PACKET.
@@ -41,7 +43,7 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode.
-    pub const ALL: [Mode; 3] = [Mode::Xdp, Mode::Afxdp, Mode::Packet];
+    pub const ALL: [Mode; 4] = [Mode::Xdp, Mode::Tc, Mode::Afxdp, Mode::Packet];
 
     /// Parses a mode name.
     ///
@@ -51,13 +53,14 @@ impl Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.as_str() == s)
-            .ok_or_else(|| anyhow::anyhow!("unknown mode {s:?}; known: xdp, afxdp, packet"))
+            .ok_or_else(|| anyhow::anyhow!("unknown mode {s:?}; known: xdp, tc, afxdp, packet"))
     }
 
     /// Its name in the switch's configuration.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Xdp => "xdp",
+            Mode::Tc => "tc",
             Mode::Afxdp => "afxdp",
             Mode::Packet => "packet",
         }
@@ -66,15 +69,17 @@ impl Mode {
 
 impl Contender {
     /// Every contender.
-    pub const ALL: [Contender; 10] = [
+    pub const ALL: [Contender; 12] = [
         Contender::Veth,
         Contender::Bridge,
         Contender::Ovs,
         Contender::Kangaroo(Mode::Xdp),
+        Contender::Kangaroo(Mode::Tc),
         Contender::Kangaroo(Mode::Afxdp),
         Contender::Kangaroo(Mode::Packet),
         Contender::KernelVxlan,
         Contender::KangarooOverlay(Mode::Xdp),
+        Contender::KangarooOverlay(Mode::Tc),
         Contender::KangarooOverlay(Mode::Afxdp),
         Contender::KangarooOverlay(Mode::Packet),
     ];
@@ -180,6 +185,9 @@ pub struct Topology {
     pub vm1: String,
     /// Namespace of VM 2 (the receiver).
     pub vm2: String,
+    /// True when the switch forwards into VM 2 with `bpf_redirect_peer` (mode "tc"): frames
+    /// then enter VM 2 past its XDP hook, so the frame sink is a tc one.
+    pub peer_fed: bool,
     prefix: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
@@ -226,6 +234,7 @@ impl Topology {
         Ok(Topology {
             vm1: format!("{prefix}-v1"),
             vm2: format!("{prefix}-v2"),
+            peer_fed: false,
             prefix: prefix.to_owned(),
             namespaces: Vec::new(),
             children: Vec::new(),
@@ -250,6 +259,10 @@ impl Topology {
     /// The step that failed (what was made is removed).
     pub fn build(c: Contender, prefix: &str, tools: &Tools) -> anyhow::Result<Topology> {
         let mut t = Topology::empty(prefix)?;
+        t.peer_fed = matches!(
+            c,
+            Contender::Kangaroo(Mode::Tc) | Contender::KangarooOverlay(Mode::Tc)
+        );
         let (v1, v2) = (t.vm1.clone(), t.vm2.clone());
         t.add_ns(&v1)?;
         t.add_ns(&v2)?;

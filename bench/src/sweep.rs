@@ -336,6 +336,7 @@ impl Point {
             );
         }
         let mut t = Topology::empty(prefix)?;
+        t.peer_fed = self.mode == Mode::Tc;
         let built = match self.kind {
             SweepKind::Fdb => {
                 self.one_host(&mut t, prefix, 2, tools)?;
@@ -556,9 +557,40 @@ pub fn sink_attach(ns: &str, dev: &str, tools: &Tools) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Attaches the tc sink (`kangaroo_tc_sink`, drops every frame at clsact ingress) to `dev` in
+/// `ns`; it goes with the interface.
+///
+/// # Errors
+/// `tc` failed.
+pub fn tc_sink_attach(ns: &str, dev: &str, tools: &Tools) -> anyhow::Result<()> {
+    let obj = tools.xdp_object.display().to_string();
+    ns_sh(ns, &["tc", "qdisc", "replace", "dev", dev, "clsact"])?;
+    ns_sh(
+        ns,
+        &[
+            "tc",
+            "filter",
+            "replace",
+            "dev",
+            dev,
+            "ingress",
+            "pref",
+            "1",
+            "bpf",
+            "da",
+            "obj",
+            &obj,
+            "sec",
+            "classifier/sink",
+        ],
+    )?;
+    Ok(())
+}
+
 /// Removes the XDP sink from `dev` in `ns` (best effort: the namespace may be gone).
 pub fn sink_detach(ns: &str, dev: &str) {
     let _ = ns_sh(ns, &["ip", "link", "set", "dev", dev, "xdpdrv", "off"]);
+    let _ = ns_sh(ns, &["tc", "qdisc", "del", "dev", dev, "clsact"]);
 }
 
 /// Broadcast 64-byte frames from VM 1 for `secs`: the copies VM 2 (behind host B) receives per

@@ -27,7 +27,7 @@ use kangaroo_xdp as abi;
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     /// Loading the object or the program into the kernel failed.
-    #[error("loading the XDP program: {0}")]
+    #[error("eBPF program: {0}")]
     Load(String),
     /// Attaching to an interface failed in every mode.
     #[error("attaching XDP to {interface}: {reason}")]

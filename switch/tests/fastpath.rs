@@ -1,6 +1,7 @@
-//! The XDP fast path on synthetic frames (`BPF_PROG_TEST_RUN`, root): every branch of the port
-//! and uplink programs, byte for byte against what user space produces for the same input, and
-//! frames cut at every length never upset the (verifier-approved) programs and are counted.
+//! The kernel fast paths on synthetic frames (`BPF_PROG_TEST_RUN`, root): every branch of the
+//! XDP and the tc port and uplink programs, byte for byte against what user space produces for
+//! the same input, and frames cut at every length never upset the (verifier-approved) programs
+//! and are counted.
 //!
 //! Two veth ends (`fpa`, `fpb`) in the test's own network namespace stand for the port and the uplink (they are
 //! needed as real ifindexes; no frame is sent). Without root the tests print `skipping: ...`.
@@ -14,11 +15,14 @@ use std::net::Ipv4Addr;
 use common::*;
 use kangaroo_switch::mac::MacAddr;
 use kangaroo_switch::tunnel::{EncapTemplate, LocalVtep, Vni};
-use kangaroo_switch::xdp::{AttachMode, Attachment, Program, XdpSteering};
+use kangaroo_switch::xdp::{AttachMode, Attachment, Hook, Program, XdpSteering};
 use kangaroo_xdp as abi;
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
@@ -42,6 +46,10 @@ fn ifindex(ns: &Netns, name: &str) -> u32 {
 }
 
 fn bench() -> Option<Bench> {
+    bench_at(Hook::Xdp)
+}
+
+fn bench_at(hook: Hook) -> Option<Bench> {
     if let Some(why) = skip_reason() {
         println!("skipping: {why}");
         return None;
@@ -57,7 +65,7 @@ fn bench() -> Option<Bench> {
     // runs look the ingress device up there too: enter the namespace for the whole test.
     let file = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();
     nix_setns(&file);
-    let mut steer = XdpSteering::load(false, true, None).unwrap();
+    let mut steer = XdpSteering::load_hook(hook, false, true, None).unwrap();
     let port = abi::Port {
         slot: 0,
         flags: abi::PORT_F_STEER | abi::PORT_F_FAST,
@@ -347,6 +355,273 @@ fn frames_cut_at_every_length_are_handled_and_counted() {
             }
         }
     }
+    assert!(
+        counter(&t.steer, abi::Counter::Malformed) > 0,
+        "cuts inside a header the program reads are counted"
+    );
+}
+
+// The tc programs: the same decisions on socket buffers, offload metadata left alone.
+
+#[test]
+fn tc_known_local_unicast_is_redirected_untouched_and_the_rest_is_punted() {
+    let Some(mut t) = bench_at(Hook::Tc) else {
+        return;
+    };
+    t.steer
+        .fdb_set(VNI, MAC_B, Some((abi::DEST_PORT, t.b)))
+        .unwrap();
+    let good = tcp((MAC_A, IP_A), (MAC_B, IP_B), b"payload through the tc path");
+    // A partial checksum stays partial: the socket buffer says so, the receiver's stack or NIC
+    // completes it.
+    let (action, out) = t
+        .steer
+        .test_run(Program::Port, &partial(&good), t.a)
+        .unwrap();
+    assert_eq!((action, out), (TC_ACT_REDIRECT, partial(&good)));
+    assert_eq!(counter(&t.steer, abi::Counter::FastLocal), 1);
+    assert_eq!(counter(&t.steer, abi::Counter::FastCsum), 0);
+    let slow = [
+        tcp((MAC_A, IP_A), (MAC_C, IP_C), b"x"),
+        tcp((MAC_C, IP_C), (MAC_B, IP_B), b"x"),
+        tcp((MAC_A, IP_A), ([0xff; 6], IP_B), b"x"),
+    ];
+    // No punt device yet: dropped and counted, never leaked to the host's stack.
+    for f in &slow {
+        let (action, out) = t.steer.test_run(Program::Port, f, t.a).unwrap();
+        assert_eq!((action, &out), (TC_ACT_SHOT, f));
+    }
+    assert_eq!(counter(&t.steer, abi::Counter::NoSocket), 3);
+    // With one: redirected there, unchanged.
+    let port = abi::Port {
+        slot: 0,
+        flags: abi::PORT_F_STEER | abi::PORT_F_FAST,
+        vni: VNI,
+        punt: t.b,
+        ..Default::default()
+    };
+    t.steer.set_port_entry(t.a, &port).unwrap();
+    for f in &slow {
+        let (action, out) = t.steer.test_run(Program::Port, f, t.a).unwrap();
+        assert_eq!((action, &out), (TC_ACT_REDIRECT, f), "punted untouched");
+    }
+    assert_eq!(counter(&t.steer, abi::Counter::ToSocket), 3);
+    // Not a port (or not steered): the host's stack has it.
+    let (action, _) = t.steer.test_run(Program::Port, &good, t.b).unwrap();
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(counter(&t.steer, abi::Counter::NotPort), 1);
+}
+
+#[test]
+fn tc_arp_replies_and_encapsulation_match_user_space() {
+    let Some(mut t) = bench_at(Hook::Tc) else {
+        return;
+    };
+    t.steer
+        .arp_set(VNI, Ipv4Addr::from(IP_B), Some(MAC_B))
+        .unwrap();
+    let mut req = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, [0xff; 6])
+        .arp(
+            etherparse::ArpPacket::new(
+                etherparse::ArpHardwareId::ETHERNET,
+                etherparse::EtherType::IPV4,
+                etherparse::ArpOperation::REQUEST,
+                &MAC_A,
+                &IP_A,
+                &[0; 6],
+                &IP_B,
+            )
+            .unwrap(),
+        )
+        .write(&mut req)
+        .unwrap();
+    let (action, out) = t.steer.test_run(Program::Port, &req, t.a).unwrap();
+    assert_eq!(action, TC_ACT_REDIRECT, "back out of the port");
+    let msg = kangaroo_switch::arp::parse(&req[14..]).unwrap();
+    let mut expected = [0u8; 64];
+    let n = kangaroo_switch::arp::build_reply(
+        &msg,
+        MacAddr::from_slice(&MAC_B).unwrap(),
+        &mut expected,
+    )
+    .unwrap();
+    assert_eq!(
+        &out[..n],
+        &expected[..n],
+        "byte-identical to user space's reply"
+    );
+    assert_eq!(counter(&t.steer, abi::Counter::FastArpReply), 1);
+
+    let remote = Ipv4Addr::new(10, 0, 0, 2);
+    let template = EncapTemplate::new(
+        &local([2, 0, 0, 0, 9, 1]),
+        remote,
+        MacAddr::from_slice(&[2, 0, 0, 0, 9, 9]).unwrap(),
+    );
+    t.steer
+        .vtep_set(
+            0,
+            Some(&abi::Vtep {
+                hdr: *template.bytes(),
+                valid: 1,
+                addr: u32::from_ne_bytes(remote.octets()),
+                uplink: t.b,
+                max_inner: 1464,
+            }),
+        )
+        .unwrap();
+    t.steer.peer_vnis_set(&[(remote, VNI)]);
+    t.steer
+        .fdb_set(VNI, MAC_C, Some((abi::DEST_VTEP, 0)))
+        .unwrap();
+    for payload in [&b"short"[..], &[0x42; 1300][..]] {
+        let inner = tcp((MAC_A, IP_A), (MAC_C, IP_C), payload);
+        let (action, out) = t.steer.test_run(Program::Port, &inner, t.a).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let mut expected = vec![0u8; inner.len() + 64];
+        let n = template
+            .encapsulate(Vni::new(VNI).unwrap(), &inner, &mut expected)
+            .unwrap();
+        assert_eq!(out, expected[..n], "byte-identical to tunnel::encapsulate");
+    }
+    assert_eq!(counter(&t.steer, abi::Counter::FastEncap), 2);
+    // Too big for the underlay: user space (which answers with ICMP); no punt device here.
+    let big = tcp((MAC_A, IP_A), (MAC_C, IP_C), &[1; 1460]);
+    let (action, out) = t.steer.test_run(Program::Port, &big, t.a).unwrap();
+    assert_eq!((action, out), (TC_ACT_SHOT, big));
+}
+
+#[test]
+fn tc_decapsulation_delivers_the_inner_frame_and_leaves_the_rest_to_the_host_stack() {
+    let Some(mut t) = bench_at(Hook::Tc) else {
+        return;
+    };
+    let me = Ipv4Addr::new(10, 0, 0, 1);
+    let peer = Ipv4Addr::new(10, 0, 0, 2);
+    let up = Attachment {
+        ifindex: t.b,
+        slot: 1,
+        mode: AttachMode::Tc,
+    };
+    t.steer.set_uplink(&up, me, 4789).unwrap();
+    t.steer.add_peer(peer, 0).unwrap();
+    t.steer.peer_vnis_set(&[(peer, VNI)]);
+    t.steer
+        .fdb_set(VNI, MAC_C, Some((abi::DEST_VTEP, 0)))
+        .unwrap();
+    let from_peer = EncapTemplate::new(
+        &LocalVtep {
+            addr: peer,
+            mac: MacAddr::from_slice(&[2, 0, 0, 0, 9, 2]).unwrap(),
+            udp_port: 4789,
+        },
+        me,
+        MacAddr::from_slice(&[2, 0, 0, 0, 9, 1]).unwrap(),
+    );
+    let inner = tcp((MAC_C, IP_C), (MAC_A, IP_A), b"from across the underlay");
+    let mut pkt = vec![0u8; inner.len() + 64];
+    let n = from_peer
+        .encapsulate(Vni::new(VNI).unwrap(), &inner, &mut pkt)
+        .unwrap();
+    pkt.truncate(n);
+    let (action, out) = t.steer.test_run(Program::Uplink, &pkt, t.b).unwrap();
+    assert_eq!(
+        (action, out),
+        (TC_ACT_REDIRECT, inner.clone()),
+        "the inner frame, unchanged"
+    );
+    assert_eq!(counter(&t.steer, abi::Counter::FastDecap), 1);
+    // An unknown inner destination: up the host's stack to the switch's UDP socket, untouched.
+    let unknown = tcp((MAC_C, IP_C), (MAC_B, IP_B), b"to a station not learned");
+    let n = from_peer
+        .encapsulate(Vni::new(VNI).unwrap(), &unknown, &mut pkt)
+        .unwrap();
+    let (action, out) = t.steer.test_run(Program::Uplink, &pkt[..n], t.b).unwrap();
+    assert_eq!((action, out), (TC_ACT_OK, pkt[..n].to_vec()));
+    assert_eq!(counter(&t.steer, abi::Counter::UplinkToSocket), 1);
+    // The host's own traffic passes untouched.
+    let own = tcp((MAC_A, [10, 0, 0, 9]), (MAC_B, [10, 0, 0, 1]), b"ssh");
+    let (action, out) = t.steer.test_run(Program::Uplink, &own, t.b).unwrap();
+    assert_eq!((action, out), (TC_ACT_OK, own));
+}
+
+#[test]
+fn tc_frames_cut_at_every_length_are_handled() {
+    let Some(mut t) = bench_at(Hook::Tc) else {
+        return;
+    };
+    t.steer
+        .fdb_set(VNI, MAC_B, Some((abi::DEST_PORT, t.b)))
+        .unwrap();
+    t.steer
+        .set_uplink(
+            &Attachment {
+                ifindex: t.b,
+                slot: 1,
+                mode: AttachMode::Tc,
+            },
+            Ipv4Addr::new(10, 0, 0, 1),
+            4789,
+        )
+        .unwrap();
+    let frame = tcp((MAC_A, IP_A), (MAC_B, IP_B), &[7; 200]);
+    let mut arp = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, [0xff; 6])
+        .arp(
+            etherparse::ArpPacket::new(
+                etherparse::ArpHardwareId::ETHERNET,
+                etherparse::EtherType::IPV4,
+                etherparse::ArpOperation::REQUEST,
+                &MAC_A,
+                &IP_A,
+                &[0; 6],
+                &IP_B,
+            )
+            .unwrap(),
+        )
+        .write(&mut arp)
+        .unwrap();
+    // VXLAN from a peer, for the uplink program's cuts.
+    let (me, peer) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    t.steer.add_peer(peer, 0).unwrap();
+    t.steer.peer_vnis_set(&[(peer, VNI)]);
+    let from_peer = EncapTemplate::new(
+        &LocalVtep {
+            addr: peer,
+            mac: MacAddr::from_slice(&[2, 0, 0, 0, 9, 2]).unwrap(),
+            udp_port: 4789,
+        },
+        me,
+        MacAddr::from_slice(&[2, 0, 0, 0, 9, 1]).unwrap(),
+    );
+    let mut vxlan = vec![0u8; frame.len() + 64];
+    let n = from_peer
+        .encapsulate(Vni::new(VNI).unwrap(), &frame, &mut vxlan)
+        .unwrap();
+    vxlan.truncate(n);
+    let mut redirected = 0;
+    // The kernel refuses skb test runs of IPv4 frames without a whole IPv4 header (34 bytes
+    // with Ethernet) and of a bare Ethernet header; the ARP frame covers the shorter cuts.
+    for (f, shortest) in [(&frame, 34), (&arp, 15), (&vxlan, 34)] {
+        for len in shortest..f.len() {
+            for which in [Program::Port, Program::Uplink] {
+                let (action, _) = t
+                    .steer
+                    .test_run(which, &f[..len], t.a)
+                    .unwrap_or_else(|e| panic!("length {len}, {which:?}: {e}"));
+                assert!(
+                    [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&action),
+                    "length {len}: action {action}"
+                );
+                redirected += u32::from(action == TC_ACT_REDIRECT);
+            }
+        }
+    }
+    assert!(
+        redirected > 0,
+        "whole-enough frames still take the fast path"
+    );
     assert!(
         counter(&t.steer, abi::Counter::Malformed) > 0,
         "cuts inside a header the program reads are counted"

@@ -803,7 +803,6 @@ int kangaroo_tc_port(struct __sk_buff *skb)
 
 	switch (port_decide(port, ifindex, data, end, &v, 0)) {
 	case KG_ACT_ARP_REPLY:
-		count(KG_CTR_FAST_ARP_REPLY);
 		return bpf_redirect(ifindex, 0);
 	case KG_ACT_LOCAL: {
 		long action = tc_forward(v.target, v.flags);
@@ -886,6 +885,17 @@ SEC("xdp")
 int kangaroo_sink(struct xdp_md *ctx)
 {
 	return XDP_DROP;
+}
+
+/*
+ * The same sink at tc ingress, for receivers that frames reach past their XDP hook (forwarded
+ * into them with bpf_redirect_peer, as mode "tc" does): the interface's receive counter counts
+ * them. Never attached by the switch.
+ */
+SEC("classifier/sink")
+int kangaroo_tc_sink(struct __sk_buff *skb)
+{
+	return TC_ACT_SHOT;
 }
 
 /* The benchmarks' frame generator's target: entry 0 holds the ifindex frames are sent out of. */
