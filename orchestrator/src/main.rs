@@ -59,8 +59,8 @@ enum Command {
         /// (a namespace and a process; moves restart it).
         #[arg(long, default_value = "netns")]
         vm_driver: String,
-        /// Datapath mode of the local hosts' switches (`xdp`, `afxdp`, `packet`).
-        #[arg(long, default_value = "xdp")]
+        /// Datapath mode of the local hosts' switches (`tc`, `xdp`, `afxdp`, `packet`).
+        #[arg(long, default_value = "tc")]
         switch_mode: String,
         /// Guest image directory of the `qemu` driver (scripts/build-guest-image.sh builds it).
         #[arg(

@@ -101,7 +101,7 @@ impl Default for LocalSettings {
     fn default() -> LocalSettings {
         LocalSettings {
             driver: "netns".to_owned(),
-            switch_mode: "xdp".to_owned(),
+            switch_mode: "tc".to_owned(),
             guest_image: crate::infra::qemu::QemuConfig::default().image_dir,
             reconcile_secs: 10,
         }

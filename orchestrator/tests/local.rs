@@ -585,9 +585,9 @@ fn netns_vms_move_by_stop_and_start() {
     assert!(kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")).is_empty());
 }
 
-/// The switches' datapath mode: `KGR_LOCAL_MODE`, else the default (`xdp`).
+/// The switches' datapath mode: `KGR_LOCAL_MODE`, else the default (`tc`).
 fn local_mode() -> String {
-    std::env::var("KGR_LOCAL_MODE").unwrap_or_else(|_| "xdp".to_owned())
+    std::env::var("KGR_LOCAL_MODE").unwrap_or_else(|_| "tc".to_owned())
 }
 
 /// `kangaroo serve` with two local providers, as a child process.

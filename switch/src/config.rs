@@ -6,7 +6,7 @@
 //! [`Config::check_interfaces`]) interfaces that do not exist on this host.
 //!
 //! ```toml
-//! mode = "xdp"                            # "xdp" (default) | "tc" | "afxdp" | "packet"
+//! mode = "tc"                             # "tc" (default) | "xdp" | "afxdp" | "packet"
 //! control_socket = "/run/kangaroo/switch.sock"
 //! [datapath]                              # optional
 //! cores = [1]                             # one worker thread per core, pinned; default: one unpinned
@@ -57,7 +57,7 @@ pub enum Mode {
 }
 
 /// The mode a file that names none gets (see docs/datapath.md for the measurements behind it).
-pub const DEFAULT_MODE: Mode = Mode::Xdp;
+pub const DEFAULT_MODE: Mode = Mode::Tc;
 
 impl Mode {
     /// What the mode is good at, for the start-up log.
@@ -575,7 +575,7 @@ address = "10.10.0.3"
     #[test]
     fn defaults() {
         let c = Config::parse("t.toml", "").unwrap();
-        assert_eq!(c.mode, Mode::Xdp);
+        assert_eq!(c.mode, Mode::Tc);
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.fdb, FdbConfig::default());
     }

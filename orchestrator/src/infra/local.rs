@@ -33,7 +33,7 @@ pub struct LocalConfig {
     pub state_dir: PathBuf,
     /// The `kangaroo-switch` binary.
     pub switch_bin: PathBuf,
-    /// The switches' datapath mode (`xdp`, `afxdp`, `packet`).
+    /// The switches' datapath mode (`tc`, `xdp`, `afxdp`, `packet`).
     pub switch_mode: String,
 }
 
