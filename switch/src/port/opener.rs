@@ -133,6 +133,11 @@ impl PortOpener for PacketOpener {
     }
 }
 
+/// Mode "tc": each port's punt device name, by port interface, with a token that is live while
+/// an instance of the port is open.
+#[cfg(target_os = "linux")]
+type PuntRegistry = std::collections::HashMap<String, (String, std::sync::Weak<()>)>;
+
 /// Ports driven by the switch's eBPF programs: AF_XDP ports steered by the XDP program (modes
 /// "afxdp" and "xdp"), or tc ports with their punt devices (mode "tc"). With several datapath
 /// workers, worker `w` of `n` owns receive queues `q` with `q % n == w` of every AF_XDP port (one
@@ -143,7 +148,7 @@ pub struct EbpfOpener {
     steering: Arc<Mutex<crate::xdp::XdpSteering>>,
     /// Mode "tc": each port's punt device, by port interface (the first worker to open a port
     /// creates it, the others join it). Held while a tc port opens.
-    punts: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    punts: Arc<Mutex<PuntRegistry>>,
     config: super::afxdp::AfXdpConfig,
     worker: u32,
     workers: u32,
@@ -234,14 +239,24 @@ impl PortOpener for EbpfOpener {
                 .punts
                 .lock()
                 .map_err(|_| "the punt registry is poisoned".to_owned())?;
+            // Join the device of this port's open instance on another worker, if there is one.
+            let live = punts
+                .get(interface)
+                .filter(|(_, alive)| alive.upgrade().is_some())
+                .map(|(name, _)| name.clone());
             let port = super::tc::TcPort::open(
                 interface,
                 self.steering.clone(),
-                punts.get(interface).map(String::as_str),
+                live.as_deref(),
                 self.workers > 1,
             )
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
-            punts.insert(interface.to_owned(), port.punt_name().to_owned());
+            if live.is_none() {
+                punts.insert(
+                    interface.to_owned(),
+                    (port.punt_name().to_owned(), port.liveness()),
+                );
+            }
             return Ok(Box::new(port));
         }
         super::afxdp::AfXdpPort::open(

@@ -228,6 +228,9 @@ impl PuntTap {
 pub struct TcPort {
     name: String,
     punt: PuntTap,
+    /// Held while the port is open: other workers join this port's punt device only while it
+    /// lives (see [`TcPort::liveness`]).
+    alive: Arc<()>,
     tx: PacketPort,
     steering: Arc<Mutex<XdpSteering>>,
     attachment: Attachment,
@@ -271,6 +274,7 @@ impl TcPort {
         let port = TcPort {
             name: interface.to_owned(),
             punt,
+            alive: Arc::new(()),
             tx,
             steering,
             attachment,
@@ -291,6 +295,13 @@ impl TcPort {
     /// The punt device's name.
     pub fn punt_name(&self) -> &str {
         self.punt.name()
+    }
+
+    /// A token that stays upgradable while this port is open: a worker opening the same port
+    /// joins its punt device only then (after the port closed, the device is gone and its name
+    /// may belong to another port's device).
+    pub fn liveness(&self) -> std::sync::Weak<()> {
+        Arc::downgrade(&self.alive)
     }
 
     /// How the program is attached to this port.
@@ -322,6 +333,16 @@ impl PortBackend for TcPort {
 
     fn readable_fds(&self) -> Vec<std::os::fd::RawFd> {
         vec![self.punt.fd()]
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        // Frames the punt device could not queue for user space (its queue was full).
+        let path = format!("/sys/class/net/{}/statistics/tx_dropped", self.punt.name());
+        let dropped = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        vec![("punt_dropped", dropped)]
     }
 
     fn flush(&mut self) -> Result<(), PortError> {
