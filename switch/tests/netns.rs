@@ -428,7 +428,10 @@ fn two_datapath_workers_in_each_mode() {
         assert!(removed, "{mode}: {out}");
         let (added, out) = ctl(&dir, &["add-port", &vm3.host_if, "--vni", "5"]);
         assert!(added, "{mode}: {out}");
-        assert!(ping(&vm3, &vm1.ip, 3), "{mode}: vm3 reaches vm1 after a re-add");
+        assert!(
+            ping(&vm3, &vm1.ip, 3),
+            "{mode}: vm3 reaches vm1 after a re-add"
+        );
         // One queue cannot feed two AF_XDP workers: refused, and nothing is left half-open.
         // (Packet sockets share a queue through fanout, tc ports through a multi-queue punt
         // device.)

@@ -36,6 +36,8 @@ pub struct PuntTap {
     name: String,
     ifindex: u32,
     fd: OwnedFd,
+    /// This queue created the device (the others joined it).
+    created: bool,
 }
 
 fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
@@ -77,6 +79,7 @@ impl PuntTap {
     /// # Errors
     /// The OS error of the step that failed (no `/dev/net/tun`, no `CAP_NET_ADMIN`).
     pub fn open(name: Option<&str>, multi_queue: bool) -> io::Result<PuntTap> {
+        let name_given = name;
         let ctx = |what: &str| {
             let what = what.to_owned();
             move |e: io::Error| io::Error::new(e.kind(), format!("punt device: {what}: {e}"))
@@ -119,8 +122,16 @@ impl PuntTap {
         }
         let ifindex = crate::xdp::sysfs_u32(&name, "ifindex")
             .map_err(|e| io::Error::other(format!("punt device {name}: {e}")))?;
-        let tap = PuntTap { name, ifindex, fd };
-        tap.bring_up().map_err(ctx("bringing it up"))?;
+        let created = name_given.is_none();
+        let tap = PuntTap {
+            name,
+            ifindex,
+            fd,
+            created,
+        };
+        if created {
+            tap.bring_up().map_err(ctx("bringing it up"))?;
+        }
         Ok(tap)
     }
 
@@ -336,7 +347,11 @@ impl PortBackend for TcPort {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        // Frames the punt device could not queue for user space (its queue was full).
+        // Frames the punt device could not queue for user space (its queue was full); reported
+        // by the queue that created the device only, as counters are summed over workers.
+        if !self.punt.created {
+            return vec![("punt_dropped", 0)];
+        }
         let path = format!("/sys/class/net/{}/statistics/tx_dropped", self.punt.name());
         let dropped = std::fs::read_to_string(path)
             .ok()
