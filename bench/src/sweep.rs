@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::net::{configure_vm, host_end, ns_sh, sh, Mode, Tools, Topology, VM1, VM2};
+
+/// Storm control off: the sweeps measure broadcast replication and learning at full speed, which
+/// the switch's default limits would (rightly) cut.
+const STORM_OFF: &str = "[storm]\nbum_per_sec = 0\nnew_macs_per_sec = 0\n";
 use crate::run::{self, Options};
 
 /// What a sweep varies.
@@ -367,9 +371,10 @@ impl Point {
     ) -> anyhow::Result<()> {
         let h = format!("{prefix}-h");
         t.add_ns(&h)?;
-        // A table as large as the largest point at every point, so only occupancy varies.
+        // A table as large as the largest point at every point, so only occupancy varies;
+        // storm control off, since the sweep's learning phase is a MAC flood by design.
         let mut cfg = format!(
-            "mode = \"{}\"\ncontrol_socket = \"{}\"\n[fdb]\ncapacity = 1048576\nmax_per_source = 1048576\n",
+            "mode = \"{}\"\ncontrol_socket = \"{}\"\n[fdb]\ncapacity = 1048576\nmax_per_source = 1048576\n{STORM_OFF}",
             self.mode.as_str(),
             t.switch_socket("h").display()
         );
@@ -469,7 +474,7 @@ impl Point {
                 "[[peer]]\naddress = \"10.96.0.1\"\n".to_owned()
             };
             let cfg = format!(
-                "mode = \"{}\"\ncontrol_socket = \"{}\"\n[[port]]\ninterface = \"vm\"\nvni = 1\n[uplink]\ninterface = \"ul0\"\naddress = \"{addr}\"\n{peers}",
+                "mode = \"{}\"\ncontrol_socket = \"{}\"\n{STORM_OFF}[[port]]\ninterface = \"vm\"\nvni = 1\n[uplink]\ninterface = \"ul0\"\naddress = \"{addr}\"\n{peers}",
                 self.mode.as_str(),
                 t.switch_socket(tag).display()
             );

@@ -11,6 +11,9 @@
 //! [datapath]                              # optional
 //! cores = [1]                             # one worker thread per core, pinned; default: one unpinned
 //! busy_poll = false                       # spin when idle instead of sleeping in poll(2)
+//! [storm]                                 # optional; per port, a rate of 0 turns a limit off
+//! bum_per_sec = 5000                      # broadcast/unknown/multicast frames (burst: bum_burst)
+//! new_macs_per_sec = 1000                 # newly learned stations (burst: new_macs_burst = 2000)
 //! [fdb]                                   # optional
 //! capacity = 1048576
 //! aging_secs = 300
@@ -150,6 +153,8 @@ pub struct Config {
     pub datapath: DatapathSettings,
     /// FDB sizing.
     pub fdb: FdbConfig,
+    /// Storm control on every port.
+    pub storm: crate::storm::StormConfig,
     /// Ports.
     pub ports: Vec<PortSettings>,
     /// Uplink, if tunnels are used.
@@ -196,6 +201,7 @@ struct File {
     control_socket: Option<PathBuf>,
     datapath: Option<DatapathFile>,
     fdb: Option<FdbFile>,
+    storm: Option<StormFile>,
     #[serde(default)]
     port: Vec<PortFile>,
     uplink: Option<UplinkFile>,
@@ -218,6 +224,15 @@ struct FdbFile {
     capacity: Option<usize>,
     aging_secs: Option<u64>,
     max_per_source: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StormFile {
+    bum_per_sec: Option<u32>,
+    bum_burst: Option<u32>,
+    new_macs_per_sec: Option<u32>,
+    new_macs_burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +337,34 @@ impl Config {
                 cores: d.cores,
                 busy_poll: d.busy_poll,
             };
+        }
+
+        let mut storm = crate::storm::StormConfig::DAEMON_DEFAULT;
+        if let Some(s) = f.storm {
+            for (key, per_sec, burst, rate) in [
+                ("bum", s.bum_per_sec, s.bum_burst, &mut storm.bum),
+                (
+                    "new_macs",
+                    s.new_macs_per_sec,
+                    s.new_macs_burst,
+                    &mut storm.new_macs,
+                ),
+            ] {
+                if let Some(p) = per_sec {
+                    rate.per_sec = p;
+                    // A new rate without a burst: one second's worth.
+                    rate.burst = p;
+                }
+                if let Some(b) = burst {
+                    if b == 0 {
+                        return Err(bad(
+                            format!("storm.{key}_burst"),
+                            "must be at least 1 (turn the limit off with a rate of 0)".into(),
+                        ));
+                    }
+                    rate.burst = b;
+                }
+            }
         }
 
         let mut fdb = FdbConfig::default();
@@ -494,6 +537,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             datapath,
             fdb,
+            storm,
             ports,
             uplink,
             peers,
@@ -578,6 +622,25 @@ address = "10.10.0.3"
         assert_eq!(c.mode, Mode::Tc);
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.fdb, FdbConfig::default());
+        assert_eq!(c.storm, crate::storm::StormConfig::DAEMON_DEFAULT);
+    }
+
+    #[test]
+    fn storm_limits_parse_and_a_rate_of_zero_turns_one_off() {
+        let c = Config::parse(
+            "t.toml",
+            "[storm]\nbum_per_sec = 100\nnew_macs_per_sec = 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.storm.bum.per_sec, c.storm.bum.burst),
+            (100, 100),
+            "a burst of one second's worth"
+        );
+        assert!(!c.storm.new_macs.is_limited());
+        let c = Config::parse("t.toml", "[storm]\nbum_burst = 7\n").unwrap();
+        assert_eq!(c.storm.bum.burst, 7);
+        assert_eq!(c.storm.bum.per_sec, 5_000);
     }
 
     #[test]
@@ -596,6 +659,9 @@ address = "10.10.0.3"
             (port("ips = [\"1.2.3\"]\n"), "port[0].ips[0]"),
             ("[fdb]\ncapacity = 0\n".into(), "fdb.capacity"),
             ("[fdb]\naging_secs = 0\n".into(), "fdb.aging_secs"),
+            ("[storm]\nbum_burst = 0\n".into(), "storm.bum_burst"),
+            ("[storm]\nnew_macs_burst = 0\n".into(), "storm.new_macs_burst"),
+            ("[storm]\nbum = 1\n".into(), "bum"),
             ("[uplink]\ninterface = \"e\"\naddress = \"x\"\n".into(), "uplink.address"),
             (format!("{}[uplink]\ninterface = \"a\"\naddress = \"10.0.0.1\"\n", port("")), "uplink.interface: a is also port[0]"),
             ("[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\nmtu = 100\n".into(), "uplink.mtu"),

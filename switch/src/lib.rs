@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod port;
 pub mod sim;
 pub mod stats;
+pub mod storm;
 pub mod switch;
 #[cfg(target_os = "linux")]
 pub mod sys;

@@ -393,6 +393,7 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
             busy_poll: cfg.datapath.busy_poll,
             switch: SwitchConfig {
                 fdb: cfg.fdb,
+                storm: cfg.storm,
                 max_frame,
                 underlay_mtu: cfg.uplink.as_ref().map_or(1500, |u| u.mtu),
                 ..SwitchConfig::default()

@@ -131,6 +131,8 @@ pub struct TablesConfig {
     pub fdb: FdbConfig,
     /// The ARP table.
     pub arp: ArpConfig,
+    /// Storm control on every port.
+    pub storm: crate::storm::StormConfig,
 }
 
 /// Everything the decision reads and learns into.
@@ -140,6 +142,9 @@ pub struct Tables {
     /// The ARP suppression table.
     pub arp: ArpTable,
     ports: Vec<Option<PortConfig>>,
+    /// Storm-control buckets, by port slot.
+    storms: Vec<crate::storm::PortStorm>,
+    storm: crate::storm::StormConfig,
     tunnels: Option<PeerTable>,
     /// Flood lists, sorted by VNI.
     members: Vec<(Vni, Members)>,
@@ -163,6 +168,8 @@ impl Tables {
             fdb: Fdb::new(config.fdb, seed),
             arp: ArpTable::new(config.arp, seed.rotate_left(32)),
             ports: Vec::new(),
+            storms: Vec::new(),
+            storm: config.storm,
             tunnels: None,
             members: Vec::new(),
         }
@@ -177,11 +184,17 @@ impl Tables {
             Some(i) => i,
             None if self.ports.len() < MAX_PORTS => {
                 self.ports.push(None);
+                self.storms
+                    .push(crate::storm::PortStorm::new(self.storm, Timestamp::ZERO));
                 self.ports.len() - 1
             }
             None => return Err(TablesError::PortsFull(MAX_PORTS)),
         };
         self.ports[slot] = Some(config);
+        // Full buckets for the port (as of time zero: the first frame finds them full).
+        if let Some(s) = self.storms.get_mut(slot) {
+            *s = crate::storm::PortStorm::new(self.storm, Timestamp::ZERO);
+        }
         self.rebuild_members();
         // slot < MAX_PORTS <= u16::MAX.
         Ok(PortId::new(slot as u16))
@@ -378,6 +391,13 @@ impl Tables {
             _ => {}
         }
 
+        // Storm control: a station this port has not introduced before takes a token.
+        if self.storm.new_macs.is_limited()
+            && self.fdb.get(vni, src).is_none()
+            && !self.storm_allows(port, now, |s| &mut s.new_macs)
+        {
+            return Verdict::Drop(DropReason::StormNewMac);
+        }
         if let Some(reason) = self.learn(vni, src, Dest::Port(port), now, stats) {
             return Verdict::Drop(reason);
         }
@@ -399,7 +419,7 @@ impl Tables {
         }
 
         if dst.is_multicast() {
-            return Verdict::Flood(vni);
+            return self.flood_from(port, vni, now);
         }
         match self.fdb.lookup(vni, dst, now) {
             Some(Dest::Port(p)) if p == port => Verdict::Drop(DropReason::SamePort),
@@ -413,9 +433,31 @@ impl Tables {
             Some(Dest::Vtep(peer)) => Verdict::Tunnel { peer, vni },
             None => {
                 Stats::event(&stats.events.unknown_unicast);
-                Verdict::Flood(vni)
+                self.flood_from(port, vni, now)
             }
         }
+    }
+
+    /// A flood of a frame from `port`, if its BUM bucket allows one more.
+    #[inline]
+    fn flood_from(&mut self, port: PortId, vni: Vni, now: Timestamp) -> Verdict {
+        if self.storm.bum.is_limited() && !self.storm_allows(port, now, |s| &mut s.bum) {
+            return Verdict::Drop(DropReason::StormBum);
+        }
+        Verdict::Flood(vni)
+    }
+
+    /// Takes a token from one of `port`'s buckets.
+    #[inline]
+    fn storm_allows(
+        &mut self,
+        port: PortId,
+        now: Timestamp,
+        bucket: impl FnOnce(&mut crate::storm::PortStorm) -> &mut crate::storm::TokenBucket,
+    ) -> bool {
+        self.storms
+            .get_mut(usize::from(port.get()))
+            .is_none_or(|s| bucket(s).allow(now))
     }
 
     /// Decides the fate of `frame`, received on the uplink at `now`.
@@ -643,6 +685,90 @@ mod tests {
         fn port(&mut self, p: PortId, f: &[u8]) -> Verdict {
             self.t.decide_port(p, f, T0, &self.stats, &mut self.reply)
         }
+    }
+
+    #[test]
+    fn storm_control_limits_bum_and_new_macs_per_port_and_spares_known_unicast() {
+        use crate::storm::{Rate, StormConfig};
+        let mut c = TablesConfig::default();
+        c.fdb.capacity = 4096;
+        c.storm = StormConfig {
+            bum: Rate {
+                per_sec: 100,
+                burst: 10,
+            },
+            new_macs: Rate {
+                per_sec: 10,
+                burst: 5,
+            },
+        };
+        let mut t = Tables::new(c, 1);
+        let (p1, p2) = (
+            t.add_port(PortConfig::open(vni(100))).unwrap(),
+            t.add_port(PortConfig::open(vni(100))).unwrap(),
+        );
+        let stats = Stats::default();
+        let mut reply = [0u8; 64];
+        let ms = Timestamp::from_millis;
+        // p2's station is known to everyone before the storm.
+        let from_p2 = frame(MacAddr::BROADCAST, mac(2), 0x0800, &[0; 46]);
+        assert_eq!(
+            t.decide_port(p2, &from_p2, ms(0), &stats, &mut reply),
+            Verdict::Flood(vni(100))
+        );
+        // A broadcast storm from p1: ten pass (the burst), the rest are dropped.
+        let bcast = frame(MacAddr::BROADCAST, mac(1), 0x0800, &[0; 46]);
+        let verdicts: Vec<Verdict> = (0..100)
+            .map(|_| t.decide_port(p1, &bcast, ms(1), &stats, &mut reply))
+            .collect();
+        let flooded = verdicts
+            .iter()
+            .filter(|v| **v == Verdict::Flood(vni(100)))
+            .count();
+        assert_eq!(flooded, 10, "{verdicts:?}");
+        assert_eq!(
+            verdicts
+                .iter()
+                .filter(|v| **v == Verdict::Drop(DropReason::StormBum))
+                .count(),
+            90
+        );
+        // Known unicast from the storming port still goes through.
+        let to_p2 = frame(mac(2), mac(1), 0x0800, &[0; 46]);
+        assert_eq!(
+            t.decide_port(p1, &to_p2, ms(1), &stats, &mut reply),
+            Verdict::Forward(p2)
+        );
+        // p2's broadcast has its own bucket.
+        assert_eq!(
+            t.decide_port(p2, &from_p2, ms(1), &stats, &mut reply),
+            Verdict::Flood(vni(100))
+        );
+        // 100 ms later p1 has earned ten more.
+        let later = (0..100)
+            .filter(|_| {
+                t.decide_port(p1, &bcast, ms(101), &stats, &mut reply) == Verdict::Flood(vni(100))
+            })
+            .count();
+        assert_eq!(later, 10);
+        // A MAC flood from p1: what is left of the new-station bucket (burst 5, less mac(1)'s
+        // token, plus one earned in the 100 ms since) is learned, the rest dropped and not
+        // learned; known stations are unaffected.
+        let before = t.fdb.len();
+        let mut refused = 0;
+        for i in 0..50u8 {
+            let f = frame(mac(2), MacAddr([2, 1, 0, 0, 0, i]), 0x0800, &[0; 46]);
+            refused += usize::from(
+                t.decide_port(p1, &f, ms(101), &stats, &mut reply)
+                    == Verdict::Drop(DropReason::StormNewMac),
+            );
+        }
+        assert_eq!(t.fdb.len() - before, 5);
+        assert_eq!(refused, 45);
+        assert_eq!(
+            t.decide_port(p1, &to_p2, ms(101), &stats, &mut reply),
+            Verdict::Forward(p2)
+        );
     }
 
     #[test]

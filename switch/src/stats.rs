@@ -78,6 +78,10 @@ drop_reasons! {
     GsoUnsupported => "gso_unsupported",
     /// The destination port's transmit queue was full.
     TxQueueFull => "tx_queue_full",
+    /// Storm control: a BUM frame beyond the port's limit.
+    StormBum => "storm_bum",
+    /// Storm control: a frame from a new station beyond the port's limit on new MACs.
+    StormNewMac => "storm_new_mac",
     /// The destination is in another VNI (a stale entry; never delivered across networks).
     VniMismatch => "vni_mismatch",
 }

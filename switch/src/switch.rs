@@ -24,6 +24,8 @@ pub struct SwitchConfig {
     pub fdb: FdbConfig,
     /// The ARP table.
     pub arp: ArpConfig,
+    /// Storm control on every port (off by default; the daemon's configuration sets limits).
+    pub storm: crate::storm::StormConfig,
     /// Frames received per port per poll.
     pub batch_size: usize,
     /// Largest frame handled.
@@ -42,6 +44,7 @@ impl Default for SwitchConfig {
         SwitchConfig {
             fdb: FdbConfig::default(),
             arp: ArpConfig::default(),
+            storm: crate::storm::StormConfig::OFF,
             batch_size: 64,
             max_frame: 9216,
             underlay_mtu: 1500,
@@ -125,6 +128,7 @@ impl Switch {
                 TablesConfig {
                     fdb: config.fdb,
                     arp: config.arp,
+                    storm: config.storm,
                 },
                 seed,
             ),

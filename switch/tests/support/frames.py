@@ -3,6 +3,9 @@
 
   frames.py garp IFNAME MAC IP
       one gratuitous ARP (a reply for IP from MAC, broadcast) on IFNAME
+  frames.py storm IFNAME SECONDS
+      broadcast frames from ever-changing source MACs on IFNAME, as fast as one core sends
+      them, for SECONDS (at most 30); prints how many were sent
   frames.py vxlan SRC DST VNI FLAGS [--truncate]
       one VXLAN packet from SRC (may be spoofed) to DST:4789 carrying a broadcast ARP;
       FLAGS is the VXLAN flags byte (0x08 is valid); --truncate cuts it inside the VXLAN header
@@ -56,10 +59,32 @@ def vxlan(src, dst, vni, flags, truncate):
     s.sendto(ip + udp, (dst, 0))
 
 
+def storm(ifname, seconds):
+    import time
+    seconds = min(float(seconds), 30.0)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    body = b"\x08\x00" + b"\x45" + b"\0" * 45
+    frames = [b"\xff" * 6 + bytes([2, 0x5f, 0, (i >> 8) & 0xFF, i & 0xFF, 1]) + body
+              for i in range(65536)]
+    sent = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for f in frames[sent % 65536:sent % 65536 + 256]:
+            try:
+                s.send(f)
+            except OSError:
+                pass
+        sent += 256
+    print(sent)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "garp":
         garp(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif cmd == "storm":
+        storm(sys.argv[2], sys.argv[3])
     elif cmd == "vxlan":
         vxlan(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5], 16),
               "--truncate" in sys.argv)
