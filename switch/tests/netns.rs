@@ -539,3 +539,109 @@ fn a_broadcast_and_mac_flood_does_not_starve_other_vms() {
     assert!(ping(&vm3, &vm1.ip, 2), "the storming VM itself still works");
     daemon.stop();
 }
+
+/// kill -9 under traffic: a supervisor that restarts the switch like the systemd unit does
+/// (`packaging/kangaroo-switch.service`: `Restart=always`, `RestartSec=200ms`) brings it back,
+/// nothing stale blocks the new process, and pings resume within 2 s.
+#[test]
+fn kill_9_under_traffic_the_supervisor_restarts_it_and_traffic_resumes() {
+    if let Some(why) = skip_reason() {
+        println!("skipping: {why}");
+        return;
+    }
+    let host = Netns::new("host");
+    let vm1 = vm(&host, 1, "192.168.81.1");
+    let vm2 = vm(&host, 2, "192.168.81.2");
+    let dir = tempdir::Dir::new();
+    let config = dir.0.join("switch.toml");
+    let socket = dir.0.join("switch.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "control_socket = {:?}\n[[port]]\ninterface = \"{}\"\nvni = 3\n[[port]]\ninterface = \"{}\"\nvni = 3\n",
+            socket.to_str().unwrap(),
+            vm1.host_if,
+            vm2.host_if
+        ),
+    )
+    .unwrap();
+    // At most 5 starts, 200 ms apart, as the unit's Restart=always / RestartSec=200ms.
+    let supervisor = format!(
+        "for i in 1 2 3 4 5; do {} run --config {} >/dev/null 2>>{}/switch.log; sleep 0.2; done",
+        env!("CARGO_BIN_EXE_kangaroo-switch"),
+        config.display(),
+        dir.0.display()
+    );
+    /// Stops the supervisor, then the switch it started, also when the test fails.
+    struct Supervised(std::process::Child, String);
+    impl Drop for Supervised {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = sh(&["pkill", "-TERM", "-f", &self.1]);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+    // Anchored: the supervisor's own command line holds the same words.
+    let pattern = format!(
+        "^{} run --config {}",
+        env!("CARGO_BIN_EXE_kangaroo-switch"),
+        config.display()
+    );
+    let sup = Supervised(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &host.0, "bash", "-c", &supervisor])
+            .spawn()
+            .unwrap(),
+        pattern.clone(),
+    );
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        ping(&vm1, &vm2.ip, 3),
+        "vm1 pings vm2 through the supervised switch"
+    );
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &vm1.ns.0, "ping", "-D", "-i", "0.02", "-c", "250", "-W", "1", &vm2.ip,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pids = sh(&["pgrep", "-f", &pattern]);
+    let pid = String::from_utf8_lossy(&pids.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    assert!(!pid.is_empty(), "the switch runs");
+    ok(&["kill", "-9", &pid]);
+    let out = pinger.wait_with_output().unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
+    let log = std::fs::read_to_string(dir.0.join("switch.log")).unwrap_or_default();
+    let restarts = log.matches("kangaroo-switch running").count();
+    println!(
+        "kill -9 under traffic: {} of 250 pings answered, longest gap {gap:.3} s, {restarts} starts",
+        times.len()
+    );
+    drop(sup);
+    assert_eq!(restarts, 2, "started, killed, started again: {log}");
+    assert!(
+        times.len() > 150,
+        "pings flowed before and after: {}",
+        times.len()
+    );
+    assert!(
+        gap < 2.0,
+        "traffic resumed within 2 s of the kill ({gap:.3} s)"
+    );
+}
