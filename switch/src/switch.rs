@@ -590,22 +590,30 @@ impl Switch {
         }
 
         if now >= *next_aging {
+            // An idle worker polls every IDLE_WAIT, not every AGING_INTERVAL: sweep as many
+            // slots as the steps it slept through would have (at most 32 steps' worth), so a
+            // full sweep takes the same time busy or idle and an expired entry (one the kernel
+            // may still forward to) is gone within a sweep of expiring.
+            let late = now.since(*next_aging).as_nanos() / AGING_INTERVAL.as_nanos().max(1);
+            let steps = usize::try_from(late)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
+                .min(32);
+            let budget = config.aging_budget.saturating_mul(steps);
             *next_aging = now.plus(AGING_INTERVAL);
             let aged = match opener.as_mut() {
                 // The kernel forwards known stations without user space seeing them: ask it
                 // before forgetting one.
-                Some(o) if *mirror_on => {
-                    tables
-                        .fdb
-                        .age_step_with(now, config.aging_budget, |k, _| o.mirror_seen(k.vni, k.mac))
-                }
-                _ => tables.fdb.age_step(now, config.aging_budget),
+                Some(o) if *mirror_on => tables
+                    .fdb
+                    .age_step_with(now, budget, |k, _| o.mirror_seen(k.vni, k.mac)),
+                _ => tables.fdb.age_step(now, budget),
             };
             stats
                 .events
                 .fdb_aged
                 .fetch_add(aged as u64, std::sync::atomic::Ordering::Relaxed);
-            tables.arp.age_step(now, config.aging_budget);
+            tables.arp.age_step(now, budget);
         }
         received
     }

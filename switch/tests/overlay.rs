@@ -540,3 +540,153 @@ fn overlay_in(mode: &str) {
     }
     println!("{mode}: overlay test took {:?}", started.elapsed());
 }
+
+/// Underlay faults, in the default mode: host A's uplink goes down and comes back (pings every
+/// 20 ms resume within 2 s of it coming back, the programs stay attached), and peer C vanishes
+/// (its stations age out of A's table; traffic toward them is flooded once per frame, never
+/// amplified).
+#[test]
+fn underlay_link_down_and_up_and_a_peer_that_vanishes() {
+    if let Some(why) = skip_reason() {
+        println!("skipping: {why}");
+        return;
+    }
+    let ul = Netns::new("ul");
+    ok(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
+    ok(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    let (a_ip, b_ip, c_ip) = ("10.201.0.1", "10.201.0.2", "10.201.0.3");
+    let ha = underlay_host(&ul, "ha", a_ip, false);
+    let hb = underlay_host(&ul, "hb", b_ip, false);
+    let hc = underlay_host(&ul, "hc", c_ip, false);
+    let a1 = tenant_vm(&ha, 1, "192.168.91.1");
+    let b1 = tenant_vm(&hb, 2, "192.168.91.2");
+    let c1 = tenant_vm(&hc, 3, "192.168.91.3");
+    let config = |me: &str, vm: &Vm, peers: &[&str], aging: u32| {
+        let mut c = format!(
+            "[fdb]\naging_secs = {aging}\n[[port]]\ninterface = \"{}\"\nvni = 100\n[uplink]\ninterface = \"ul0\"\naddress = \"{me}\"\n",
+            vm.host_if
+        );
+        for p in peers {
+            c += &format!("[[peer]]\naddress = \"{p}\"\n");
+        }
+        c
+    };
+    let (da, dir_a) = Daemon::start(&ha, &config(a_ip, &a1, &[b_ip, c_ip], 3));
+    let (_db, _dir_b) = Daemon::start(&hb, &config(b_ip, &b1, &[a_ip, c_ip], 300));
+    let (dc, _dir_c) = Daemon::start(&hc, &config(c_ip, &c1, &[a_ip, b_ip], 300));
+    for (from, to) in [(&a1, &b1.ip), (&a1, &c1.ip)] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ping(from, to, 1) && Instant::now() < deadline {}
+    }
+    assert!(ping(&a1, &b1.ip, 2), "A1 pings B1");
+    assert!(ping(&a1, &c1.ip, 2), "A1 pings C1");
+
+    // The uplink down for a second, then up again, under pings.
+    let pinger = Command::new("ip")
+        .args([
+            "netns", "exec", &a1.ns.0, "ping", "-D", "-i", "0.02", "-c", "250", "-W", "1", &b1.ip,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    ok(&["ip", "-n", &ha.0, "link", "set", "ul0", "down"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    ok(&["ip", "-n", &ha.0, "link", "set", "ul0", "up"]);
+    let up_at = epoch();
+    let out = pinger.wait_with_output().unwrap();
+    let replies = reply_times(&String::from_utf8_lossy(&out.stdout));
+    let resumed = replies.iter().find(|t| **t >= up_at).map(|t| t - up_at);
+    println!(
+        "uplink down 1 s: {} of 250 pings answered, first reply {:.3} s after the link came back",
+        replies.len(),
+        resumed.unwrap_or(f64::NAN)
+    );
+    let resumed = resumed.expect("pings resumed after the uplink came back");
+    assert!(
+        resumed < 2.0,
+        "pings resumed {resumed:.3} s after the link came back"
+    );
+    assert!(
+        program_attached(&ha, "ul0"),
+        "the uplink program survives the link going down"
+    );
+
+    // Peer C vanishes: its switch and its host are gone.
+    drop(dc);
+    drop(c1);
+    drop(hc);
+    let fdb_has_c1 = || {
+        let (ok, out) = ctl(&dir_a, &["--json", "fdb"]);
+        assert!(ok, "{out}");
+        out.contains(&mac_of(3))
+    };
+    assert!(fdb_has_c1(), "A knows C1 behind C before C goes");
+    // A1 and B1 keep talking, so the only entry that can go is C1's.
+    let keepalive = Command::new("ip")
+        .args([
+            "netns", "exec", &a1.ns.0, "ping", "-q", "-i", "0.2", "-c", "100", "-W", "1", &b1.ip,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let entries = || stats(&dir_a)["fdb_entries"].as_u64().unwrap_or(0);
+    let had = entries();
+    let gone = Instant::now();
+    let deadline = gone + Duration::from_secs(18);
+    // Out of the listing once expired; out of the table (and the kernel's mirror, which may
+    // hold it one aging period longer if the kernel saw it last) at a later aging sweep.
+    let mut expired = None;
+    while entries() >= had && Instant::now() < deadline {
+        if expired.is_none() && !fdb_has_c1() {
+            expired = Some(gone.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let removed = gone.elapsed();
+    let mut keepalive = keepalive;
+    let _ = keepalive.kill();
+    let _ = keepalive.wait();
+    println!(
+        "peer C gone: C1's entry expired after {expired:.1?}, removed from both tables after {removed:.1?} (aging 3 s)"
+    );
+    assert!(!fdb_has_c1(), "C1's entry ages out once C is gone");
+    let st = stats(&dir_a);
+    assert!(
+        entries() < had,
+        "C1's entry is removed, not only hidden: had {had}; {} {}",
+        st["fdb_entries"],
+        st["events"]
+    );
+    // Frames toward the vanished station are flooded once each (to B and to C's address), by
+    // user space or by the kernel, never multiplied.
+    let enc = |s: &Value| {
+        s["events"]["encapsulated"].as_u64().unwrap_or(0)
+            + s["datapath"]["counters"]["fast_encap"]
+                .as_u64()
+                .unwrap_or(0)
+    };
+    let before = stats(&dir_a);
+    let _ = a1
+        .ns
+        .exec(&["ping", "-c", "20", "-i", "0.05", "-W", "1", "192.168.91.3"]);
+    let after = stats(&dir_a);
+    let copies = enc(&after) - enc(&before);
+    let flooded = after["events"]["unknown_unicast"].as_u64().unwrap_or(0)
+        - before["events"]["unknown_unicast"].as_u64().unwrap_or(0);
+    println!(
+        "20 pings toward the vanished C1: {copies} frames into tunnels, {flooded} flooded as unknown unicast"
+    );
+    assert!(
+        flooded > 0,
+        "once aged out, the vanished station is unknown (flooded, not sent to C's old address)"
+    );
+    assert!(
+        copies <= 20 * 2 + 20,
+        "each frame toward the vanished station goes at most once to each peer: {copies}"
+    );
+    assert!(ping(&a1, &b1.ip, 2), "A1 still reaches B1");
+    da.stop();
+}
