@@ -319,32 +319,27 @@ static __always_inline __u32 flow_hash(void *data, void *end)
 	return (__u32)(x ^ (x >> 32));
 }
 
-/* Encapsulates the frame toward peer `peer` in `vni` and redirects it to the uplink.
- * Returns -1 (frame untouched) when user space must handle it. */
-static __always_inline int encap(struct xdp_md *ctx, __u32 peer, __u32 vni)
+/* The peer's template, if it is usable (next hop resolved) and the peer shares `vni`. */
+static __always_inline struct kg_vtep *usable_vtep(__u32 peer, __u32 vni)
 {
 	struct kg_vtep *v = bpf_map_lookup_elem(&kg_vteps, &peer);
 
 	if (!v || !v->valid)
-		return -1;
+		return 0;
 	struct kg_peer_vni pv = { .addr = v->addr, .vni = vni };
 
 	if (!bpf_map_lookup_elem(&kg_peer_vnis, &pv))
-		return -1;
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	__u32 inner_len = end - data;
+		return 0;
+	return v;
+}
 
-	if (inner_len > v->max_inner || inner_len > 0xffff - 64)
-		return -1;
-	__u32 hash = flow_hash(data, end);
-
-	if (bpf_xdp_adjust_head(ctx, -KG_OUTER_LEN))
-		return -1;
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
-	if (data + KG_OUTER_LEN > end)
-		return -1;
+/* Writes the outer Ethernet/IPv4/UDP/VXLAN headers from `v`'s template into the KG_OUTER_LEN
+ * bytes at `data` (bounds-checked by the caller), with the per-frame fields for an
+ * `inner_len`-byte inner frame: IPv4 length and checksum, UDP source port from the flow hash,
+ * UDP length, VNI. */
+static __always_inline void write_outer(void *data, struct kg_vtep *v, __u32 inner_len,
+					__u32 hash, __u32 vni)
+{
 	__builtin_memcpy(data, v->hdr, KG_OUTER_LEN);
 	struct iphdr *ip = data + 14;
 	struct udphdr *udp = data + 34;
@@ -364,6 +359,31 @@ static __always_inline int encap(struct xdp_md *ctx, __u32 peer, __u32 vni)
 	vx[4] = vni >> 16;
 	vx[5] = vni >> 8;
 	vx[6] = vni;
+}
+
+/* Encapsulates the frame toward peer `peer` in `vni` and redirects it to the uplink.
+ * Returns -1 (frame untouched) when user space must handle it. */
+static __always_inline int encap(struct xdp_md *ctx, __u32 peer, __u32 vni)
+{
+	struct kg_vtep *v = usable_vtep(peer, vni);
+
+	if (!v)
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 inner_len = end - data;
+
+	if (inner_len > v->max_inner || inner_len > 0xffff - 64)
+		return -1;
+	__u32 hash = flow_hash(data, end);
+
+	if (bpf_xdp_adjust_head(ctx, -KG_OUTER_LEN))
+		return -1;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + KG_OUTER_LEN > end)
+		return -1;
+	write_outer(data, v, inner_len, hash, vni);
 	long action = bpf_redirect_map(&kg_devs, v->uplink, 0);
 
 	count(action == XDP_REDIRECT ? KG_CTR_FAST_ENCAP : KG_CTR_FAST_REDIRECT_FAILED);
@@ -706,13 +726,9 @@ static __always_inline int tc_punt(struct kg_port *port)
  * untouched) when user space must handle it. */
 static __always_inline int tc_encap(struct __sk_buff *skb, __u32 peer, __u32 vni)
 {
-	struct kg_vtep *v = bpf_map_lookup_elem(&kg_vteps, &peer);
+	struct kg_vtep *v = usable_vtep(peer, vni);
 
-	if (!v || !v->valid)
-		return -1;
-	struct kg_peer_vni pv = { .addr = v->addr, .vni = vni };
-
-	if (!bpf_map_lookup_elem(&kg_peer_vnis, &pv))
+	if (!v)
 		return -1;
 	__u32 inner_len = skb->len;
 	void *data = (void *)(long)skb->data;
@@ -760,25 +776,7 @@ static __always_inline int tc_encap(struct __sk_buff *skb, __u32 peer, __u32 vni
 	}
 	/* The room went in after the Ethernet header: that header becomes the inner one. */
 	__builtin_memcpy(data + KG_OUTER_LEN, data, 14);
-	__builtin_memcpy(data, v->hdr, KG_OUTER_LEN);
-	struct iphdr *ip = data + 14;
-	struct udphdr *udp = data + 34;
-	__u8 *vx = data + 42;
-
-	ip->tot_len = bpf_htons(inner_len + 36);
-	ip->check = 0;
-	__u16 *w = (__u16 *)ip;
-	__u64 s = 0;
-
-	for (int i = 0; i < 10; i++)
-		s += w[i];
-	ip->check = ~fold(s);
-	udp->source = bpf_htons(49152 | (hash & 0x3fff));
-	udp->len = bpf_htons(inner_len + 16);
-	udp->check = 0;
-	vx[4] = vni >> 16;
-	vx[5] = vni >> 8;
-	vx[6] = vni;
+	write_outer(data, v, inner_len, hash, vni);
 	long action = bpf_redirect(v->uplink, 0);
 
 	count(action == TC_ACT_REDIRECT ? KG_CTR_FAST_ENCAP : KG_CTR_FAST_REDIRECT_FAILED);
