@@ -115,6 +115,27 @@ fn partial(f: &[u8]) -> Vec<u8> {
     p
 }
 
+/// A broadcast ARP request from A (MAC_A, IP_A) for IP_B.
+fn arp_request() -> Vec<u8> {
+    let mut req = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, [0xff; 6])
+        .arp(
+            etherparse::ArpPacket::new(
+                etherparse::ArpHardwareId::ETHERNET,
+                etherparse::EtherType::IPV4,
+                etherparse::ArpOperation::REQUEST,
+                &MAC_A,
+                &IP_A,
+                &[0; 6],
+                &IP_B,
+            )
+            .unwrap(),
+        )
+        .write(&mut req)
+        .unwrap();
+    req
+}
+
 fn local(mac: [u8; 6]) -> LocalVtep {
     LocalVtep {
         addr: Ipv4Addr::new(10, 0, 0, 1),
@@ -171,22 +192,7 @@ fn arp_requests_are_answered_like_user_space_answers_them() {
     t.steer
         .arp_set(VNI, Ipv4Addr::from(IP_B), Some(MAC_B))
         .unwrap();
-    let mut req = Vec::new();
-    etherparse::PacketBuilder::ethernet2(MAC_A, [0xff; 6])
-        .arp(
-            etherparse::ArpPacket::new(
-                etherparse::ArpHardwareId::ETHERNET,
-                etherparse::EtherType::IPV4,
-                etherparse::ArpOperation::REQUEST,
-                &MAC_A,
-                &IP_A,
-                &[0; 6],
-                &IP_B,
-            )
-            .unwrap(),
-        )
-        .write(&mut req)
-        .unwrap();
+    let req = arp_request();
     let (action, out) = t.steer.test_run(Program::Port, &req, t.a).unwrap();
     assert_eq!(action, XDP_REDIRECT, "back out of the port");
     let msg = kangaroo_switch::arp::parse(&req[14..]).unwrap();
@@ -420,22 +426,7 @@ fn tc_arp_replies_and_encapsulation_match_user_space() {
     t.steer
         .arp_set(VNI, Ipv4Addr::from(IP_B), Some(MAC_B))
         .unwrap();
-    let mut req = Vec::new();
-    etherparse::PacketBuilder::ethernet2(MAC_A, [0xff; 6])
-        .arp(
-            etherparse::ArpPacket::new(
-                etherparse::ArpHardwareId::ETHERNET,
-                etherparse::EtherType::IPV4,
-                etherparse::ArpOperation::REQUEST,
-                &MAC_A,
-                &IP_A,
-                &[0; 6],
-                &IP_B,
-            )
-            .unwrap(),
-        )
-        .write(&mut req)
-        .unwrap();
+    let req = arp_request();
     let (action, out) = t.steer.test_run(Program::Port, &req, t.a).unwrap();
     assert_eq!(action, TC_ACT_REDIRECT, "back out of the port");
     let msg = kangaroo_switch::arp::parse(&req[14..]).unwrap();
@@ -566,22 +557,7 @@ fn tc_frames_cut_at_every_length_are_handled() {
         )
         .unwrap();
     let frame = tcp((MAC_A, IP_A), (MAC_B, IP_B), &[7; 200]);
-    let mut arp = Vec::new();
-    etherparse::PacketBuilder::ethernet2(MAC_A, [0xff; 6])
-        .arp(
-            etherparse::ArpPacket::new(
-                etherparse::ArpHardwareId::ETHERNET,
-                etherparse::EtherType::IPV4,
-                etherparse::ArpOperation::REQUEST,
-                &MAC_A,
-                &IP_A,
-                &[0; 6],
-                &IP_B,
-            )
-            .unwrap(),
-        )
-        .write(&mut arp)
-        .unwrap();
+    let arp = arp_request();
     // VXLAN from a peer, for the uplink program's cuts.
     let (me, peer) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
     t.steer.add_peer(peer, 0).unwrap();
