@@ -627,11 +627,7 @@ fn kill_9_under_traffic_the_supervisor_restarts_it_and_traffic_resumes() {
     assert!(!pid.is_empty(), "the switch runs");
     ok(&["kill", "-9", &pid]);
     let out = pinger.wait_with_output().unwrap();
-    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
+    let times = reply_times(&String::from_utf8_lossy(&out.stdout));
     let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
     let log = std::fs::read_to_string(dir.0.join("switch.log")).unwrap_or_default();
     let restarts = log.matches("kangaroo-switch running").count();

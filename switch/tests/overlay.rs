@@ -121,14 +121,6 @@ fn epoch() -> f64 {
         .as_secs_f64()
 }
 
-/// Timestamps (`ping -D`) of the echo replies in `out`.
-fn reply_times(out: &str) -> Vec<f64> {
-    out.lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect()
-}
-
 fn switch_config(mode: &str, ports: &[(&Vm, u32)], local: &str, peers: &[(&str, &str)]) -> String {
     let mut c = format!("mode = \"{mode}\"\n");
     for (v, vni) in ports {

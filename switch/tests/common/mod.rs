@@ -421,3 +421,11 @@ pub fn xdp_pass(ns: &Netns, ifname: &str) {
         "xdp",
     ]);
 }
+
+/// The timestamps of the echo replies in the output of `ping -D`.
+pub fn reply_times(out: &str) -> Vec<f64> {
+    out.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect()
+}
