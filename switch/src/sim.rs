@@ -208,6 +208,9 @@ pub struct Sim {
     /// The underlay.
     pub underlay: Underlay,
     next_port: u16,
+    /// Frames each link holds per direction, when not the defaults (2048 for hosts, 4096 for
+    /// the underlay).
+    ring_size: Option<usize>,
 }
 
 impl Default for Sim {
@@ -229,6 +232,23 @@ impl Sim {
                 capturing: false,
             },
             next_port: 40000,
+            ring_size: None,
+        }
+    }
+
+    /// An empty simulation whose links hold `frames` frames per direction: short runs with
+    /// few frames in flight (fuzzing) need not set up deep rings.
+    pub fn with_ring_size(frames: usize) -> Sim {
+        Sim {
+            ring_size: Some(frames.max(1)),
+            ..Sim::new()
+        }
+    }
+
+    fn host_link(&self) -> LinkConfig {
+        LinkConfig {
+            ring_size: self.ring_size.unwrap_or(HOST_LINK.ring_size),
+            ..HOST_LINK
         }
     }
 
@@ -262,7 +282,7 @@ impl Sim {
             &format!("uplink{}", sw.0),
             &format!("underlay{}", sw.0),
             LinkConfig {
-                ring_size: 4096,
+                ring_size: self.ring_size.unwrap_or(4096),
                 max_frame: 9216 + crate::tunnel::OUTER_LEN,
             },
         );
@@ -290,7 +310,7 @@ impl Sim {
         prefix: u8,
         port: PortConfig,
     ) -> Result<HostId, SwitchError> {
-        let (switch_end, host_end) = memory::link(&format!("{name}-host"), name, HOST_LINK);
+        let (switch_end, host_end) = memory::link(&format!("{name}-host"), name, self.host_link());
         let pid = self.switches[sw.0].add_port(Box::new(switch_end), port)?;
         let mut dev = HostDevice {
             port: host_end,
@@ -324,7 +344,7 @@ impl Sim {
         name: &str,
         port: PortConfig,
     ) -> Result<(PortId, MemoryPort), SwitchError> {
-        let (switch_end, far_end) = memory::link(&format!("{name}-host"), name, HOST_LINK);
+        let (switch_end, far_end) = memory::link(&format!("{name}-host"), name, self.host_link());
         let pid = self.switches[sw.0].add_port(Box::new(switch_end), port)?;
         Ok((pid, far_end))
     }
@@ -349,7 +369,7 @@ impl Sim {
                 self.switches[sw.0].tables().ports().count()
             ),
             &name,
-            HOST_LINK,
+            self.host_link(),
         );
         let pid = self.switches[sw.0].add_port(Box::new(switch_end), port)?;
         let host = &mut self.hosts[h.0];

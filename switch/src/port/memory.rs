@@ -42,8 +42,9 @@ impl Ring {
     fn new(cfg: &LinkConfig) -> Ring {
         let pool = ArrayQueue::new(cfg.ring_size.max(1));
         for _ in 0..cfg.ring_size.max(1) {
-            // The pool was sized for exactly this many buffers.
-            let _ = pool.push(Vec::with_capacity(cfg.max_frame));
+            // The pool was sized for exactly this many buffers. Each grows to the largest frame
+            // it has carried and keeps that: a deep ring of large frames costs nothing unused.
+            let _ = pool.push(Vec::new());
         }
         Ring {
             frames: ArrayQueue::new(cfg.ring_size.max(1)),
