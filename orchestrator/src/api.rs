@@ -425,6 +425,14 @@ pub fn router(service: Arc<Service>, token: &str) -> (Router, utoipa::openapi::O
                 None,
             )
         })
+        .method_not_allowed_fallback(|m: axum::http::Method| async move {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("method {m} is not allowed on this route"),
+                None,
+            )
+        })
         .layer(middleware::from_fn_with_state(api, auth));
     (app, doc)
 }

@@ -637,3 +637,30 @@ fn the_openapi_document_matches_the_routes() {
         );
     }
 }
+
+/// Found by the `tenant_api` fuzz target: a method no route has was answered 405 with an empty
+/// body instead of the API's JSON error.
+#[test]
+fn fuzz_tenant_api_unknown_method_answers_json_405() {
+    use std::io::{Read, Write};
+    let s = start();
+    for (method, route) in [("DELDTE", "/v1/vms"), ("PUT", "/v1/hosts")] {
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        write!(
+            c,
+            "{method} {route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            s.token
+        )
+        .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 405"), "{method} {route}: {head}");
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(method),
+            "{v}"
+        );
+    }
+}

@@ -1020,3 +1020,215 @@ fn whole_application_moves_to_the_other_provider_without_a_failed_request() {
         s.ok(&["host", "rm", h["name"].as_str().unwrap()]);
     }
 }
+
+/// The QEMU processes of VM `vm` under the server's data directory `dir`: (host, pid) for every
+/// live pid file, found by walking `hosts/<host>/vms/<vm>/qemu.pid`.
+fn qemu_copies(dir: &std::path::Path, vm: &str) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.ends_with(format!("vms/{vm}/qemu.pid")) {
+                let host = p
+                    .parent()
+                    .and_then(|v| v.parent())
+                    .and_then(|v| v.parent())
+                    .and_then(|h| h.file_name())
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let pid = std::fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+                if let Some(pid) = pid {
+                    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                        out.push((host, pid));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// #10's last fault: `kill -9` of `kangaroo serve` while a live migration runs. QEMU goes on
+/// without it, so on restart the VM is found either still at the source (the migration was
+/// cut: rolled back) or at the destination (it finished: completed, the record catches up).
+/// Either way exactly one copy runs, the record says where, and the guest was never rebooted.
+#[test]
+fn orchestrator_killed_during_a_live_migration_ends_with_one_copy() {
+    let _serial = serial();
+    let Some(image) = qemu_ready() else { return };
+    let dir = std::env::temp_dir().join(format!("kgr-mig-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _teardown = Teardown(dir.clone());
+    let port = 20000 + (rand::random::<u16>() % 20000);
+    let guest = [("KANGAROO_GUEST_DIR", image.as_path())];
+    let mut s = Serve::start_with(&dir, port, "qemu", &guest);
+    s.ok(&[
+        "network",
+        "create",
+        "n",
+        "--vni",
+        "100",
+        "--subnet",
+        "192.168.70.0/24",
+    ]);
+    for (h, t, p) in [("ha", "m5.large", "cloud-a"), ("hb", "m3.large", "cloud-b")] {
+        s.ok(&["host", "add", t, "--name", h, "--provider", p]);
+    }
+    s.ok(&[
+        "vm",
+        "create",
+        "mover",
+        "--vcpus",
+        "0.25",
+        "--memory",
+        "256MiB",
+        "--network",
+        "n",
+        "--host",
+        "ha",
+    ]);
+    s.ok(&[
+        "vm",
+        "create",
+        "client",
+        "--vcpus",
+        "0.25",
+        "--memory",
+        "256MiB",
+        "--network",
+        "n",
+        "--host",
+        "ha",
+        "--driver",
+        "netns",
+    ]);
+    let ip: Ipv4Addr = s.json(&["vm", "show", "mover"])["ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client_ns = format!(
+        "{}-v-client",
+        kangaroo_orchestrator::server::local_prefix(&dir)
+    );
+    let before = wait_http(&client_ns, ip, 60);
+    assert_eq!(qemu_copies(&dir, "mover").len(), 1);
+
+    // Each round migrates from the CLI and kills the server some time after the destination
+    // QEMU came up.
+    let mut host = "ha".to_owned();
+    let mut outcomes = Vec::new();
+    // Rounds: before the transfer; during it, slowed so that it is still in flight at restart
+    // (cancelled: rolled back); during it, left to finish on its own (completed).
+    for (delay_ms, slow) in [(0u64, false), (150, true), (150, false)] {
+        let other = if host == "ha" { "hb" } else { "ha" };
+        let cli = {
+            let dir = dir.clone();
+            let url = s.url.clone();
+            let other = other.to_owned();
+            std::thread::spawn(move || {
+                Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+                    .args(["vm", "migrate", "mover", "--to", &other])
+                    .env("KANGAROO_DATA_DIR", &dir)
+                    .env("KANGAROO_URL", &url)
+                    .output()
+                    .unwrap()
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while qemu_copies(&dir, "mover").len() < 2 {
+            assert!(Instant::now() < deadline, "no destination QEMU appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        s.kill9();
+        // A transfer still running is slowed to a crawl, so that it is still in flight when the
+        // server is back: the reconciler must cancel it, not race it.
+        let qmp_of = |h: &str| dir.join(format!("local/hosts/{h}/vms/mover/qmp.sock"));
+        let throttled = slow
+            && kangaroo_orchestrator::infra::qmp::Qmp::connect(&qmp_of(&host))
+                .and_then(|mut q| {
+                    let m = q.execute("query-migrate", None)?;
+                    if m.get("status").and_then(|x| x.as_str()) != Some("active") {
+                        return Ok(false);
+                    }
+                    q.execute(
+                        "migrate-set-parameters",
+                        Some(serde_json::json!({ "max-bandwidth": 65536 })),
+                    )?;
+                    let m = q.execute("query-migrate", None)?;
+                    Ok(m.get("status").and_then(|x| x.as_str()) == Some("active"))
+                })
+                .unwrap_or(false);
+        let phase: Vec<String> = ["ha", "hb"]
+            .iter()
+            .map(|h| {
+                let st = kangaroo_orchestrator::infra::qmp::Qmp::connect(&qmp_of(h))
+                    .and_then(|mut q| {
+                        let s = q.status()?;
+                        let m = q.execute("query-migrate", None)?;
+                        let m = m.get("status").and_then(|x| x.as_str()).unwrap_or("none");
+                        Ok(format!("{s}, migration {m}"))
+                    })
+                    .unwrap_or_else(|e| format!("({e})"));
+                format!("{h}: {st}")
+            })
+            .collect();
+        let out = cli.join().unwrap();
+        assert!(
+            !out.status.success(),
+            "the CLI saw the server die: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+
+        // The restarted server reconciles at start-up.
+        s = Serve::start_with(&dir, port, "qemu", &guest);
+        let now_on = s.json(&["vm", "show", "mover"])["host"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let copies = qemu_copies(&dir, "mover");
+        let outcome = if now_on == other {
+            "completed"
+        } else {
+            "rolled back"
+        };
+        println!(
+            "killed -9 {delay_ms} ms after the destination started ({}){}: {outcome}, on {now_on}, copies {copies:?}",
+            phase.join("; "),
+            if throttled { ", transfer slowed" } else { "" }
+        );
+        assert_eq!(
+            copies.len(),
+            1,
+            "exactly one copy of the VM runs: {copies:?}"
+        );
+        assert_eq!(copies[0].0, now_on, "the record says where it runs");
+        let after = wait_http(&client_ns, ip, 30);
+        assert_eq!(
+            field(&before, "boot"),
+            field(&after, "boot"),
+            "the guest kept running, not rebooted: {before} / {after}\n{}",
+            s.log()
+        );
+        outcomes.push(outcome);
+        host = now_on;
+    }
+    println!("outcomes: {outcomes:?}");
+    // And a second migration, uninterrupted, works from wherever it ended up.
+    let other = if host == "ha" { "hb" } else { "ha" };
+    s.ok(&["vm", "migrate", "mover", "--to", other]);
+    assert_eq!(qemu_copies(&dir, "mover").len(), 1);
+    assert_eq!(qemu_copies(&dir, "mover")[0].0, other);
+    let again = wait_http(&client_ns, ip, 30);
+    assert_eq!(field(&before, "boot"), field(&again, "boot"));
+}

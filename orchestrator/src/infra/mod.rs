@@ -131,6 +131,11 @@ pub trait VmDriver: Send + Sync {
         port: u16,
         progress: &mut dyn FnMut(&str),
     ) -> Result<MigrationStats>;
+    /// Brings a migration that lost its orchestrator to an end: one still transferring from
+    /// `host` is cancelled, and this waits until it has completed, failed or been cancelled, so
+    /// that the copies' statuses afterwards are final. A driver whose migrations need no
+    /// orchestrator-free step does nothing.
+    fn settle(&self, _host: &HostRef, _vm: &VmSpec) {}
 }
 
 /// Names of the VMs whose directory on `host` (`<host dir>/vms/<name>`) holds `file`: how the

@@ -264,6 +264,23 @@ impl VmDriver for QemuDriver {
         if self.status(host, vm) == VmStatus::Running {
             return Ok(());
         }
+        // A guest paused with its state intact (a migration's source after the hand-over, or a
+        // copy a failed migration left paused) is resumed: relaunching would reboot it.
+        if sys::live_pid(&Self::files(host, vm).pid).is_some() {
+            if let Ok(mut q) = Self::qmp(host, vm) {
+                let s = q.status().unwrap_or_default();
+                if matches!(s.as_str(), "paused" | "postmigrate") && q.execute("cont", None).is_ok()
+                {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < deadline {
+                        if q.status().is_ok_and(|s| s == "running") {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
         Self::quit(host, vm);
         self.launch(host, vm, None)
     }
@@ -406,6 +423,45 @@ impl VmDriver for QemuDriver {
         // switches where the VM is now.
         Ok(stats)
     }
+
+    fn settle(&self, host: &HostRef, vm: &VmSpec) {
+        let Ok(mut q) = Self::qmp(host, vm) else {
+            return;
+        };
+        let status = |q: &mut Qmp| {
+            q.execute("query-migrate", None)
+                .ok()
+                .and_then(|i| i.get("status").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let in_flight = |s: &str| {
+            matches!(
+                s,
+                "setup" | "active" | "pre-switchover" | "device" | "postcopy-active" | "cancelling"
+            )
+        };
+        if !in_flight(&status(&mut q)) {
+            return;
+        }
+        // Cancelled now, the migration leaves the source running; if it completes first,
+        // the destination runs and the source is paused for good. Either way, one copy runs.
+        let _ = q.execute("migrate_cancel", None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_flight(&status(&mut q)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = resume_unless_handed_over(&mut q);
+    }
+}
+
+/// Resumes a source whose migration did not complete (cancelled or failed leaves it paused
+/// when it was in the hand-over); one whose migration completed stays paused for good.
+fn resume_unless_handed_over(q: &mut Qmp) -> Result<()> {
+    let s = q.status()?;
+    if s == "paused" {
+        q.execute("cont", None)?;
+    }
+    Ok(())
 }
 
 /// Lets a source whose migration failed run again.

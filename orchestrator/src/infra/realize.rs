@@ -318,14 +318,35 @@ impl Realizer {
                         continue;
                     }
                 };
+            let copies = |driver: &dyn VmDriver| -> Vec<(&HostRef, VmStatus)> {
+                hosts
+                    .iter()
+                    .filter(|h| h.name != home.name)
+                    .map(|h| (h, driver.status(h, &spec)))
+                    .filter(|(_, s)| *s != VmStatus::Absent)
+                    .collect()
+            };
+            // Copies elsewhere: an interrupted migration. It may still be transferring (QEMU
+            // goes on without the orchestrator): it is brought to an end first, so that the
+            // statuses judged below are final and the decision cannot race the hand-over.
+            // The record names the source (it changes only once a migration succeeded), so
+            // the source's side is settled; a destination that received everything is then
+            // given a moment to start running.
+            let mut elsewhere = copies(driver.as_ref());
+            if !elsewhere.is_empty() {
+                driver.settle(&home, &spec);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                loop {
+                    elsewhere = copies(driver.as_ref());
+                    let final_ = driver.status(&home, &spec) == VmStatus::Running
+                        || elsewhere.iter().all(|(_, s)| *s != VmStatus::Incoming);
+                    if final_ || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
             let here = driver.status(&home, &spec);
-            // Copies elsewhere: an interrupted migration.
-            let elsewhere: Vec<(&HostRef, VmStatus)> = hosts
-                .iter()
-                .filter(|h| h.name != home.name)
-                .map(|h| (h, driver.status(h, &spec)))
-                .filter(|(_, s)| *s != VmStatus::Absent)
-                .collect();
             let running_elsewhere = elsewhere
                 .iter()
                 .find(|(_, s)| *s == VmStatus::Running)
