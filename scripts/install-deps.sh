@@ -12,6 +12,8 @@ packages=(
   openvswitch-switch
   # nested VMs: QEMU, and what scripts/build-guest-image.sh builds the guest from
   qemu-system-x86 busybox-static cpio xz-utils
+  # fuzzing: libFuzzer (built by libfuzzer-sys) is C++
+  g++
 )
 
 missing=()

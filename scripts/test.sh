@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up this machine and runs the whole test suite: formatting, lints, unit, property,
-# simulation and end-to-end tests, and one quick pass of every benchmark in test mode.
+# simulation and end-to-end tests, one quick pass of every benchmark in test mode, and every
+# fuzz target for 20 s.
 #
 #   scripts/test.sh            everything CI runs
 #
@@ -14,6 +15,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -28,3 +30,6 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
+
+step "fuzz targets, 20 s each (scripts/fuzz.sh --smoke)"
+bash scripts/fuzz.sh --smoke 20
