@@ -374,6 +374,11 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("{origin}: mode: {:?}", cfg.mode))?,
         ),
     };
+    if let Some(a) = &afxdp {
+        // The kernel drops a storm's excess before it costs the slow path anything.
+        a.set_storm(&cfg.storm)
+            .with_context(|| format!("{origin}: storm: setting the kernel's limits"))?;
+    }
     tracing::info!(mode = ?cfg.mode, why = %cfg.mode_reason(), "datapath mode");
     let opener = |w: usize, n: usize| -> Box<dyn PortOpener> {
         match &afxdp {

@@ -8,9 +8,13 @@
 //!
 //! The limits apply where the user-space switch decides: every BUM frame and every frame from a
 //! station not yet learned reaches it in every mode (the kernel fast paths only forward known
-//! unicast), so they hold in `tc` and `xdp` modes too. With several datapath workers each keeps
-//! its own buckets: a port's effective limit is the configured one times the workers its frames
-//! spread over.
+//! unicast), so they hold in every mode. In the eBPF modes (`tc`, `xdp`, `afxdp`) the port
+//! programs apply the same limits first, to the frames they would hand to user space, and drop
+//! the excess there (counted as the kernel's `storm_bum` and `storm_new_mac`): a storm's excess
+//! then costs a map lookup, not a trip through user space that competes with the other VMs'
+//! traffic for the cores. A station is new to the kernel when its FDB mirror lacks it. With
+//! several datapath workers each keeps its own buckets, and the kernel's are per CPU: a port's
+//! effective limit is the configured one times the workers (or CPUs) its frames spread over.
 
 use crate::clock::Timestamp;
 

@@ -864,6 +864,28 @@ impl XdpSteering {
             .map_err(map_err(abi::UPLINK_MAP))
     }
 
+    /// Sets the storm limits the programs apply in front of the slow path (every port has
+    /// the same; a rate of 0 turns a limit off).
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] if the update fails.
+    pub fn set_storm(&mut self, cfg: &crate::storm::StormConfig) -> Result<(), XdpError> {
+        let value = abi::StormCfg {
+            bum_rate: cfg.bum.per_sec,
+            bum_burst: cfg.bum.burst,
+            new_rate: cfg.new_macs.per_sec,
+            new_burst: cfg.new_macs.burst,
+        };
+        let map = self
+            .ebpf
+            .map_mut(abi::STORM_CFG_MAP)
+            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::STORM_CFG_MAP)))?;
+        let mut arr: aya::maps::Array<&mut MapData, [u8; 16]> =
+            aya::maps::Array::try_from(map).map_err(map_err(abi::STORM_CFG_MAP))?;
+        arr.set(0, value.to_ne_bytes(), 0)
+            .map_err(map_err(abi::STORM_CFG_MAP))
+    }
+
     fn peers(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u32>, XdpError> {
         let map = self
             .ebpf

@@ -603,3 +603,86 @@ fn tc_frames_cut_at_every_length_are_handled() {
         "cuts inside a header the program reads are counted"
     );
 }
+
+/// Storm control in the kernel, both hooks: over the limits, broadcast and frames from unknown
+/// stations are dropped and counted before user space; known unicast is never limited.
+#[test]
+fn storm_excess_is_dropped_in_the_kernel_before_user_space() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let Some(mut t) = bench_at(hook) else {
+            return;
+        };
+        // The buckets are per CPU: stay on one.
+        assert!(core_affinity::set_for_current(core_affinity::CoreId {
+            id: 0
+        }));
+        let (pass, drop, punted) = match hook {
+            Hook::Xdp => (XDP_PASS, 1, abi::Counter::NoSocket),
+            Hook::Tc => (TC_ACT_REDIRECT, TC_ACT_SHOT, abi::Counter::ToSocket),
+        };
+        if hook == Hook::Tc {
+            let port = abi::Port {
+                slot: 0,
+                flags: abi::PORT_F_STEER | abi::PORT_F_FAST,
+                vni: VNI,
+                punt: t.b,
+                ..Default::default()
+            };
+            t.steer.set_port_entry(t.a, &port).unwrap();
+        }
+        t.steer
+            .fdb_set(VNI, MAC_B, Some((abi::DEST_PORT, t.b)))
+            .unwrap();
+        let mut storm = kangaroo_switch::storm::StormConfig::OFF;
+        storm.bum = kangaroo_switch::storm::Rate {
+            per_sec: 1,
+            burst: 3,
+        };
+        storm.new_macs = kangaroo_switch::storm::Rate {
+            per_sec: 1,
+            burst: 2,
+        };
+        t.steer.set_storm(&storm).unwrap();
+        let bcast = tcp((MAC_A, IP_A), ([0xff; 6], IP_B), b"storm");
+        let actions: Vec<u32> = (0..5)
+            .map(|_| t.steer.test_run(Program::Port, &bcast, t.a).unwrap().0)
+            .collect();
+        assert_eq!(
+            actions,
+            [pass, pass, pass, drop, drop],
+            "{hook:?}: broadcast"
+        );
+        assert_eq!(counter(&t.steer, abi::Counter::StormBum), 2);
+        let actions: Vec<u32> = (0..4u8)
+            .map(|i| {
+                let f = tcp(([2, 0, 0, 0, 1, i], IP_C), (MAC_B, IP_B), b"new");
+                t.steer.test_run(Program::Port, &f, t.a).unwrap().0
+            })
+            .collect();
+        assert_eq!(actions, [pass, pass, drop, drop], "{hook:?}: new stations");
+        assert_eq!(counter(&t.steer, abi::Counter::StormNewMac), 2);
+        assert_eq!(
+            counter(&t.steer, punted),
+            5,
+            "{hook:?}: what passed went up"
+        );
+        // Known unicast takes the fast path whatever the buckets hold.
+        let good = tcp((MAC_A, IP_A), (MAC_B, IP_B), b"known");
+        for _ in 0..10 {
+            let (action, _) = t.steer.test_run(Program::Port, &good, t.a).unwrap();
+            assert_ne!(action, drop, "{hook:?}");
+        }
+        assert_eq!(counter(&t.steer, abi::Counter::FastLocal), 10);
+        // Limits off: nothing more is dropped.
+        t.steer
+            .set_storm(&kangaroo_switch::storm::StormConfig::OFF)
+            .unwrap();
+        for _ in 0..5 {
+            assert_eq!(
+                t.steer.test_run(Program::Port, &bcast, t.a).unwrap().0,
+                pass
+            );
+        }
+        assert_eq!(counter(&t.steer, abi::Counter::StormBum), 2);
+    }
+}

@@ -111,7 +111,9 @@ struct Tally {
 
 /// The eBPF programs' outcome counters: one per frame (`fast_csum` and `malformed` annotate
 /// a frame that also has an outcome).
-const OUTCOMES: [&str; 12] = [
+const OUTCOMES: [&str; 14] = [
+    "storm_bum",
+    "storm_new_mac",
     "to_socket",
     "no_socket",
     "not_port",

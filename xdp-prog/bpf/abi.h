@@ -172,7 +172,30 @@ enum kg_counter {
 	KG_CTR_MALFORMED = 12,
 	/* Fast path: the redirect to a port or the uplink failed. */
 	KG_CTR_FAST_REDIRECT_FAILED = 13,
-	KG_CTR_COUNT = 14,
+	/* Storm control: a BUM frame over its port's limit, dropped before user space. */
+	KG_CTR_STORM_BUM = 14,
+	/* Storm control: a frame from a station the FDB does not know, over its port's limit of
+	 * new stations, dropped before user space. */
+	KG_CTR_STORM_NEW_MAC = 15,
+	KG_CTR_COUNT = 16,
+};
+
+/* Value of the `kg_storm_cfg` array (one entry): the per-port storm limits, as the switch's
+ * `[storm]` configuration sets them. A rate of 0 turns a limit off. */
+struct kg_storm_cfg {
+	__u32 bum_rate;
+	__u32 bum_burst;
+	__u32 new_rate;
+	__u32 new_burst;
+};
+
+/* Value of the per-CPU `kg_storm` hash map, keyed by port ifindex: the port's token buckets
+ * (tokens in billionths, refilled by the nanosecond). Made by the program on first use. */
+struct kg_storm_bucket {
+	__u64 bum_tokens;
+	__u64 bum_last;
+	__u64 new_tokens;
+	__u64 new_last;
 };
 
 #endif

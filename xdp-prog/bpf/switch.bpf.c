@@ -72,6 +72,20 @@ struct {
 	__type(value, struct kg_uplink);
 } kg_uplink_cfg SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kg_storm_cfg);
+} kg_storm_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, KG_MAX_PORTS);
+	__type(key, __u32);
+	__type(value, struct kg_storm_bucket);
+} kg_storm SEC(".maps");
+
 /* Peer address (network order) -> peer id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -179,6 +193,84 @@ static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
 	dst[3] = src[3];
 	dst[4] = src[4];
 	dst[5] = src[5];
+}
+
+#define KG_TOKEN 1000000000ull
+
+/* Takes one token from a bucket of `burst` filled at `rate` a second; 0 if it is empty. */
+static __always_inline int storm_take(__u64 *tokens, __u64 *last, __u64 now, __u32 rate,
+				      __u32 burst)
+{
+	__u64 cap = (__u64)(burst ? burst : 1) * KG_TOKEN;
+	__u64 elapsed = now - *last;
+
+	/* At most a second of refill at once: rate * elapsed stays within 64 bits. */
+	if (elapsed > KG_TOKEN)
+		elapsed = KG_TOKEN;
+	*last = now;
+	__u64 t = *tokens + elapsed * rate;
+
+	if (t > cap)
+		t = cap;
+	if (t < KG_TOKEN) {
+		*tokens = t;
+		return 0;
+	}
+	*tokens = t - KG_TOKEN;
+	return 1;
+}
+
+/* Storm control in front of the slow path: 1 if the frame on port `ifindex` is over one of
+ * its port's limits (counted; the caller drops it), 0 to hand it to user space. The buckets are
+ * per CPU, as user space's are per worker. User space applies the same limits to what passes. */
+static __always_inline int storm_drop(struct kg_port *port, __u32 ifindex, void *data, void *end)
+{
+	__u32 zero = 0;
+	struct kg_storm_cfg *cfg = bpf_map_lookup_elem(&kg_storm_cfg, &zero);
+
+	if (!cfg || (!cfg->bum_rate && !cfg->new_rate))
+		return 0;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	int bum = eth->h_dest[0] & 1;
+	int fresh = 0;
+
+	if (cfg->new_rate && !(eth->h_source[0] & 1)) {
+		struct kg_fdb_key sk = { .vni = port->vni };
+
+		mac_copy(sk.mac, eth->h_source);
+		fresh = !bpf_map_lookup_elem(&kg_fdb, &sk);
+	}
+	if (!(bum && cfg->bum_rate) && !fresh)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct kg_storm_bucket *b = bpf_map_lookup_elem(&kg_storm, &ifindex);
+
+	if (!b) {
+		struct kg_storm_bucket full = {
+			.bum_tokens = (__u64)cfg->bum_burst * KG_TOKEN,
+			.bum_last = now,
+			.new_tokens = (__u64)cfg->new_burst * KG_TOKEN,
+			.new_last = now,
+		};
+
+		bpf_map_update_elem(&kg_storm, &ifindex, &full, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&kg_storm, &ifindex);
+		if (!b)
+			return 0;
+	}
+	if (fresh && !storm_take(&b->new_tokens, &b->new_last, now, cfg->new_rate, cfg->new_burst)) {
+		count(KG_CTR_STORM_NEW_MAC);
+		return 1;
+	}
+	if (bum && cfg->bum_rate &&
+	    !storm_take(&b->bum_tokens, &b->bum_last, now, cfg->bum_rate, cfg->bum_burst)) {
+		count(KG_CTR_STORM_BUM);
+		return 1;
+	}
+	return 0;
 }
 
 /*
@@ -533,11 +625,14 @@ int kangaroo_port(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	__u32 slot = port->slot;
-
-	if (!(port->flags & KG_PORT_F_FAST))
-		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
+
+	if (!(port->flags & KG_PORT_F_FAST)) {
+		if (storm_drop(port, ifindex, data, end))
+			return XDP_DROP;
+		return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
+	}
 	struct kg_verdict v = {};
 
 	switch (port_decide(port, ifindex, data, end, &v, 1)) {
@@ -561,6 +656,11 @@ int kangaroo_port(struct xdp_md *ctx)
 	default:
 		break;
 	}
+	/* After encap() gave up, the frame is as it arrived; re-read its bounds. */
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (storm_drop(port, ifindex, data, end))
+		return XDP_DROP;
 	return to_socket(ctx, slot, KG_CTR_TO_SOCKET);
 }
 
@@ -712,8 +812,10 @@ static __always_inline int tc_forward(__u32 ifindex, __u32 flags)
 	return bpf_redirect(ifindex, 0);
 }
 
-static __always_inline int tc_punt(struct kg_port *port)
+static __always_inline int tc_punt(struct __sk_buff *skb, struct kg_port *port, __u32 ifindex)
 {
+	if (storm_drop(port, ifindex, (void *)(long)skb->data, (void *)(long)skb->data_end))
+		return TC_ACT_SHOT;
 	if (!port->punt) {
 		count(KG_CTR_NO_SOCKET);
 		return TC_ACT_SHOT;
@@ -794,7 +896,7 @@ int kangaroo_tc_port(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	if (!(port->flags & KG_PORT_F_FAST) || tc_pull(skb))
-		return tc_punt(port);
+		return tc_punt(skb, port, ifindex);
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct kg_verdict v = {};
@@ -818,7 +920,7 @@ int kangaroo_tc_port(struct __sk_buff *skb)
 	default:
 		break;
 	}
-	return tc_punt(port);
+	return tc_punt(skb, port, ifindex);
 }
 
 SEC("classifier")

@@ -34,6 +34,10 @@ pub const TC_UPLINK_PROGRAM: &str = "kangaroo_tc_uplink";
 pub const UPLINK_PROGRAM: &str = "kangaroo_uplink";
 /// Name of the uplink configuration array (one [`Uplink`]).
 pub const UPLINK_MAP: &str = "kg_uplink_cfg";
+/// The storm limits (`kg_storm_cfg`, one [`StormCfg`]).
+pub const STORM_CFG_MAP: &str = "kg_storm_cfg";
+/// Per-port, per-CPU storm buckets (`kg_storm`), made by the programs.
+pub const STORM_MAP: &str = "kg_storm";
 /// Name of the peer set (IPv4 address in network byte order → 1).
 pub const PEERS_MAP: &str = "kg_peers";
 /// Name of the per-CPU counter array.
@@ -82,6 +86,34 @@ pub struct Port {
     pub ips: [u32; MAX_IPS],
     /// Mode "tc": the ifindex of the port's punt device (0: none).
     pub punt: u32,
+}
+
+/// `struct kg_storm_cfg`: the per-port storm limits (a rate of 0 turns a limit off).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StormCfg {
+    /// BUM frames per second.
+    pub bum_rate: u32,
+    /// BUM frames at once.
+    pub bum_burst: u32,
+    /// New stations per second.
+    pub new_rate: u32,
+    /// New stations at once.
+    pub new_burst: u32,
+}
+
+impl StormCfg {
+    /// The value as the kernel reads it.
+    pub fn to_ne_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        for (i, v) in [self.bum_rate, self.bum_burst, self.new_rate, self.new_burst]
+            .into_iter()
+            .enumerate()
+        {
+            b[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        b
+    }
 }
 
 /// Frames on this interface go to user space through its AF_XDP sockets.
@@ -318,6 +350,11 @@ pub enum Counter {
     Malformed = 12,
     /// Fast path: the redirect to a port or the uplink failed.
     FastRedirectFailed = 13,
+    /// Storm control: a BUM frame over its port's limit, dropped before user space.
+    StormBum = 14,
+    /// Storm control: a frame from a station not in the FDB over its port's limit of new
+    /// stations, dropped before user space.
+    StormNewMac = 15,
 }
 
 impl Counter {
@@ -337,6 +374,8 @@ impl Counter {
         Counter::FastCsum,
         Counter::Malformed,
         Counter::FastRedirectFailed,
+        Counter::StormBum,
+        Counter::StormNewMac,
     ];
 
     /// The counter's name in metrics.
@@ -356,18 +395,21 @@ impl Counter {
             Counter::FastCsum => "fast_csum",
             Counter::Malformed => "malformed",
             Counter::FastRedirectFailed => "fast_redirect_failed",
+            Counter::StormBum => "storm_bum",
+            Counter::StormNewMac => "storm_new_mac",
         }
     }
 }
 
 /// `KG_CTR_COUNT`.
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 16;
 
 const _: () = {
     assert!(core::mem::offset_of!(Port, slot) == 0);
     assert!(core::mem::offset_of!(Port, flags) == 4);
-    assert!(Counter::FastRedirectFailed as u32 + 1 == COUNTER_COUNT);
+    assert!(Counter::StormNewMac as u32 + 1 == COUNTER_COUNT);
     assert!(core::mem::size_of::<Port>() == 40);
+    assert!(core::mem::size_of::<StormCfg>() == 16);
     assert!(core::mem::offset_of!(Port, punt) == 36);
     assert!(core::mem::offset_of!(Port, vni) == 8);
     assert!(core::mem::offset_of!(Port, mac) == 12);
@@ -443,6 +485,8 @@ mod tests {
             "KG_CTR_FAST_CSUM",
             "KG_CTR_MALFORMED",
             "KG_CTR_FAST_REDIRECT_FAILED",
+            "KG_CTR_STORM_BUM",
+            "KG_CTR_STORM_NEW_MAC",
         ]) {
             assert!(
                 h.contains(&format!("{enumerator} = {},", *c as u32)),

@@ -209,6 +209,18 @@ impl EbpfOpener {
         self.steering.lock().ok().map(|mut s| f(&mut s))
     }
 
+    /// Sets the storm limits the kernel applies before the slow path (the switch's `[storm]`).
+    ///
+    /// # Errors
+    /// [`crate::xdp::XdpError`] if the map cannot be written.
+    pub fn set_storm(&self, cfg: &crate::storm::StormConfig) -> Result<(), crate::xdp::XdpError> {
+        self.with(|s| s.set_storm(cfg)).unwrap_or_else(|| {
+            Err(crate::xdp::XdpError::Load(
+                "the program's lock is poisoned".into(),
+            ))
+        })
+    }
+
     /// The opener for worker `worker` of `workers`, sharing this one's program.
     pub fn for_worker(&self, worker: u32, workers: u32) -> EbpfOpener {
         EbpfOpener {
