@@ -4,6 +4,7 @@
 //! table never exceeds its capacity and a lookup answers only from an entry within its lifetime.
 
 #![no_main]
+#![deny(unsafe_code)]
 
 use std::time::Duration;
 

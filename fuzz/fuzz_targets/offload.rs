@@ -7,6 +7,7 @@
 //! segments carry, between them, no more payload than the frame.
 
 #![no_main]
+#![deny(unsafe_code)]
 
 use arbitrary::Arbitrary;
 use kangaroo_switch::checksum::{repair_partial, Repair};

@@ -4,6 +4,7 @@
 //! accepted configuration has a valid interface name for every port and no port twice.
 
 #![no_main]
+#![deny(unsafe_code)]
 
 use kangaroo_switch::config::{valid_ifname, Config};
 use libfuzzer_sys::fuzz_target;

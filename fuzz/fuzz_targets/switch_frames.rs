@@ -10,6 +10,7 @@
 //! - the FDB never holds more than its capacity, nor the ARP table.
 
 #![no_main]
+#![deny(unsafe_code)]
 
 use std::collections::HashSet;
 use std::time::Duration;

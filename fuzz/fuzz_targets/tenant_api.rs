@@ -7,6 +7,7 @@
 //! holds exactly what the service held.
 
 #![no_main]
+#![deny(unsafe_code)]
 
 use std::sync::Arc;
 

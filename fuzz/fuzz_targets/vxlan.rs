@@ -6,6 +6,7 @@
 //! the same VNI and bytes.
 
 #![no_main]
+#![deny(unsafe_code)]
 
 use kangaroo_switch::tunnel::{
     decapsulate, EncapTemplate, LocalVtep, VxlanPacket, VxlanRepr, FLAG_VNI_VALID, VXLAN_PORT,

@@ -4,6 +4,7 @@
 //! an accepted catalog lists only instance types with positive capacity and a finite price.
 
 #![no_main]
+#![deny(unsafe_code)]
 
 use kangaroo_orchestrator::catalog::Catalog;
 use kangaroo_orchestrator::workload::Workload;

@@ -1,6 +1,8 @@
 //! What the fuzz targets share: an in-memory port opener, small switch tables, and a way to
 //! drive an axum router with one request at a time.
 
+#![deny(unsafe_code)]
+
 use std::net::Ipv4Addr;
 
 use axum::body::Body;
