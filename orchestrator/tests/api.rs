@@ -664,3 +664,21 @@ fn fuzz_tenant_api_unknown_method_answers_json_405() {
         );
     }
 }
+
+/// The same class of finding as the switch's control API (its `control_api` fuzz target): a
+/// path segment that is not UTF-8 is answered with the API's JSON error, not plain text.
+#[test]
+fn fuzz_tenant_api_bad_path_parameter_answers_json_400() {
+    let s = start();
+    for route in ["/v1/vms/%FF%FE", "/v1/hosts/%C3%28", "/v1/catalogs/%FF"] {
+        let method = if route.starts_with("/v1/hosts") {
+            "DELETE"
+        } else {
+            "GET"
+        };
+        let (st, v) = s.req(method, route, None, true);
+        assert_eq!(st, 400, "{route}: {v}");
+        assert_eq!(v["error"]["code"], "invalid", "{route}: {v}");
+        assert_eq!(v["error"]["field"], "path", "{route}: {v}");
+    }
+}

@@ -223,6 +223,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A path parameter whose rejection (not UTF-8, not a number) is the API's JSON error, not
+/// axum's plain text.
+struct Param<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for Param<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        UrlPath::<T>::from_request_parts(parts, state)
+            .await
+            .map(|UrlPath(v)| Param(v))
+            .map_err(|e| ApiError::bad("path", e.body_text()))
+    }
+}
+
 fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(b).map_err(|e| {
         ApiError(
@@ -354,7 +374,7 @@ async fn add_peer(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<Value>
 
 async fn remove_peer(
     State(d): State<Datapath>,
-    UrlPath(address): UrlPath<String>,
+    Param(address): Param<String>,
 ) -> Result<StatusCode, ApiError> {
     let addr: Ipv4Addr = address
         .parse()
@@ -462,7 +482,7 @@ async fn add_port(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<PortIn
 
 async fn remove_port(
     State(d): State<Datapath>,
-    UrlPath(ifname): UrlPath<String>,
+    Param(ifname): Param<String>,
 ) -> Result<StatusCode, ApiError> {
     d.run_each(move |sw, _| {
         let id = sw
@@ -536,7 +556,7 @@ async fn add_fdb(State(d): State<Datapath>, b: Bytes) -> Result<StatusCode, ApiE
 
 async fn remove_fdb(
     State(d): State<Datapath>,
-    UrlPath((vni, mac)): UrlPath<(u32, String)>,
+    Param((vni, mac)): Param<(u32, String)>,
 ) -> Result<StatusCode, ApiError> {
     let vni = vni_of("vni", vni)?;
     let mac = mac_of("mac", &mac)?;
@@ -824,6 +844,31 @@ mod tests {
             let v: Value = serde_json::from_str(&body).unwrap();
             let m = v["error"]["message"].as_str().unwrap();
             assert!(m.contains(method), "{m}");
+        }
+        tx.send(()).unwrap();
+        handle.join().unwrap();
+    }
+
+    /// Found by the `control_api` fuzz target: a path parameter that does not parse (a VNI that
+    /// is not a number, a segment that is not UTF-8) was answered with axum's plain-text
+    /// rejection instead of the API's JSON error.
+    #[test]
+    fn fuzz_control_api_bad_path_parameter_answers_json_400() {
+        let path = temp_socket();
+        let (d, _q) = job_queue().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = serve(&path, d, rx).unwrap();
+        for route in [
+            "/v1/fdb/1%EF%BF%BD%EF%BF%BD/02:00:00:00:00:07",
+            "/v1/fdb/99999999999/02:00:00:00:00:07",
+            "/v1/ports/%FF%FE",
+            "/v1/peers/%C3%28",
+        ] {
+            let (status, body) = request(&path, "DELETE", route, None).unwrap();
+            assert_eq!(status, 400, "{route}: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["field"], "path", "{route}: {v}");
+            assert!(v["error"]["message"].is_string(), "{route}: {v}");
         }
         tx.send(()).unwrap();
         handle.join().unwrap();

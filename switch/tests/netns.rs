@@ -36,6 +36,7 @@ fn tc_mode_switches_real_traffic_and_enforces_port_security() {
 }
 
 fn switches_real_traffic(mode: &str) {
+    let _cores = shared();
     if let Some(why) = skip_reason() {
         println!("skipping: {why}");
         return;
@@ -382,6 +383,7 @@ fn switches_real_traffic(mode: &str) {
 
 #[test]
 fn two_datapath_workers_in_each_mode() {
+    let _cores = shared();
     if let Some(why) = skip_reason() {
         println!("skipping: {why}");
         return;
@@ -461,6 +463,8 @@ fn two_datapath_workers_in_each_mode() {
 /// MACs as fast as a core sends while two other VMs keep a TCP stream; both figures in one run.
 #[test]
 fn a_broadcast_and_mac_flood_does_not_starve_other_vms() {
+    // Alone: the figures compare TCP with and without a storm, not with other tests' traffic.
+    let _cores = exclusive();
     if let Some(why) = skip_reason() {
         println!("skipping: {why}");
         return;
@@ -539,12 +543,12 @@ fn a_broadcast_and_mac_flood_does_not_starve_other_vms() {
         live["fdb_entries"].as_u64().unwrap_or(u64::MAX) < 10_000,
         "the FDB did not fill with the flood's MACs: {live}"
     );
-    // Held at half, not at #10's 80%: on two cores the storm's excess, punted to user space
-    // and dropped there, costs the switch's worker a core that iperf3 wants too (68-122% of the
-    // control across runs here). Dropping the excess in the eBPF program is what 80% needs.
+    // The kernel drops the storm's excess before user space (per-CPU buckets in the port
+    // program), so the storm costs the other VMs about what the same storm costs where the
+    // switch never sees it.
     assert!(
-        stormy >= 0.5 * control,
-        "TCP during the storm through the switch ({stormy} bit/s) is at least half of TCP during \
+        stormy >= 0.8 * control,
+        "TCP during the storm through the switch ({stormy} bit/s) is at least 80% of TCP during \
          the same storm outside it ({control} bit/s)"
     );
     assert!(ping(&vm3, &vm1.ip, 2), "the storming VM itself still works");
@@ -556,6 +560,7 @@ fn a_broadcast_and_mac_flood_does_not_starve_other_vms() {
 /// nothing stale blocks the new process, and pings resume within 2 s.
 #[test]
 fn kill_9_under_traffic_the_supervisor_restarts_it_and_traffic_resumes() {
+    let _cores = shared();
     if let Some(why) = skip_reason() {
         println!("skipping: {why}");
         return;

@@ -429,3 +429,17 @@ pub fn reply_times(out: &str) -> Vec<f64> {
         .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
         .collect()
 }
+
+/// Tests that measure throughput take this alone; the others share it, so that no other test's
+/// traffic competes for the cores while a figure is measured.
+static CORES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The cores for a test that measures: no other test holding [`shared`] runs meanwhile.
+pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CORES.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A test that does not measure: runs beside the others, never beside an [`exclusive`] one.
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    CORES.read().unwrap_or_else(|p| p.into_inner())
+}
