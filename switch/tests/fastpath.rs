@@ -684,5 +684,26 @@ fn storm_excess_is_dropped_in_the_kernel_before_user_space() {
             );
         }
         assert_eq!(counter(&t.steer, abi::Counter::StormBum), 2);
+        // A port that is not fast (mode afxdp: no FDB mirror to tell new stations by) has
+        // only its broadcast limited in the kernel: unknown sources all go up.
+        t.steer.set_storm(&storm).unwrap();
+        let slow_port = abi::Port {
+            slot: 0,
+            flags: abi::PORT_F_STEER,
+            vni: VNI,
+            punt: if hook == Hook::Tc { t.b } else { 0 },
+            ..Default::default()
+        };
+        t.steer.set_port_entry(t.a, &slow_port).unwrap();
+        let before = counter(&t.steer, abi::Counter::StormNewMac);
+        for i in 0..6u8 {
+            let f = tcp(([2, 0, 0, 0, 2, i], IP_C), (MAC_B, IP_B), b"new");
+            let (action, _) = t.steer.test_run(Program::Port, &f, t.a).unwrap();
+            assert_ne!(
+                action, drop,
+                "{hook:?}: not limited as new without a mirror"
+            );
+        }
+        assert_eq!(counter(&t.steer, abi::Counter::StormNewMac), before);
     }
 }

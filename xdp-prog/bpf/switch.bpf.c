@@ -237,7 +237,9 @@ static __always_inline int storm_drop(struct kg_port *port, __u32 ifindex, void 
 	int bum = eth->h_dest[0] & 1;
 	int fresh = 0;
 
-	if (cfg->new_rate && !(eth->h_source[0] & 1)) {
+	/* Only a fast port's program has the FDB mirror to tell a new station by (mode "afxdp"
+	 * keeps none: every source would look new); there user space alone limits them. */
+	if (cfg->new_rate && (port->flags & KG_PORT_F_FAST) && !(eth->h_source[0] & 1)) {
 		struct kg_fdb_key sk = { .vni = port->vni };
 
 		mac_copy(sk.mac, eth->h_source);
