@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use kangaroo_fuzz::{call, requests, runtime, small_switch, MemoryOpener};
+use kangaroo_fuzz::{assert_json_error, call, requests, runtime, small_switch, MemoryOpener};
 use kangaroo_switch::control;
 use kangaroo_switch::{Switch, Timestamp};
 use libfuzzer_sys::fuzz_target;
@@ -75,18 +75,7 @@ fuzz_target!(|data: &[u8]| {
                 "{r:?} answered {status}: {}",
                 String::from_utf8_lossy(&body)
             );
-            // A HEAD answer has no body, by HTTP's rules.
-            if status >= 400 && r.method != "HEAD" {
-                let v: serde_json::Value = match serde_json::from_slice(&body) {
-                    Ok(v) => v,
-                    Err(e) => panic!("{r:?}: error body is not JSON ({e}): {body:?}"),
-                };
-                let m = v.get("error").and_then(|e| e.get("message"));
-                assert!(
-                    m.is_some_and(|m| m.is_string()),
-                    "{r:?}: no error message in {v}"
-                );
-            }
+            assert_json_error(r, status, &body);
         }
         let health = axum::http::Request::get("/v1/health").body(axum::body::Body::empty());
         let Ok(req) = health else {

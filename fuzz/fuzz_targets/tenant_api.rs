@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use kangaroo_fuzz::{call, requests, runtime};
+use kangaroo_fuzz::{assert_json_error, call, requests, runtime};
 use kangaroo_orchestrator::api;
 use kangaroo_orchestrator::packing::PackOptions;
 use kangaroo_orchestrator::service::Service;
@@ -66,18 +66,7 @@ fuzz_target!(|data: &[u8]| {
             let (status, body) = call(&router, req).await;
             let text = String::from_utf8_lossy(&body);
             assert_ne!(status, 500, "{r:?} answered 500: {text}");
-            // A HEAD answer has no body, by HTTP's rules.
-            if status >= 400 && r.method != "HEAD" {
-                let v: serde_json::Value = match serde_json::from_slice(&body) {
-                    Ok(v) => v,
-                    Err(e) => panic!("{r:?}: error body is not JSON ({e}): {text}"),
-                };
-                let m = v.get("error").and_then(|e| e.get("message"));
-                assert!(
-                    m.is_some_and(|m| m.is_string()),
-                    "{r:?}: no error message in {v}"
-                );
-            }
+            assert_json_error(r, status, &body);
             if !matches!(auth, Some("Bearer fuzz-token")) && path != "/health" {
                 assert!(
                     !(200..300).contains(&status),

@@ -137,6 +137,26 @@ pub async fn call(router: &axum::Router, req: axum::http::Request<Body>) -> (u16
     (status, body)
 }
 
+/// Asserts that an error answer to `req` is the API's JSON error with a message (a HEAD
+/// answer has no body, by HTTP's rules).
+pub fn assert_json_error(req: &Request, status: u16, body: &[u8]) {
+    if status < 400 || req.method == "HEAD" {
+        return;
+    }
+    let v: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "{req:?}: error body is not JSON ({e}): {}",
+            String::from_utf8_lossy(body)
+        ),
+    };
+    let m = v.get("error").and_then(|e| e.get("message"));
+    assert!(
+        m.is_some_and(|m| m.is_string()),
+        "{req:?}: no error message in {v}"
+    );
+}
+
 /// A current-thread runtime with timers and a blocking pool, as the servers use.
 pub fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_current_thread()

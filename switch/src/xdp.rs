@@ -854,14 +854,18 @@ impl XdpSteering {
             slot: at.slot,
             flags: abi::UPLINK_F_ENABLED | if self.fast { abi::UPLINK_F_FAST } else { 0 },
         };
+        self.set_config16(abi::UPLINK_MAP, value.to_ne_bytes())
+    }
+
+    /// Writes the one 16-byte entry of the configuration array `name`.
+    fn set_config16(&mut self, name: &'static str, value: [u8; 16]) -> Result<(), XdpError> {
         let map = self
             .ebpf
-            .map_mut(abi::UPLINK_MAP)
-            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::UPLINK_MAP)))?;
+            .map_mut(name)
+            .ok_or_else(|| XdpError::Load(format!("no map {name}")))?;
         let mut arr: aya::maps::Array<&mut MapData, [u8; 16]> =
-            aya::maps::Array::try_from(map).map_err(map_err(abi::UPLINK_MAP))?;
-        arr.set(0, value.to_ne_bytes(), 0)
-            .map_err(map_err(abi::UPLINK_MAP))
+            aya::maps::Array::try_from(map).map_err(map_err(name))?;
+        arr.set(0, value, 0).map_err(map_err(name))
     }
 
     /// Sets the storm limits the programs apply in front of the slow path (every port has
@@ -876,14 +880,7 @@ impl XdpSteering {
             new_rate: cfg.new_macs.per_sec,
             new_burst: cfg.new_macs.burst,
         };
-        let map = self
-            .ebpf
-            .map_mut(abi::STORM_CFG_MAP)
-            .ok_or_else(|| XdpError::Load(format!("no map {}", abi::STORM_CFG_MAP)))?;
-        let mut arr: aya::maps::Array<&mut MapData, [u8; 16]> =
-            aya::maps::Array::try_from(map).map_err(map_err(abi::STORM_CFG_MAP))?;
-        arr.set(0, value.to_ne_bytes(), 0)
-            .map_err(map_err(abi::STORM_CFG_MAP))
+        self.set_config16(abi::STORM_CFG_MAP, value.to_ne_bytes())
     }
 
     fn peers(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u32>, XdpError> {

@@ -20,36 +20,6 @@ use serde_json::Value;
 
 const FRAMES_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/frames.py");
 
-/// A host on the underlay: a namespace whose `ul0` is bridged into the underlay namespace.
-fn underlay_host(ul: &Netns, role: &str, addr: &str, fast: bool) -> Netns {
-    let ns = Netns::new(role);
-    let peer = format!("ku{}{role}", SEQ.fetch_add(1, Ordering::Relaxed));
-    ok(&[
-        "ip", "link", "add", "ul0", "netns", &ns.0, "type", "veth", "peer", "name", &peer, "netns",
-        &ul.0,
-    ]);
-    ok(&[
-        "ip", "-n", &ul.0, "link", "set", &peer, "master", "br0", "up",
-    ]);
-    // The underlay side takes frames the XDP fast path redirects out of `ul0` (a veth needs an
-    // XDP program for that; a physical NIC does not).
-    if fast {
-        xdp_pass(ul, &peer);
-    }
-    ok(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        &format!("{addr}/24"),
-        "dev",
-        "ul0",
-    ]);
-    ok(&["ip", "-n", &ns.0, "link", "set", "ul0", "up"]);
-    ns
-}
-
 /// A VM behind `host` with a guest MTU that fits the tunnel (1500 − 50).
 fn tenant_vm(host: &Netns, idx: u32, ip: &str) -> Vm {
     let v = vm(host, idx, ip);

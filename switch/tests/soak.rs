@@ -16,7 +16,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -28,30 +27,6 @@ const FRAMES_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fram
 const FLOW_PPS: u64 = 2000;
 /// Payload bytes of each flow's datagrams.
 const FLOW_LEN: u64 = 400;
-
-fn underlay_host(ul: &Netns, role: &str, addr: &str) -> Netns {
-    let ns = Netns::new(role);
-    let peer = format!("ks{}{role}", SEQ.fetch_add(1, Ordering::Relaxed));
-    ok(&[
-        "ip", "link", "add", "ul0", "netns", &ns.0, "type", "veth", "peer", "name", &peer, "netns",
-        &ul.0,
-    ]);
-    ok(&[
-        "ip", "-n", &ul.0, "link", "set", &peer, "master", "br0", "up",
-    ]);
-    ok(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        &format!("{addr}/24"),
-        "dev",
-        "ul0",
-    ]);
-    ok(&["ip", "-n", &ns.0, "link", "set", "ul0", "up"]);
-    ns
-}
 
 /// No IPv6 in `ns`: nothing but the test's own traffic crosses its interfaces, so the frame
 /// accounting below covers every frame.
@@ -239,8 +214,8 @@ fn soak_with_churn_keeps_flows_memory_and_counters() {
     ok(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
     ok(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
     let (a_ip, b_ip, ghost) = ("10.203.0.1", "10.203.0.2", "10.203.0.9");
-    let ha = underlay_host(&ul, "ha", a_ip);
-    let hb = underlay_host(&ul, "hb", b_ip);
+    let ha = underlay_host(&ul, "ha", a_ip, false);
+    let hb = underlay_host(&ul, "hb", b_ip, false);
     quiet(&ha);
     quiet(&hb);
     quiet(&ul);

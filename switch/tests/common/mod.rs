@@ -443,3 +443,33 @@ pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
 pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
     CORES.read().unwrap_or_else(|p| p.into_inner())
 }
+
+/// A host on the underlay: a namespace whose `ul0` is bridged into the underlay namespace.
+pub fn underlay_host(ul: &Netns, role: &str, addr: &str, fast: bool) -> Netns {
+    let ns = Netns::new(role);
+    let peer = format!("ku{}{role}", SEQ.fetch_add(1, Ordering::Relaxed));
+    ok(&[
+        "ip", "link", "add", "ul0", "netns", &ns.0, "type", "veth", "peer", "name", &peer, "netns",
+        &ul.0,
+    ]);
+    ok(&[
+        "ip", "-n", &ul.0, "link", "set", &peer, "master", "br0", "up",
+    ]);
+    // The underlay side takes frames the XDP fast path redirects out of `ul0` (a veth needs an
+    // XDP program for that; a physical NIC does not).
+    if fast {
+        xdp_pass(ul, &peer);
+    }
+    ok(&[
+        "ip",
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        "ul0",
+    ]);
+    ok(&["ip", "-n", &ns.0, "link", "set", "ul0", "up"]);
+    ns
+}
