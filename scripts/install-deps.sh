@@ -8,6 +8,8 @@ packages=(
   clang llvm libbpf-dev gcc-multilib m4 libelf-dev zlib1g-dev pkg-config libclang-dev
   # tests and benchmarks: namespaces, traffic and inspection
   iproute2 iputils-ping iperf3 ethtool tcpdump bpftool procps curl python3
+  # the OpenStack clients the compatibility tests drive (scripts/openstack-client.sh)
+  python3-venv
   # the Open vSwitch contender of kangaroo-bench (userspace datapath; this kernel has no OVS module)
   openvswitch-switch
   # nested VMs: QEMU, and what scripts/build-guest-image.sh builds the guest from

@@ -444,28 +444,41 @@ pub fn router(service: Arc<Service>, token: &str) -> (Router, utoipa::openapi::O
                 async move { Json((*d).clone()) }
             }),
         )
-        .fallback(|| async {
+        .merge(crate::openstack::router(
+            api.service.clone(),
+            crate::openstack::OpenStackConfig::new(token),
+        ))
+        .fallback(|uri: axum::http::Uri| async move {
+            if crate::openstack::is_openstack_path(uri.path()) {
+                return crate::openstack::unrouted(uri.path(), false);
+            }
             ApiError(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such route".into(),
                 None,
             )
+            .into_response()
         })
-        .method_not_allowed_fallback(|m: axum::http::Method| async move {
+        .method_not_allowed_fallback(|m: axum::http::Method, uri: axum::http::Uri| async move {
+            if crate::openstack::is_openstack_path(uri.path()) {
+                return crate::openstack::unrouted(uri.path(), true);
+            }
             ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("method {m} is not allowed on this route"),
                 None,
             )
+            .into_response()
         })
         .layer(middleware::from_fn_with_state(api, auth));
     (app, doc)
 }
 
 async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/health" {
+    // The OpenStack face checks its own tokens (X-Auth-Token).
+    if req.uri().path() == "/health" || crate::openstack::is_openstack_path(req.uri().path()) {
         return next.run(req).await;
     }
     let ok = req

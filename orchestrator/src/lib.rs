@@ -8,6 +8,7 @@ pub mod api;
 pub mod catalog;
 pub mod infra;
 pub mod model;
+pub mod openstack;
 pub mod packing;
 pub mod server;
 pub mod service;

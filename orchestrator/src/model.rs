@@ -356,6 +356,10 @@ pub struct NestedVm {
     pub state: VmState,
     /// The host it is placed on.
     pub host: Name,
+    /// When it was created, seconds since the Unix epoch (0 for VMs created before it was
+    /// recorded).
+    #[serde(default)]
+    pub created_at: u64,
 }
 
 impl NestedVm {

@@ -129,6 +129,10 @@ pub struct VmRequest {
     pub anti_affinity: Option<String>,
     /// Host to place on (placement chooses when absent).
     pub host: Option<String>,
+    /// Provider whose hosts placement may use or rent (the first configured when absent;
+    /// ignored when `host` is given).
+    #[serde(default)]
+    pub provider: Option<String>,
 }
 
 /// Request to move a VM.
@@ -235,6 +239,36 @@ pub struct Service {
     providers: Vec<Provider>,
     opts: PackOptions,
     realizer: Option<Arc<Realizer>>,
+    tasks: Mutex<std::collections::HashMap<Name, Task>>,
+}
+
+/// An operation in progress on a VM (not persisted: after a restart the reconciler finishes or
+/// rolls back whatever was in flight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Being created.
+    Building,
+    /// Being started.
+    Starting,
+    /// Being stopped.
+    Stopping,
+    /// Being moved to another host.
+    Migrating,
+    /// Being deleted.
+    Deleting,
+}
+
+/// Clears a VM's task when the operation ends, however it ends.
+struct TaskGuard<'a> {
+    service: &'a Service,
+    vm: Name,
+}
+
+impl Drop for TaskGuard<'_> {
+    fn drop(&mut self) {
+        self.service.tasks_lock().remove(&self.vm);
+    }
 }
 
 /// The nested-VM drivers a VM may ask for.
@@ -277,6 +311,7 @@ impl Service {
             providers: ps,
             opts,
             realizer: None,
+            tasks: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -374,6 +409,36 @@ impl Service {
         Ok(())
     }
 
+    fn tasks_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Name, Task>> {
+        // The map holds plain values; a panic elsewhere cannot leave it half-updated.
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `vm` as busy with `task` until the guard drops. A VM already busy is a conflict:
+    /// two operations never run on one VM at once.
+    fn begin(&self, vm: &Name, task: Task) -> Result<TaskGuard<'_>, ServiceError> {
+        let mut t = self.tasks_lock();
+        if let Some(other) = t.get(vm) {
+            return Err(ServiceError::Conflict(format!(
+                "VM {vm} is busy ({})",
+                task_word(*other)
+            )));
+        }
+        t.insert(vm.clone(), task);
+        Ok(TaskGuard {
+            service: self,
+            vm: vm.clone(),
+        })
+    }
+
+    /// The operation in progress on `vm`, if any.
+    pub fn task(&self, vm: &str) -> Option<Task> {
+        self.tasks_lock()
+            .iter()
+            .find(|(k, _)| k.as_str() == vm)
+            .map(|(_, t)| *t)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the copy inconsistent with the store: the
         // copy is only changed after a successful commit, in one call.
@@ -413,6 +478,11 @@ impl Service {
                     name: n.to_owned(),
                 }),
         }
+    }
+
+    /// The packing options (what of each host VMs may use).
+    pub fn options(&self) -> &PackOptions {
+        &self.opts
     }
 
     /// Hosts.
@@ -716,6 +786,7 @@ impl Service {
             affinity,
             anti_affinity: anti,
         };
+        let _task = self.begin(&name, Task::Building)?;
         let mut g = self.lock();
         if g.state.vms.contains_key(&name) {
             return Err(ServiceError::Conflict(format!("VM {name} already exists")));
@@ -737,8 +808,16 @@ impl Service {
                 hn
             }
             None => {
-                let existing = Self::existing_hosts(&g.state);
-                let provider = self.provider(None)?;
+                let provider = self.provider(req.provider.as_deref())?;
+                let mut existing = Self::existing_hosts(&g.state);
+                if req.provider.is_some() {
+                    existing.retain(|e| {
+                        g.state
+                            .hosts
+                            .get(&e.name)
+                            .is_some_and(|h| h.provider == provider.name)
+                    });
+                }
                 match packing::place_one(&demand, &existing, &provider.instance_types, &self.opts) {
                     Ok(Decision::Existing(h)) => h,
                     Ok(Decision::Rent(t)) => {
@@ -780,6 +859,7 @@ impl Service {
             anti_affinity: demand.anti_affinity,
             state: VmState::Running,
             host,
+            created_at: now_secs(),
         };
         let rented: Option<Name> = ops.iter().find_map(|o| match o {
             Op::PutHost(h) => Some(h.name.clone()),
@@ -855,6 +935,13 @@ impl Service {
                 name: name.to_owned(),
             });
         };
+        let _task = self.begin(
+            &vm.name,
+            match st {
+                VmState::Running => Task::Starting,
+                VmState::Stopped => Task::Stopping,
+            },
+        )?;
         let before = vm.clone();
         vm.state = st;
         self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
@@ -895,6 +982,7 @@ impl Service {
                 name: name.to_owned(),
             });
         };
+        let _task = self.begin(&n, Task::Deleting)?;
         let state = g.state.clone();
         if let (Some(r), Some(vm)) = (&self.realizer, state.vms.get(&n)) {
             r.destroy_vm(&state, vm)?;
@@ -946,6 +1034,7 @@ impl Service {
             });
         };
         check_fits(&demand_of(&vm), dest, &self.opts)?;
+        let _task = self.begin(&vm.name, Task::Migrating)?;
         let state = g.state.clone();
         drop(g);
         // The move happens first; the record follows only when it succeeded. A crash in
@@ -960,6 +1049,47 @@ impl Service {
         vm.host = to;
         self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
         Ok((vm, report))
+    }
+
+    /// A host `vm` could move to, for a move that names none: a running host other than its
+    /// own with room, preferring its own provider, then the fullest such host (moves should
+    /// not spread VMs over more hosts than needed).
+    ///
+    /// # Errors
+    /// Not found, or no host has room.
+    pub fn migration_target(&self, vm: &str) -> Result<Name, ServiceError> {
+        let g = self.lock();
+        let Some(v) = g.state.vms.values().find(|v| v.name.as_str() == vm) else {
+            return Err(ServiceError::NotFound {
+                kind: "VM",
+                name: vm.to_owned(),
+            });
+        };
+        let home = g.state.hosts.get(&v.host).map(|h| h.provider.clone());
+        let d = demand_of(v);
+        let mut best: Option<(bool, u64, Name)> = None;
+        for e in Self::existing_hosts(&g.state) {
+            let Some(h) = g.state.hosts.get(&e.name) else {
+                continue;
+            };
+            if e.name == v.host
+                || h.state != HostState::Running
+                || check_fits(&d, &e, &self.opts).is_err()
+            {
+                continue;
+            }
+            let used = e
+                .vms
+                .iter()
+                .fold(Resources::default(), |a, x| a.plus(&x.resources));
+            let free = self.opts.usable(&e.instance_type).minus(&used).memory_mib;
+            let key = (Some(&h.provider) != home.as_ref(), free, e.name.clone());
+            if best.as_ref().is_none_or(|b| key < *b) {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, n)| n)
+            .ok_or_else(|| ServiceError::Conflict(format!("no other host has room for VM {vm}")))
     }
 
     /// Moves every VM of application `app` to hosts of provider `req.to`: packs them for cost
@@ -1164,6 +1294,7 @@ impl Service {
                     affinity: v.demand.affinity.clone(),
                     anti_affinity: v.demand.anti_affinity.clone(),
                     state: VmState::Running,
+                    created_at: now_secs(),
                     host: host.name.clone(),
                 }));
             }
@@ -1240,6 +1371,23 @@ fn demand_of(v: &NestedVm) -> Demand {
         resources: v.resources(),
         affinity: v.affinity.clone(),
         anti_affinity: v.anti_affinity.clone(),
+    }
+}
+
+/// Wall-clock seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn task_word(t: Task) -> &'static str {
+    match t {
+        Task::Building => "being created",
+        Task::Starting => "being started",
+        Task::Stopping => "being stopped",
+        Task::Migrating => "being migrated",
+        Task::Deleting => "being deleted",
     }
 }
 

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::*;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -16,88 +20,6 @@ use kangaroo_orchestrator::infra::local::{host_address, provider_subnet, LocalCl
 use kangaroo_orchestrator::infra::netns_vm::NetnsDriver;
 use kangaroo_orchestrator::infra::qemu::{QemuConfig, QemuDriver};
 use kangaroo_orchestrator::infra::{HostRef, VmDriver, VmSpec, VmStatus};
-
-fn target_dir() -> PathBuf {
-    // tests run from the package directory; binaries are in the workspace's target directory.
-    PathBuf::from(env!("CARGO_BIN_EXE_kangaroo"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
-
-fn switch_bin() -> Option<PathBuf> {
-    let p = target_dir().join("kangaroo-switch");
-    p.is_file().then_some(p)
-}
-
-fn skip_reason(need_qemu: bool) -> Option<String> {
-    if not_root() {
-        return Some("needs root (namespaces, taps, XDP)".into());
-    }
-    if switch_bin().is_none() {
-        return Some(format!(
-            "no kangaroo-switch in {} (build the workspace first: cargo build)",
-            target_dir().display()
-        ));
-    }
-    if need_qemu
-        && Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .map_or(true, |s| !s.success())
-    {
-        return Some("qemu-system-x86_64 is not installed (scripts/install-deps.sh)".into());
-    }
-    None
-}
-
-fn not_root() -> bool {
-    // The effective uid from /proc (no libc call).
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u != "0"))
-        })
-        .unwrap_or(true)
-}
-
-/// The guest image, built on first use into the target directory (or `KANGAROO_GUEST_DIR`).
-fn guest_image() -> Result<PathBuf, String> {
-    let dir = std::env::var_os("KANGAROO_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("guest"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-guest-image.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "building the guest image: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(dir)
-}
-
-/// The guest image when the QEMU tests can run here; otherwise `None`, having printed why.
-fn qemu_ready() -> Option<PathBuf> {
-    if let Some(why) = skip_reason(true) {
-        println!("skipping: {why}");
-        return None;
-    }
-    match guest_image() {
-        Ok(d) => Some(d),
-        Err(e) => {
-            println!("skipping: {e}");
-            None
-        }
-    }
-}
 
 /// A local cloud that removes everything it made when dropped, also on a failed assertion.
 struct Cloud {
@@ -178,42 +100,6 @@ fn spec(name: &str, last: u8, probe: Option<u8>) -> VmSpec {
     }
 }
 
-fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn http(ns: &str, ip: Ipv4Addr, path: &str) -> Option<String> {
-    let url = format!("http://{ip}{path}");
-    let o = in_ns(ns, &["curl", "-s", "-m", "2", &url]);
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-}
-
-fn field(text: &str, key: &str) -> Option<String> {
-    text.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
-}
-
-fn wait_http(ns: &str, ip: Ipv4Addr, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(t) = http(ns, ip, "/") {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{ip} answers HTTP within {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Parses `ping -D` output: the sequence numbers that got a reply.
 fn replied_seqs(out: &str) -> Vec<u32> {
     out.lines()
@@ -224,14 +110,6 @@ fn replied_seqs(out: &str) -> Vec<u32> {
                 .filter(|_| l.contains("bytes from"))
         })
         .collect()
-}
-
-/// The tests here run one at a time: QEMU under TCG and a dozen namespaces are heavy for a
-/// small machine, and the migration's interruption is measured.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Pings sent 50 ms apart across the live migration.
@@ -558,6 +436,7 @@ fn netns_vms_move_by_stop_and_start() {
             affinity: None,
             anti_affinity: None,
             state: VmState::Running,
+            created_at: 0,
             host: Name::new(&c.hosts[a].name).unwrap(),
         },
     );
@@ -586,135 +465,6 @@ fn netns_vms_move_by_stop_and_start() {
 }
 
 /// The switches' datapath mode: `KGR_LOCAL_MODE`, else the default (`tc`).
-fn local_mode() -> String {
-    std::env::var("KGR_LOCAL_MODE").unwrap_or_else(|_| "tc".to_owned())
-}
-
-/// `kangaroo serve` with two local providers, as a child process.
-struct Serve {
-    child: Option<std::process::Child>,
-    dir: PathBuf,
-    url: String,
-}
-
-impl Serve {
-    fn start(dir: &std::path::Path, port: u16) -> Serve {
-        Serve::start_with(dir, port, "netns", &[])
-    }
-
-    fn start_with(
-        dir: &std::path::Path,
-        port: u16,
-        driver: &str,
-        env: &[(&str, &std::path::Path)],
-    ) -> Serve {
-        let url = format!("http://127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("serve.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--provider",
-                "cloud-a=local:ec2-2026",
-                "--provider",
-                "cloud-b=local:ec2-2014",
-                "--vm-driver",
-                driver,
-                "--switch-mode",
-                &local_mode(),
-                "--reconcile-secs",
-                "0",
-            ])
-            .env("KANGAROO_DATA_DIR", dir)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log.try_clone().unwrap())
-            .spawn()
-            .unwrap();
-        let s = Serve {
-            child: Some(child),
-            dir: dir.to_owned(),
-            url,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let o = Command::new("curl")
-                .args(["-fsS", "-m", "1", &format!("{}/health", s.url)])
-                .output()
-                .unwrap();
-            if o.status.success() {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("kangaroo serve answers: {}", s.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> (bool, String) {
-        let o = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
-            .args(args)
-            .env("KANGAROO_DATA_DIR", &self.dir)
-            .env("KANGAROO_URL", &self.url)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out) = self.cli(args);
-        assert!(ok, "kangaroo {args:?}: {out}\nserver log:\n{}", self.log());
-        out
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&full)).unwrap()
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Removes every namespace and process of the server with `dir`, whatever happened.
-struct Teardown(PathBuf);
-
-impl Drop for Teardown {
-    fn drop(&mut self) {
-        let prefix = kangaroo_orchestrator::server::local_prefix(&self.0);
-        for ns in kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")) {
-            let _ = kangaroo_orchestrator::infra::sys::delete_netns(&ns);
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// web-2's page as fetched from web-1 (a `netns` VM) through the switches, within 10 s.
 fn web2_page(s: &Serve, ip2: &str, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1023,40 +773,6 @@ fn whole_application_moves_to_the_other_provider_without_a_failed_request() {
 
 /// The QEMU processes of VM `vm` under the server's data directory `dir`: (host, pid) for every
 /// live pid file, found by walking `hosts/<host>/vms/<vm>/qemu.pid`.
-fn qemu_copies(dir: &std::path::Path, vm: &str) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.ends_with(format!("vms/{vm}/qemu.pid")) {
-                let host = p
-                    .parent()
-                    .and_then(|v| v.parent())
-                    .and_then(|v| v.parent())
-                    .and_then(|h| h.file_name())
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let pid = std::fs::read_to_string(&p)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok());
-                if let Some(pid) = pid {
-                    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                        out.push((host, pid));
-                    }
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// #10's last fault: `kill -9` of `kangaroo serve` while a live migration runs. QEMU goes on
 /// without it, so on restart the VM is found either still at the source (the migration was
 /// cut: rolled back) or at the destination (it finished: completed, the record catches up).

@@ -1,0 +1,552 @@
+//! Identity v3: version discovery, password authentication with a project scope, token
+//! validation and revocation, and the tenant's one project.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use super::{base_url, hex_id, iso8601, ok_json, OsError, OsResult, Shared, Style};
+use crate::service::now_secs;
+
+const ID: Style = Style::Keystone;
+
+/// The domain every tenant's project and user are in.
+const DOMAIN_ID: &str = "default";
+const DOMAIN_NAME: &str = "Default";
+
+/// Issues and checks signed tokens: `kgo1.<issued>.<expires>.<nonce>.<mac>`, the MAC an
+/// HMAC-SHA256 over the rest keyed from the API token. Nothing is stored but revocations, which
+/// are kept in memory until the token would have expired.
+pub struct Tokens {
+    key: Vec<u8>,
+    api_token: String,
+    ttl: Duration,
+    revoked: Mutex<HashMap<String, u64>>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a token this server issued, or tampered with.
+    Invalid,
+    /// Past its expiry.
+    Expired,
+    /// Revoked.
+    Revoked,
+}
+
+/// A valid token's times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Issued at, seconds since the epoch.
+    pub issued: u64,
+    /// Expires at.
+    pub expires: u64,
+}
+
+impl Tokens {
+    /// Tokens keyed from `api_token`, valid `ttl` each.
+    pub fn new(api_token: &str, ttl: Duration) -> Tokens {
+        let mut key = b"kangaroo openstack tokens v1\0".to_vec();
+        key.extend_from_slice(api_token.as_bytes());
+        Tokens {
+            key,
+            api_token: api_token.to_owned(),
+            ttl,
+            revoked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn mac(&self, body: &str) -> String {
+        // HMAC accepts a key of any length.
+        let Ok(mut m) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            return String::new();
+        };
+        m.update(body.as_bytes());
+        m.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A new token issued at `now`.
+    pub fn issue_at(&self, now: u64) -> (String, TokenInfo) {
+        let nonce: String = (0..12)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let expires = now.saturating_add(self.ttl.as_secs());
+        let body = format!("kgo1.{now}.{expires}.{nonce}");
+        let mac = self.mac(&body);
+        (
+            format!("{body}.{mac}"),
+            TokenInfo {
+                issued: now,
+                expires,
+            },
+        )
+    }
+
+    /// Checks `token` at `now`. The API token itself is accepted too (it never expires).
+    pub fn validate_at(&self, token: &str, now: u64) -> Result<TokenInfo, TokenError> {
+        if !self.api_token.is_empty() && ct_eq(token.as_bytes(), self.api_token.as_bytes()) {
+            return Ok(TokenInfo {
+                issued: 0,
+                expires: u64::MAX,
+            });
+        }
+        let (body, mac) = token.rsplit_once('.').ok_or(TokenError::Invalid)?;
+        if !ct_eq(mac.as_bytes(), self.mac(body).as_bytes()) {
+            return Err(TokenError::Invalid);
+        }
+        let mut f = body.split('.');
+        let (Some("kgo1"), Some(i), Some(e), Some(_), None) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(TokenError::Invalid);
+        };
+        let (Ok(issued), Ok(expires)) = (i.parse::<u64>(), e.parse::<u64>()) else {
+            return Err(TokenError::Invalid);
+        };
+        if now >= expires {
+            return Err(TokenError::Expired);
+        }
+        if self.revoked_lock().contains_key(mac) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(TokenInfo { issued, expires })
+    }
+
+    /// Checks `token` now.
+    pub fn validate(&self, token: &str) -> Result<TokenInfo, TokenError> {
+        self.validate_at(token, now_secs())
+    }
+
+    /// Revokes a valid token.
+    pub fn revoke(&self, token: &str) -> Result<(), TokenError> {
+        let now = now_secs();
+        let info = self.validate_at(token, now)?;
+        if info.expires == u64::MAX {
+            // The API token is not revocable here; it is rotated by replacing its file.
+            return Err(TokenError::Invalid);
+        }
+        let Some((_, mac)) = token.rsplit_once('.') else {
+            return Err(TokenError::Invalid);
+        };
+        let mut r = self.revoked_lock();
+        r.retain(|_, exp| *exp > now);
+        r.insert(mac.to_owned(), info.expires);
+        Ok(())
+    }
+
+    fn revoked_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        // Plain values: a panic elsewhere cannot leave the map half-updated.
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(super) fn routes(os: Shared) -> Router {
+    Router::new()
+        .route("/identity", get(versions))
+        .route("/identity/", get(versions))
+        .route("/identity/v3", get(version))
+        .route("/identity/v3/", get(version))
+        .route(
+            "/identity/v3/auth/tokens",
+            get(check_token)
+                .head(check_token)
+                .post(issue_token)
+                .delete(revoke_token),
+        )
+        .route("/identity/v3/auth/catalog", get(catalog))
+        .route("/identity/v3/auth/projects", get(projects))
+        .route("/identity/v3/projects", get(projects))
+        .route("/identity/v3/projects/{id}", get(project))
+        .route("/identity/v3/users/{id}/projects", get(projects))
+        .route("/identity/v3/{*rest}", get(not_found).post(not_found))
+        .with_state(os)
+}
+
+fn version_doc(base: &str) -> Value {
+    json!({
+        "id": "v3.14",
+        "status": "stable",
+        "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{base}/identity/v3/")}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+    })
+}
+
+async fn versions(h: HeaderMap) -> Response {
+    let v = json!({"versions": {"values": [version_doc(&base_url(&h))]}});
+    (StatusCode::MULTIPLE_CHOICES, Json(v)).into_response()
+}
+
+async fn version(h: HeaderMap) -> Response {
+    ok_json(json!({"version": version_doc(&base_url(&h))}))
+}
+
+async fn not_found() -> OsError {
+    OsError::new(
+        ID,
+        StatusCode::NOT_FOUND,
+        "Kangaroo's Identity service implements tokens and projects only.",
+    )
+}
+
+/// `POST /v3/auth/tokens`'s body (unknown members are ignored, as Keystone does).
+#[derive(Deserialize)]
+struct AuthBody {
+    auth: Auth,
+}
+
+#[derive(Deserialize)]
+struct Auth {
+    identity: Identity,
+    #[serde(default)]
+    scope: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Identity {
+    methods: Vec<String>,
+    #[serde(default)]
+    password: Option<PasswordAuth>,
+    #[serde(default)]
+    token: Option<TokenAuth>,
+}
+
+#[derive(Deserialize)]
+struct PasswordAuth {
+    user: UserRef,
+}
+
+#[derive(Deserialize)]
+struct UserRef {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    domain: Option<DomainRef>,
+    password: String,
+}
+
+#[derive(Deserialize, Default)]
+struct DomainRef {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenAuth {
+    id: String,
+}
+
+impl DomainRef {
+    fn is_default(&self) -> bool {
+        match (&self.id, &self.name) {
+            (Some(id), _) => id == DOMAIN_ID,
+            (None, Some(n)) => n == DOMAIN_NAME,
+            (None, None) => false,
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> OsError {
+    OsError::new(ID, StatusCode::BAD_REQUEST, msg)
+}
+
+/// Checks the credentials and the scope; the error says what was wrong without telling which
+/// part of a credential failed (Keystone's behaviour).
+fn authenticate(os: &Shared, a: &Auth) -> OsResult<()> {
+    let methods: Vec<&str> = a.identity.methods.iter().map(String::as_str).collect();
+    if methods.is_empty() {
+        return Err(bad(
+            "Expecting to find identity.methods: at least one method.",
+        ));
+    }
+    for m in &methods {
+        if *m != "password" && *m != "token" {
+            return Err(OsError::new(
+                ID,
+                StatusCode::UNAUTHORIZED,
+                format!("Attempted to authenticate with an unsupported method: {m}."),
+            ));
+        }
+    }
+    if methods.contains(&"password") {
+        let Some(p) = &a.identity.password else {
+            return Err(bad("Expecting to find identity.password in the request."));
+        };
+        let u = &p.user;
+        let user_ok = match (&u.id, &u.name) {
+            (Some(id), _) => *id == os.user_id(),
+            (None, Some(n)) => {
+                *n == os.cfg.project && u.domain.as_ref().is_some_and(DomainRef::is_default)
+            }
+            (None, None) => {
+                return Err(bad("Expecting to find identity.password.user.id or name."));
+            }
+        };
+        if !(user_ok && ct_eq(u.password.as_bytes(), os.cfg.password.as_bytes())) {
+            return Err(OsError::new(
+                ID,
+                StatusCode::UNAUTHORIZED,
+                "The request you have made requires authentication.",
+            ));
+        }
+    }
+    if methods.contains(&"token") {
+        let Some(t) = &a.identity.token else {
+            return Err(bad("Expecting to find identity.token in the request."));
+        };
+        if os.tokens.validate(&t.id).is_err() {
+            return Err(OsError::unauthorized(ID));
+        }
+    }
+    // Scope: the tenant's project (by id, or by name in the Default domain), or none.
+    let Some(scope) = &a.scope else { return Ok(()) };
+    if scope.as_str() == Some("unscoped") {
+        return Ok(());
+    }
+    let Some(p) = scope.get("project") else {
+        return Err(OsError::new(
+            ID,
+            StatusCode::UNAUTHORIZED,
+            "Only project scopes are supported.",
+        ));
+    };
+    let id = p.get("id").and_then(Value::as_str);
+    let name = p.get("name").and_then(Value::as_str);
+    let domain: DomainRef = p
+        .get("domain")
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+        .unwrap_or_default();
+    let ok = match (id, name) {
+        (Some(id), _) => id == os.project_id(),
+        (None, Some(n)) => n == os.cfg.project && domain.is_default(),
+        (None, None) => return Err(bad("Expecting to find scope.project.id or name.")),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(OsError::new(
+            ID,
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "No project {} in this cloud: its one project is {:?} in domain {DOMAIN_NAME}.",
+                id.or(name).unwrap_or(""),
+                os.cfg.project
+            ),
+        ))
+    }
+}
+
+fn token_body(os: &Shared, base: &str, info: super::identity::TokenInfo, scoped: bool) -> Value {
+    let domain = json!({"id": DOMAIN_ID, "name": DOMAIN_NAME});
+    let mut t = json!({
+        "methods": ["password"],
+        "user": {"id": os.user_id(), "name": os.cfg.project, "domain": domain, "password_expires_at": null},
+        "audit_ids": [hex_id("audit", &info.issued.to_string())[..22].to_owned()],
+        "issued_at": iso8601(info.issued),
+        "expires_at": if info.expires == u64::MAX { Value::Null } else { iso8601(info.expires).into() },
+    });
+    if scoped {
+        t["project"] = json!({"id": os.project_id(), "name": os.cfg.project, "domain": domain});
+        t["roles"] = json!([{"id": hex_id("role", "member"), "name": "member"}, {"id": hex_id("role", "admin"), "name": "admin"}]);
+        t["is_domain"] = json!(false);
+        t["catalog"] = service_catalog(base);
+    }
+    json!({ "token": t })
+}
+
+fn service_catalog(base: &str) -> Value {
+    let entry = |ty: &str, name: &str, url: String| {
+        let endpoints: Vec<Value> = ["public", "internal", "admin"]
+            .iter()
+            .map(|i| {
+                json!({
+                    "id": hex_id("endpoint", &format!("{ty}/{i}")),
+                    "interface": i,
+                    "region": "kangaroo",
+                    "region_id": "kangaroo",
+                    "url": url,
+                })
+            })
+            .collect();
+        json!({
+            "type": ty,
+            "name": name,
+            "id": hex_id("service", ty),
+            "endpoints": endpoints,
+        })
+    };
+    json!([
+        entry("identity", "keystone", format!("{base}/identity/v3")),
+        entry("compute", "nova", format!("{base}/compute/v2.1")),
+        entry("image", "glance", format!("{base}/image")),
+        entry("network", "neutron", format!("{base}/network")),
+    ])
+}
+
+async fn issue_token(State(os): State<Shared>, h: HeaderMap, b: Bytes) -> OsResult<Response> {
+    let body: AuthBody = super::json_body(&b, ID)?;
+    authenticate(&os, &body.auth)?;
+    let scoped = body
+        .auth
+        .scope
+        .as_ref()
+        .is_some_and(|s| s.get("project").is_some());
+    let (token, info) = os.tokens.issue_at(now_secs());
+    let mut r = (
+        StatusCode::CREATED,
+        Json(token_body(&os, &base_url(&h), info, scoped)),
+    )
+        .into_response();
+    let v = HeaderValue::from_str(&token)
+        .map_err(|e| OsError::new(ID, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    r.headers_mut().insert("x-subject-token", v);
+    Ok(r)
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn authorized(os: &Shared, h: &HeaderMap) -> OsResult<()> {
+    match header(h, "x-auth-token").map(|t| os.tokens.validate(t)) {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(OsError::unauthorized(ID)),
+    }
+}
+
+async fn check_token(State(os): State<Shared>, h: HeaderMap) -> OsResult<Response> {
+    authorized(&os, &h)?;
+    let subject = header(&h, "x-subject-token")
+        .ok_or_else(|| bad("Expecting to find X-Subject-Token in the request headers."))?;
+    let info = os.tokens.validate(subject).map_err(|e| {
+        OsError::new(
+            ID,
+            StatusCode::NOT_FOUND,
+            format!(
+                "Could not find token: {}",
+                match e {
+                    TokenError::Invalid => "not a token of this cloud",
+                    TokenError::Expired => "it has expired",
+                    TokenError::Revoked => "it has been revoked",
+                }
+            ),
+        )
+    })?;
+    let mut r = ok_json(token_body(&os, &base_url(&h), info, true));
+    if let Ok(v) = HeaderValue::from_str(subject) {
+        r.headers_mut().insert("x-subject-token", v);
+    }
+    Ok(r)
+}
+
+async fn revoke_token(State(os): State<Shared>, h: HeaderMap) -> OsResult<StatusCode> {
+    authorized(&os, &h)?;
+    let subject = header(&h, "x-subject-token")
+        .ok_or_else(|| bad("Expecting to find X-Subject-Token in the request headers."))?;
+    os.tokens
+        .revoke(subject)
+        .map_err(|_| OsError::new(ID, StatusCode::NOT_FOUND, "Could not find token."))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn catalog(State(os): State<Shared>, h: HeaderMap) -> OsResult<Json<Value>> {
+    authorized(&os, &h)?;
+    Ok(Json(
+        json!({"catalog": service_catalog(&base_url(&h)), "links": {"self": format!("{}/identity/v3/auth/catalog", base_url(&h))}}),
+    ))
+}
+
+fn project_doc(os: &Shared, base: &str) -> Value {
+    let id = os.project_id();
+    json!({
+        "id": id,
+        "name": os.cfg.project,
+        "domain_id": DOMAIN_ID,
+        "description": "The tenant of this Kangaroo orchestrator",
+        "enabled": true,
+        "is_domain": false,
+        "parent_id": DOMAIN_ID,
+        "tags": [],
+        "options": {},
+        "links": {"self": format!("{base}/identity/v3/projects/{id}")},
+    })
+}
+
+async fn projects(State(os): State<Shared>, h: HeaderMap) -> OsResult<Json<Value>> {
+    authorized(&os, &h)?;
+    let base = base_url(&h);
+    Ok(Json(json!({
+        "projects": [project_doc(&os, &base)],
+        "links": {"self": format!("{base}/identity/v3/projects"), "next": null, "previous": null},
+    })))
+}
+
+async fn project(
+    State(os): State<Shared>,
+    h: HeaderMap,
+    p: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> OsResult<Json<Value>> {
+    authorized(&os, &h)?;
+    let id = super::path_param(p, ID)?;
+    if id != os.project_id() && id != os.cfg.project {
+        return Err(OsError::new(
+            ID,
+            StatusCode::NOT_FOUND,
+            format!("Could not find project: {id}."),
+        ));
+    }
+    Ok(Json(json!({"project": project_doc(&os, &base_url(&h))})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_expire_and_revoke() {
+        let t = Tokens::new("secret", Duration::from_secs(60));
+        let (tok, info) = t.issue_at(1000);
+        assert_eq!(info.expires, 1060);
+        assert_eq!(t.validate_at(&tok, 1059), Ok(info));
+        assert_eq!(t.validate_at(&tok, 1060), Err(TokenError::Expired));
+        // Another key, a changed expiry, or a cut token: all invalid.
+        let other = Tokens::new("other", Duration::from_secs(60));
+        assert_eq!(other.validate_at(&tok, 1001), Err(TokenError::Invalid));
+        let forged = tok.replacen(".1060.", ".9999999999.", 1);
+        assert_eq!(t.validate_at(&forged, 1001), Err(TokenError::Invalid));
+        assert_eq!(t.validate_at("kgo1.1", 1001), Err(TokenError::Invalid));
+        assert_eq!(t.validate_at("", 1001), Err(TokenError::Invalid));
+        // The API token itself is accepted and never expires.
+        assert!(t.validate_at("secret", u64::MAX - 1).is_ok());
+        // A token issued now can be revoked; the API token cannot.
+        let (live, _) = t.issue_at(now_secs());
+        assert!(t.validate(&live).is_ok());
+        t.revoke(&live).unwrap();
+        assert_eq!(t.validate(&live), Err(TokenError::Revoked));
+        assert!(t.revoke("secret").is_err());
+    }
+}

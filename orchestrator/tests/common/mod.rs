@@ -1,0 +1,299 @@
+//! What the orchestrator's end-to-end tests share: skipping with a reason, the guest image,
+//! `kangaroo serve` as a child process, teardown of everything a server made, and probes
+//! into namespaces.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn target_dir() -> PathBuf {
+    // tests run from the package directory; binaries are in the workspace's target directory.
+    PathBuf::from(env!("CARGO_BIN_EXE_kangaroo"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+pub fn switch_bin() -> Option<PathBuf> {
+    let p = target_dir().join("kangaroo-switch");
+    p.is_file().then_some(p)
+}
+
+pub fn skip_reason(need_qemu: bool) -> Option<String> {
+    if not_root() {
+        return Some("needs root (namespaces, taps, XDP)".into());
+    }
+    if switch_bin().is_none() {
+        return Some(format!(
+            "no kangaroo-switch in {} (build the workspace first: cargo build)",
+            target_dir().display()
+        ));
+    }
+    if need_qemu
+        && Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .map_or(true, |s| !s.success())
+    {
+        return Some("qemu-system-x86_64 is not installed (scripts/install-deps.sh)".into());
+    }
+    None
+}
+
+pub fn not_root() -> bool {
+    // The effective uid from /proc (no libc call).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u != "0"))
+        })
+        .unwrap_or(true)
+}
+
+/// The guest image, built on first use into the target directory (or `KANGAROO_GUEST_DIR`).
+pub fn guest_image() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("KANGAROO_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("guest"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-guest-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the guest image: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(dir)
+}
+
+/// The guest image when the QEMU tests can run here; otherwise `None`, having printed why.
+pub fn qemu_ready() -> Option<PathBuf> {
+    if let Some(why) = skip_reason(true) {
+        println!("skipping: {why}");
+        return None;
+    }
+    match guest_image() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!("skipping: {e}");
+            None
+        }
+    }
+}
+
+pub fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn http(ns: &str, ip: Ipv4Addr, path: &str) -> Option<String> {
+    let url = format!("http://{ip}{path}");
+    let o = in_ns(ns, &["curl", "-s", "-m", "2", &url]);
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+pub fn field(text: &str, key: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+pub fn wait_http(ns: &str, ip: Ipv4Addr, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = http(ns, ip, "/") {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ip} answers HTTP within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The tests here run one at a time: QEMU under TCG and a dozen namespaces are heavy for a
+/// small machine, and the migration's interruption is measured.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn local_mode() -> String {
+    std::env::var("KGR_LOCAL_MODE").unwrap_or_else(|_| "tc".to_owned())
+}
+
+/// `kangaroo serve` with two local providers, as a child process.
+pub struct Serve {
+    pub child: Option<std::process::Child>,
+    pub dir: PathBuf,
+    pub url: String,
+}
+
+impl Serve {
+    pub fn start(dir: &std::path::Path, port: u16) -> Serve {
+        Serve::start_with(dir, port, "netns", &[])
+    }
+
+    pub fn start_with(
+        dir: &std::path::Path,
+        port: u16,
+        driver: &str,
+        env: &[(&str, &std::path::Path)],
+    ) -> Serve {
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("serve.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--provider",
+                "cloud-a=local:ec2-2026",
+                "--provider",
+                "cloud-b=local:ec2-2014",
+                "--vm-driver",
+                driver,
+                "--switch-mode",
+                &local_mode(),
+                "--reconcile-secs",
+                "0",
+            ])
+            .env("KANGAROO_DATA_DIR", dir)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        let s = Serve {
+            child: Some(child),
+            dir: dir.to_owned(),
+            url,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let o = Command::new("curl")
+                .args(["-fsS", "-m", "1", &format!("{}/health", s.url)])
+                .output()
+                .unwrap();
+            if o.status.success() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("kangaroo serve answers: {}", s.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args(args)
+            .env("KANGAROO_DATA_DIR", &self.dir)
+            .env("KANGAROO_URL", &self.url)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out) = self.cli(args);
+        assert!(ok, "kangaroo {args:?}: {out}\nserver log:\n{}", self.log());
+        out
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Removes every namespace and process of the server with `dir`, whatever happened.
+pub struct Teardown(pub PathBuf);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let prefix = kangaroo_orchestrator::server::local_prefix(&self.0);
+        for ns in kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")) {
+            let _ = kangaroo_orchestrator::infra::sys::delete_netns(&ns);
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn qemu_copies(dir: &std::path::Path, vm: &str) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.ends_with(format!("vms/{vm}/qemu.pid")) {
+                let host = p
+                    .parent()
+                    .and_then(|v| v.parent())
+                    .and_then(|v| v.parent())
+                    .and_then(|h| h.file_name())
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let pid = std::fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+                if let Some(pid) = pid {
+                    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                        out.push((host, pid));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
