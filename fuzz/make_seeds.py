@@ -106,6 +106,23 @@ put("tenant_api", "hosts", reqs(
 with open("../orchestrator/examples/shop.toml") as f:
     wl = f.read()
 import json
+auth = json.dumps({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+    "name": "kangaroo", "domain": {"name": "Default"}, "password": "fuzz-token"}}},
+    "scope": {"project": {"name": "kangaroo", "domain": {"name": "Default"}}}}})
+put("tenant_api", "openstack", reqs(
+    "GET /identity/v3 noauth", "POST /identity/v3/auth/tokens noauth\n" + auth,
+    "GET /compute/v2.1 noauth", "GET /compute/v2.1/flavors/detail?minRam=512",
+    'POST /v1/networks\n{"name": "blue", "vni": 100, "subnet": "192.168.10.0/24"}',
+    'POST /compute/v2.1/servers\n{"server": {"name": "vm1", "flavorRef": "m1.small", '
+    '"imageRef": "busybox", "networks": [{"uuid": "blue"}], "availability_zone": "old"}}',
+    "GET /compute/v2.1/servers/detail?name=^vm&status=ACTIVE&limit=5",
+    'POST /compute/v2.1/servers/vm1/action\n{"os-stop": null}',
+    'POST /compute/v2.1/servers/vm1/action\n{"reboot": {"type": "HARD"}}',
+    'POST /compute/v2.1/servers/vm1/action\n{"os-migrateLive": {"host": null, "block_migration": false, "disk_over_commit": false}}',
+    "GET /compute/v2.1/os-hypervisors/detail", "GET /compute/v2.1/os-availability-zone/detail",
+    "GET /network/v2.0/networks?name=blue&fields=id", "GET /network/v2.0/subnets/blue",
+    "GET /image/v2/images?id=in:busybox", "DELETE /compute/v2.1/servers/vm1",
+    "GET /identity/v3/projects badauth"))
 put("tenant_api", "plans", reqs(
     "POST /v1/plans\n" + json.dumps({"workload": wl}),
     "POST /v1/plans/apply\n" + json.dumps({"workload": wl}),

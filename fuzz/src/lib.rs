@@ -118,6 +118,10 @@ impl Request {
             .header("content-type", "application/json");
         if let Some(a) = auth {
             b = b.header("authorization", a);
+            // The OpenStack face takes the same token as X-Auth-Token.
+            if let Some(t) = a.strip_prefix("Bearer ") {
+                b = b.header("x-auth-token", t);
+            }
         }
         b.body(Body::from(self.body.clone())).ok()
     }
@@ -150,7 +154,16 @@ pub fn assert_json_error(req: &Request, status: u16, body: &[u8]) {
             String::from_utf8_lossy(body)
         ),
     };
-    let m = v.get("error").and_then(|e| e.get("message"));
+    // The OpenStack face answers in each service's format: one member (`error`, Nova's fault
+    // name, or `NeutronError`) holding the message.
+    let m = if kangaroo_orchestrator::openstack::is_openstack_path(&req.path) {
+        v.as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.values().next())
+            .and_then(|e| e.get("message"))
+    } else {
+        v.get("error").and_then(|e| e.get("message"))
+    };
     assert!(
         m.is_some_and(|m| m.is_string()),
         "{req:?}: no error message in {v}"

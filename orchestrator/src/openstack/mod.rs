@@ -44,6 +44,29 @@ pub fn is_openstack_path(path: &str) -> bool {
     })
 }
 
+/// Whether a request is answered without a token: version discovery, and asking for a token
+/// (whose credentials are in the body).
+pub fn is_public(method: &str, path: &str) -> bool {
+    const DISCOVERY: [&str; 13] = [
+        "/identity",
+        "/identity/",
+        "/identity/v3",
+        "/identity/v3/",
+        "/compute",
+        "/compute/",
+        "/compute/v2.1",
+        "/compute/v2.1/",
+        "/image",
+        "/image/",
+        "/image/versions",
+        "/network",
+        "/network/",
+    ];
+    DISCOVERY.contains(&path)
+        || matches!(path, "/network/v2.0" | "/network/v2.0/")
+        || (method == "POST" && path == "/identity/v3/auth/tokens")
+}
+
 /// Settings of the OpenStack face.
 #[derive(Debug, Clone)]
 pub struct OpenStackConfig {
