@@ -44,6 +44,8 @@ fn start() -> Server {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_idle_connections(0)
+        // Keystone's version list answers 300 Multiple Choices; it is not a redirect to follow.
+        .max_redirects(0)
         .build()
         .into();
     Server {
@@ -681,4 +683,665 @@ fn fuzz_tenant_api_bad_path_parameter_answers_json_400() {
         assert_eq!(v["error"]["code"], "invalid", "{route}: {v}");
         assert_eq!(v["error"]["field"], "path", "{route}: {v}");
     }
+}
+
+/// One OpenStack response: status, the headers asked for, and the JSON body.
+struct OsResp {
+    status: u16,
+    headers: std::collections::HashMap<String, String>,
+    body: Value,
+}
+
+impl Server {
+    /// A request to the OpenStack face with `headers` (no bearer token).
+    fn os(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> OsResp {
+        let url = format!("http://{}{}", self.addr, path);
+        let resp = match (method, body) {
+            ("GET", _) | ("DELETE", _) => {
+                let mut r = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.call()
+            }
+            (_, b) => {
+                let mut r = if method == "PUT" {
+                    self.agent.put(&url)
+                } else {
+                    self.agent.post(&url)
+                };
+                r = r.header("Content-Type", "application/json");
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.send(b.unwrap_or(""))
+            }
+        };
+        let mut resp = resp.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let text = resp.body_mut().read_to_string().unwrap();
+        OsResp {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        }
+    }
+
+    /// A project-scoped token for the tenant.
+    fn os_token(&self) -> String {
+        let r = self.os(
+            "POST",
+            "/identity/v3/auth/tokens",
+            &[],
+            Some(&auth_body("kangaroo", &self.token, "kangaroo")),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.headers["x-subject-token"].clone()
+    }
+}
+
+fn auth_body(user: &str, password: &str, project: &str) -> String {
+    json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
+    }})
+    .to_string()
+}
+
+#[test]
+fn openstack_identity_issues_checks_and_revokes_tokens() {
+    let s = start();
+    // Discovery needs no token.
+    let r = s.os("GET", "/identity", &[], None);
+    assert_eq!(r.status, 300);
+    assert_eq!(r.body["versions"]["values"][0]["id"], "v3.14");
+    let r = s.os("GET", "/identity/v3", &[], None);
+    let host = format!("http://{}", s.addr);
+    assert_eq!(
+        r.body["version"]["links"][0]["href"],
+        format!("{host}/identity/v3/")
+    );
+
+    // Wrong password, user, project or scope: 401 in Keystone's format.
+    for body in [
+        auth_body("kangaroo", "wrong", "kangaroo"),
+        auth_body("someone", &s.token, "kangaroo"),
+        auth_body("kangaroo", &s.token, "other"),
+        json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "kangaroo", "domain": {"name": "Default"}, "password": s.token}}}, "scope": {"system": {"all": true}}}}).to_string(),
+        json!({"auth": {"identity": {"methods": ["totp"]}}}).to_string(),
+    ] {
+        let r = s.os("POST", "/identity/v3/auth/tokens", &[], Some(&body));
+        assert_eq!(r.status, 401, "{body}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], 401);
+        assert_eq!(r.body["error"]["title"], "Unauthorized");
+        assert!(!r.headers.contains_key("x-subject-token"));
+    }
+    let r = s.os("POST", "/identity/v3/auth/tokens", &[], Some("{\"auth\": "));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Malformed"),
+        "{}",
+        r.body
+    );
+
+    // The right ones: a token, and a catalog of the four services at the address asked.
+    let r = s.os(
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        Some(&auth_body("kangaroo", &s.token, "kangaroo")),
+    );
+    assert_eq!(r.status, 201);
+    let token = r.headers["x-subject-token"].clone();
+    let t = &r.body["token"];
+    assert_eq!(t["project"]["name"], "kangaroo");
+    assert_eq!(t["user"]["domain"]["id"], "default");
+    assert!(t["expires_at"].as_str().unwrap().ends_with('Z'));
+    let mut types: Vec<(String, String)> = t["catalog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["endpoints"][0]["url"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            ("compute".to_owned(), format!("{host}/compute/v2.1")),
+            ("identity".to_owned(), format!("{host}/identity/v3")),
+            ("image".to_owned(), format!("{host}/image")),
+            ("network".to_owned(), format!("{host}/network")),
+        ]
+    );
+
+    // Validation, then revocation: a revoked token opens nothing.
+    let r = s.os(
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[("X-Auth-Token", &token), ("X-Subject-Token", &token)],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["token"]["project"]["name"], "kangaroo");
+    assert_eq!(
+        s.os(
+            "GET",
+            "/compute/v2.1/servers",
+            &[("X-Auth-Token", &token)],
+            None
+        )
+        .status,
+        200
+    );
+    let other = s.os_token();
+    let r = s.os(
+        "DELETE",
+        "/identity/v3/auth/tokens",
+        &[("X-Auth-Token", &other), ("X-Subject-Token", &token)],
+        None,
+    );
+    assert_eq!(r.status, 204);
+    let r = s.os(
+        "GET",
+        "/compute/v2.1/servers",
+        &[("X-Auth-Token", &token)],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body["error"]["code"], 401);
+    assert!(r.headers["www-authenticate"].starts_with("Keystone uri="));
+    let r = s.os(
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[("X-Auth-Token", &other), ("X-Subject-Token", &token)],
+        None,
+    );
+    assert_eq!(r.status, 404);
+    // Every service refuses a missing or forged token.
+    for p in [
+        "/compute/v2.1/flavors",
+        "/image/v2/images",
+        "/network/v2.0/networks",
+        "/identity/v3/projects",
+    ] {
+        assert_eq!(s.os("GET", p, &[], None).status, 401, "{p}");
+        let forged = format!("{}0", &other[..other.len() - 1]);
+        assert_eq!(
+            s.os("GET", p, &[("X-Auth-Token", &forged)], None).status,
+            401,
+            "{p}"
+        );
+    }
+    let r = s.os(
+        "GET",
+        "/identity/v3/projects",
+        &[("X-Auth-Token", &other)],
+        None,
+    );
+    assert_eq!(r.body["projects"][0]["name"], "kangaroo");
+}
+
+#[test]
+fn openstack_compute_speaks_microversions_and_nova_faults() {
+    let s = start();
+    let tok = s.os_token();
+    let t = ("X-Auth-Token", tok.as_str());
+    let (st, _) = s.post(
+        "/v1/networks",
+        json!({"name": "blue", "vni": 100, "subnet": "192.168.10.0/24"}),
+    );
+    assert_eq!(st, 200);
+    let create = |name: &str, extra: Value| {
+        let mut server = json!({"name": name, "flavorRef": "m1.small", "imageRef": "busybox", "networks": [{"uuid": "blue"}]});
+        if let (Some(o), Value::Object(e)) = (server.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        s.os(
+            "POST",
+            "/compute/v2.1/servers",
+            &[t],
+            Some(&json!({"server": server}).to_string()),
+        )
+    };
+    let r = create("vm1", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_owned();
+    assert!(r.headers["location"].ends_with(&id));
+    // The native API sees the same VM.
+    let (_, vm) = s.get("/v1/vms/vm1");
+    assert_eq!(
+        (vm["memory_mib"].as_u64(), vm["cpu_quarters"].as_u64()),
+        (Some(512), Some(4))
+    );
+
+    // Microversions: 2.1 by default, up to 2.30, echoed with Vary; fields appear with theirs.
+    let path = format!("/compute/v2.1/servers/{id}");
+    let r = s.os("GET", &path, &[t], None);
+    assert_eq!(r.headers["openstack-api-version"], "compute 2.1");
+    assert_eq!(r.headers["x-openstack-nova-api-version"], "2.1");
+    assert!(r.headers["vary"].contains("OpenStack-API-Version"));
+    assert_eq!(r.body["server"]["status"], "ACTIVE");
+    assert!(r.body["server"].get("locked").is_none());
+    let r = s.os(
+        "GET",
+        &path,
+        &[t, ("OpenStack-API-Version", "compute 2.30")],
+        None,
+    );
+    assert_eq!(r.headers["openstack-api-version"], "compute 2.30");
+    for f in [
+        "locked",
+        "description",
+        "tags",
+        "host_status",
+        "OS-EXT-SRV-ATTR:hostname",
+    ] {
+        assert!(r.body["server"].get(f).is_some(), "{f} at 2.30");
+    }
+    let r = s.os(
+        "GET",
+        &path,
+        &[t, ("X-OpenStack-Nova-API-Version", "latest")],
+        None,
+    );
+    assert_eq!(r.headers["x-openstack-nova-api-version"], "2.30");
+    let r = s.os(
+        "GET",
+        &path,
+        &[t, ("OpenStack-API-Version", "compute 2.31")],
+        None,
+    );
+    assert_eq!(r.status, 406);
+    assert!(r.body["computeFault"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximum is 2.30"));
+    let r = s.os("GET", "/compute/v2.1", &[], None);
+    assert_eq!(
+        (
+            r.body["version"]["version"].as_str(),
+            r.body["version"]["min_version"].as_str()
+        ),
+        (Some("2.30"), Some("2.1"))
+    );
+    // By name as well as by id.
+    assert_eq!(
+        s.os("GET", "/compute/v2.1/servers/vm1", &[t], None).body["server"]["id"],
+        id
+    );
+
+    // Faults, each in Nova's shape: {"<name>": {"code", "message"}}.
+    let fault = |r: &OsResp, name: &str, code: u16, needle: &str| {
+        assert_eq!(r.status, code, "{}", r.body);
+        assert_eq!(r.body[name]["code"], code, "{}", r.body);
+        let m = r.body[name]["message"].as_str().unwrap_or("");
+        assert!(m.contains(needle), "{needle:?} in {m:?}");
+    };
+    fault(
+        &create("x", json!({"flavorRef": "m9.huge"})),
+        "badRequest",
+        400,
+        "Flavor m9.huge could not be found",
+    );
+    fault(
+        &create("x", json!({"imageRef": "windows"})),
+        "badRequest",
+        400,
+        "Image windows could not be found",
+    );
+    fault(
+        &create("x", json!({"networks": [{"uuid": "red"}]})),
+        "badRequest",
+        400,
+        "Network red could not be found",
+    );
+    fault(
+        &create(
+            "x",
+            json!({"networks": [{"uuid": "blue"}, {"uuid": "blue"}]}),
+        ),
+        "badRequest",
+        400,
+        "one network",
+    );
+    fault(
+        &create("x", json!({"key_name": "mine"})),
+        "badRequest",
+        400,
+        "key_name is not supported",
+    );
+    fault(
+        &create("x", json!({"min_count": 2})),
+        "badRequest",
+        400,
+        "min_count must be 1",
+    );
+    fault(
+        &create("x", json!({"colour": "red"})),
+        "badRequest",
+        400,
+        "'colour' was unexpected",
+    );
+    fault(
+        &create("x", json!({"availability_zone": "mars"})),
+        "badRequest",
+        400,
+        "availability zone is not available: mars",
+    );
+    fault(
+        &create("Bad Name", json!({})),
+        "badRequest",
+        400,
+        "invalid name",
+    );
+    fault(
+        &create("vm1", json!({})),
+        "conflictingRequest",
+        409,
+        "exists",
+    );
+    fault(
+        &create("huge", json!({"flavorRef": "kg-4096q-65536"})),
+        "conflictingRequest",
+        409,
+        "No valid host was found",
+    );
+    let action = |body: &str| s.os("POST", &format!("{path}/action"), &[t], Some(body));
+    let act25 = |body: &str| {
+        s.os(
+            "POST",
+            &format!("{path}/action"),
+            &[t, ("OpenStack-API-Version", "compute 2.25")],
+            Some(body),
+        )
+    };
+    fault(
+        &action(r#"{"os-start": null}"#),
+        "conflictingRequest",
+        409,
+        "vm_state active",
+    );
+    fault(
+        &action(r#"{"fly": null}"#),
+        "badRequest",
+        400,
+        "There is no such action: fly",
+    );
+    fault(
+        &action(r#"{"resize": {"flavorRef": "m1.large"}}"#),
+        "notImplemented",
+        501,
+        "resize",
+    );
+    fault(
+        &action(r#"{"os-stop": null, "os-start": null}"#),
+        "badRequest",
+        400,
+        "exactly one",
+    );
+    fault(
+        &action(r#"{"os-migrateLive": {"host": null, "block_migration": "auto"}}"#),
+        "badRequest",
+        400,
+        "block_migration",
+    );
+    fault(
+        &act25(
+            r#"{"os-migrateLive": {"host": null, "block_migration": "auto", "disk_over_commit": false}}"#,
+        ),
+        "badRequest",
+        400,
+        "disk_over_commit",
+    );
+    fault(
+        &act25(r#"{"os-migrateLive": {"host": "nowhere", "block_migration": "auto"}}"#),
+        "badRequest",
+        400,
+        "Compute host nowhere could not be found",
+    );
+    fault(
+        &s.os("GET", "/compute/v2.1/servers/nope", &[t], None),
+        "itemNotFound",
+        404,
+        "Instance nope could not be found",
+    );
+    fault(
+        &s.os("PUT", &path, &[t], Some(r#"{"server": {"name": "y"}}"#)),
+        "notImplemented",
+        501,
+        "cannot update",
+    );
+    fault(
+        &s.os("GET", "/compute/v2.1/os-keypairs", &[t], None),
+        "itemNotFound",
+        404,
+        "does not implement",
+    );
+    fault(
+        &s.os("DELETE", "/compute/v2.1/flavors", &[t], None),
+        "badMethod",
+        405,
+        "not allowed",
+    );
+    fault(
+        &s.os("POST", "/compute/v2.1/servers", &[t], Some("{")),
+        "badRequest",
+        400,
+        "Malformed",
+    );
+    fault(
+        &s.os("GET", "/compute/v2.1/servers/detail?name=(", &[t], None),
+        "badRequest",
+        400,
+        "Invalid name filter",
+    );
+
+    // Stop, start and a live migration (sim hosts: the record moves) through actions.
+    assert_eq!(action(r#"{"os-stop": null}"#).status, 202);
+    assert_eq!(
+        s.os("GET", &path, &[t], None).body["server"]["status"],
+        "SHUTOFF"
+    );
+    fault(
+        &act25(r#"{"os-migrateLive": {"host": null, "block_migration": "auto"}}"#),
+        "conflictingRequest",
+        409,
+        "vm_state stopped",
+    );
+    assert_eq!(action(r#"{"reboot": {"type": "HARD"}}"#).status, 202);
+    assert_eq!(s.get("/v1/vms/vm1").1["state"], "running");
+    let (st, h) = s.post(
+        "/v1/hosts",
+        json!({"instance_type": "m5.large", "name": "other"}),
+    );
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(
+        act25(r#"{"os-migrateLive": {"host": "other", "block_migration": "auto"}}"#).status,
+        202
+    );
+    assert_eq!(s.get("/v1/vms/vm1").1["host"], "other");
+    let home = s.os("GET", &path, &[t], None).body["server"]["OS-EXT-SRV-ATTR:host"].clone();
+    assert_eq!(home, "other");
+
+    // Lists: filters by name (a regular expression), status, limit and marker.
+    assert_eq!(create("vm2", json!({})).status, 202);
+    assert_eq!(
+        create("web", json!({"availability_zone": "old"})).status,
+        202
+    );
+    let list = |q: &str| -> Vec<String> {
+        let r = s.os(
+            "GET",
+            &format!("/compute/v2.1/servers/detail{q}"),
+            &[t],
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut all = list("");
+    all.sort();
+    assert_eq!(all, ["vm1", "vm2", "web"]);
+    let mut vms = list("?name=%5Evm");
+    vms.sort();
+    assert_eq!(vms, ["vm1", "vm2"]);
+    assert_eq!(list("?status=SHUTOFF"), Vec::<String>::new());
+    let first = list("?limit=1");
+    assert_eq!(first.len(), 1);
+    assert_eq!(list(&format!("?marker={}", first[0])).len(), 2);
+    let web = s.os("GET", "/compute/v2.1/servers/web", &[t], None);
+    assert_eq!(web.body["server"]["OS-EXT-AZ:availability_zone"], "old");
+
+    // Hypervisors and zones reflect the rented hosts and the providers.
+    let hv = s.os("GET", "/compute/v2.1/os-hypervisors/detail", &[t], None);
+    let used: u64 = hv.body["hypervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["memory_mb_used"].as_u64().unwrap())
+        .sum();
+    assert_eq!(used, 3 * 512);
+    let stats = s.os("GET", "/compute/v2.1/os-hypervisors/statistics", &[t], None);
+    assert_eq!(stats.body["hypervisor_statistics"]["running_vms"], 3);
+    let az = s.os(
+        "GET",
+        "/compute/v2.1/os-availability-zone/detail",
+        &[t],
+        None,
+    );
+    let zones: Vec<&str> = az.body["availabilityZoneInfo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| z["zoneName"].as_str().unwrap())
+        .collect();
+    assert_eq!(zones, ["sim", "old"]);
+
+    assert_eq!(s.os("DELETE", &path, &[t], None).status, 204);
+    assert_eq!(s.os("GET", &path, &[t], None).status, 404);
+    assert_eq!(s.get("/v1/vms/vm1").0, 404);
+}
+
+#[test]
+fn openstack_images_and_networks_are_read_only_views() {
+    let s = start();
+    let tok = s.os_token();
+    let t = ("X-Auth-Token", tok.as_str());
+    s.post(
+        "/v1/networks",
+        json!({"name": "blue", "vni": 100, "subnet": "192.168.10.0/24"}),
+    );
+    s.post(
+        "/v1/networks",
+        json!({"name": "red", "vni": 200, "subnet": "10.1.0.0/16"}),
+    );
+    let r = s.os("GET", "/network/v2.0/networks?name=blue", &[t], None);
+    let nets = r.body["networks"].as_array().unwrap();
+    assert_eq!(nets.len(), 1);
+    let blue = &nets[0];
+    assert_eq!(
+        (
+            blue["provider:segmentation_id"].as_u64(),
+            blue["mtu"].as_u64()
+        ),
+        (Some(100), Some(1450))
+    );
+    let id = blue["id"].as_str().unwrap();
+    assert_eq!(
+        s.os("GET", &format!("/network/v2.0/networks/{id}"), &[t], None)
+            .body["network"]["name"],
+        "blue"
+    );
+    let r = s.os(
+        "GET",
+        "/network/v2.0/networks?fields=name&fields=id",
+        &[t],
+        None,
+    );
+    assert_eq!(r.body["networks"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        r.body["networks"][0].as_object().unwrap().len(),
+        2,
+        "{}",
+        r.body
+    );
+    let sub = s.os(
+        "GET",
+        &format!("/network/v2.0/subnets?network_id={id}"),
+        &[t],
+        None,
+    );
+    let sub = &sub.body["subnets"][0];
+    assert_eq!(sub["cidr"], "192.168.10.0/24");
+    assert_eq!(
+        sub["allocation_pools"][0],
+        json!({"start": "192.168.10.1", "end": "192.168.10.254"})
+    );
+    let r = s.os("GET", "/network/v2.0/networks/green", &[t], None);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["NeutronError"]["type"], "NetworkNotFound");
+    let r = s.os(
+        "POST",
+        "/network/v2.0/networks",
+        &[t],
+        Some(r#"{"network": {"name": "x"}}"#),
+    );
+    assert_eq!(r.status, 501);
+    assert!(r.body["NeutronError"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("kangaroo network create"));
+
+    let r = s.os("GET", "/image/v2/images", &[t], None);
+    let img = &r.body["images"][0];
+    assert_eq!(img["name"], "busybox");
+    let iid = img["id"].as_str().unwrap();
+    let q = format!("/image/v2/images?id=in:{iid},other");
+    assert_eq!(
+        s.os("GET", &q, &[t], None).body["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.os("GET", "/image/v2/images?name=ubuntu", &[t], None).body["images"],
+        json!([])
+    );
+    assert_eq!(
+        s.os("GET", &format!("/image/v2/images/{iid}"), &[t], None)
+            .body["name"],
+        "busybox"
+    );
+    let r = s.os("GET", "/image/v2/images/ubuntu", &[t], None);
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_u64()),
+        (404, Some(404))
+    );
+    assert_eq!(
+        s.os("POST", "/image/v2/images", &[t], Some("{}")).status,
+        501
+    );
 }
