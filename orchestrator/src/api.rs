@@ -406,8 +406,23 @@ impl utoipa::Modify for Security {
     }
 }
 
-/// The routes and the OpenAPI document describing exactly them.
+/// The routes and the OpenAPI document describing exactly them, with the OpenStack-compatible
+/// face at its defaults (project `kangaroo`, tokens valid an hour).
 pub fn router(service: Arc<Service>, token: &str) -> (Router, utoipa::openapi::OpenApi) {
+    router_with(
+        service,
+        token,
+        crate::openstack::OpenStackConfig::new(token),
+    )
+}
+
+/// As [`router`], with the OpenStack face's settings. The OpenAPI document covers the native
+/// API only; the OpenStack face follows OpenStack's own API references.
+pub fn router_with(
+    service: Arc<Service>,
+    token: &str,
+    openstack: crate::openstack::OpenStackConfig,
+) -> (Router, utoipa::openapi::OpenApi) {
     let api = Api {
         service,
         token: Arc::from(token),
@@ -444,10 +459,7 @@ pub fn router(service: Arc<Service>, token: &str) -> (Router, utoipa::openapi::O
                 async move { Json((*d).clone()) }
             }),
         )
-        .merge(crate::openstack::router(
-            api.service.clone(),
-            crate::openstack::OpenStackConfig::new(token),
-        ))
+        .merge(crate::openstack::router(api.service.clone(), openstack))
         .fallback(|uri: axum::http::Uri| async move {
             if crate::openstack::is_openstack_path(uri.path()) {
                 return crate::openstack::unrouted(uri.path(), false);

@@ -72,6 +72,13 @@ enum Command {
         /// Seconds between reconciler passes over local hosts (0: start-up and on request only).
         #[arg(long, default_value_t = 10)]
         reconcile_secs: u64,
+        /// The tenant's project and user name in the OpenStack-compatible API (its password is
+        /// the API token).
+        #[arg(long, default_value = "kangaroo")]
+        openstack_project: String,
+        /// Seconds an OpenStack token is valid.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..=604_800))]
+        openstack_token_ttl: u64,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
     /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
@@ -467,8 +474,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             switch_mode,
             guest_image,
             reconcile_secs,
+            openstack_project,
+            openstack_token_ttl,
         } => {
             let cfg = ServeConfig {
+                openstack: server::OpenStackSettings {
+                    project: openstack_project.clone(),
+                    token_ttl: std::time::Duration::from_secs(*openstack_token_ttl),
+                },
                 local: server::LocalSettings {
                     driver: vm_driver.clone(),
                     switch_mode: switch_mode.clone(),

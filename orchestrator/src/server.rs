@@ -82,6 +82,26 @@ pub struct ServeConfig {
     pub options: PackOptions,
     /// How `local` providers' hosts and VMs are made.
     pub local: LocalSettings,
+    /// The OpenStack-compatible API's tenant and tokens.
+    pub openstack: OpenStackSettings,
+}
+
+/// Settings of the OpenStack-compatible API (its password is the API token).
+#[derive(Debug, Clone)]
+pub struct OpenStackSettings {
+    /// The tenant's project and user name.
+    pub project: String,
+    /// How long a token is valid.
+    pub token_ttl: std::time::Duration,
+}
+
+impl Default for OpenStackSettings {
+    fn default() -> OpenStackSettings {
+        OpenStackSettings {
+            project: "kangaroo".to_owned(),
+            token_ttl: std::time::Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Settings of the `local` providers.
@@ -204,7 +224,12 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         }
     }
     let token = token(&cfg.data_dir)?;
-    let (app, _) = crate::api::router(service, &token);
+    let os = crate::openstack::OpenStackConfig {
+        project: cfg.openstack.project.clone(),
+        password: token.clone(),
+        token_ttl: cfg.openstack.token_ttl,
+    };
+    let (app, _) = crate::api::router_with(service, &token, os);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;

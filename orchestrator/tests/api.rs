@@ -28,6 +28,7 @@ fn start() -> Server {
         ],
         options: PackOptions::default(),
         local: server::LocalSettings::default(),
+        openstack: server::OpenStackSettings::default(),
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
