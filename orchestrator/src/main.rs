@@ -210,6 +210,9 @@ enum VmCmd {
         /// Host to place on.
         #[arg(long)]
         host: Option<String>,
+        /// Provider whose hosts placement uses (and rents from when none has room).
+        #[arg(long)]
+        provider: Option<String>,
     },
     /// Show a VM.
     Show {
@@ -816,8 +819,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     driver,
                     app,
                     host,
+                    provider,
                 }) => {
-                    let body = json!({ "name": name, "vcpus": vcpus, "memory": memory, "network": network, "affinity": affinity, "anti_affinity": anti_affinity, "image": image, "driver": driver, "app": app, "host": host });
+                    let body = json!({ "name": name, "vcpus": vcpus, "memory": memory, "network": network, "affinity": affinity, "anti_affinity": anti_affinity, "image": image, "driver": driver, "app": app, "host": host, "provider": provider });
                     let v = c.call("POST", "/v1/vms", Some(body))?;
                     emit(&v, &|v| {
                         println!(

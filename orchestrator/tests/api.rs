@@ -1348,3 +1348,37 @@ fn openstack_images_and_networks_are_read_only_views() {
         501
     );
 }
+
+#[test]
+fn vm_create_places_on_the_named_provider() {
+    let s = start();
+    s.post(
+        "/v1/networks",
+        json!({"name": "blue", "vni": 100, "subnet": "192.168.10.0/24"}),
+    );
+    let vm = |name: &str, provider: Option<&str>| {
+        s.post("/v1/vms", json!({"name": name, "vcpus": 0.5, "memory": "512MiB", "network": "blue", "provider": provider}))
+    };
+    let provider_of = |host: &Value| {
+        let (_, hosts) = s.get("/v1/hosts");
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == *host)
+            .unwrap()["provider"]
+            .clone()
+    };
+    let (st, a) = vm("a", None);
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(provider_of(&a["host"]), "sim");
+    // Named: placed with that provider's hosts, although sim's host has room.
+    let (st, b) = vm("b", Some("old"));
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(provider_of(&b["host"]), "old");
+    let (st, c) = vm("c", Some("old"));
+    assert_eq!((st, &c["host"]), (200, &b["host"]));
+    let (st, e) = vm("d", Some("mars"));
+    assert_eq!(st, 404, "{e}");
+    assert!(err(&e).1.contains("mars"), "{e}");
+}
