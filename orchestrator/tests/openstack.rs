@@ -100,6 +100,11 @@ impl Osc {
     }
 }
 
+/// A command line's words.
+fn w(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 fn names(list: &Value, key: &str) -> Vec<String> {
     let mut v: Vec<String> = list
         .as_array()
@@ -142,15 +147,7 @@ fn openstack_client_and_sdk_drive_nested_vms() {
     }
     let (s, _teardown) = start("netns", &[]);
     let os = Osc::new(&s);
-    s.ok(&[
-        "network",
-        "create",
-        "tnet",
-        "--vni",
-        "300",
-        "--subnet",
-        "192.168.80.0/24",
-    ]);
+    s.ok(&w("network create tnet --vni 300 --subnet 192.168.80.0/24"));
 
     // Catalog: flavors, images, networks and zones as OpenStack names them.
     let flavors = os.json(&s, &["flavor", "list"]);
@@ -182,37 +179,13 @@ fn openstack_client_and_sdk_drive_nested_vms() {
     // Boot two servers, one in each cloud.
     let vm1 = os.json(
         &s,
-        &[
-            "server",
-            "create",
-            "--flavor",
-            "m1.small",
-            "--image",
-            "busybox",
-            "--network",
-            "tnet",
-            "vm1",
-            "--wait",
-        ],
+        &w("server create --flavor m1.small --image busybox --network tnet vm1 --wait"),
     );
     assert_eq!(vm1["status"], "ACTIVE", "{vm1}");
     assert_eq!(vm1["name"], "vm1");
     let vm2 = os.json(
         &s,
-        &[
-            "server",
-            "create",
-            "--flavor",
-            "m1.tiny",
-            "--image",
-            "busybox",
-            "--network",
-            "tnet",
-            "--availability-zone",
-            "cloud-b",
-            "vm2",
-            "--wait",
-        ],
+        &w("server create --flavor m1.tiny --image busybox --network tnet --availability-zone cloud-b vm2 --wait"),
     );
     assert_eq!(vm2["OS-EXT-AZ:availability_zone"], "cloud-b", "{vm2}");
     let native1 = s.json(&["vm", "show", "vm1"]);
@@ -275,25 +248,13 @@ fn openstack_client_and_sdk_drive_nested_vms() {
     assert!(page_via(&s, "vm2", ip1).starts_with("name=vm1"));
 
     // Errors the client prints sensibly, and nothing changed by them.
-    let e = os.fails(&[
-        "server", "create", "--flavor", "m9.huge", "--image", "busybox", "x",
-    ]);
+    let e = os.fails(&w("server create --flavor m9.huge --image busybox x"));
     assert!(e.contains("No Flavor found for m9.huge"), "{e}");
-    let e = os.fails(&[
-        "server", "create", "--flavor", "m1.tiny", "--image", "nope", "x",
-    ]);
+    let e = os.fails(&w("server create --flavor m1.tiny --image nope x"));
     assert!(e.contains("No Image found for nope"), "{e}");
-    let e = os.fails(&[
-        "server",
-        "create",
-        "--flavor",
-        "m1.tiny",
-        "--image",
-        "busybox",
-        "--network",
-        "nonet",
-        "x",
-    ]);
+    let e = os.fails(&w(
+        "server create --flavor m1.tiny --image busybox --network nonet x",
+    ));
     assert!(e.contains("No Network found for nonet"), "{e}");
     let h2 = native2["host"].as_str().unwrap();
     let az = format!("cloud-b:{h2}");
@@ -372,7 +333,7 @@ fn openstack_client_and_sdk_drive_nested_vms() {
     );
 
     // Delete: the servers go, and so do the VMs.
-    os.ok(&s, &["server", "delete", "--wait", "vm1", "vm2"]);
+    os.ok(&s, &w("server delete --wait vm1 vm2"));
     assert_eq!(os.json(&s, &["server", "list"]), serde_json::json!([]));
     assert_eq!(s.json(&["vm", "ls"]), serde_json::json!([]));
 }
@@ -384,52 +345,19 @@ fn openstack_client_live_migrates_a_qemu_server() {
     let guest = [("KANGAROO_GUEST_DIR", image.as_path())];
     let (s, _teardown) = start("qemu", &guest);
     let os = Osc::new(&s);
-    s.ok(&[
-        "network",
-        "create",
-        "n",
-        "--vni",
-        "310",
-        "--subnet",
-        "192.168.81.0/24",
-    ]);
+    s.ok(&w("network create n --vni 310 --subnet 192.168.81.0/24"));
     for (h, t) in [("ha", "m5.large"), ("hb", "m5.large")] {
         s.ok(&["host", "add", t, "--name", h, "--provider", "cloud-a"]);
     }
     let vm = os.json(
         &s,
-        &[
-            "server",
-            "create",
-            "--flavor",
-            "m1.tiny",
-            "--image",
-            "busybox",
-            "--network",
-            "n",
-            "--availability-zone",
-            "cloud-a:ha",
-            "mover",
-            "--wait",
-        ],
+        &w("server create --flavor m1.tiny --image busybox --network n --availability-zone cloud-a:ha mover --wait"),
     );
     assert_eq!(vm["OS-EXT-SRV-ATTR:host"], "ha", "{vm}");
     // A client on the other host watches the guest's boot id across the move.
-    s.ok(&[
-        "vm",
-        "create",
-        "client",
-        "--vcpus",
-        "0.25",
-        "--memory",
-        "256MiB",
-        "--network",
-        "n",
-        "--host",
-        "hb",
-        "--driver",
-        "netns",
-    ]);
+    s.ok(&w(
+        "vm create client --vcpus 0.25 --memory 256MiB --network n --host hb --driver netns",
+    ));
     let ip: Ipv4Addr = s.json(&["vm", "show", "mover"])["ip"]
         .as_str()
         .unwrap()
@@ -440,15 +368,7 @@ fn openstack_client_live_migrates_a_qemu_server() {
 
     os.ok(
         &s,
-        &[
-            "server",
-            "migrate",
-            "--live-migration",
-            "--host",
-            "hb",
-            "mover",
-            "--wait",
-        ],
+        &w("server migrate --live-migration --host hb mover --wait"),
     );
     let show = os.json(&s, &["server", "show", "mover"]);
     assert_eq!(show["OS-EXT-SRV-ATTR:host"], "hb", "{show}");
@@ -465,14 +385,7 @@ fn openstack_client_live_migrates_a_qemu_server() {
     assert_eq!(copies[0].0, "hb", "{copies:?}");
 
     // A live migration to where it is, or of a stopped server, is refused as Nova does.
-    let e = os.fails(&[
-        "server",
-        "migrate",
-        "--live-migration",
-        "--host",
-        "hb",
-        "mover",
-    ]);
+    let e = os.fails(&w("server migrate --live-migration --host hb mover"));
     assert!(e.contains("to current host"), "{e}");
     os.ok(&s, &["server", "delete", "--wait", "mover"]);
     assert!(qemu_copies(&s.dir, "mover").is_empty());
