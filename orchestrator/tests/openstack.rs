@@ -130,6 +130,57 @@ fn page_via(s: &Serve, from: &str, to: Ipv4Addr) -> String {
     }
 }
 
+/// Polls one server's status through the compute API every 50 ms (at most 5 minutes) and
+/// keeps each change, while a command runs.
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Watch {
+    fn start(s: &Serve, server: &str) -> Watch {
+        let token = std::fs::read_to_string(s.dir.join("token")).unwrap();
+        let url = format!("{}/compute/v2.1/servers/{server}", s.url);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen: Vec<String> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let o = Command::new("curl")
+                    .args([
+                        "-s",
+                        "-m",
+                        "2",
+                        "-H",
+                        &format!("X-Auth-Token: {}", token.trim()),
+                        &url,
+                    ])
+                    .output()
+                    .unwrap();
+                let status = serde_json::from_slice::<Value>(&o.stdout)
+                    .ok()
+                    .and_then(|v| v["server"]["status"].as_str().map(str::to_owned));
+                if let Some(st) = status {
+                    if seen.last() != Some(&st) {
+                        seen.push(st);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        });
+        Watch { stop, thread }
+    }
+
+    /// The statuses seen, in order, ending with one read after the command returned.
+    fn stop(self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 fn start(driver: &str, guest: &[(&str, &std::path::Path)]) -> (Serve, Teardown) {
     let dir = std::env::temp_dir().join(format!("kgr-os-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -349,9 +400,15 @@ fn openstack_client_live_migrates_a_qemu_server() {
     for (h, t) in [("ha", "m5.large"), ("hb", "m5.large")] {
         s.ok(&["host", "add", t, "--name", h, "--provider", "cloud-a"]);
     }
+    let watch = Watch::start(&s, "mover");
     let vm = os.json(
         &s,
         &w("server create --flavor m1.tiny --image busybox --network n --availability-zone cloud-a:ha mover --wait"),
+    );
+    let seen = watch.stop();
+    assert!(
+        seen.contains(&"BUILD".to_owned()),
+        "statuses while booting: {seen:?}"
     );
     assert_eq!(vm["OS-EXT-SRV-ATTR:host"], "ha", "{vm}");
     // A client on the other host watches the guest's boot id across the move.
@@ -366,10 +423,17 @@ fn openstack_client_live_migrates_a_qemu_server() {
     let before = page_via(&s, "client", ip);
     assert!(before.starts_with("name=mover"), "{before}");
 
+    let watch = Watch::start(&s, "mover");
     os.ok(
         &s,
         &w("server migrate --live-migration --host hb mover --wait"),
     );
+    let seen = watch.stop();
+    assert!(
+        seen.contains(&"MIGRATING".to_owned()),
+        "statuses while moving: {seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("ACTIVE"), "{seen:?}");
     let show = os.json(&s, &["server", "show", "mover"]);
     assert_eq!(show["OS-EXT-SRV-ATTR:host"], "hb", "{show}");
     assert_eq!(show["status"], "ACTIVE");
