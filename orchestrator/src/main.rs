@@ -79,6 +79,10 @@ enum Command {
         /// Seconds an OpenStack token is valid.
         #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..=604_800))]
         openstack_token_ttl: u64,
+        /// The OpenStack flavors, a TOML file of `[[flavor]]` entries with `name`, `vcpus` and
+        /// `memory` (default: m1.tiny to m1.xlarge).
+        #[arg(long)]
+        flavors: Option<PathBuf>,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
     /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
@@ -479,11 +483,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             reconcile_secs,
             openstack_project,
             openstack_token_ttl,
+            flavors,
         } => {
             let cfg = ServeConfig {
                 openstack: server::OpenStackSettings {
                     project: openstack_project.clone(),
                     token_ttl: std::time::Duration::from_secs(*openstack_token_ttl),
+                    flavors: match flavors {
+                        Some(f) => kangaroo_orchestrator::openstack::flavors::load_flavors(f)
+                            .map_err(|e| anyhow::anyhow!("--flavors: {e:#}"))?,
+                        None => kangaroo_orchestrator::openstack::flavors::default_flavors(),
+                    },
                 },
                 local: server::LocalSettings {
                     driver: vm_driver.clone(),

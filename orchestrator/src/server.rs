@@ -93,6 +93,8 @@ pub struct OpenStackSettings {
     pub project: String,
     /// How long a token is valid.
     pub token_ttl: std::time::Duration,
+    /// The flavors offered (the defaults, or `--flavors FILE`).
+    pub flavors: Vec<crate::openstack::flavors::Flavor>,
 }
 
 impl Default for OpenStackSettings {
@@ -100,6 +102,7 @@ impl Default for OpenStackSettings {
         OpenStackSettings {
             project: "kangaroo".to_owned(),
             token_ttl: std::time::Duration::from_secs(3600),
+            flavors: crate::openstack::flavors::default_flavors(),
         }
     }
 }
@@ -228,6 +231,7 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         project: cfg.openstack.project.clone(),
         password: token.clone(),
         token_ttl: cfg.openstack.token_ttl,
+        flavors: cfg.openstack.flavors.clone(),
     };
     let (app, _) = crate::api::router_with(service, &token, os);
     let listener = tokio::net::TcpListener::bind(cfg.listen)

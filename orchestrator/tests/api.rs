@@ -18,6 +18,10 @@ struct Server {
 }
 
 fn start() -> Server {
+    start_with(server::OpenStackSettings::default())
+}
+
+fn start_with(openstack: server::OpenStackSettings) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ServeConfig {
         data_dir: dir.path().to_owned(),
@@ -28,7 +32,7 @@ fn start() -> Server {
         ],
         options: PackOptions::default(),
         local: server::LocalSettings::default(),
-        openstack: server::OpenStackSettings::default(),
+        openstack,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -1381,4 +1385,54 @@ fn vm_create_places_on_the_named_provider() {
     let (st, e) = vm("d", Some("mars"));
     assert_eq!(st, 404, "{e}");
     assert!(err(&e).1.contains("mars"), "{e}");
+}
+
+#[test]
+fn openstack_flavors_are_the_tenants_sizes() {
+    let flavors = kangaroo_orchestrator::openstack::flavors::parse_flavors(
+        "[[flavor]]\nname = \"web\"\nvcpus = 0.5\nmemory = \"768MiB\"\n",
+    )
+    .unwrap();
+    let s = start_with(server::OpenStackSettings {
+        flavors,
+        ..server::OpenStackSettings::default()
+    });
+    let tok = s.os_token();
+    let t = ("X-Auth-Token", tok.as_str());
+    let r = s.os("GET", "/compute/v2.1/flavors/detail", &[t], None);
+    let list = r.body["flavors"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{}", r.body);
+    // Nova counts whole vCPUs: half a vCPU shows as 1; the VM gets exactly half.
+    assert_eq!(
+        (
+            list[0]["name"].as_str(),
+            list[0]["vcpus"].as_u64(),
+            list[0]["ram"].as_u64()
+        ),
+        (Some("web"), Some(1), Some(768))
+    );
+    assert_eq!(
+        s.os("GET", "/compute/v2.1/flavors/m1.small", &[t], None)
+            .status,
+        404
+    );
+    s.post(
+        "/v1/networks",
+        json!({"name": "blue", "vni": 100, "subnet": "192.168.10.0/24"}),
+    );
+    let body =
+        json!({"server": {"name": "w1", "flavorRef": "web", "imageRef": "busybox"}}).to_string();
+    let r = s.os("POST", "/compute/v2.1/servers", &[t], Some(&body));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let (_, vm) = s.get("/v1/vms/w1");
+    assert_eq!(
+        (
+            vm["cpu_quarters"].as_u64(),
+            vm["memory_mib"].as_u64(),
+            vm["network"].as_str()
+        ),
+        (Some(2), Some(768), Some("blue"))
+    );
+    let r = s.os("GET", "/compute/v2.1/servers/w1", &[t], None);
+    assert_eq!(r.body["server"]["flavor"]["id"], "web");
 }

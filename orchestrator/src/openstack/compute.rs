@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 
+use super::flavors::{find_flavor, flavor_of, Flavor};
 use super::{
     base_url, iso8601, links, ok_json, path_param, query_pairs, uuid, OsError, OsResult, Shared,
     Style,
@@ -173,61 +174,6 @@ async fn version(h: HeaderMap) -> Response {
 
 // ---- flavors ----
 
-/// A flavor: a nested-VM size.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Flavor {
-    id: String,
-    cpu_quarters: u32,
-    ram_mib: u64,
-}
-
-/// The default flavors, Nova's names at sizes that suit nested VMs.
-const FLAVORS: [(&str, u32, u64); 5] = [
-    ("m1.tiny", 1, 256),
-    ("m1.small", 1, 512),
-    ("m1.medium", 2, 1024),
-    ("m1.large", 2, 2048),
-    ("m1.xlarge", 4, 4096),
-];
-
-fn flavors() -> Vec<Flavor> {
-    FLAVORS
-        .iter()
-        .map(|(n, c, m)| Flavor {
-            id: (*n).to_owned(),
-            cpu_quarters: c * QUARTERS_PER_VCPU,
-            ram_mib: *m,
-        })
-        .collect()
-}
-
-/// The flavor of a VM's size: a default flavor when one matches, else a private one whose id
-/// spells the size (`kg-<quarter vCPUs>q-<MiB>`), so every server's flavor can be shown.
-fn flavor_of(cpu_quarters: u32, ram_mib: u64) -> Flavor {
-    flavors()
-        .into_iter()
-        .find(|f| f.cpu_quarters == cpu_quarters && f.ram_mib == ram_mib)
-        .unwrap_or_else(|| Flavor {
-            id: format!("kg-{cpu_quarters}q-{ram_mib}"),
-            cpu_quarters,
-            ram_mib,
-        })
-}
-
-fn find_flavor(id: &str) -> Option<Flavor> {
-    let id = id.rsplit('/').next().unwrap_or(id);
-    if let Some(f) = flavors().into_iter().find(|f| f.id == id) {
-        return Some(f);
-    }
-    let (q, m) = id.strip_prefix("kg-")?.split_once("q-")?;
-    let (q, m) = (q.parse().ok()?, m.parse().ok()?);
-    (q > 0 && m > 0).then_some(Flavor {
-        id: id.to_owned(),
-        cpu_quarters: q,
-        ram_mib: m,
-    })
-}
-
 fn flavor_view(f: &Flavor, base: &str, detail: bool) -> Value {
     let mut v = json!({
         "id": f.id,
@@ -247,7 +193,7 @@ fn flavor_view(f: &Flavor, base: &str, detail: bool) -> Value {
     v
 }
 
-fn flavor_list(h: &HeaderMap, uri: &Uri, detail: bool) -> Json<Value> {
+fn flavor_list(os: &Shared, h: &HeaderMap, uri: &Uri, detail: bool) -> Json<Value> {
     let base = base_url(h);
     let q = query_pairs(uri.query());
     let min = |k: &str| {
@@ -257,7 +203,9 @@ fn flavor_list(h: &HeaderMap, uri: &Uri, detail: bool) -> Json<Value> {
             .unwrap_or(0)
     };
     let (min_ram, min_disk) = (min("minRam"), min("minDisk"));
-    let list: Vec<Value> = flavors()
+    let list: Vec<Value> = os
+        .cfg
+        .flavors
         .iter()
         .filter(|f| f.ram_mib >= min_ram && min_disk == 0)
         .map(|f| flavor_view(f, &base, detail))
@@ -265,20 +213,21 @@ fn flavor_list(h: &HeaderMap, uri: &Uri, detail: bool) -> Json<Value> {
     Json(json!({ "flavors": list }))
 }
 
-async fn list_flavors(h: HeaderMap, uri: Uri) -> Json<Value> {
-    flavor_list(&h, &uri, false)
+async fn list_flavors(State(os): State<Shared>, h: HeaderMap, uri: Uri) -> Json<Value> {
+    flavor_list(&os, &h, &uri, false)
 }
 
-async fn list_flavors_detail(h: HeaderMap, uri: Uri) -> Json<Value> {
-    flavor_list(&h, &uri, true)
+async fn list_flavors_detail(State(os): State<Shared>, h: HeaderMap, uri: Uri) -> Json<Value> {
+    flavor_list(&os, &h, &uri, true)
 }
 
 async fn show_flavor(
+    State(os): State<Shared>,
     h: HeaderMap,
     p: Result<Path<String>, PathRejection>,
 ) -> OsResult<Json<Value>> {
     let id = path_param(p, NOVA)?;
-    let f = find_flavor(&id).ok_or_else(|| {
+    let f = find_flavor(&os.cfg.flavors, &id).ok_or_else(|| {
         OsError::new(
             NOVA,
             StatusCode::NOT_FOUND,
@@ -349,7 +298,7 @@ fn server_view(
     let (status, vm_state, task_state, power) = states(vm, task, host);
     let project = os.project_id();
     let image = uuid("image", &vm.image);
-    let flavor = flavor_of(vm.cpu_quarters, vm.memory_mib);
+    let flavor = flavor_of(&os.cfg.flavors, vm.cpu_quarters, vm.memory_mib);
     let created = iso8601(vm.created_at);
     let fields = json!({
         "status": status,
@@ -681,7 +630,7 @@ fn vm_request(os: &Shared, body: &Value, m: Micro) -> OsResult<VmRequest> {
         .ok_or_else(|| {
             bad("Invalid input for field/attribute server: 'flavorRef' is a required property")
         })?;
-    let flavor = find_flavor(ref_id(&flavor_ref))
+    let flavor = find_flavor(&os.cfg.flavors, ref_id(&flavor_ref))
         .ok_or_else(|| bad(format!("Flavor {flavor_ref} could not be found.")))?;
     let image_ref = s
         .get("imageRef")
@@ -1273,21 +1222,5 @@ mod tests {
         assert_eq!(e.status, StatusCode::NOT_ACCEPTABLE);
         let e = microversion(&headers(&[("openstack-api-version", "compute two")])).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn flavors_cover_every_size() {
-        assert_eq!(find_flavor("m1.small").map(|f| f.ram_mib), Some(512));
-        assert_eq!(flavor_of(4, 512).id, "m1.small");
-        let odd = flavor_of(2, 768);
-        assert_eq!(odd.id, "kg-2q-768");
-        assert_eq!(find_flavor(&odd.id), Some(odd));
-        assert_eq!(
-            find_flavor("http://x/compute/flavors/m1.tiny").map(|f| f.id),
-            Some("m1.tiny".to_owned())
-        );
-        for bad in ["m9.huge", "kg-0q-512", "kg-1q-", "kg-xq-1"] {
-            assert_eq!(find_flavor(bad), None, "{bad}");
-        }
     }
 }

@@ -13,6 +13,7 @@
 //! storage. Every lookup by id also accepts the name.
 
 mod compute;
+pub mod flavors;
 mod identity;
 mod image;
 mod network;
@@ -76,6 +77,8 @@ pub struct OpenStackConfig {
     pub password: String,
     /// How long an issued token is valid.
     pub token_ttl: Duration,
+    /// The flavors offered.
+    pub flavors: Vec<flavors::Flavor>,
 }
 
 impl OpenStackConfig {
@@ -86,6 +89,7 @@ impl OpenStackConfig {
             project: "kangaroo".to_owned(),
             password: token.to_owned(),
             token_ttl: Duration::from_secs(3600),
+            flavors: flavors::default_flavors(),
         }
     }
 }
