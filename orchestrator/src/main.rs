@@ -491,7 +491,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     token_ttl: std::time::Duration::from_secs(*openstack_token_ttl),
                     flavors: match flavors {
                         Some(f) => kangaroo_orchestrator::openstack::flavors::load_flavors(f)
-                            .map_err(|e| anyhow::anyhow!("--flavors: {e:#}"))?,
+                            .with_context(|| format!("--flavors {}", f.display()))?,
                         None => kangaroo_orchestrator::openstack::flavors::default_flavors(),
                     },
                 },

@@ -36,6 +36,38 @@ pub fn default_flavors() -> Vec<Flavor> {
     .collect()
 }
 
+/// Why a flavors file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FlavorError {
+    /// The file cannot be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML of the expected shape.
+    #[error("{0}")]
+    Toml(String),
+    /// No entry.
+    #[error("no [[flavor]] entry")]
+    Empty,
+    /// An entry's field is wrong.
+    #[error("flavor {index} ({name:?}): {field}: {message}")]
+    Entry {
+        /// 1-based position in the file.
+        index: usize,
+        /// Its name.
+        name: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -63,15 +95,19 @@ struct Entry {
 /// A TOML error, or the entry and field at fault: a bad or repeated name (names starting with
 /// `kg-` are kept for sizes no flavor has), vCPUs not a multiple of 0.25, memory not a multiple
 /// of 256 MiB; or no flavor at all.
-pub fn parse_flavors(text: &str) -> Result<Vec<Flavor>, String> {
-    let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
+pub fn parse_flavors(text: &str) -> Result<Vec<Flavor>, FlavorError> {
+    let f: File = toml::from_str(text).map_err(|e| FlavorError::Toml(e.to_string()))?;
     if f.flavor.is_empty() {
-        return Err("no [[flavor]] entry".into());
+        return Err(FlavorError::Empty);
     }
     let mut out: Vec<Flavor> = Vec::new();
     for (i, e) in f.flavor.iter().enumerate() {
-        let at =
-            |field: &str, msg: String| format!("flavor {} ({:?}): {field}: {msg}", i + 1, e.name);
+        let at = |field: &'static str, message: String| FlavorError::Entry {
+            index: i + 1,
+            name: e.name.clone(),
+            field,
+            message,
+        };
         model::Name::new(&e.name).map_err(|x| at("name", x.to_string()))?;
         if e.name.starts_with("kg-") {
             return Err(at(
@@ -102,11 +138,13 @@ pub fn parse_flavors(text: &str) -> Result<Vec<Flavor>, String> {
 /// Reads a flavors file.
 ///
 /// # Errors
-/// The file cannot be read, or [`parse_flavors`] refuses it (the message names the file).
-pub fn load_flavors(path: &Path) -> anyhow::Result<Vec<Flavor>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    parse_flavors(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+/// The file cannot be read, or [`parse_flavors`] refuses it (the caller names the file).
+pub fn load_flavors(path: &Path) -> Result<Vec<Flavor>, FlavorError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FlavorError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_flavors(&text)
 }
 
 /// The flavor of a VM's size: a listed flavor when one matches, else a private one whose id
@@ -189,7 +227,7 @@ mod tests {
             ("[[flavor]]\nname = \"a\"\nvcpus = 1\nmemory = \"1GiB\"\n[[flavor]]\nname = \"a\"\nvcpus = 1\nmemory = \"1GiB\"", "flavor 2 (\"a\"): name: repeated"),
             ("[[flavor]]\nname = \"a\"\nvcpus = 1\nmemory = \"1GiB\"\ndisk = 4", "unknown field `disk`"),
         ] {
-            let e = parse_flavors(text).unwrap_err();
+            let e = parse_flavors(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }
