@@ -13,6 +13,12 @@ bash scripts/install-deps.sh
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The OpenStack clients the compatibility tests drive come from PyPI: fetch them while the
+# build runs (orchestrator/tests/openstack.rs finds them in target/debug/openstack-client).
+mkdir -p target/debug
+bash scripts/openstack-client.sh target/debug/openstack-client >target/openstack-client.log 2>&1 &
+clients=$!
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt -- --check)
@@ -25,6 +31,11 @@ cargo bench -p kangaroo-switch --bench pipeline --locked -- --test
 cargo bench -p kangaroo-orchestrator --bench packing --locked -- --test
 
 step "cargo test (workspace)"
+if ! wait "$clients"; then
+	cat target/openstack-client.log
+	echo "installing the OpenStack clients failed" >&2
+	exit 1
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
