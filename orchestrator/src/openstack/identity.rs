@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::{base_url, hex_id, iso8601, ok_json, OsError, OsResult, Shared, Style};
+use crate::api::constant_time_eq;
 use crate::service::now_secs;
 
 const ID: Style = Style::Keystone;
@@ -100,14 +101,16 @@ impl Tokens {
 
     /// Checks `token` at `now`. The API token itself is accepted too (it never expires).
     pub fn validate_at(&self, token: &str, now: u64) -> Result<TokenInfo, TokenError> {
-        if !self.api_token.is_empty() && ct_eq(token.as_bytes(), self.api_token.as_bytes()) {
+        if !self.api_token.is_empty()
+            && constant_time_eq(token.as_bytes(), self.api_token.as_bytes())
+        {
             return Ok(TokenInfo {
                 issued: 0,
                 expires: u64::MAX,
             });
         }
         let (body, mac) = token.rsplit_once('.').ok_or(TokenError::Invalid)?;
-        if !ct_eq(mac.as_bytes(), self.mac(body).as_bytes()) {
+        if !constant_time_eq(mac.as_bytes(), self.mac(body).as_bytes()) {
             return Err(TokenError::Invalid);
         }
         let mut f = body.split('.');
@@ -154,10 +157,6 @@ impl Tokens {
         // Plain values: a panic elsewhere cannot leave the map half-updated.
         self.revoked.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub(super) fn routes(os: Shared) -> Router {
@@ -306,7 +305,7 @@ fn authenticate(os: &Shared, a: &Auth) -> OsResult<()> {
                 return Err(bad("Expecting to find identity.password.user.id or name."));
             }
         };
-        if !(user_ok && ct_eq(u.password.as_bytes(), os.cfg.password.as_bytes())) {
+        if !(user_ok && constant_time_eq(u.password.as_bytes(), os.cfg.password.as_bytes())) {
             return Err(OsError::new(
                 ID,
                 StatusCode::UNAUTHORIZED,

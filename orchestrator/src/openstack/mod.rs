@@ -48,7 +48,7 @@ pub fn is_openstack_path(path: &str) -> bool {
 /// Whether a request is answered without a token: version discovery, and asking for a token
 /// (whose credentials are in the body).
 pub fn is_public(method: &str, path: &str) -> bool {
-    const DISCOVERY: [&str; 13] = [
+    const DISCOVERY: [&str; 15] = [
         "/identity",
         "/identity/",
         "/identity/v3",
@@ -62,10 +62,10 @@ pub fn is_public(method: &str, path: &str) -> bool {
         "/image/versions",
         "/network",
         "/network/",
+        "/network/v2.0",
+        "/network/v2.0/",
     ];
-    DISCOVERY.contains(&path)
-        || matches!(path, "/network/v2.0" | "/network/v2.0/")
-        || (method == "POST" && path == "/identity/v3/auth/tokens")
+    DISCOVERY.contains(&path) || (method == "POST" && path == "/identity/v3/auth/tokens")
 }
 
 /// Settings of the OpenStack face.
