@@ -28,9 +28,16 @@
 //! address = "10.10.0.1"
 //! udp_port = 4789
 //! mtu = 1500
+//! [secure]                               # optional: secure tunnels (WireGuard protocol)
+//! key_file = "/var/lib/kangaroo-switch/private.key"   # created 0600 at first start
+//! port = 51820                            # UDP port of the tunnels
+//! keepalive_secs = 25                     # persistent keepalive (0: off)
 //! [[peer]]
 //! address = "10.10.0.2"
 //! vnis = [100]                            # default: every VNI of a local port
+//! public_key = "base64…"                  # the peer's key (needs [secure])
+//! encryption = "required"                 # default "required" with a key, else "off"
+//! endpoint = "198.51.100.7:51820"         # optional; default: address, [secure].port
 //! ```
 
 use std::net::Ipv4Addr;
@@ -112,7 +119,45 @@ pub struct PeerSettings {
     pub address: Ipv4Addr,
     /// Shared VNIs (`None`: every local VNI).
     pub vnis: Option<Vec<Vni>>,
+    /// Its secure tunnel, when encryption is required.
+    pub secure: Option<SecurePeerSettings>,
 }
+
+/// A peer reached through a secure tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurePeerSettings {
+    /// Its public key.
+    pub public_key: crate::secure::PublicKey,
+    /// Where to send first (default: its address, this host's secure port).
+    pub endpoint: Option<std::net::SocketAddrV4>,
+}
+
+impl PeerSettings {
+    /// The secure tunnel's specification, if the peer has one.
+    pub fn secure_spec(&self) -> Option<crate::secure::PeerSpec> {
+        self.secure.as_ref().map(|s| crate::secure::PeerSpec {
+            vtep: self.address,
+            public_key: s.public_key,
+            endpoint: s.endpoint,
+        })
+    }
+}
+
+/// This host's secure tunnels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureSettings {
+    /// The private key's file (created at first start).
+    pub key_file: PathBuf,
+    /// The UDP port.
+    pub port: u16,
+    /// Persistent keepalive, seconds (0: off).
+    pub keepalive_secs: u16,
+}
+
+/// Where the private key lives unless configured.
+pub const DEFAULT_KEY_FILE: &str = "/var/lib/kangaroo-switch/private.key";
+/// Persistent keepalive unless configured: under the 30 s many NATs keep a UDP mapping.
+pub const DEFAULT_KEEPALIVE_SECS: u16 = 25;
 
 /// The datapath's worker threads.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -161,6 +206,8 @@ pub struct Config {
     pub uplink: Option<UplinkSettings>,
     /// Peers.
     pub peers: Vec<PeerSettings>,
+    /// Secure tunnels, if configured.
+    pub secure: Option<SecureSettings>,
 }
 
 /// A configuration that cannot be used, with where and why.
@@ -207,6 +254,15 @@ struct File {
     uplink: Option<UplinkFile>,
     #[serde(default)]
     peer: Vec<PeerFile>,
+    secure: Option<SecureFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecureFile {
+    key_file: Option<PathBuf>,
+    port: Option<u16>,
+    keepalive_secs: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +315,9 @@ struct UplinkFile {
 struct PeerFile {
     address: String,
     vnis: Option<Vec<u32>>,
+    public_key: Option<String>,
+    encryption: Option<crate::secure::Encryption>,
+    endpoint: Option<String>,
 }
 
 /// True for a name Linux accepts as an interface name.
@@ -484,6 +543,38 @@ impl Config {
             }
         };
 
+        let secure = match f.secure {
+            None => None,
+            Some(sf) => {
+                let Some(up) = &uplink else {
+                    return Err(bad(
+                        "secure".into(),
+                        "secure tunnels need an [uplink]".into(),
+                    ));
+                };
+                let port = sf.port.unwrap_or(crate::secure::DEFAULT_PORT);
+                if port == 0 || port == up.udp_port {
+                    return Err(bad(
+                        "secure.port".into(),
+                        format!(
+                            "{port} cannot be used: it must be non-zero and not the VXLAN port"
+                        ),
+                    ));
+                }
+                let key_file = sf
+                    .key_file
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+                if key_file.as_os_str().is_empty() {
+                    return Err(bad("secure.key_file".into(), "must not be empty".into()));
+                }
+                Some(SecureSettings {
+                    key_file,
+                    port,
+                    keepalive_secs: sf.keepalive_secs.unwrap_or(DEFAULT_KEEPALIVE_SECS),
+                })
+            }
+        };
+
         let mut peers: Vec<PeerSettings> = Vec::new();
         for (i, p) in f.peer.iter().enumerate() {
             let key = |k: &str| format!("peer[{i}].{k}");
@@ -526,7 +617,73 @@ impl Config {
                     Some(out)
                 }
             };
-            peers.push(PeerSettings { address, vnis });
+            let public_key = p
+                .public_key
+                .as_deref()
+                .map(|k| k.parse::<crate::secure::PublicKey>())
+                .transpose()
+                .map_err(|e| bad(key("public_key"), e.to_string()))?;
+            let encryption = match (p.encryption, public_key) {
+                (Some(e), _) => e,
+                (None, Some(_)) => crate::secure::Encryption::Required,
+                (None, None) => crate::secure::Encryption::Off,
+            };
+            let endpoint = p
+                .endpoint
+                .as_deref()
+                .map(|e| {
+                    e.parse::<std::net::SocketAddrV4>().map_err(|_| {
+                        bad(
+                            key("endpoint"),
+                            format!("{e:?} is not an IPv4 address and port"),
+                        )
+                    })
+                })
+                .transpose()?;
+            let secure_peer = match encryption {
+                crate::secure::Encryption::Off => {
+                    if endpoint.is_some() {
+                        return Err(bad(
+                            key("endpoint"),
+                            "an endpoint is only for a peer with encryption = \"required\"".into(),
+                        ));
+                    }
+                    None
+                }
+                crate::secure::Encryption::Required => {
+                    let Some(public_key) = public_key else {
+                        return Err(bad(
+                            key("encryption"),
+                            "\"required\" needs the peer's public_key".into(),
+                        ));
+                    };
+                    if secure.is_none() {
+                        return Err(bad(
+                            key("encryption"),
+                            "\"required\" needs a [secure] section (this host's key)".into(),
+                        ));
+                    }
+                    if let Some(j) = peers.iter().position(|q| {
+                        q.secure
+                            .as_ref()
+                            .is_some_and(|s| s.public_key == public_key)
+                    }) {
+                        return Err(bad(
+                            key("public_key"),
+                            format!("{public_key} is already peer[{j}]'s"),
+                        ));
+                    }
+                    Some(SecurePeerSettings {
+                        public_key,
+                        endpoint,
+                    })
+                }
+            };
+            peers.push(PeerSettings {
+                address,
+                vnis,
+                secure: secure_peer,
+            });
         }
 
         Ok(Config {
@@ -541,6 +698,7 @@ impl Config {
             ports,
             uplink,
             peers,
+            secure,
         })
     }
 
@@ -643,6 +801,32 @@ address = "10.10.0.3"
         assert_eq!(c.storm.bum.per_sec, 5_000);
     }
 
+    const UP: &str = "[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n";
+    const KEY: &str = "mGXy4RC0mvbWC0jlpUbj0xcKzcFu3NQxS3GrnyhYhHE=";
+
+    #[test]
+    fn secure_tunnels_parse_with_their_defaults() {
+        let c = Config::parse(
+            "sw.toml",
+            &format!(
+                "{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\npublic_key = \"{KEY}\"\n\
+                 [[peer]]\naddress = \"10.0.0.3\"\npublic_key = \"{KEY}\"\nencryption = \"off\"\n\
+                 [[peer]]\naddress = \"10.0.0.4\"\n"
+            ),
+        )
+        .unwrap();
+        let s = c.secure.unwrap();
+        assert_eq!(s.port, crate::secure::DEFAULT_PORT);
+        assert_eq!(s.keepalive_secs, DEFAULT_KEEPALIVE_SECS);
+        assert_eq!(s.key_file, PathBuf::from(DEFAULT_KEY_FILE));
+        let sp = c.peers[0].secure_spec().unwrap();
+        assert_eq!(sp.public_key.to_string(), KEY);
+        assert_eq!(sp.endpoint, None);
+        // A key with encryption off, and no key: plain VXLAN.
+        assert!(c.peers[1].secure.is_none());
+        assert!(c.peers[2].secure.is_none());
+    }
+
     #[test]
     fn every_rejection_names_its_key() {
         let port = |extra: &str| format!("[[port]]\ninterface = \"a\"\nvni = 1\n{extra}");
@@ -669,6 +853,17 @@ address = "10.10.0.3"
             ("[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[[peer]]\naddress = \"10.0.0.1\"\n".into(), "peer[0].address"),
             ("[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[[peer]]\naddress = \"10.0.0.2\"\n[[peer]]\naddress = \"10.0.0.2\"\n".into(), "peer[1].address"),
             (format!("{}[uplink]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[[peer]]\naddress = \"10.0.0.2\"\nvnis = [7]\n", port("")), "peer[0].vnis[0]: VNI 7 has no local port"),
+            ("[secure]\n".into(), "secure: secure tunnels need an [uplink]"),
+            (format!("{UP}[secure]\nport = 4789\n"), "secure.port"),
+            (format!("{UP}[secure]\nkey_file = \"\"\n"), "secure.key_file"),
+            (format!("{UP}[secure]\nmystery = 1\n"), "unknown field `mystery`"),
+            (format!("{UP}[[peer]]\naddress = \"10.0.0.2\"\npublic_key = \"{KEY}\"\n"), "peer[0].encryption: \"required\" needs a [secure] section"),
+            (format!("{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\npublic_key = \"nope\"\n"), "peer[0].public_key: not a key"),
+            (format!("{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\nencryption = \"required\"\n"), "peer[0].encryption: \"required\" needs the peer's public_key"),
+            (format!("{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\nendpoint = \"1.2.3.4:5\"\n"), "peer[0].endpoint: an endpoint is only for"),
+            (format!("{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\npublic_key = \"{KEY}\"\nendpoint = \"1.2.3.4\"\n"), "peer[0].endpoint"),
+            (format!("{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\npublic_key = \"{KEY}\"\nencryption = \"maybe\"\n"), "unknown variant `maybe`"),
+            (format!("{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\npublic_key = \"{KEY}\"\n[[peer]]\naddress = \"10.0.0.3\"\npublic_key = \"{KEY}\"\n"), "peer[1].public_key"),
         ];
         for (text, needle) in cases {
             let e = Config::parse("sw.toml", &text).unwrap_err().to_string();

@@ -318,6 +318,23 @@ struct FdbRequest {
 struct PeerRequest {
     address: String,
     vnis: Option<Vec<u32>>,
+    /// The peer's public key (base64): its traffic goes through a secure tunnel.
+    public_key: Option<String>,
+    /// "required" (the default with a key) or "off".
+    encryption: Option<crate::secure::Encryption>,
+    /// Where to reach its tunnel first (default: its address, this host's secure port).
+    endpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointRequest {
+    endpoint: String,
+}
+
+fn endpoint_of(key: &'static str, e: &str) -> Result<std::net::SocketAddrV4, ApiError> {
+    e.parse()
+        .map_err(|_| ApiError::bad(key, format!("{e:?} is not an IPv4 address and port")))
 }
 
 fn peers_json(sw: &Switch) -> Vec<Value> {
@@ -332,8 +349,14 @@ fn peers_json(sw: &Switch) -> Vec<Value> {
                             json!(v.iter().map(|x| x.get()).collect::<Vec<_>>())
                         }
                     };
+                    let secure = sw
+                        .secure()
+                        .filter(|_| p.overhead > 0)
+                        .and_then(|s| s.status().into_iter().find(|x| x.vtep == p.addr));
                     json!({ "address": p.addr.to_string(), "vnis": vnis,
-                            "learned_macs": sw.tables().fdb.owned_by(Dest::Vtep(id)) })
+                            "learned_macs": sw.tables().fdb.owned_by(Dest::Vtep(id)),
+                            "encryption": if secure.is_some() { "required" } else { "off" },
+                            "secure": secure })
                 })
                 .collect()
         })
@@ -358,9 +381,62 @@ async fn add_peer(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<Value>
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
+    let public_key = r
+        .public_key
+        .as_deref()
+        .map(|k| k.parse::<crate::secure::PublicKey>())
+        .transpose()
+        .map_err(|e| ApiError::bad("public_key", e.to_string()))?;
+    let endpoint = r
+        .endpoint
+        .as_deref()
+        .map(|e| endpoint_of("endpoint", e))
+        .transpose()?;
+    let spec = match (r.encryption, public_key) {
+        (Some(crate::secure::Encryption::Off), _) | (None, None) => {
+            if endpoint.is_some() {
+                return Err(ApiError::bad(
+                    "endpoint",
+                    "an endpoint is only for a peer with encryption \"required\"",
+                ));
+            }
+            None
+        }
+        (_, None) => {
+            return Err(ApiError::bad(
+                "encryption",
+                "\"required\" needs the peer's public_key",
+            ))
+        }
+        (_, Some(public_key)) => Some(crate::secure::PeerSpec {
+            vtep: addr,
+            public_key,
+            endpoint,
+        }),
+    };
     d.run_each(move |sw, _| {
+        if sw.tables().peers().and_then(|t| t.id_of(addr)).is_some() {
+            return Err(ApiError::conflict(format!("peer {addr} already exists")));
+        }
+        if let Some(spec) = &spec {
+            let Some(secure) = sw.secure() else {
+                return Err(ApiError::conflict(
+                    "this switch has no [secure] section: it has no key for secure tunnels",
+                ));
+            };
+            secure
+                .add_peer(spec)
+                .map_err(|e| ApiError::conflict(e.to_string()))?;
+        }
         sw.add_peer(addr, MacAddr::ZERO, vnis.clone())
             .map(|_| peers_json(sw))
+            .inspect_err(|_| {
+                if spec.is_some() {
+                    if let Some(s) = sw.secure() {
+                        s.remove_peer(addr);
+                    }
+                }
+            })
             .map_err(|e| match e {
                 crate::switch::SwitchError::Tables(TablesError::NoUplink) => {
                     ApiError::conflict("no [uplink] is configured: peers need one")
@@ -381,10 +457,61 @@ async fn remove_peer(
         .map_err(|_| ApiError::bad("address", format!("{address:?} is not an IPv4 address")))?;
     d.run_each(move |sw, _| {
         sw.remove_peer(addr)
-            .map(|_| StatusCode::NO_CONTENT)
+            .map(|_| {
+                if let Some(s) = sw.secure() {
+                    s.remove_peer(addr);
+                }
+                StatusCode::NO_CONTENT
+            })
             .map_err(|_| ApiError::not_found(format!("no peer {addr}")))
     })
     .await?
+}
+
+fn secure_json(sw: &Switch) -> Option<Value> {
+    sw.secure().map(|s| {
+        json!({
+            "public_key": s.public_key(),
+            "port": s.port(),
+            "counters": s.counters().snapshot().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "peers": s.status(),
+        })
+    })
+}
+
+async fn get_secure(State(d): State<Datapath>) -> Result<Json<Value>, ApiError> {
+    d.run(|sw, _| {
+        secure_json(sw).ok_or_else(|| {
+            ApiError::not_found("this switch has no [secure] section: no secure tunnels")
+        })
+    })
+    .await?
+    .map(Json)
+}
+
+async fn set_endpoint(
+    State(d): State<Datapath>,
+    Param(address): Param<String>,
+    b: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let addr: Ipv4Addr = address
+        .parse()
+        .map_err(|_| ApiError::bad("address", format!("{address:?} is not an IPv4 address")))?;
+    let r: EndpointRequest = body(&b)?;
+    let endpoint = endpoint_of("endpoint", &r.endpoint)?;
+    d.run(move |sw, _| {
+        let Some(s) = sw.secure() else {
+            return Err(ApiError::not_found(
+                "this switch has no [secure] section: no secure tunnels",
+            ));
+        };
+        if !s.set_endpoint(addr, endpoint) {
+            return Err(ApiError::not_found(format!("no secure peer {addr}")));
+        }
+        Ok(json!(s.status().into_iter().find(|x| x.vtep == addr)))
+    })
+    .await?
+    .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -606,6 +733,7 @@ pub fn stats_json(sw: &Switch) -> Value {
             "mode": sw.mode(),
             "counters": sw.datapath_counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         },
+        "secure": sw.secure().map(|s| s.counters().snapshot().into_iter().collect::<std::collections::BTreeMap<_, _>>()),
     })
 }
 
@@ -657,6 +785,12 @@ async fn metrics(State(d): State<Datapath>) -> Result<Response, ApiError> {
                     }
                 }
             }
+            if let Some(sec) = sw.secure() {
+                out += "# HELP kangaroo_switch_secure_total Secure-tunnel events, by kind.\n# TYPE kangaroo_switch_secure_total counter\n";
+                for (k, v) in sec.counters().snapshot() {
+                    out += &format!("kangaroo_switch_secure_total{{event=\"{k}\"}} {v}\n");
+                }
+            }
             let xdp = sw.datapath_counters();
             if !xdp.is_empty() {
                 out += "# HELP kangaroo_switch_xdp_frames_total Frames seen by the XDP program, by outcome (summed over CPUs).\n# TYPE kangaroo_switch_xdp_frames_total counter\n";
@@ -681,6 +815,11 @@ pub fn router(d: Datapath) -> Router {
         .route("/v1/arp", axum::routing::post(add_arp))
         .route("/v1/peers", get(list_peers).post(add_peer))
         .route("/v1/peers/{address}", delete(remove_peer))
+        .route(
+            "/v1/peers/{address}/endpoint",
+            axum::routing::put(set_endpoint),
+        )
+        .route("/v1/secure", get(get_secure))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })

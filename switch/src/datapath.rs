@@ -48,6 +48,8 @@ pub struct Options {
     pub switch: SwitchConfig,
     /// The uplink and the peers reached through it, if tunnels are used.
     pub uplink: Option<(UplinkSettings, Vec<PeerSettings>)>,
+    /// Secure tunnels (shared by every worker), if this host has a key.
+    pub secure: Option<Arc<crate::secure::Secure>>,
 }
 
 /// Running workers.
@@ -78,6 +80,9 @@ pub fn start(
         let core = options.cores.get(w).copied();
         let mut sw = Switch::with_stats(options.switch, stats.clone());
         sw.set_opener(opener(w, n));
+        if let Some(s) = &options.secure {
+            sw.set_secure(s.clone());
+        }
         if n > 1 {
             sw.enable_journal(JOURNAL);
         }

@@ -36,6 +36,13 @@ enum Command {
     },
     /// Talk to a running switch over its control socket.
     Ctl(CtlArgs),
+    /// Print this host's public key for secure tunnels (the `[secure]` section's key file),
+    /// creating the key pair first if the file does not exist yet.
+    PublicKey {
+        /// The configuration file.
+        #[arg(long, short = 'c')]
+        config: std::path::PathBuf,
+    },
     /// Validate a configuration file: syntax, keys, values, and that every interface exists.
     /// Exits 0 if the file is usable, 1 with a message naming the key otherwise.
     Check {
@@ -94,6 +101,12 @@ enum CtlCommand {
         /// Networks shared with it (repeatable; default: all).
         #[arg(long = "vni")]
         vnis: Vec<u32>,
+        /// Its public key: its traffic is encrypted (a secure tunnel).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Where its tunnel is reached first (default: its address, this host's secure port).
+        #[arg(long)]
+        endpoint: Option<String>,
     },
     /// Remove a peer VTEP (and everything learned behind it).
     RemovePeer {
@@ -102,6 +115,8 @@ enum CtlCommand {
     },
     /// All counters.
     Stats,
+    /// This host's public key, the secure-tunnel counters and each secure peer's path.
+    Secure,
 }
 
 #[derive(Debug, clap::Args)]
@@ -390,6 +405,10 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
+    let secure = match (&cfg.secure, &cfg.uplink) {
+        (Some(sec), Some(up)) => Some(Arc::new(open_secure(&origin, sec, up, &cfg.peers)?)),
+        _ => None,
+    };
     let (handle, queues) =
         kangaroo_switch::control::job_queues(workers).context("creating the control channels")?;
     let running = kangaroo_switch::datapath::start(
@@ -404,6 +423,7 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
                 ..SwitchConfig::default()
             },
             uplink: cfg.uplink.clone().map(|u| (u, cfg.peers.clone())),
+            secure,
         },
         opener,
         &cfg.ports,
@@ -449,6 +469,35 @@ fn run_switch(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads (or creates) this host's key, binds the secure tunnels' socket and registers the
+/// configured secure peers.
+fn open_secure(
+    origin: &str,
+    sec: &kangaroo_switch::config::SecureSettings,
+    up: &kangaroo_switch::config::UplinkSettings,
+    peers: &[kangaroo_switch::config::PeerSettings],
+) -> anyhow::Result<kangaroo_switch::secure::Secure> {
+    use kangaroo_switch::secure::{load_or_create_key, Secure};
+    let (keys, created) =
+        load_or_create_key(&sec.key_file).with_context(|| format!("{origin}: secure.key_file"))?;
+    let public = keys.public();
+    let bind = std::net::SocketAddrV4::new(up.address, sec.port);
+    let secure = Secure::open(keys, bind, sec.keepalive_secs)
+        .with_context(|| format!("{origin}: secure.port: binding {bind}"))?;
+    if created {
+        tracing::info!(key_file = %sec.key_file.display(), "created this host's private key");
+    }
+    tracing::info!(public_key = %public, port = sec.port, "secure tunnels");
+    for (i, p) in peers.iter().enumerate() {
+        if let Some(spec) = p.secure_spec() {
+            secure
+                .add_peer(&spec)
+                .with_context(|| format!("{origin}: peer[{i}].public_key"))?;
+        }
+    }
+    Ok(secure)
+}
+
 fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
     use kangaroo_switch::control::request;
     let (method, path, body) = match &a.what {
@@ -466,15 +515,25 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
         CtlCommand::RemovePort { interface } => ("DELETE", format!("/v1/ports/{interface}"), None),
         CtlCommand::Fdb => ("GET", "/v1/fdb".to_owned(), None),
         CtlCommand::Peers => ("GET", "/v1/peers".to_owned(), None),
-        CtlCommand::AddPeer { address, vnis } => (
-            "POST",
-            "/v1/peers".to_owned(),
-            Some(if vnis.is_empty() {
-                serde_json::json!({ "address": address })
-            } else {
-                serde_json::json!({ "address": address, "vnis": vnis })
-            }),
-        ),
+        CtlCommand::AddPeer {
+            address,
+            vnis,
+            public_key,
+            endpoint,
+        } => {
+            let mut b = serde_json::json!({ "address": address });
+            if !vnis.is_empty() {
+                b["vnis"] = serde_json::json!(vnis);
+            }
+            if let Some(k) = public_key {
+                b["public_key"] = serde_json::json!(k);
+            }
+            if let Some(e) = endpoint {
+                b["endpoint"] = serde_json::json!(e);
+            }
+            ("POST", "/v1/peers".to_owned(), Some(b))
+        }
+        CtlCommand::Secure => ("GET", "/v1/secure".to_owned(), None),
         CtlCommand::RemovePeer { address } => ("DELETE", format!("/v1/peers/{address}"), None),
         CtlCommand::Stats => ("GET", "/v1/stats".to_owned(), None),
     };
@@ -520,13 +579,18 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::RemovePort { interface } => println!("released {interface}"),
         CtlCommand::Peers | CtlCommand::AddPeer { .. } => {
-            println!("{:<16} {:<24} {:>8}", "PEER", "VNIS", "MACS");
+            println!(
+                "{:<16} {:<24} {:>8} {:<10} {:<8}",
+                "PEER", "VNIS", "MACS", "ENCRYPTION", "PATH"
+            );
             for p in v.as_array().cloned().unwrap_or_default() {
                 println!(
-                    "{:<16} {:<24} {:>8}",
+                    "{:<16} {:<24} {:>8} {:<10} {:<8}",
                     cell(&p, "/address"),
                     cell(&p, "/vnis"),
-                    cell(&p, "/learned_macs")
+                    cell(&p, "/learned_macs"),
+                    cell(&p, "/encryption"),
+                    cell(&p, "/secure/path")
                 );
             }
         }
@@ -570,8 +634,50 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
             );
             println!("events: {}", nonzero(&v["events"]).join(" "));
             println!("drops:  {}", nonzero(&v["drops"]).join(" "));
+            if !v["secure"].is_null() {
+                println!("secure: {}", nonzero(&v["secure"]).join(" "));
+            }
+        }
+        CtlCommand::Secure => {
+            println!("public key: {}", cell(&v, "/public_key"));
+            println!("port:       {}", cell(&v, "/port"));
+            let c = &v["counters"];
+            let counters: Vec<String> = c
+                .as_object()
+                .map(|o| o.iter().map(|(k, x)| format!("{k}={x}")).collect())
+                .unwrap_or_default();
+            println!("counters:   {}", counters.join(" "));
+            println!(
+                "{:<16} {:<22} {:<8} {:>8} {:>10} {:>10}",
+                "PEER", "ENDPOINT", "PATH", "RTT_MS", "TX", "RX"
+            );
+            for p in v["peers"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<16} {:<22} {:<8} {:>8} {:>10} {:>10}",
+                    cell(&p, "/vtep"),
+                    cell(&p, "/endpoint"),
+                    cell(&p, "/path"),
+                    cell(&p, "/rtt_ms"),
+                    cell(&p, "/tx_packets"),
+                    cell(&p, "/rx_packets")
+                );
+            }
         }
     }
+    Ok(())
+}
+
+fn public_key(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let Some(sec) = &cfg.secure else {
+        anyhow::bail!(
+            "{}: no [secure] section: this host has no key",
+            path.display()
+        );
+    };
+    let (keys, _) = kangaroo_switch::secure::load_or_create_key(&sec.key_file)
+        .with_context(|| format!("{}: secure.key_file", path.display()))?;
+    println!("{}", keys.public());
     Ok(())
 }
 
@@ -580,6 +686,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ctl(a) => ctl(&a),
         Command::Run { config } => run_switch(&config),
         Command::Check { config, json } => check(&config, json),
+        Command::PublicKey { config } => public_key(&config),
         Command::Simulate(args) => {
             let r = simulate(&args).context("simulation failed to set up")?;
             if args.json {

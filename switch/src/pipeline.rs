@@ -267,6 +267,13 @@ impl Tables {
         Ok(id)
     }
 
+    /// Sets the bytes the path to peer `id` adds beyond plain VXLAN (a secure tunnel's).
+    pub fn set_peer_overhead(&mut self, id: PeerId, overhead: usize) {
+        if let Some(t) = self.tunnels.as_mut() {
+            t.set_overhead(id, overhead);
+        }
+    }
+
     /// Removes a peer and every FDB entry pointing at it.
     ///
     /// # Errors

@@ -103,6 +103,8 @@ pub struct Switch {
     segment: Box<[u8]>,
     reply: [u8; arp::REPLY_FRAME_LEN],
     next_aging: Timestamp,
+    /// Secure tunnels, when this host has a key.
+    secure: Option<Arc<crate::secure::Secure>>,
 }
 
 /// What one datapath worker learned, for the others (see [`Switch::enable_journal`]).
@@ -145,6 +147,7 @@ impl Switch {
             segment: vec![0; SEGMENT_MAX].into_boxed_slice(),
             reply: [0; arp::REPLY_FRAME_LEN],
             next_aging: Timestamp::ZERO,
+            secure: None,
             config,
         }
     }
@@ -237,12 +240,20 @@ impl Switch {
             .opener
             .as_mut()
             .ok_or("this switch has no datapath to open the uplink with")?;
-        let backend = opener.open_uplink(
+        let mut backend = opener.open_uplink(
             &u.interface,
             std::net::SocketAddrV4::new(u.address, u.udp_port),
             mac,
             u.mtu.saturating_sub(tunnel::OUTER_LEN),
         )?;
+        if let Some(s) = &self.secure {
+            backend = Box::new(crate::port::secure::SecureUplink::new(
+                backend,
+                s.clone(),
+                mac,
+                u.udp_port,
+            ));
+        }
         self.set_uplink(
             backend,
             LocalVtep {
@@ -333,7 +344,10 @@ impl Switch {
             return Vec::new();
         };
         let local: Vec<Vni> = self.tables.vnis().collect();
+        // Secure peers are reached through user space only: the kernel neither encapsulates
+        // toward them nor takes their (plain) VXLAN.
         t.iter()
+            .filter(|(_, p)| p.overhead == 0)
             .map(|(id, p)| crate::port::opener::MirrorPeer {
                 id,
                 addr: p.addr,
@@ -347,6 +361,17 @@ impl Switch {
                 max_inner: self.config.underlay_mtu.saturating_sub(TUNNEL_IP_OVERHEAD),
             })
             .collect()
+    }
+
+    /// Gives the switch its secure tunnels (before [`Switch::open_uplink`] and before any secure
+    /// peer is added): peers registered there are reached only through them.
+    pub fn set_secure(&mut self, secure: Arc<crate::secure::Secure>) {
+        self.secure = Some(secure);
+    }
+
+    /// The secure tunnels, if this host has a key.
+    pub fn secure(&self) -> Option<&Arc<crate::secure::Secure>> {
+        self.secure.as_ref()
     }
 
     /// Sets how [`Switch::open_port`] opens ports (the daemon's datapath mode).
@@ -459,7 +484,11 @@ impl Switch {
         vnis: PeerVnis,
     ) -> Result<PeerId, SwitchError> {
         let id = self.tables.add_peer(addr, next_hop, vnis)?;
-        if let Some(o) = self.opener.as_mut() {
+        let secure = self.secure.as_ref().is_some_and(|s| s.is_secure(addr));
+        if secure {
+            self.tables
+                .set_peer_overhead(id, crate::secure::SECURE_OVERHEAD);
+        } else if let Some(o) = self.opener.as_mut() {
             o.peer_added(addr, id);
         }
         Ok(id)
@@ -529,6 +558,7 @@ impl Switch {
             segment,
             reply,
             next_aging,
+            secure: _,
         } = self;
         let mut out = Out {
             ports,
@@ -630,6 +660,16 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// The longest inner frame the tunnel to `peer` carries.
+    #[inline]
+    fn max_inner_to(&self, tables: &Tables, peer: PeerId) -> usize {
+        let overhead = tables
+            .peers()
+            .and_then(|t| t.get(peer))
+            .map_or(0, |p| p.overhead);
+        self.max_inner.saturating_sub(overhead)
+    }
+
     /// Carries out `verdict` for `frame`, which came from port `ingress` (or from the underlay
     /// when `None`).
     #[inline]
@@ -655,10 +695,11 @@ impl Out<'_> {
             }
             Verdict::Tunnel { peer, vni } => {
                 if let Some(p) = ingress {
-                    if !offload.is_gso() && frame.len() > self.max_inner {
+                    let max_inner = self.max_inner_to(tables, peer);
+                    if !offload.is_gso() && frame.len() > max_inner {
                         // Too big for the tunnel: tell the sender (IPv4 with DF), so TCP
                         // path-MTU discovery finds the overlay's MTU.
-                        let mtu = self.max_inner.saturating_sub(crate::icmp::ETH_HEADER) as u16;
+                        let mtu = max_inner.saturating_sub(crate::icmp::ETH_HEADER) as u16;
                         if let Some(n) = crate::icmp::frag_needed(frame, mtu, self.segment) {
                             Stats::event(&self.stats.events.icmp_frag_needed);
                             send_one(self.ports, self.stats, p, &self.segment[..n]);
@@ -757,9 +798,10 @@ impl Out<'_> {
             self.stats.drop(DropReason::NoUplink);
             return;
         };
+        let max_inner = self.max_inner.saturating_sub(p.overhead);
         if offload.is_gso() {
             // Cut into segments of at most gso_size bytes, each tunnelled on its own.
-            let (segment, max_inner) = (&mut *self.segment, self.max_inner);
+            let segment = &mut *self.segment;
             let scratch = &mut *self.scratch;
             let stats = self.stats;
             let r = crate::gso::segment(frame, offload, segment, |seg| {
@@ -786,7 +828,7 @@ impl Out<'_> {
             frame,
             offload,
             self.scratch,
-            self.max_inner,
+            max_inner,
             self.stats,
         );
     }

@@ -582,6 +582,8 @@ pub struct Peer {
     pub vnis: PeerVnis,
     /// Outer headers toward it.
     pub template: EncapTemplate,
+    /// Bytes its path adds beyond plain VXLAN (a secure tunnel's), taken off the inner MTU.
+    pub overhead: usize,
 }
 
 /// Errors changing the peer table.
@@ -658,6 +660,7 @@ impl PeerTable {
             next_hop,
             vnis,
             template: EncapTemplate::new(&self.local, addr, next_hop),
+            overhead: 0,
         });
         self.by_addr.insert(addr, id);
         Ok(id)
@@ -674,6 +677,13 @@ impl PeerTable {
             .ok_or(PeerError::NotFound(addr))?;
         self.peers[usize::from(id.0)] = None;
         Ok(id)
+    }
+
+    /// Sets the bytes the path to peer `id` adds beyond plain VXLAN.
+    pub fn set_overhead(&mut self, id: PeerId, overhead: usize) {
+        if let Some(Some(p)) = self.peers.get_mut(usize::from(id.0)) {
+            p.overhead = overhead;
+        }
     }
 
     /// The peer with `id`.

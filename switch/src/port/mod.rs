@@ -9,6 +9,7 @@ pub mod afxdp;
 pub mod memory;
 pub mod opener;
 pub mod packet;
+pub mod secure;
 #[cfg(target_os = "linux")]
 pub mod tc;
 pub mod underlay;
@@ -234,6 +235,47 @@ impl RxBatch {
         self.offloads[self.count] = off;
         self.count += 1;
         true
+    }
+
+    /// Appends a frame written by `fill` into the next slot if it returns its length; the slot
+    /// is left free when it returns `None` (or the batch is full). Returns true if a frame was
+    /// added.
+    #[inline]
+    pub fn try_push_with(&mut self, fill: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        if self.count >= self.lens.len() {
+            return false;
+        }
+        let start = self.count * self.frame_size;
+        let slot = &mut self.buf[start..start + self.frame_size];
+        let Some(n) = fill(slot) else {
+            return false;
+        };
+        self.lens[self.count] = n.min(self.frame_size) as u16;
+        self.offloads[self.count] = Offload::NONE;
+        self.count += 1;
+        true
+    }
+
+    /// Keeps only the frames `keep` accepts, in order; returns how many were removed.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut kept = 0;
+        for i in 0..self.count {
+            let start = i * self.frame_size;
+            let len = usize::from(self.lens[i]);
+            if !keep(&self.buf[start..start + len]) {
+                continue;
+            }
+            if kept != i {
+                let to = kept * self.frame_size;
+                self.buf.copy_within(start..start + len, to);
+                self.lens[kept] = self.lens[i];
+                self.offloads[kept] = self.offloads[i];
+            }
+            kept += 1;
+        }
+        let removed = self.count - kept;
+        self.count = kept;
+        removed
     }
 
     /// Keeps only the first `n` frames.

@@ -1,0 +1,1176 @@
+//! Secure tunnels: VXLAN carried inside the WireGuard protocol between two switches.
+//!
+//! The protocol (Noise IK handshake, ChaCha20-Poly1305, the replay window, rekeying, cookies
+//! under load) is boringtun's; this module only moves packets in and out of it. What one secure
+//! tunnel carries is the IPv4 part of a plain VXLAN packet (outer IPv4, UDP to the VXLAN port,
+//! VXLAN header, inner frame), so the receiving switch runs the same underlay checks on a
+//! decrypted packet as on a plain one, and a kernel or Open vSwitch peer sees nothing new.
+//!
+//! Contract:
+//! - A peer with `encryption = "required"` is reached only through its tunnel: the switch never
+//!   sends it plain VXLAN, and plain VXLAN from its address is dropped and counted
+//!   (`cleartext_dropped`) before the switch looks at it.
+//! - A decrypted packet is accepted only if its IPv4 source is the VTEP address of the peer whose
+//!   key authenticated it (`spoofed` otherwise): one peer cannot speak for another.
+//! - The peer's endpoint (address and port its datagrams come from) follows every authenticated
+//!   packet, the way WireGuard roams: a host behind NAT is answered where its packets come from.
+//! - Nothing here panics on input: every datagram either goes through boringtun or is counted as
+//!   one of the reasons in [`SecureCounters`].
+//!
+//! One [`Secure`] is shared by every datapath worker: its socket is non-blocking and read by
+//! whichever worker is polling, each peer's session state sits behind its own mutex, and the
+//! workers find peers through a per-worker cache refreshed when the peer set changes
+//! ([`Secure::generation`]), so plain traffic takes no lock.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+
+/// The UDP port secure tunnels use unless configured otherwise (WireGuard's).
+pub const DEFAULT_PORT: u16 = 51820;
+
+/// Bytes a secure tunnel adds in front of and behind a plain VXLAN packet's IPv4 part: an outer
+/// IPv4 header (20), UDP (8), the WireGuard data header (16) and the Poly1305 tag (16).
+pub const SECURE_OVERHEAD: usize = 60;
+
+/// Handshakes answered per second across all peers before cookies are demanded.
+const HANDSHAKE_RATE_LIMIT: u64 = 1000;
+/// How often each tunnel's timers run (retries, rekeying, keepalives).
+const TICK: Duration = Duration::from_millis(250);
+/// A tunnel with no authenticated packet for this long reports its path as down.
+const DOWN_AFTER: Duration = Duration::from_secs(30);
+/// Room for a handshake message or an encrypted packet of the largest datagram.
+pub const BUFFER: usize = 65_536 + SECURE_OVERHEAD;
+
+/// A peer's public key (Curve25519), written in base64 as WireGuard tools do.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+/// Text that is not a base64 32-byte key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a key: expected 32 bytes in base64 (44 characters, as `wg pubkey` prints)")]
+pub struct KeyParseError;
+
+impl std::str::FromStr for PublicKey {
+    type Err = KeyParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| KeyParseError)?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| KeyParseError)?;
+        Ok(PublicKey(key))
+    }
+}
+
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Whether a peer's traffic must be encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Plain VXLAN (the underlay is trusted).
+    #[default]
+    Off,
+    /// Only through the secure tunnel; plain VXLAN from the peer is dropped.
+    Required,
+}
+
+/// This host's static key pair.
+pub struct KeyPair {
+    secret: x25519::StaticSecret,
+    public: x25519::PublicKey,
+}
+
+impl KeyPair {
+    /// A key pair from a private key's bytes.
+    pub fn from_private(bytes: [u8; 32]) -> KeyPair {
+        let secret = x25519::StaticSecret::from(bytes);
+        let public = x25519::PublicKey::from(&secret);
+        KeyPair { secret, public }
+    }
+
+    /// A fresh key pair from the kernel's random source.
+    ///
+    /// # Errors
+    /// The I/O error reading `/dev/urandom`.
+    pub fn generate() -> io::Result<KeyPair> {
+        let mut b = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+        Ok(KeyPair::from_private(b))
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(*self.public.as_bytes())
+    }
+}
+
+/// Why the key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Reading, creating or writing it failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Group or others may read it.
+    #[error("{path}: mode {mode:04o} lets others read the private key; chmod 600 it")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Not a base64 32-byte key.
+    #[error("{path}: {source}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: KeyParseError,
+    },
+}
+
+/// Loads this host's private key from `path`, or creates it there (mode 0600, in a directory
+/// made 0700 if missing) on first start. Returns the pair and whether it was created.
+///
+/// # Errors
+/// [`KeyFileError`] naming the file.
+pub fn load_or_create_key(path: &Path) -> Result<(KeyPair, bool), KeyFileError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io_err = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(KeyFileError::Permissions {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+            let text = std::fs::read_to_string(path).map_err(io_err)?;
+            let key: PublicKey = text.parse().map_err(|source| KeyFileError::Malformed {
+                path: path.to_owned(),
+                source,
+            })?;
+            Ok((KeyPair::from_private(key.0), false))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io_err)?;
+            }
+            let pair = KeyPair::generate().map_err(io_err)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io_err)?;
+            let text = base64::engine::general_purpose::STANDARD.encode(pair.secret.to_bytes());
+            f.write_all(format!("{text}\n").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(io_err)?;
+            Ok((pair, true))
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// A secure peer as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Its VTEP address (the source of the VXLAN packets it tunnels).
+    pub vtep: Ipv4Addr,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Where to send until it is heard from (default: its VTEP address, this host's port).
+    pub endpoint: Option<SocketAddrV4>,
+}
+
+macro_rules! secure_counters {
+    ($($(#[doc = $doc:expr])* $field:ident,)*) => {
+        /// What happened to secure-tunnel traffic, switch-wide.
+        #[derive(Debug, Default)]
+        pub struct SecureCounters {
+            $($(#[doc = $doc])* pub $field: AtomicU64,)*
+        }
+
+        impl SecureCounters {
+            /// Every counter as (name, value).
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+secure_counters! {
+    /// VXLAN packets encrypted and sent.
+    encrypted,
+    /// Datagrams decrypted into VXLAN packets.
+    decrypted,
+    /// Handshake messages sent (initiations, responses, cookie replies).
+    handshakes_sent,
+    /// Handshakes completed (either side).
+    handshakes_completed,
+    /// Keepalives received.
+    keepalives,
+    /// Plain VXLAN from a peer that requires encryption, dropped.
+    cleartext_dropped,
+    /// Datagrams whose authentication failed (wrong key, bad MAC or tag), dropped.
+    auth_failed,
+    /// Data packets whose counter was already seen or is outside the window (replays), dropped.
+    replayed,
+    /// Handshakes from a key that is no configured peer's, dropped.
+    unknown_key,
+    /// Decrypted packets whose source is not the peer's VTEP address, dropped.
+    spoofed,
+    /// Datagrams that are not the protocol's messages, or arrive out of turn, dropped.
+    invalid,
+    /// Handshake initiations refused while under load (a cookie was sent instead).
+    under_load,
+    /// Packets that could not be sent (socket full, no route).
+    send_failed,
+    /// Times a peer's endpoint changed (it roamed, or its NAT mapping did).
+    endpoint_changes,
+}
+
+/// One secure peer's live state.
+pub struct SecurePeer {
+    vtep: Ipv4Addr,
+    public_key: PublicKey,
+    configured: SocketAddrV4,
+    index: u32,
+    tunn: Mutex<Tunn>,
+    endpoint: Mutex<SocketAddrV4>,
+    tx_packets: AtomicU64,
+    rx_packets: AtomicU64,
+    /// Milliseconds since [`Secure`] started of the last authenticated packet (0: never).
+    last_rx_ms: AtomicU64,
+}
+
+/// A secure peer's state, as the control API reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    /// Its VTEP address.
+    pub vtep: Ipv4Addr,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Where its datagrams are sent now.
+    pub endpoint: SocketAddrV4,
+    /// `direct` while authenticated packets arrive, `down` otherwise.
+    pub path: &'static str,
+    /// Round-trip time of the last handshake, milliseconds.
+    pub rtt_ms: Option<u32>,
+    /// Seconds since the current session's handshake.
+    pub handshake_age_secs: Option<u64>,
+    /// Seconds since the last authenticated packet.
+    pub last_rx_secs: Option<u64>,
+    /// Packets sent through the tunnel.
+    pub tx_packets: u64,
+    /// Packets received through it.
+    pub rx_packets: u64,
+}
+
+struct Peers {
+    by_vtep: HashMap<Ipv4Addr, Arc<SecurePeer>>,
+    by_index: HashMap<u32, Arc<SecurePeer>>,
+    by_key: HashMap<[u8; 32], Arc<SecurePeer>>,
+    next_index: u32,
+}
+
+/// Why a secure peer cannot be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerSpecError {
+    /// Another peer already has this key.
+    #[error("public key {key} is already peer {vtep}'s")]
+    KeyInUse {
+        /// The key.
+        key: PublicKey,
+        /// The peer that has it.
+        vtep: Ipv4Addr,
+    },
+    /// The key is this host's own.
+    #[error("public key {0} is this host's own")]
+    OwnKey(PublicKey),
+}
+
+/// The secure tunnels of one switch: its key, its socket and its peers.
+pub struct Secure {
+    keys: KeyPair,
+    socket: UdpSocket,
+    port: u16,
+    keepalive: Option<u16>,
+    rate_limiter: Arc<RateLimiter>,
+    peers: RwLock<Peers>,
+    generation: AtomicU64,
+    counters: SecureCounters,
+    started: Instant,
+    next_tick: Mutex<Instant>,
+    next_reset: Mutex<Instant>,
+}
+
+/// How one received datagram was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Nothing for the switch (a handshake, a keepalive, or a counted drop).
+    Nothing,
+    /// A decrypted VXLAN packet of this many bytes.
+    Packet(usize),
+}
+
+/// True for a WireGuard transport data message (type 4), false for handshake messages.
+fn is_data_message(m: &[u8]) -> bool {
+    m.first() == Some(&4)
+}
+
+fn io_err_is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::OutOfMemory | io::ErrorKind::Interrupted
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::ENOBUFS | libc::EMSGSIZE | libc::EHOSTUNREACH | libc::ENETUNREACH)
+            | Some(libc::ECONNREFUSED | libc::EPERM)
+    )
+}
+
+impl Secure {
+    /// Binds `bind` (this host's VTEP address and the secure port) with `keys`;
+    /// `keepalive` (seconds, 0: off) keeps NAT mappings and the path state fresh.
+    ///
+    /// # Errors
+    /// The socket's I/O error.
+    pub fn open(keys: KeyPair, bind: SocketAddrV4, keepalive: u16) -> io::Result<Secure> {
+        let socket = UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        let port = socket.local_addr()?.port();
+        let rate_limiter = Arc::new(RateLimiter::new(&keys.public, HANDSHAKE_RATE_LIMIT));
+        let now = Instant::now();
+        Ok(Secure {
+            keys,
+            socket,
+            port,
+            keepalive: (keepalive > 0).then_some(keepalive),
+            rate_limiter,
+            peers: RwLock::new(Peers {
+                by_vtep: HashMap::new(),
+                by_index: HashMap::new(),
+                by_key: HashMap::new(),
+                next_index: 1,
+            }),
+            generation: AtomicU64::new(0),
+            counters: SecureCounters::default(),
+            started: now,
+            next_tick: Mutex::new(now),
+            next_reset: Mutex::new(now),
+        })
+    }
+
+    /// This host's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public()
+    }
+
+    /// The UDP port the tunnels use here.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &SecureCounters {
+        &self.counters
+    }
+
+    /// Changes whenever the peer set does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The socket's descriptor (readable when datagrams arrive).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
+
+    fn read_peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_peers(&self) -> std::sync::RwLockWriteGuard<'_, Peers> {
+        self.peers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the secure peer, or keeps it if it is already there with the same key (the call is
+    /// idempotent: every datapath worker makes it); a new key replaces the old sessions.
+    ///
+    /// # Errors
+    /// [`PeerSpecError`] if the key is another peer's or this host's own.
+    pub fn add_peer(&self, spec: &PeerSpec) -> Result<(), PeerSpecError> {
+        if spec.public_key == self.public_key() {
+            return Err(PeerSpecError::OwnKey(spec.public_key));
+        }
+        let mut peers = self.write_peers();
+        if let Some(other) = peers.by_key.get(&spec.public_key.0) {
+            if other.vtep != spec.vtep {
+                return Err(PeerSpecError::KeyInUse {
+                    key: spec.public_key,
+                    vtep: other.vtep,
+                });
+            }
+        }
+        let configured = spec
+            .endpoint
+            .unwrap_or(SocketAddrV4::new(spec.vtep, self.port));
+        if let Some(p) = peers.by_vtep.get(&spec.vtep) {
+            if p.public_key == spec.public_key && p.configured == configured {
+                return Ok(());
+            }
+        }
+        Self::remove_locked(&mut peers, spec.vtep);
+        let index = peers.next_index;
+        // Tunnel indices are 24 bits; 16 million peer changes wrap around.
+        peers.next_index = (index % 0x00ff_ffff) + 1;
+        let tunn = Tunn::new(
+            self.keys.secret.clone(),
+            x25519::PublicKey::from(spec.public_key.0),
+            None,
+            self.keepalive,
+            index,
+            Some(self.rate_limiter.clone()),
+        );
+        let peer = Arc::new(SecurePeer {
+            vtep: spec.vtep,
+            public_key: spec.public_key,
+            configured,
+            index,
+            tunn: Mutex::new(tunn),
+            endpoint: Mutex::new(configured),
+            tx_packets: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            last_rx_ms: AtomicU64::new(0),
+        });
+        peers.by_vtep.insert(spec.vtep, peer.clone());
+        peers.by_index.insert(index, peer.clone());
+        peers.by_key.insert(spec.public_key.0, peer);
+        drop(peers);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Removes the secure peer at `vtep`; true if there was one.
+    pub fn remove_peer(&self, vtep: Ipv4Addr) -> bool {
+        let removed = Self::remove_locked(&mut self.write_peers(), vtep);
+        if removed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        removed
+    }
+
+    fn remove_locked(peers: &mut Peers, vtep: Ipv4Addr) -> bool {
+        let Some(p) = peers.by_vtep.remove(&vtep) else {
+            return false;
+        };
+        peers.by_index.remove(&p.index);
+        peers.by_key.remove(&p.public_key.0);
+        true
+    }
+
+    /// True if `vtep` is a secure peer.
+    pub fn is_secure(&self, vtep: Ipv4Addr) -> bool {
+        self.read_peers().by_vtep.contains_key(&vtep)
+    }
+
+    /// The secure peers by VTEP address (for a worker's cache).
+    pub fn snapshot(&self) -> HashMap<Ipv4Addr, Arc<SecurePeer>> {
+        self.read_peers().by_vtep.clone()
+    }
+
+    /// Sets where the peer at `vtep` is reached (the rendezvous learned it); true if it is a
+    /// secure peer.
+    pub fn set_endpoint(&self, vtep: Ipv4Addr, endpoint: SocketAddrV4) -> bool {
+        match self.read_peers().by_vtep.get(&vtep) {
+            Some(p) => {
+                self.move_endpoint(p, endpoint);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn move_endpoint(&self, p: &SecurePeer, to: SocketAddrV4) {
+        let mut e = p.endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        if *e != to {
+            *e = to;
+            self.counters
+                .endpoint_changes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        // Never 0, so 0 can mean "never".
+        (self.started.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// Each secure peer's state.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let now = self.elapsed_ms();
+        let mut out: Vec<PeerStatus> = self
+            .read_peers()
+            .by_vtep
+            .values()
+            .map(|p| {
+                let (age, _, _, _, rtt) = p.tunn.lock().unwrap_or_else(|e| e.into_inner()).stats();
+                let last = p.last_rx_ms.load(Ordering::Relaxed);
+                let since = (last > 0).then(|| Duration::from_millis(now.saturating_sub(last)));
+                PeerStatus {
+                    vtep: p.vtep,
+                    public_key: p.public_key,
+                    endpoint: *p.endpoint.lock().unwrap_or_else(|e| e.into_inner()),
+                    path: match since {
+                        Some(s) if s < DOWN_AFTER && age.is_some() => "direct",
+                        _ => "down",
+                    },
+                    rtt_ms: rtt,
+                    handshake_age_secs: age.map(|a| a.as_secs()),
+                    last_rx_secs: since.map(|s| s.as_secs()),
+                    tx_packets: p.tx_packets.load(Ordering::Relaxed),
+                    rx_packets: p.rx_packets.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.vtep);
+        out
+    }
+
+    fn send_to(&self, packet: &[u8], to: SocketAddrV4) -> bool {
+        match self.socket.send_to(packet, to) {
+            Ok(_) => true,
+            Err(e) => {
+                if !io_err_is_transient(&e) {
+                    tracing::warn!(to = %to, error = %e, "secure tunnel send failed");
+                }
+                self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    fn endpoint(p: &SecurePeer) -> SocketAddrV4 {
+        *p.endpoint.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Encrypts `ip` (the IPv4 part of a VXLAN packet) for `peer` and sends it, using `buf`
+    /// (at least `ip.len()` + [`SECURE_OVERHEAD`] and 148 bytes) for the result. Without a
+    /// session yet, the packet waits in the tunnel's queue while a handshake is sent. Returns
+    /// false if it could not be sent.
+    pub fn encrypt_and_send(&self, peer: &SecurePeer, ip: &[u8], buf: &mut [u8]) -> bool {
+        if buf.len() < ip.len() + SECURE_OVERHEAD || buf.len() < 148 {
+            self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let to = Self::endpoint(peer);
+        let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
+        match tunn.encapsulate(ip, buf) {
+            TunnResult::WriteToNetwork(out) => {
+                // A data message, or the handshake initiation the packet now waits for.
+                let data = is_data_message(out);
+                drop(tunn);
+                let sent = self.send_to(out, to);
+                if data {
+                    if sent {
+                        peer.tx_packets.fetch_add(1, Ordering::Relaxed);
+                        self.counters.encrypted.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if sent {
+                    self.counters
+                        .handshakes_sent
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                sent
+            }
+            TunnResult::Done => true,
+            TunnResult::Err(e) => {
+                drop(tunn);
+                tracing::debug!(peer = %peer.vtep, error = ?e, "secure tunnel could not encrypt");
+                self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => true,
+        }
+    }
+
+    /// Receives one datagram from the socket into `datagram` and takes it: handshakes are
+    /// answered, a data packet is decrypted into `out`. Returns `None` when the socket is empty.
+    /// `datagram` and `scratch` (what is sent in reply) should hold [`BUFFER`] bytes.
+    pub fn receive_one(
+        &self,
+        datagram: &mut [u8],
+        out: &mut [u8],
+        scratch: &mut [u8],
+    ) -> Option<Received> {
+        let (n, from) = match self.socket.recv_from(datagram) {
+            Ok((n, SocketAddr::V4(from))) => (n, from),
+            Ok((_, SocketAddr::V6(_))) => {
+                self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+                return Some(Received::Nothing);
+            }
+            Err(_) => return None,
+        };
+        Some(self.take(&datagram[..n], from, out, scratch))
+    }
+
+    /// Takes one datagram that came from `from`.
+    fn take(
+        &self,
+        datagram: &[u8],
+        from: SocketAddrV4,
+        out: &mut [u8],
+        scratch: &mut [u8],
+    ) -> Received {
+        let c = &self.counters;
+        if datagram.len() > out.len() {
+            // boringtun needs room for the whole ciphertext.
+            c.invalid.fetch_add(1, Ordering::Relaxed);
+            return Received::Nothing;
+        }
+        let src = Some(IpAddr::V4(*from.ip()));
+        let packet = match self.rate_limiter.verify_packet(src, datagram, scratch) {
+            Ok(p) => p,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                c.under_load.fetch_add(1, Ordering::Relaxed);
+                if self.send_to(cookie, from) {
+                    c.handshakes_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                return Received::Nothing;
+            }
+            Err(TunnResult::Err(e)) => {
+                self.count_error(&e);
+                return Received::Nothing;
+            }
+            Err(_) => {
+                c.invalid.fetch_add(1, Ordering::Relaxed);
+                return Received::Nothing;
+            }
+        };
+        let (peer, is_data, is_handshake) = {
+            let peers = self.read_peers();
+            let (peer, is_data, is_handshake) = match &packet {
+                Packet::HandshakeInit(init) => {
+                    match parse_handshake_anon(&self.keys.secret, &self.keys.public, init) {
+                        Ok(half) => (
+                            peers.by_key.get(&half.peer_static_public).cloned(),
+                            false,
+                            true,
+                        ),
+                        Err(e) => {
+                            drop(peers);
+                            self.count_error(&e);
+                            return Received::Nothing;
+                        }
+                    }
+                }
+                Packet::HandshakeResponse(r) => (
+                    peers.by_index.get(&(r.receiver_idx >> 8)).cloned(),
+                    false,
+                    true,
+                ),
+                Packet::PacketCookieReply(r) => (
+                    peers.by_index.get(&(r.receiver_idx >> 8)).cloned(),
+                    false,
+                    false,
+                ),
+                Packet::PacketData(d) => (
+                    peers.by_index.get(&(d.receiver_idx >> 8)).cloned(),
+                    true,
+                    false,
+                ),
+            };
+            (peer, is_data, is_handshake)
+        };
+        let Some(peer) = peer else {
+            if is_data || !is_handshake {
+                c.invalid.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.unknown_key.fetch_add(1, Ordering::Relaxed);
+            }
+            return Received::Nothing;
+        };
+        let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
+        let result = match tunn.decapsulate(src, datagram, out) {
+            TunnResult::Done => {
+                if is_data {
+                    c.keepalives.fetch_add(1, Ordering::Relaxed);
+                } else if is_handshake {
+                    c.handshakes_completed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None)
+            }
+            TunnResult::WriteToNetwork(reply) => {
+                // A handshake response (we answered an initiation) or the keepalive that
+                // completes our own handshake; then whatever waited for the session.
+                c.handshakes_completed.fetch_add(1, Ordering::Relaxed);
+                let reply_len = reply.len();
+                let (first, _) = out.split_at_mut(reply_len);
+                let mut queue = vec![first.to_vec()];
+                while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], scratch) {
+                    queue.push(p.to_vec());
+                }
+                Ok(Some(queue))
+            }
+            TunnResult::WriteToTunnelV4(ip, source) => {
+                if source != peer.vtep {
+                    c.spoofed.fetch_add(1, Ordering::Relaxed);
+                    Err(())
+                } else {
+                    let n = ip.len();
+                    drop(tunn);
+                    self.heard(&peer, from);
+                    peer.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    c.decrypted.fetch_add(1, Ordering::Relaxed);
+                    return Received::Packet(n);
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                c.spoofed.fetch_add(1, Ordering::Relaxed);
+                Err(())
+            }
+            TunnResult::Err(e) => {
+                self.count_error(&e);
+                Err(())
+            }
+        };
+        drop(tunn);
+        if let Ok(replies) = result {
+            self.heard(&peer, from);
+            for r in replies.unwrap_or_default() {
+                let data = is_data_message(&r);
+                if self.send_to(&r, from) {
+                    if data {
+                        peer.tx_packets.fetch_add(1, Ordering::Relaxed);
+                        c.encrypted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        c.handshakes_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Received::Nothing
+    }
+
+    /// An authenticated packet came from `from`: the peer is there now.
+    fn heard(&self, peer: &SecurePeer, from: SocketAddrV4) {
+        peer.last_rx_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+        self.move_endpoint(peer, from);
+    }
+
+    fn count_error(&self, e: &WireGuardError) {
+        let c = &self.counters;
+        let counter = match e {
+            WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => &c.replayed,
+            WireGuardError::WrongKey
+            | WireGuardError::InvalidMac
+            | WireGuardError::InvalidAeadTag
+            | WireGuardError::WrongTai64nTimestamp
+            | WireGuardError::InvalidTai64nTimestamp => &c.auth_failed,
+            WireGuardError::UnderLoad => &c.under_load,
+            _ => &c.invalid,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs every tunnel's timers when they are due (at most every 250 ms, by one caller at a
+    /// time): handshake retries, rekeying, keepalives, expiry.
+    pub fn tick(&self, scratch: &mut [u8]) {
+        let now = Instant::now();
+        {
+            let Ok(mut next) = self.next_tick.try_lock() else {
+                return;
+            };
+            if now < *next {
+                return;
+            }
+            *next = now + TICK;
+        }
+        if let Ok(mut next) = self.next_reset.try_lock() {
+            if now >= *next {
+                *next = now + Duration::from_secs(1);
+                self.rate_limiter.reset_count();
+            }
+        }
+        let peers: Vec<Arc<SecurePeer>> = self.read_peers().by_vtep.values().cloned().collect();
+        for p in peers {
+            let to = Self::endpoint(&p);
+            let mut tunn = p.tunn.lock().unwrap_or_else(|e| e.into_inner());
+            match tunn.update_timers(scratch) {
+                TunnResult::WriteToNetwork(packet) => {
+                    let handshake = !is_data_message(packet);
+                    let copy = packet.to_vec();
+                    drop(tunn);
+                    if self.send_to(&copy, to) && handshake {
+                        self.counters
+                            .handshakes_sent
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                    // Sessions are gone; the next packet starts a handshake. If the peer
+                    // roamed away from its configured address and went silent, try that again.
+                    drop(tunn);
+                    if to != p.configured {
+                        let mut e = p.endpoint.lock().unwrap_or_else(|e| e.into_inner());
+                        *e = p.configured;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A_VTEP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const B_VTEP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    fn open() -> Secure {
+        let keys = KeyPair::generate().unwrap();
+        Secure::open(keys, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 0).unwrap()
+    }
+
+    fn addr(s: &Secure) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, s.port())
+    }
+
+    /// An IPv4/UDP datagram from `src` to `dst` carrying `payload` (a stand-in for VXLAN).
+    fn ip_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+        let total = (28 + payload.len()) as u16;
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        let sum = crate::checksum::finish(crate::checksum::add(0, &p));
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p.extend_from_slice(&49152u16.to_be_bytes());
+        p.extend_from_slice(&4789u16.to_be_bytes());
+        p.extend_from_slice(&(total - 20).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Two switches that know each other: a (10.0.0.1) and b (10.0.0.2) on loopback.
+    fn pair() -> (Secure, Secure) {
+        let (a, b) = (open(), open());
+        a.add_peer(&PeerSpec {
+            vtep: B_VTEP,
+            public_key: b.public_key(),
+            endpoint: Some(addr(&b)),
+        })
+        .unwrap();
+        b.add_peer(&PeerSpec {
+            vtep: A_VTEP,
+            public_key: a.public_key(),
+            endpoint: Some(addr(&a)),
+        })
+        .unwrap();
+        (a, b)
+    }
+
+    /// Reads one datagram from `s`'s socket, waiting up to a second.
+    fn raw_recv(s: &Secure) -> (Vec<u8>, SocketAddrV4) {
+        let mut buf = vec![0u8; BUFFER];
+        for _ in 0..1000 {
+            if let Ok((n, SocketAddr::V4(from))) = s.socket.recv_from(&mut buf) {
+                buf.truncate(n);
+                return (buf, from);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("no datagram within a second");
+    }
+
+    /// Takes one datagram on `s`; the decrypted packet if it was data.
+    fn take_one(s: &Secure) -> Option<Vec<u8>> {
+        let (d, from) = raw_recv(s);
+        let mut out = vec![0u8; BUFFER];
+        let mut scratch = vec![0u8; BUFFER];
+        match s.take(&d, from, &mut out, &mut scratch) {
+            Received::Packet(n) => Some(out[..n].to_vec()),
+            Received::Nothing => None,
+        }
+    }
+
+    fn peer(s: &Secure, vtep: Ipv4Addr) -> Arc<SecurePeer> {
+        s.snapshot().get(&vtep).cloned().unwrap()
+    }
+
+    fn count(s: &Secure, name: &str) -> u64 {
+        s.counters()
+            .snapshot()
+            .into_iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+            .unwrap()
+    }
+
+    /// a sends `packet` to b; runs the handshake if needed; returns what b decrypted.
+    fn deliver(a: &Secure, b: &Secure, packet: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; BUFFER];
+        assert!(a.encrypt_and_send(&peer(a, B_VTEP), packet, &mut buf));
+        if let Some(p) = take_one(b) {
+            return p;
+        }
+        // b answered a handshake: a takes the response and sends a keepalive, then what waited.
+        assert_eq!(take_one(a), None);
+        for _ in 0..2 {
+            if let Some(p) = take_one(b) {
+                return p;
+            }
+        }
+        panic!("nothing decrypted after the handshake");
+    }
+
+    #[test]
+    fn packets_cross_after_one_handshake_and_the_endpoint_follows_the_sender() {
+        let (a, b) = pair();
+        let p1 = ip_packet(A_VTEP, B_VTEP, b"first frame");
+        assert_eq!(deliver(&a, &b, &p1), p1);
+        assert_eq!(count(&a, "handshakes_completed"), 1);
+        assert_eq!(count(&b, "handshakes_completed"), 1);
+        // The session is up: the next packet goes straight through, both ways.
+        let p2 = ip_packet(A_VTEP, B_VTEP, b"second frame");
+        assert_eq!(deliver(&a, &b, &p2), p2);
+        let p3 = ip_packet(B_VTEP, A_VTEP, b"reply");
+        let mut buf = vec![0u8; BUFFER];
+        assert!(b.encrypt_and_send(&peer(&b, A_VTEP), &p3, &mut buf));
+        assert_eq!(take_one(&a), Some(p3));
+        let st = b.status();
+        assert_eq!(st[0].path, "direct");
+        assert_eq!(st[0].rx_packets, 2);
+        assert!(st[0].rtt_ms.is_some() || a.status()[0].rtt_ms.is_some());
+        assert_eq!(count(&b, "decrypted"), 2);
+    }
+
+    #[test]
+    fn a_replayed_datagram_is_dropped_and_counted() {
+        let (a, b) = pair();
+        let p = ip_packet(A_VTEP, B_VTEP, b"once");
+        deliver(&a, &b, &p);
+        let mut buf = vec![0u8; BUFFER];
+        assert!(a.encrypt_and_send(&peer(&a, B_VTEP), &p, &mut buf));
+        let (d, from) = raw_recv(&b);
+        let (mut out, mut scratch) = (vec![0u8; BUFFER], vec![0u8; BUFFER]);
+        assert_eq!(
+            b.take(&d, from, &mut out, &mut scratch),
+            Received::Packet(p.len())
+        );
+        assert_eq!(b.take(&d, from, &mut out, &mut scratch), Received::Nothing);
+        assert_eq!(count(&b, "replayed"), 1);
+        // A flipped bit in a fresh packet's ciphertext fails authentication.
+        assert!(a.encrypt_and_send(&peer(&a, B_VTEP), &p, &mut buf));
+        let (d, from) = raw_recv(&b);
+        let mut tampered = d.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(
+            b.take(&tampered, from, &mut out, &mut scratch),
+            Received::Nothing
+        );
+        assert_eq!(count(&b, "auth_failed"), 1);
+    }
+
+    #[test]
+    fn wrong_keys_are_rejected() {
+        let (a, b) = pair();
+        // A stranger whose key b does not know.
+        let c = open();
+        c.add_peer(&PeerSpec {
+            vtep: B_VTEP,
+            public_key: b.public_key(),
+            endpoint: Some(addr(&b)),
+        })
+        .unwrap();
+        let mut buf = vec![0u8; BUFFER];
+        assert!(c.encrypt_and_send(
+            &peer(&c, B_VTEP),
+            &ip_packet(A_VTEP, B_VTEP, b"x"),
+            &mut buf
+        ));
+        assert_eq!(take_one(&b), None);
+        assert_eq!(count(&b, "unknown_key"), 1);
+        // A peer that has the wrong key for b: its handshake does not authenticate.
+        let wrong = KeyPair::generate().unwrap().public();
+        a.add_peer(&PeerSpec {
+            vtep: B_VTEP,
+            public_key: wrong,
+            endpoint: Some(addr(&b)),
+        })
+        .unwrap();
+        assert!(a.encrypt_and_send(
+            &peer(&a, B_VTEP),
+            &ip_packet(A_VTEP, B_VTEP, b"y"),
+            &mut buf
+        ));
+        assert_eq!(take_one(&b), None);
+        assert_eq!(count(&b, "auth_failed"), 1);
+        assert_eq!(count(&b, "decrypted"), 0);
+        assert!(b.status()[0].path == "down");
+    }
+
+    #[test]
+    fn a_peer_cannot_speak_for_another_address() {
+        let (a, b) = pair();
+        let forged = ip_packet(Ipv4Addr::new(10, 0, 0, 9), B_VTEP, b"forged");
+        let mut buf = vec![0u8; BUFFER];
+        assert!(a.encrypt_and_send(&peer(&a, B_VTEP), &forged, &mut buf));
+        // The handshake, a's response, the keepalive, then the forged packet.
+        assert_eq!(take_one(&b), None);
+        assert_eq!(take_one(&a), None);
+        assert_eq!(take_one(&b), None);
+        assert_eq!(take_one(&b), None);
+        assert_eq!(count(&b, "spoofed"), 1);
+        assert_eq!(count(&b, "decrypted"), 0);
+    }
+
+    #[test]
+    fn garbage_is_counted_not_fatal() {
+        let (_, b) = pair();
+        let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+        let (mut out, mut scratch) = (vec![0u8; BUFFER], vec![0u8; BUFFER]);
+        for d in [
+            &[][..],
+            &[1, 0, 0, 0][..],
+            &[4, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[9; 200][..],
+            &[1; 148][..],
+            &[2; 92][..],
+            &[3; 64][..],
+        ] {
+            assert_eq!(b.take(d, from, &mut out, &mut scratch), Received::Nothing);
+        }
+        // Longer than the slot it would be decrypted into.
+        let mut big = vec![0u8; 300];
+        big[0] = 4;
+        assert_eq!(
+            b.take(&big, from, &mut out[..200], &mut scratch),
+            Received::Nothing
+        );
+        let c = b.counters();
+        let dropped = c.invalid.load(Ordering::Relaxed)
+            + c.auth_failed.load(Ordering::Relaxed)
+            + c.unknown_key.load(Ordering::Relaxed);
+        assert_eq!(dropped, 8);
+    }
+
+    #[test]
+    fn peers_are_idempotent_and_keys_unique() {
+        let (a, b) = pair();
+        let spec = PeerSpec {
+            vtep: B_VTEP,
+            public_key: b.public_key(),
+            endpoint: Some(addr(&b)),
+        };
+        let g = a.generation();
+        a.add_peer(&spec).unwrap();
+        assert_eq!(a.generation(), g, "the same peer again changes nothing");
+        let taken = a.add_peer(&PeerSpec {
+            vtep: Ipv4Addr::new(10, 0, 0, 3),
+            ..spec.clone()
+        });
+        assert!(matches!(taken, Err(PeerSpecError::KeyInUse { .. })));
+        let own = a.add_peer(&PeerSpec {
+            public_key: a.public_key(),
+            ..spec
+        });
+        assert!(matches!(own, Err(PeerSpecError::OwnKey(_))));
+        assert!(a.remove_peer(B_VTEP));
+        assert!(!a.is_secure(B_VTEP));
+        assert!(!a.remove_peer(B_VTEP));
+    }
+
+    #[test]
+    fn the_key_file_is_created_private_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let path = dir.join("keys/private.key");
+        let (k1, created) = load_or_create_key(&path).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (k2, created) = load_or_create_key(&path).unwrap();
+        assert!(!created);
+        assert_eq!(k1.public(), k2.public());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create_key(&path).err().unwrap().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "not a key\n").unwrap();
+        let e = load_or_create_key(&path).err().unwrap().to_string();
+        assert!(e.contains("base64"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "kangaroo-secure-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn public_keys_round_trip_as_base64() {
+        let k = KeyPair::generate().unwrap().public();
+        let text = k.to_string();
+        assert_eq!(text.len(), 44);
+        assert_eq!(text.parse::<PublicKey>().unwrap(), k);
+        assert!("abc".parse::<PublicKey>().is_err());
+        assert!("AAAA".parse::<PublicKey>().is_err());
+    }
+}
