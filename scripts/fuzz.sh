@@ -76,12 +76,22 @@ run_one() {
 	echo "$rc" >"$out/$t.rc"
 }
 
-for ((i = 0; i < ${#targets[@]}; i += parallel)); do
-	for t in "${targets[@]:i:parallel}"; do
-		run_one "$t" &
-	done
-	wait
+# tenant_api is the slow one (each input builds the whole API in a debug build: its seeds alone
+# take about two minutes to replay), so with two lanes it runs in one and the rest in the other.
+ordered=()
+for t in "${targets[@]}"; do
+	if [[ $t == tenant_api ]]; then ordered+=("$t"); fi
 done
+for t in "${targets[@]}"; do
+	if [[ $t != tenant_api ]]; then ordered+=("$t"); fi
+done
+if [[ $parallel -gt 1 && ${#ordered[@]} -gt 1 ]]; then
+	run_one "${ordered[0]}" &
+	(for t in "${ordered[@]:1}"; do run_one "$t"; done) &
+	wait
+else
+	for t in "${ordered[@]}"; do run_one "$t"; done
+fi
 
 status=0
 for t in "${targets[@]}"; do
