@@ -32,6 +32,9 @@
 //! key_file = "/var/lib/kangaroo-switch/private.key"   # created 0600 at first start
 //! port = 51820                            # UDP port of the tunnels
 //! keepalive_secs = 25                     # persistent keepalive (0: off)
+//! rendezvous = "203.0.113.10:51820"       # optional: tells peers' endpoints (NAT traversal)
+//! rendezvous_key = "base64…"              # its public key (with rendezvous)
+//! relay = true                            # it relays when no direct path opens (default)
 //! [[peer]]
 //! address = "10.10.0.2"
 //! vnis = [100]                            # default: every VNI of a local port
@@ -152,6 +155,8 @@ pub struct SecureSettings {
     pub port: u16,
     /// Persistent keepalive, seconds (0: off).
     pub keepalive_secs: u16,
+    /// The rendezvous (NAT traversal), if any.
+    pub rendezvous: Option<crate::secure::RendezvousSpec>,
 }
 
 /// Where the private key lives unless configured.
@@ -263,6 +268,9 @@ struct SecureFile {
     key_file: Option<PathBuf>,
     port: Option<u16>,
     keepalive_secs: Option<u16>,
+    rendezvous: Option<String>,
+    rendezvous_key: Option<String>,
+    relay: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -567,10 +575,42 @@ impl Config {
                 if key_file.as_os_str().is_empty() {
                     return Err(bad("secure.key_file".into(), "must not be empty".into()));
                 }
+                let rendezvous = match (&sf.rendezvous, &sf.rendezvous_key) {
+                    (None, None) if sf.relay.is_none() => None,
+                    (None, _) => {
+                        return Err(bad(
+                            "secure.rendezvous".into(),
+                            "rendezvous_key and relay need a rendezvous (address:port)".into(),
+                        ))
+                    }
+                    (Some(_), None) => {
+                        return Err(bad(
+                            "secure.rendezvous_key".into(),
+                            "a rendezvous needs its public key".into(),
+                        ))
+                    }
+                    (Some(e), Some(k)) => {
+                        let endpoint = e.parse::<std::net::SocketAddrV4>().map_err(|_| {
+                            bad(
+                                "secure.rendezvous".into(),
+                                format!("{e:?} is not an IPv4 address:port"),
+                            )
+                        })?;
+                        let public_key = k
+                            .parse::<crate::secure::PublicKey>()
+                            .map_err(|err| bad("secure.rendezvous_key".into(), err.to_string()))?;
+                        Some(crate::secure::RendezvousSpec {
+                            endpoint,
+                            public_key,
+                            relay: sf.relay.unwrap_or(true),
+                        })
+                    }
+                };
                 Some(SecureSettings {
                     key_file,
                     port,
                     keepalive_secs: sf.keepalive_secs.unwrap_or(DEFAULT_KEEPALIVE_SECS),
+                    rendezvous,
                 })
             }
         };
@@ -825,6 +865,17 @@ address = "10.10.0.3"
         // A key with encryption off, and no key: plain VXLAN.
         assert!(c.peers[1].secure.is_none());
         assert!(c.peers[2].secure.is_none());
+        assert_eq!(s.rendezvous, None);
+        let c = Config::parse(
+            "sw.toml",
+            &format!(
+                "{UP}[secure]\nrendezvous = \"203.0.113.10:51820\"\nrendezvous_key = \"{KEY}\"\n"
+            ),
+        )
+        .unwrap();
+        let r = c.secure.unwrap().rendezvous.unwrap();
+        assert_eq!(r.endpoint.to_string(), "203.0.113.10:51820");
+        assert!(r.relay, "a rendezvous relays unless told not to");
     }
 
     #[test]
@@ -857,6 +908,10 @@ address = "10.10.0.3"
             (format!("{UP}[secure]\nport = 4789\n"), "secure.port"),
             (format!("{UP}[secure]\nkey_file = \"\"\n"), "secure.key_file"),
             (format!("{UP}[secure]\nmystery = 1\n"), "unknown field `mystery`"),
+            (format!("{UP}[secure]\nrelay = true\n"), "secure.rendezvous: rendezvous_key and relay need"),
+            (format!("{UP}[secure]\nrendezvous = \"1.2.3.4:5\"\n"), "secure.rendezvous_key: a rendezvous needs"),
+            (format!("{UP}[secure]\nrendezvous = \"1.2.3.4\"\nrendezvous_key = \"{KEY}\"\n"), "secure.rendezvous: \"1.2.3.4\" is not"),
+            (format!("{UP}[secure]\nrendezvous = \"1.2.3.4:5\"\nrendezvous_key = \"x\"\n"), "secure.rendezvous_key: not a key"),
             (format!("{UP}[[peer]]\naddress = \"10.0.0.2\"\npublic_key = \"{KEY}\"\n"), "peer[0].encryption: \"required\" needs a [secure] section"),
             (format!("{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\npublic_key = \"nope\"\n"), "peer[0].public_key: not a key"),
             (format!("{UP}[secure]\n[[peer]]\naddress = \"10.0.0.2\"\nencryption = \"required\"\n"), "peer[0].encryption: \"required\" needs the peer's public_key"),

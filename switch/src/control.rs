@@ -475,6 +475,8 @@ fn secure_json(sw: &Switch) -> Option<Value> {
             "port": s.port(),
             "counters": s.counters().snapshot().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "peers": s.status(),
+            "public_endpoint": s.public_endpoint(),
+            "rendezvous": s.rendezvous_status(),
         })
     })
 }

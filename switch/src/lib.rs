@@ -20,6 +20,7 @@ pub mod icmp;
 pub mod mac;
 pub mod pipeline;
 pub mod port;
+pub mod rendezvous;
 pub mod secure;
 pub mod sim;
 pub mod stats;

@@ -43,6 +43,16 @@ enum Command {
         #[arg(long, short = 'c')]
         config: std::path::PathBuf,
     },
+    /// Run a rendezvous for secure tunnels behind NAT (members learn each other's endpoints;
+    /// it relays when no direct path opens) until SIGINT or SIGTERM, then print its counters.
+    Rendezvous {
+        /// Its configuration file (listen, key_file, relay, [[member]] vtep and public_key).
+        #[arg(long, short = 'c')]
+        config: std::path::PathBuf,
+        /// Print its public key (creating the key pair if new) and exit.
+        #[arg(long)]
+        public_key: bool,
+    },
     /// Validate a configuration file: syntax, keys, values, and that every interface exists.
     /// Exits 0 if the file is usable, 1 with a message naming the key otherwise.
     Check {
@@ -488,6 +498,12 @@ fn open_secure(
         tracing::info!(key_file = %sec.key_file.display(), "created this host's private key");
     }
     tracing::info!(public_key = %public, port = sec.port, "secure tunnels");
+    if let Some(rv) = &sec.rendezvous {
+        secure
+            .set_rendezvous(rv)
+            .with_context(|| format!("{origin}: secure.rendezvous_key"))?;
+        tracing::info!(rendezvous = %rv.endpoint, relay = rv.relay, "secure tunnels: rendezvous");
+    }
     for (i, p) in peers.iter().enumerate() {
         if let Some(spec) = p.secure_spec() {
             secure
@@ -681,8 +697,39 @@ fn public_key(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn rendezvous(path: &std::path::Path, print_key: bool) -> anyhow::Result<()> {
+    use kangaroo_switch::rendezvous::{open, run, RendezvousConfig};
+    let cfg = RendezvousConfig::load(path).map_err(|e| anyhow::anyhow!(e))?;
+    if print_key {
+        let (keys, _) = kangaroo_switch::secure::load_or_create_key(&cfg.key_file)
+            .with_context(|| format!("{}: key_file", path.display()))?;
+        println!("{}", keys.public());
+        return Ok(());
+    }
+    let secure = open(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    tracing::info!(
+        listen = %cfg.listen,
+        public_key = %secure.public_key(),
+        members = cfg.members.len(),
+        relay = cfg.relay,
+        "rendezvous running"
+    );
+    run(&secure, &stop);
+    let report = serde_json::json!({
+        "counters": secure.counters().snapshot().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "members": secure.status(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Rendezvous { config, public_key } => rendezvous(&config, public_key),
         Command::Ctl(a) => ctl(&a),
         Command::Run { config } => run_switch(&config),
         Command::Check { config, json } => check(&config, json),

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,8 +50,26 @@ const HANDSHAKE_RATE_LIMIT: u64 = 1000;
 const TICK: Duration = Duration::from_millis(250);
 /// A tunnel with no authenticated packet for this long reports its path as down.
 const DOWN_AFTER: Duration = Duration::from_secs(30);
-/// Room for a handshake message or an encrypted packet of the largest datagram.
-pub const BUFFER: usize = 65_536 + SECURE_OVERHEAD;
+/// Bytes in front of a WireGuard message relayed through the rendezvous:
+/// `[kind, 0, 0, 0, source VTEP (4), destination VTEP (4)]`.
+pub const RELAY_HEADER: usize = 12;
+/// Room for a handshake message or an encrypted packet of the largest datagram, relayed.
+pub const BUFFER: usize = 65_536 + SECURE_OVERHEAD + RELAY_HEADER;
+/// A datagram for the relay to pass on (first byte; WireGuard's own types are 1 to 4).
+const RELAY_TO: u8 = 0xf0;
+/// A datagram the relay passed on.
+const RELAY_FROM: u8 = 0xf1;
+/// A datagram that only opens this side's NAT toward a peer (`[PUNCH, 0, 0, 0]`).
+const PUNCH: u8 = 0xf2;
+/// The inner UDP port of rendezvous messages (inside the tunnel to the rendezvous).
+pub const CONTROL_PORT: u16 = 51821;
+/// A peer never heard from directly this long after it was added goes through the relay.
+const RELAY_AFTER: Duration = Duration::from_secs(5);
+/// While a peer is relayed (or not yet heard directly), a direct probe this often.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Rendezvous queries this often while some peer has no direct path, and otherwise.
+const QUERY_EVERY: Duration = Duration::from_secs(2);
+const QUERY_IDLE: Duration = Duration::from_secs(20);
 
 /// A peer's public key (Curve25519), written in base64 as WireGuard tools do.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -272,6 +290,25 @@ secure_counters! {
     send_failed,
     /// Times a peer's endpoint changed (it roamed, or its NAT mapping did).
     endpoint_changes,
+    /// Datagrams sent to a peer through the relay.
+    relayed_tx,
+    /// Datagrams from a peer that came through the relay.
+    relayed_rx,
+    /// Direct probes sent to peers without a direct path (hole punching).
+    probes,
+    /// Hole-punching datagrams received (they carry nothing).
+    punches,
+    /// Paths that became direct after being relayed or never open.
+    direct_opened,
+    /// Paths that fell back to the relay.
+    relay_fallbacks,
+    /// Messages from the rendezvous taken (endpoints learned).
+    rendezvous_messages,
+    /// Relay: datagrams passed on between members.
+    relay_forwarded,
+    /// Relay: datagrams refused (sender not a member at its observed endpoint, or the
+    /// destination not a member heard from).
+    relay_refused,
 }
 
 /// One secure peer's live state.
@@ -280,12 +317,29 @@ pub struct SecurePeer {
     public_key: PublicKey,
     configured: SocketAddrV4,
     index: u32,
+    /// The rendezvous (not a VXLAN peer: its packets are rendezvous messages).
+    rendezvous: bool,
     tunn: Mutex<Tunn>,
     endpoint: Mutex<SocketAddrV4>,
     tx_packets: AtomicU64,
     rx_packets: AtomicU64,
     /// Milliseconds since [`Secure`] started of the last authenticated packet (0: never).
     last_rx_ms: AtomicU64,
+    /// ... of the last one that came directly, not through the relay (0: never).
+    last_direct_ms: AtomicU64,
+    /// When the peer was added.
+    added_ms: u64,
+    /// Sent through the relay (no direct path).
+    relayed: AtomicBool,
+    /// When the next direct probe is due.
+    next_probe_ms: AtomicU64,
+}
+
+/// Which way a datagram goes to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Direct(SocketAddrV4),
+    Relay,
 }
 
 /// A secure peer's state, as the control API reports it.
@@ -297,8 +351,11 @@ pub struct PeerStatus {
     pub public_key: PublicKey,
     /// Where its datagrams are sent now.
     pub endpoint: SocketAddrV4,
-    /// `direct` while authenticated packets arrive, `down` otherwise.
+    /// `direct` while authenticated packets arrive from the peer itself, `relayed` while they
+    /// come through the relay, `down` otherwise.
     pub path: &'static str,
+    /// Seconds since the last authenticated packet that came directly.
+    pub last_direct_secs: Option<u64>,
     /// Round-trip time of the last handshake, milliseconds.
     pub rtt_ms: Option<u32>,
     /// Seconds since the current session's handshake.
@@ -332,11 +389,59 @@ pub enum PeerSpecError {
     /// The key is this host's own.
     #[error("public key {0} is this host's own")]
     OwnKey(PublicKey),
+    /// A rendezvous is already set.
+    #[error("a rendezvous is already set")]
+    RendezvousSet,
+}
+
+/// Where the rendezvous is and what it does for this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RendezvousSpec {
+    /// Its address and port.
+    pub endpoint: SocketAddrV4,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Whether it also relays, when no direct path opens.
+    pub relay: bool,
+}
+
+struct Rendezvous {
+    peer: Arc<SecurePeer>,
+    relay: bool,
+    next_query_ms: AtomicU64,
+    /// This host's endpoint as the rendezvous sees it.
+    public_endpoint: Mutex<Option<SocketAddrV4>>,
+}
+
+/// A rendezvous message (inside the tunnel, JSON over UDP to [`CONTROL_PORT`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RendezvousMessage {
+    /// A member asks where these VTEPs' hosts are (and for them to be told where it is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub want: Vec<Ipv4Addr>,
+    /// The rendezvous tells a member its own endpoint as observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub you: Option<SocketAddrV4>,
+    /// ... and other members' observed endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<MemberEndpoint>,
+}
+
+/// A member's VTEP address and its endpoint as the rendezvous observes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberEndpoint {
+    /// Its VTEP address.
+    pub vtep: Ipv4Addr,
+    /// Where its datagrams come from.
+    pub endpoint: SocketAddrV4,
 }
 
 /// The secure tunnels of one switch: its key, its socket and its peers.
 pub struct Secure {
     keys: KeyPair,
+    vtep: Ipv4Addr,
+    rendezvous: std::sync::OnceLock<Rendezvous>,
+    relay_server: AtomicBool,
     socket: UdpSocket,
     port: u16,
     keepalive: Option<u16>,
@@ -374,6 +479,13 @@ fn io_err_is_transient(e: &io::Error) -> bool {
     )
 }
 
+impl SecurePeer {
+    /// Its VTEP address.
+    pub fn vtep(&self) -> Ipv4Addr {
+        self.vtep
+    }
+}
+
 impl Secure {
     /// Binds `bind` (this host's VTEP address and the secure port) with `keys`;
     /// `keepalive` (seconds, 0: off) keeps NAT mappings and the path state fresh.
@@ -388,6 +500,9 @@ impl Secure {
         let now = Instant::now();
         Ok(Secure {
             keys,
+            vtep: *bind.ip(),
+            rendezvous: std::sync::OnceLock::new(),
+            relay_server: AtomicBool::new(false),
             socket,
             port,
             keepalive: (keepalive > 0).then_some(keepalive),
@@ -467,34 +582,119 @@ impl Secure {
             }
         }
         Self::remove_locked(&mut peers, spec.vtep);
+        let peer = self.new_peer(&mut peers, spec.vtep, spec.public_key, configured, false);
+        peers.by_vtep.insert(spec.vtep, peer.clone());
+        peers.by_index.insert(peer.index, peer.clone());
+        peers.by_key.insert(spec.public_key.0, peer);
+        drop(peers);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn new_peer(
+        &self,
+        peers: &mut Peers,
+        vtep: Ipv4Addr,
+        public_key: PublicKey,
+        configured: SocketAddrV4,
+        rendezvous: bool,
+    ) -> Arc<SecurePeer> {
         let index = peers.next_index;
         // Tunnel indices are 24 bits; 16 million peer changes wrap around.
         peers.next_index = (index % 0x00ff_ffff) + 1;
         let tunn = Tunn::new(
             self.keys.secret.clone(),
-            x25519::PublicKey::from(spec.public_key.0),
+            x25519::PublicKey::from(public_key.0),
             None,
             self.keepalive,
             index,
             Some(self.rate_limiter.clone()),
         );
-        let peer = Arc::new(SecurePeer {
-            vtep: spec.vtep,
-            public_key: spec.public_key,
+        Arc::new(SecurePeer {
+            vtep,
+            public_key,
             configured,
             index,
+            rendezvous,
             tunn: Mutex::new(tunn),
             endpoint: Mutex::new(configured),
             tx_packets: AtomicU64::new(0),
             rx_packets: AtomicU64::new(0),
             last_rx_ms: AtomicU64::new(0),
-        });
-        peers.by_vtep.insert(spec.vtep, peer.clone());
-        peers.by_index.insert(index, peer.clone());
+            last_direct_ms: AtomicU64::new(0),
+            added_ms: self.elapsed_ms(),
+            relayed: AtomicBool::new(false),
+            next_probe_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Uses the rendezvous `spec` (once; later calls are refused): this host asks it where its
+    /// peers are, and, if it relays, sends through it to peers no direct path reaches. Its
+    /// messages come from its endpoint's address inside the tunnel.
+    ///
+    /// # Errors
+    /// [`PeerSpecError`] if its key is a peer's or this host's own, or one is already set.
+    pub fn set_rendezvous(&self, spec: &RendezvousSpec) -> Result<(), PeerSpecError> {
+        if self.rendezvous.get().is_some() {
+            return Err(PeerSpecError::RendezvousSet);
+        }
+        if spec.public_key == self.public_key() {
+            return Err(PeerSpecError::OwnKey(spec.public_key));
+        }
+        let mut peers = self.write_peers();
+        if let Some(other) = peers.by_key.get(&spec.public_key.0) {
+            return Err(PeerSpecError::KeyInUse {
+                key: spec.public_key,
+                vtep: other.vtep,
+            });
+        }
+        let peer = self.new_peer(
+            &mut peers,
+            *spec.endpoint.ip(),
+            spec.public_key,
+            spec.endpoint,
+            true,
+        );
+        let rv = Rendezvous {
+            peer: peer.clone(),
+            relay: spec.relay,
+            next_query_ms: AtomicU64::new(0),
+            public_endpoint: Mutex::new(None),
+        };
+        if self.rendezvous.set(rv).is_err() {
+            return Err(PeerSpecError::RendezvousSet);
+        }
+        peers.by_index.insert(peer.index, peer.clone());
         peers.by_key.insert(spec.public_key.0, peer);
-        drop(peers);
-        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Makes this `Secure` a relay: datagrams a member (a peer heard from at its endpoint)
+    /// addresses to another member are passed on, still encrypted end to end.
+    pub fn serve_relay(&self, on: bool) {
+        self.relay_server.store(on, Ordering::Relaxed);
+    }
+
+    /// Bytes a secure tunnel adds to a VXLAN packet's IPv4 part here (more when a relay may
+    /// carry it).
+    pub fn overhead(&self) -> usize {
+        SECURE_OVERHEAD + if self.relays() { RELAY_HEADER } else { 0 }
+    }
+
+    fn relays(&self) -> bool {
+        self.rendezvous.get().is_some_and(|r| r.relay)
+    }
+
+    /// This host's endpoint as the rendezvous last saw it.
+    pub fn public_endpoint(&self) -> Option<SocketAddrV4> {
+        self.rendezvous
+            .get()
+            .and_then(|r| *r.public_endpoint.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The rendezvous' endpoint, its path and its packet counts, if one is set.
+    pub fn rendezvous_status(&self) -> Option<PeerStatus> {
+        self.rendezvous.get().map(|r| self.peer_status(&r.peer))
     }
 
     /// Removes the secure peer at `vtep`; true if there was one.
@@ -554,33 +754,80 @@ impl Secure {
 
     /// Each secure peer's state.
     pub fn status(&self) -> Vec<PeerStatus> {
-        let now = self.elapsed_ms();
-        let mut out: Vec<PeerStatus> = self
-            .read_peers()
-            .by_vtep
-            .values()
-            .map(|p| {
-                let (age, _, _, _, rtt) = p.tunn.lock().unwrap_or_else(|e| e.into_inner()).stats();
-                let last = p.last_rx_ms.load(Ordering::Relaxed);
-                let since = (last > 0).then(|| Duration::from_millis(now.saturating_sub(last)));
-                PeerStatus {
-                    vtep: p.vtep,
-                    public_key: p.public_key,
-                    endpoint: *p.endpoint.lock().unwrap_or_else(|e| e.into_inner()),
-                    path: match since {
-                        Some(s) if s < DOWN_AFTER && age.is_some() => "direct",
-                        _ => "down",
-                    },
-                    rtt_ms: rtt,
-                    handshake_age_secs: age.map(|a| a.as_secs()),
-                    last_rx_secs: since.map(|s| s.as_secs()),
-                    tx_packets: p.tx_packets.load(Ordering::Relaxed),
-                    rx_packets: p.rx_packets.load(Ordering::Relaxed),
-                }
-            })
-            .collect();
+        let peers: Vec<Arc<SecurePeer>> = self.read_peers().by_vtep.values().cloned().collect();
+        let mut out: Vec<PeerStatus> = peers.iter().map(|p| self.peer_status(p)).collect();
         out.sort_by_key(|s| s.vtep);
         out
+    }
+
+    fn peer_status(&self, p: &SecurePeer) -> PeerStatus {
+        let now = self.elapsed_ms();
+        let (age, _, _, _, rtt) = p.tunn.lock().unwrap_or_else(|e| e.into_inner()).stats();
+        let ago = |ms: u64| (ms > 0).then(|| Duration::from_millis(now.saturating_sub(ms)));
+        let since = ago(p.last_rx_ms.load(Ordering::Relaxed));
+        let direct = ago(p.last_direct_ms.load(Ordering::Relaxed));
+        PeerStatus {
+            vtep: p.vtep,
+            public_key: p.public_key,
+            endpoint: Self::endpoint(p),
+            path: match since {
+                Some(s) if s < DOWN_AFTER && age.is_some() => {
+                    if p.relayed.load(Ordering::Relaxed) {
+                        "relayed"
+                    } else {
+                        "direct"
+                    }
+                }
+                _ => "down",
+            },
+            last_direct_secs: direct.map(|s| s.as_secs()),
+            rtt_ms: rtt,
+            handshake_age_secs: age.map(|a| a.as_secs()),
+            last_rx_secs: since.map(|s| s.as_secs()),
+            tx_packets: p.tx_packets.load(Ordering::Relaxed),
+            rx_packets: p.rx_packets.load(Ordering::Relaxed),
+        }
+    }
+
+    fn route(&self, p: &SecurePeer) -> Route {
+        if p.relayed.load(Ordering::Relaxed) && self.relays() {
+            Route::Relay
+        } else {
+            Route::Direct(Self::endpoint(p))
+        }
+    }
+
+    /// Sends the WireGuard message `framed[RELAY_HEADER..]` to `peer` along `route`;
+    /// `framed[..RELAY_HEADER]` is room for the relay's header.
+    fn send_framed(&self, peer: &SecurePeer, route: Route, framed: &mut [u8]) -> bool {
+        match route {
+            Route::Direct(to) => self.send_to(&framed[RELAY_HEADER..], to),
+            Route::Relay => {
+                let Some(rv) = self.rendezvous.get() else {
+                    return false;
+                };
+                framed[..4].copy_from_slice(&[RELAY_TO, 0, 0, 0]);
+                framed[4..8].copy_from_slice(&self.vtep.octets());
+                framed[8..12].copy_from_slice(&peer.vtep.octets());
+                let sent = self.send_to(framed, Self::endpoint(&rv.peer));
+                if sent {
+                    self.counters.relayed_tx.fetch_add(1, Ordering::Relaxed);
+                }
+                sent
+            }
+        }
+    }
+
+    /// [`Self::send_framed`] for a message without room in front.
+    fn send_message(&self, peer: &SecurePeer, route: Route, message: &[u8]) -> bool {
+        match route {
+            Route::Direct(to) => self.send_to(message, to),
+            Route::Relay => {
+                let mut framed = vec![0u8; RELAY_HEADER + message.len()];
+                framed[RELAY_HEADER..].copy_from_slice(message);
+                self.send_framed(peer, route, &mut framed)
+            }
+        }
     }
 
     fn send_to(&self, packet: &[u8], to: SocketAddrV4) -> bool {
@@ -605,18 +852,19 @@ impl Secure {
     /// session yet, the packet waits in the tunnel's queue while a handshake is sent. Returns
     /// false if it could not be sent.
     pub fn encrypt_and_send(&self, peer: &SecurePeer, ip: &[u8], buf: &mut [u8]) -> bool {
-        if buf.len() < ip.len() + SECURE_OVERHEAD || buf.len() < 148 {
+        if buf.len() < ip.len() + SECURE_OVERHEAD + RELAY_HEADER || buf.len() < 148 + RELAY_HEADER {
             self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let to = Self::endpoint(peer);
+        let route = self.route(peer);
         let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
-        match tunn.encapsulate(ip, buf) {
+        match tunn.encapsulate(ip, &mut buf[RELAY_HEADER..]) {
             TunnResult::WriteToNetwork(out) => {
                 // A data message, or the handshake initiation the packet now waits for.
                 let data = is_data_message(out);
+                let n = out.len();
                 drop(tunn);
-                let sent = self.send_to(out, to);
+                let sent = self.send_framed(peer, route, &mut buf[..RELAY_HEADER + n]);
                 if data {
                     if sent {
                         peer.tx_packets.fetch_add(1, Ordering::Relaxed);
@@ -669,6 +917,32 @@ impl Secure {
         scratch: &mut [u8],
     ) -> Received {
         let c = &self.counters;
+        let mut relayed_from = None;
+        let datagram = match datagram.first() {
+            Some(&RELAY_TO) => {
+                self.pass_on(datagram, from, scratch);
+                return Received::Nothing;
+            }
+            Some(&PUNCH) => {
+                c.punches.fetch_add(1, Ordering::Relaxed);
+                return Received::Nothing;
+            }
+            Some(&RELAY_FROM) => match (self.rendezvous.get(), datagram.get(4..8)) {
+                (Some(rv), Some(src)) if rv.relay && Self::endpoint(&rv.peer) == from => {
+                    relayed_from = Some(Ipv4Addr::new(src[0], src[1], src[2], src[3]));
+                    &datagram[RELAY_HEADER.min(datagram.len())..]
+                }
+                _ => {
+                    c.invalid.fetch_add(1, Ordering::Relaxed);
+                    return Received::Nothing;
+                }
+            },
+            _ => datagram,
+        };
+        let route = match relayed_from {
+            Some(_) => Route::Relay,
+            None => Route::Direct(from),
+        };
         if datagram.len() > out.len() {
             // boringtun needs room for the whole ciphertext.
             c.invalid.fetch_add(1, Ordering::Relaxed);
@@ -693,10 +967,12 @@ impl Secure {
                 return Received::Nothing;
             }
         };
+        let mut is_init = false;
         let (peer, is_data, is_handshake) = {
             let peers = self.read_peers();
             let (peer, is_data, is_handshake) = match &packet {
                 Packet::HandshakeInit(init) => {
+                    is_init = true;
                     match parse_handshake_anon(&self.keys.secret, &self.keys.public, init) {
                         Ok(half) => (
                             peers.by_key.get(&half.peer_static_public).cloned(),
@@ -736,15 +1012,26 @@ impl Secure {
             }
             return Received::Nothing;
         };
+        if relayed_from.is_some_and(|v| v != peer.vtep || peer.rendezvous) {
+            // The relay passes on only what the sender's own endpoint sent in its own name.
+            c.spoofed.fetch_add(1, Ordering::Relaxed);
+            return Received::Nothing;
+        }
         let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
         let result = match tunn.decapsulate(src, datagram, out) {
             TunnResult::Done => {
+                let mut queue = Vec::new();
                 if is_data {
+                    // A keepalive; the first one confirms a session we answered, so what
+                    // waited for it can go now.
                     c.keepalives.fetch_add(1, Ordering::Relaxed);
+                    while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], scratch) {
+                        queue.push(p.to_vec());
+                    }
                 } else if is_handshake {
                     c.handshakes_completed.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(None)
+                Ok(Some(queue))
             }
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake response (we answered an initiation) or the keepalive that
@@ -753,8 +1040,13 @@ impl Secure {
                 let reply_len = reply.len();
                 let (first, _) = out.split_at_mut(reply_len);
                 let mut queue = vec![first.to_vec()];
-                while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], scratch) {
-                    queue.push(p.to_vec());
+                // As the responder there is no session to send on until the initiator's
+                // first packet: flushing now would start a handshake of our own, and two
+                // sides doing that answer each other's initiations forever.
+                if !is_init {
+                    while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], scratch) {
+                        queue.push(p.to_vec());
+                    }
                 }
                 Ok(Some(queue))
             }
@@ -765,9 +1057,13 @@ impl Secure {
                 } else {
                     let n = ip.len();
                     drop(tunn);
-                    self.heard(&peer, from);
+                    self.heard(&peer, route);
                     peer.rx_packets.fetch_add(1, Ordering::Relaxed);
                     c.decrypted.fetch_add(1, Ordering::Relaxed);
+                    if peer.rendezvous {
+                        self.take_rendezvous_message(&out[..n]);
+                        return Received::Nothing;
+                    }
                     return Received::Packet(n);
                 }
             }
@@ -782,10 +1078,10 @@ impl Secure {
         };
         drop(tunn);
         if let Ok(replies) = result {
-            self.heard(&peer, from);
+            self.heard(&peer, route);
             for r in replies.unwrap_or_default() {
                 let data = is_data_message(&r);
-                if self.send_to(&r, from) {
+                if self.send_message(&peer, route, &r) {
                     if data {
                         peer.tx_packets.fetch_add(1, Ordering::Relaxed);
                         c.encrypted.fetch_add(1, Ordering::Relaxed);
@@ -798,10 +1094,140 @@ impl Secure {
         Received::Nothing
     }
 
-    /// An authenticated packet came from `from`: the peer is there now.
-    fn heard(&self, peer: &SecurePeer, from: SocketAddrV4) {
-        peer.last_rx_ms.store(self.elapsed_ms(), Ordering::Relaxed);
-        self.move_endpoint(peer, from);
+    /// An authenticated packet came along `route`: if directly, the peer is at its source now,
+    /// and a relayed path becomes direct.
+    fn heard(&self, peer: &SecurePeer, route: Route) {
+        let now = self.elapsed_ms();
+        peer.last_rx_ms.store(now, Ordering::Relaxed);
+        match route {
+            Route::Direct(from) => {
+                peer.last_direct_ms.store(now, Ordering::Relaxed);
+                self.move_endpoint(peer, from);
+                if peer.relayed.swap(false, Ordering::Relaxed) {
+                    self.counters.direct_opened.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = %peer.vtep, endpoint = %from, "secure tunnel: direct path open");
+                }
+            }
+            Route::Relay => {
+                self.counters.relayed_rx.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The relay's part: passes `datagram` (`[RELAY_TO, 0, 0, 0, src, dst, message]`) from a
+    /// member at its observed endpoint on to the destination member's endpoint.
+    fn pass_on(&self, datagram: &[u8], from: SocketAddrV4, scratch: &mut [u8]) {
+        let c = &self.counters;
+        let (Some(src), Some(dst)) = (datagram.get(4..8), datagram.get(8..12)) else {
+            c.relay_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let src = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
+        let dst = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
+        let now = self.elapsed_ms();
+        let fresh = |p: &SecurePeer| {
+            let last = p.last_direct_ms.load(Ordering::Relaxed);
+            last > 0 && now.saturating_sub(last) < DOWN_AFTER.as_millis() as u64
+        };
+        let to = {
+            let peers = self.read_peers();
+            match (peers.by_vtep.get(&src), peers.by_vtep.get(&dst)) {
+                (Some(s), Some(d))
+                    if self.relay_server.load(Ordering::Relaxed)
+                        && fresh(s)
+                        && fresh(d)
+                        && Self::endpoint(s) == from =>
+                {
+                    Self::endpoint(d)
+                }
+                _ => {
+                    c.relay_refused.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        };
+        if datagram.len() > scratch.len() {
+            c.relay_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let out = &mut scratch[..datagram.len()];
+        out.copy_from_slice(datagram);
+        out[0] = RELAY_FROM;
+        if self.send_to(out, to) {
+            c.relay_forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A message from the rendezvous: this host's public endpoint, and peers' endpoints to try.
+    fn take_rendezvous_message(&self, ip: &[u8]) {
+        let Some(rv) = self.rendezvous.get() else {
+            return;
+        };
+        let Some(m) =
+            control_payload(ip).and_then(|p| serde_json::from_slice::<RendezvousMessage>(p).ok())
+        else {
+            self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.counters
+            .rendezvous_messages
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(you) = m.you {
+            *rv.public_endpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(you);
+        }
+        let peers = self.snapshot();
+        for e in m.peers {
+            let Some(p) = peers.get(&e.vtep) else {
+                continue;
+            };
+            if self.direct_fresh(p) || Self::endpoint(p) == e.endpoint {
+                continue;
+            }
+            self.move_endpoint(p, e.endpoint);
+            // Both sides hear of each other at about the same time: probe at the next tick
+            // (simultaneous sending through both NATs).
+            p.next_probe_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// True if an authenticated packet came directly from `p` lately.
+    fn direct_fresh(&self, p: &SecurePeer) -> bool {
+        let last = p.last_direct_ms.load(Ordering::Relaxed);
+        last > 0 && self.elapsed_ms().saturating_sub(last) < self.silence_limit().as_millis() as u64
+    }
+
+    /// How long a direct path may stay silent before it counts as lost: the keepalive (which
+    /// both sides send) and a margin.
+    fn silence_limit(&self) -> Duration {
+        Duration::from_secs(u64::from(self.keepalive.unwrap_or(25)) + 5)
+    }
+
+    /// Sends a rendezvous message (the IPv4/UDP packet is built here) through the tunnel to
+    /// the rendezvous' member `to`, or (on a member) to the rendezvous if `to` is `None`.
+    pub fn send_control(&self, to: Option<&SecurePeer>, message: &RendezvousMessage) -> bool {
+        let peer = match (to, self.rendezvous.get()) {
+            (Some(p), _) => p,
+            (None, Some(rv)) => &rv.peer,
+            (None, None) => return false,
+        };
+        let Ok(body) = serde_json::to_vec(message) else {
+            return false;
+        };
+        let ip = control_packet(self.vtep, peer.vtep, &body);
+        let mut buf = vec![0u8; ip.len() + SECURE_OVERHEAD + RELAY_HEADER + 148];
+        self.encrypt_and_send(peer, &ip, &mut buf)
+    }
+
+    /// A member (for the rendezvous' own use).
+    pub fn member(&self, vtep: Ipv4Addr) -> Option<Arc<SecurePeer>> {
+        self.read_peers().by_vtep.get(&vtep).cloned()
+    }
+
+    /// The member's endpoint, if it was heard from lately.
+    pub fn observed(&self, p: &SecurePeer) -> Option<SocketAddrV4> {
+        let last = p.last_direct_ms.load(Ordering::Relaxed);
+        (last > 0 && self.elapsed_ms().saturating_sub(last) < DOWN_AFTER.as_millis() as u64)
+            .then(|| Self::endpoint(p))
     }
 
     fn count_error(&self, e: &WireGuardError) {
@@ -838,16 +1264,29 @@ impl Secure {
                 self.rate_limiter.reset_count();
             }
         }
-        let peers: Vec<Arc<SecurePeer>> = self.read_peers().by_vtep.values().cloned().collect();
+        let mut peers: Vec<Arc<SecurePeer>> = self.read_peers().by_vtep.values().cloned().collect();
+        let rv = self.rendezvous.get();
+        if let Some(rv) = rv {
+            peers.push(rv.peer.clone());
+        }
+        let now_ms = self.elapsed_ms();
+        let mut want = Vec::new();
         for p in peers {
-            let to = Self::endpoint(&p);
+            if !p.rendezvous && rv.is_some() {
+                if !self.direct_fresh(&p) {
+                    want.push(p.vtep);
+                }
+                self.path_timers(&p, now_ms, scratch);
+            }
+            let route = self.route(&p);
             let mut tunn = p.tunn.lock().unwrap_or_else(|e| e.into_inner());
-            match tunn.update_timers(scratch) {
+            let to = Self::endpoint(&p);
+            match tunn.update_timers(&mut scratch[RELAY_HEADER..]) {
                 TunnResult::WriteToNetwork(packet) => {
                     let handshake = !is_data_message(packet);
-                    let copy = packet.to_vec();
+                    let n = packet.len();
                     drop(tunn);
-                    if self.send_to(&copy, to) && handshake {
+                    if self.send_framed(&p, route, &mut scratch[..RELAY_HEADER + n]) && handshake {
                         self.counters
                             .handshakes_sent
                             .fetch_add(1, Ordering::Relaxed);
@@ -865,7 +1304,138 @@ impl Secure {
                 _ => {}
             }
         }
+        if let Some(rv) = rv {
+            let due = rv.next_query_ms.load(Ordering::Relaxed);
+            if now_ms >= due {
+                let every = if want.is_empty() {
+                    QUERY_IDLE
+                } else {
+                    QUERY_EVERY
+                };
+                rv.next_query_ms
+                    .store(now_ms + every.as_millis() as u64, Ordering::Relaxed);
+                self.send_control(
+                    None,
+                    &RendezvousMessage {
+                        want,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
     }
+
+    /// A peer's path when a rendezvous is set: falls back to the relay when no direct packet
+    /// comes, and probes the direct path while there is none.
+    fn path_timers(&self, p: &SecurePeer, now_ms: u64, scratch: &mut [u8]) {
+        let relayed = p.relayed.load(Ordering::Relaxed);
+        let last = p.last_direct_ms.load(Ordering::Relaxed);
+        if !relayed && self.relays() {
+            let lost = if last == 0 {
+                now_ms.saturating_sub(p.added_ms) >= RELAY_AFTER.as_millis() as u64
+            } else {
+                !self.direct_fresh(p)
+            };
+            if lost {
+                p.relayed.store(true, Ordering::Relaxed);
+                self.counters
+                    .relay_fallbacks
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = %p.vtep, "secure tunnel: no direct path; through the relay");
+                // Start the session through the relay now rather than at the next retry; one
+                // side (the lower address) initiates, so the two do not cross.
+                let mut tunn = p.tunn.lock().unwrap_or_else(|e| e.into_inner());
+                if tunn.time_since_last_handshake().is_none() && self.vtep < p.vtep {
+                    if let TunnResult::WriteToNetwork(init) =
+                        tunn.format_handshake_initiation(&mut scratch[RELAY_HEADER..], true)
+                    {
+                        let n = init.len();
+                        drop(tunn);
+                        if self.send_framed(p, Route::Relay, &mut scratch[..RELAY_HEADER + n]) {
+                            self.counters
+                                .handshakes_sent
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        if self.direct_fresh(p) && !p.relayed.load(Ordering::Relaxed) {
+            return;
+        }
+        if now_ms < p.next_probe_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        p.next_probe_ms
+            .store(now_ms + PROBE_EVERY.as_millis() as u64, Ordering::Relaxed);
+        // Straight to the endpoint: through both NATs once each side has sent. With a session,
+        // a keepalive; without one (and not relayed), the lower address initiates and the
+        // other only opens its NAT, so the two initiations do not cross.
+        let to = Self::endpoint(p);
+        let mut tunn = p.tunn.lock().unwrap_or_else(|e| e.into_inner());
+        let session = tunn.time_since_last_handshake().is_some();
+        let probe = if session {
+            tunn.encapsulate(&[], scratch)
+        } else if p.relayed.load(Ordering::Relaxed) {
+            return;
+        } else if self.vtep < p.vtep {
+            tunn.format_handshake_initiation(scratch, true)
+        } else {
+            drop(tunn);
+            if self.send_to(&[PUNCH, 0, 0, 0], to) {
+                self.counters.probes.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        if let TunnResult::WriteToNetwork(probe) = probe {
+            let n = probe.len();
+            drop(tunn);
+            if self.send_to(&scratch[..n], to) {
+                self.counters.probes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// An IPv4/UDP packet from `src` to `dst`, port [`CONTROL_PORT`] both ways, carrying `body`.
+fn control_packet(src: Ipv4Addr, dst: Ipv4Addr, body: &[u8]) -> Vec<u8> {
+    let total = 28 + body.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let mut sum: u32 = 0;
+    for i in (0..20).step_by(2) {
+        sum += u32::from(u16::from_be_bytes([p[i], p[i + 1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p[20..22].copy_from_slice(&CONTROL_PORT.to_be_bytes());
+    p[22..24].copy_from_slice(&CONTROL_PORT.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + body.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(body);
+    p
+}
+
+/// The body of a rendezvous message packet ([`control_packet`]), if `ip` is one.
+pub fn control_payload(ip: &[u8]) -> Option<&[u8]> {
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if ip.first()? >> 4 != 4 || ihl < 20 || *ip.get(9)? != 17 {
+        return None;
+    }
+    let udp = ip.get(ihl..)?;
+    let dport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    if dport != CONTROL_PORT || len < 8 {
+        return None;
+    }
+    udp.get(8..len)
 }
 
 #[cfg(test)]
@@ -971,6 +1541,182 @@ mod tests {
             }
         }
         panic!("nothing decrypted after the handshake");
+    }
+
+    /// Members at 127.0.0.11 and .12 that know each other's keys but not where they are
+    /// (their endpoints point at nothing), and a rendezvous at .13 that relays.
+    fn behind_nat() -> (Secure, Secure, Secure) {
+        let at = |last: u8| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), 0);
+        let nowhere = Some(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 99), 9));
+        let open_at = |last| Secure::open(KeyPair::generate().unwrap(), at(last), 1).unwrap();
+        let (a, b) = (open_at(11), open_at(12));
+        let r = Secure::open(KeyPair::generate().unwrap(), at(13), 0).unwrap();
+        r.serve_relay(true);
+        let rv = RendezvousSpec {
+            endpoint: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 13), r.port()),
+            public_key: r.public_key(),
+            relay: true,
+        };
+        for (me, other) in [(&a, &b), (&b, &a)] {
+            me.set_rendezvous(&rv).unwrap();
+            assert_eq!(me.set_rendezvous(&rv), Err(PeerSpecError::RendezvousSet));
+            me.add_peer(&PeerSpec {
+                vtep: other.vtep,
+                public_key: other.public_key(),
+                endpoint: nowhere,
+            })
+            .unwrap();
+            r.add_peer(&PeerSpec {
+                vtep: me.vtep,
+                public_key: me.public_key(),
+                endpoint: None,
+            })
+            .unwrap();
+        }
+        (a, b, r)
+    }
+
+    /// Runs the three until `done` (or `max`): the members take datagrams and run their timers,
+    /// the rendezvous relays and, if `answer`, answers. Returns what b decrypted.
+    fn pump(
+        a: &Secure,
+        b: &Secure,
+        r: &Secure,
+        answer: bool,
+        max: Duration,
+        done: impl Fn(&[Vec<u8>]) -> bool,
+    ) -> Vec<Vec<u8>> {
+        let (mut d, mut o, mut sc) = (vec![0u8; BUFFER], vec![0u8; BUFFER], vec![0u8; BUFFER]);
+        let mut got = Vec::new();
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline && !done(&got) {
+            for s in [a, b, r] {
+                while let Some(x) = s.receive_one(&mut d, &mut o, &mut sc) {
+                    if let Received::Packet(n) = x {
+                        if std::ptr::eq(s, r) {
+                            if answer {
+                                crate::rendezvous::answer(r, &o[..n]);
+                            }
+                        } else if std::ptr::eq(s, b) {
+                            got.push(o[..n].to_vec());
+                        }
+                    }
+                }
+                s.tick(&mut sc);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        got
+    }
+
+    #[test]
+    fn the_rendezvous_tells_both_sides_where_the_other_is_and_the_path_opens_direct() {
+        let (a, b, r) = behind_nat();
+        let direct = |s: &Secure| s.status().first().is_some_and(|p| p.path == "direct");
+        pump(&a, &b, &r, true, Duration::from_secs(4), |_| {
+            direct(&a) && direct(&b)
+        });
+        assert!(
+            direct(&a) && direct(&b),
+            "{:?} {:?}",
+            a.status(),
+            b.status()
+        );
+        assert_eq!(a.status()[0].endpoint, addr_of(&b));
+        assert_eq!(
+            a.public_endpoint(),
+            Some(addr_of(&a)),
+            "the rendezvous saw a"
+        );
+        assert!(count(&a, "rendezvous_messages") >= 1);
+        assert_eq!(count(&a, "relayed_tx"), 0);
+        assert_eq!(a.overhead(), SECURE_OVERHEAD + RELAY_HEADER);
+        let rs = a.rendezvous_status().unwrap();
+        assert_eq!(rs.path, "direct", "{rs:?}");
+        // Data crosses directly.
+        let packet = ip_packet(a.vtep, b.vtep, b"direct");
+        let mut buf = vec![0u8; BUFFER];
+        assert!(a.encrypt_and_send(&peer(&a, b.vtep), &packet, &mut buf));
+        let got = pump(&a, &b, &r, true, Duration::from_secs(2), |g| !g.is_empty());
+        assert_eq!(got, vec![packet]);
+        assert_eq!(count(&r, "relay_forwarded"), 0);
+    }
+
+    #[test]
+    fn without_a_direct_path_the_relay_carries_the_tunnel_and_cannot_be_abused() {
+        let (a, b, r) = behind_nat();
+        // The rendezvous does not answer: the members never learn a working endpoint.
+        let relayed = |s: &Secure| s.status().first().is_some_and(|p| p.path == "relayed");
+        pump(&a, &b, &r, false, Duration::from_secs(9), |_| {
+            relayed(&a) && relayed(&b)
+        });
+        assert!(
+            relayed(&a) && relayed(&b),
+            "{:?} {:?} {:?} {:?} {:?}",
+            a.status(),
+            b.status(),
+            a.counters().snapshot(),
+            b.counters().snapshot(),
+            r.counters().snapshot()
+        );
+        let packet = ip_packet(a.vtep, b.vtep, b"relayed");
+        let mut buf = vec![0u8; BUFFER];
+        assert!(a.encrypt_and_send(&peer(&a, b.vtep), &packet, &mut buf));
+        let got = pump(&a, &b, &r, false, Duration::from_secs(2), |g| !g.is_empty());
+        assert_eq!(got, vec![packet], "decrypted on b, end to end");
+        assert!(count(&a, "relay_fallbacks") >= 1 && count(&a, "relayed_tx") >= 1);
+        assert!(count(&b, "relayed_rx") >= 1);
+        assert!(count(&r, "relay_forwarded") >= 2);
+        assert!(
+            count(&r, "decrypted") > 0,
+            "the rendezvous decrypts its own messages, and passed the rest on"
+        );
+        // A stranger cannot use the relay, nor speak for a member.
+        let stranger = UdpSocket::bind("127.0.0.14:0").unwrap();
+        let mut fake = vec![RELAY_TO, 0, 0, 0];
+        fake.extend_from_slice(&a.vtep.octets());
+        fake.extend_from_slice(&b.vtep.octets());
+        fake.extend_from_slice(&[4, 0, 0, 0, 1, 2, 3, 4]);
+        let refused = count(&r, "relay_refused");
+        stranger.send_to(&fake, addr_of(&r)).unwrap();
+        fake.truncate(6);
+        stranger.send_to(&fake, addr_of(&r)).unwrap();
+        pump(&a, &b, &r, false, Duration::from_millis(300), |_| false);
+        assert_eq!(count(&r, "relay_refused") - refused, 2);
+        // "Relayed" datagrams that do not come from the rendezvous are not taken.
+        let invalid = count(&b, "invalid");
+        let mut forged = vec![RELAY_FROM, 0, 0, 0];
+        forged.extend_from_slice(&a.vtep.octets());
+        forged.extend_from_slice(&b.vtep.octets());
+        stranger.send_to(&forged, addr_of(&b)).unwrap();
+        pump(&a, &b, &r, false, Duration::from_millis(300), |_| false);
+        assert_eq!(count(&b, "invalid") - invalid, 1);
+    }
+
+    fn addr_of(s: &Secure) -> SocketAddrV4 {
+        SocketAddrV4::new(s.vtep, s.port())
+    }
+
+    #[test]
+    fn rendezvous_messages_round_trip_through_their_packets() {
+        let m = RendezvousMessage {
+            want: vec![A_VTEP],
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&m).unwrap();
+        let p = control_packet(A_VTEP, B_VTEP, &body);
+        assert_eq!(
+            crate::checksum::finish(crate::checksum::add(0, &p[..20])),
+            0
+        );
+        assert_eq!(control_payload(&p), Some(&body[..]));
+        assert_eq!(control_payload(&p[..27]), None);
+        assert_eq!(
+            control_payload(&ip_packet(A_VTEP, B_VTEP, b"x")),
+            None,
+            "not the control port"
+        );
+        assert_eq!(control_payload(&[]), None);
     }
 
     #[test]

@@ -484,10 +484,13 @@ impl Switch {
         vnis: PeerVnis,
     ) -> Result<PeerId, SwitchError> {
         let id = self.tables.add_peer(addr, next_hop, vnis)?;
-        let secure = self.secure.as_ref().is_some_and(|s| s.is_secure(addr));
-        if secure {
-            self.tables
-                .set_peer_overhead(id, crate::secure::SECURE_OVERHEAD);
+        let overhead = self
+            .secure
+            .as_ref()
+            .filter(|s| s.is_secure(addr))
+            .map(|s| s.overhead());
+        if let Some(overhead) = overhead {
+            self.tables.set_peer_overhead(id, overhead);
         } else if let Some(o) = self.opener.as_mut() {
             o.peer_added(addr, id);
         }
