@@ -35,6 +35,7 @@
 //! rendezvous = "203.0.113.10:51820"       # optional: tells peers' endpoints (NAT traversal)
 //! rendezvous_key = "base64…"              # its public key (with rendezvous)
 //! relay = true                            # it relays when no direct path opens (default)
+//! punch_ttl = 2                           # TTL of hole punches: past this NAT, not the peer's
 //! [[peer]]
 //! address = "10.10.0.2"
 //! vnis = [100]                            # default: every VNI of a local port
@@ -157,6 +158,8 @@ pub struct SecureSettings {
     pub keepalive_secs: u16,
     /// The rendezvous (NAT traversal), if any.
     pub rendezvous: Option<crate::secure::RendezvousSpec>,
+    /// TTL of hole-punching packets (0: the normal TTL).
+    pub punch_ttl: u32,
 }
 
 /// Where the private key lives unless configured.
@@ -271,6 +274,7 @@ struct SecureFile {
     rendezvous: Option<String>,
     rendezvous_key: Option<String>,
     relay: Option<bool>,
+    punch_ttl: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -611,6 +615,9 @@ impl Config {
                     port,
                     keepalive_secs: sf.keepalive_secs.unwrap_or(DEFAULT_KEEPALIVE_SECS),
                     rendezvous,
+                    punch_ttl: sf
+                        .punch_ttl
+                        .map_or(crate::secure::DEFAULT_PUNCH_TTL, u32::from),
                 })
             }
         };

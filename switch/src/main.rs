@@ -498,6 +498,7 @@ fn open_secure(
         tracing::info!(key_file = %sec.key_file.display(), "created this host's private key");
     }
     tracing::info!(public_key = %public, port = sec.port, "secure tunnels");
+    secure.set_punch_ttl(sec.punch_ttl);
     if let Some(rv) = &sec.rendezvous {
         secure
             .set_rendezvous(rv)

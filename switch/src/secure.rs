@@ -70,6 +70,12 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Rendezvous queries this often while some peer has no direct path, and otherwise.
 const QUERY_EVERY: Duration = Duration::from_secs(2);
 const QUERY_IDLE: Duration = Duration::from_secs(20);
+/// After the rendezvous tells where a peer is, the lower address waits this long before it
+/// sends there, so the other side's punches have opened its NAT first.
+const HEAD_START: Duration = Duration::from_millis(500);
+/// TTL of packets that should open this host's NAT without reaching the peer's (2: the NAT is
+/// this host's first hop, and the peer's NAT is further than one hop beyond it).
+pub const DEFAULT_PUNCH_TTL: u32 = 2;
 
 /// A peer's public key (Curve25519), written in base64 as WireGuard tools do.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -333,6 +339,8 @@ pub struct SecurePeer {
     relayed: AtomicBool,
     /// When the next direct probe is due.
     next_probe_ms: AtomicU64,
+    /// When the rendezvous last gave a new endpoint (0: never).
+    learned_ms: AtomicU64,
 }
 
 /// Which way a datagram goes to a peer.
@@ -442,6 +450,7 @@ pub struct Secure {
     vtep: Ipv4Addr,
     rendezvous: std::sync::OnceLock<Rendezvous>,
     relay_server: AtomicBool,
+    punch_ttl: std::sync::atomic::AtomicU32,
     socket: UdpSocket,
     port: u16,
     keepalive: Option<u16>,
@@ -503,6 +512,7 @@ impl Secure {
             vtep: *bind.ip(),
             rendezvous: std::sync::OnceLock::new(),
             relay_server: AtomicBool::new(false),
+            punch_ttl: std::sync::atomic::AtomicU32::new(DEFAULT_PUNCH_TTL),
             socket,
             port,
             keepalive: (keepalive > 0).then_some(keepalive),
@@ -625,6 +635,7 @@ impl Secure {
             added_ms: self.elapsed_ms(),
             relayed: AtomicBool::new(false),
             next_probe_ms: AtomicU64::new(0),
+            learned_ms: AtomicU64::new(0),
         })
     }
 
@@ -667,6 +678,11 @@ impl Secure {
         peers.by_index.insert(peer.index, peer.clone());
         peers.by_key.insert(spec.public_key.0, peer);
         Ok(())
+    }
+
+    /// Sets the TTL of hole-punching packets (0: the normal TTL, no limit).
+    pub fn set_punch_ttl(&self, ttl: u32) {
+        self.punch_ttl.store(ttl, Ordering::Relaxed);
     }
 
     /// Makes this `Secure` a relay: datagrams a member (a peer heard from at its endpoint)
@@ -801,7 +817,7 @@ impl Secure {
     /// `framed[..RELAY_HEADER]` is room for the relay's header.
     fn send_framed(&self, peer: &SecurePeer, route: Route, framed: &mut [u8]) -> bool {
         match route {
-            Route::Direct(to) => self.send_to(&framed[RELAY_HEADER..], to),
+            Route::Direct(to) => self.send_direct(peer, &framed[RELAY_HEADER..], to),
             Route::Relay => {
                 let Some(rv) = self.rendezvous.get() else {
                     return false;
@@ -821,13 +837,44 @@ impl Secure {
     /// [`Self::send_framed`] for a message without room in front.
     fn send_message(&self, peer: &SecurePeer, route: Route, message: &[u8]) -> bool {
         match route {
-            Route::Direct(to) => self.send_to(message, to),
+            Route::Direct(to) => self.send_direct(peer, message, to),
             Route::Relay => {
                 let mut framed = vec![0u8; RELAY_HEADER + message.len()];
                 framed[RELAY_HEADER..].copy_from_slice(message);
                 self.send_framed(peer, route, &mut framed)
             }
         }
+    }
+
+    /// Sends straight to `peer` at `to`; with a short TTL while this side must only open its
+    /// own NAT ([`Self::punch_only`]).
+    fn send_direct(&self, peer: &SecurePeer, packet: &[u8], to: SocketAddrV4) -> bool {
+        let ttl = self.punch_ttl.load(Ordering::Relaxed);
+        if ttl > 0 && self.punch_only(peer) {
+            let sent = crate::sys::send_to_with_ttl(&self.socket, packet, to, ttl);
+            if sent.is_err() {
+                self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            return sent.is_ok();
+        }
+        self.send_to(packet, to)
+    }
+
+    /// True while what this host sends `peer` directly must not reach the peer's NAT: before
+    /// the peer was ever heard directly, on the side with the higher address, and on the other
+    /// side for a moment after the rendezvous told where the peer is. A packet that reaches a
+    /// NAT before its host has sent the other way makes that NAT (Linux conntrack among them)
+    /// track it and give the host's own packets another port, and the path never opens.
+    fn punch_only(&self, p: &SecurePeer) -> bool {
+        if self.rendezvous.get().is_none()
+            || p.rendezvous
+            || p.last_direct_ms.load(Ordering::Relaxed) > 0
+        {
+            return false;
+        }
+        let learned = p.learned_ms.load(Ordering::Relaxed);
+        self.vtep > p.vtep
+            || (learned > 0 && self.elapsed_ms() < learned + HEAD_START.as_millis() as u64)
     }
 
     fn send_to(&self, packet: &[u8], to: SocketAddrV4) -> bool {
@@ -1184,9 +1231,18 @@ impl Secure {
                 continue;
             }
             self.move_endpoint(p, e.endpoint);
-            // Both sides hear of each other at about the same time: probe at the next tick
-            // (simultaneous sending through both NATs).
-            p.next_probe_ms.store(0, Ordering::Relaxed);
+            // Both sides hear of each other at about the same time: the higher address opens
+            // its NAT now, the lower one sends after its head start.
+            let now = self.elapsed_ms();
+            p.learned_ms.store(now, Ordering::Relaxed);
+            if self.vtep > p.vtep {
+                p.next_probe_ms.store(0, Ordering::Relaxed);
+                let mut scratch = vec![0u8; 512];
+                self.probe(p, now, &mut scratch);
+            } else {
+                p.next_probe_ms
+                    .store(now + HEAD_START.as_millis() as u64, Ordering::Relaxed);
+            }
         }
     }
 
@@ -1364,6 +1420,11 @@ impl Secure {
         if self.direct_fresh(p) && !p.relayed.load(Ordering::Relaxed) {
             return;
         }
+        self.probe(p, now_ms, scratch);
+    }
+
+    /// A direct probe of `p`'s path, if one is due.
+    fn probe(&self, p: &SecurePeer, now_ms: u64, scratch: &mut [u8]) {
         if now_ms < p.next_probe_ms.load(Ordering::Relaxed) {
             return;
         }
@@ -1383,7 +1444,7 @@ impl Secure {
             tunn.format_handshake_initiation(scratch, true)
         } else {
             drop(tunn);
-            if self.send_to(&[PUNCH, 0, 0, 0], to) {
+            if self.send_direct(p, &[PUNCH, 0, 0, 0], to) {
                 self.counters.probes.fetch_add(1, Ordering::Relaxed);
             }
             return;
@@ -1391,7 +1452,7 @@ impl Secure {
         if let TunnResult::WriteToNetwork(probe) = probe {
             let n = probe.len();
             drop(tunn);
-            if self.send_to(&scratch[..n], to) {
+            if self.send_direct(p, &scratch[..n], to) {
                 self.counters.probes.fetch_add(1, Ordering::Relaxed);
             }
         }
