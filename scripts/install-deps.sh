@@ -8,6 +8,8 @@ packages=(
   clang llvm libbpf-dev gcc-multilib m4 libelf-dev zlib1g-dev pkg-config libclang-dev
   # tests and benchmarks: namespaces, traffic and inspection
   iproute2 iputils-ping iperf3 ethtool tcpdump bpftool procps curl python3
+  # the NAT namespaces of the secure-tunnel traversal test (switch/tests/nat.rs)
+  nftables
   # the OpenStack clients the compatibility tests drive (scripts/openstack-client.sh)
   python3-venv
   # the Open vSwitch contender of kangaroo-bench (userspace datapath; this kernel has no OVS module)
