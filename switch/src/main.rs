@@ -658,6 +658,15 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Secure => {
             println!("public key: {}", cell(&v, "/public_key"));
             println!("port:       {}", cell(&v, "/port"));
+            if !v["rendezvous"].is_null() {
+                println!(
+                    "rendezvous: {} ({}, RTT {} ms); this host seen at {}",
+                    cell(&v, "/rendezvous/endpoint"),
+                    cell(&v, "/rendezvous/path"),
+                    cell(&v, "/rendezvous/rtt_ms"),
+                    cell(&v, "/public_endpoint")
+                );
+            }
             let c = &v["counters"];
             let counters: Vec<String> = c
                 .as_object()
