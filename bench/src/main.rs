@@ -80,7 +80,8 @@ struct RunArgs {
     #[arg(long, default_value = "bench-results")]
     out: std::path::PathBuf,
     /// Contenders, comma-separated (default: all), or `none` (sweeps only): veth, bridge, ovs,
-    /// kangaroo-{xdp,afxdp,packet}, kernel-vxlan, kangaroo-{xdp,afxdp,packet}-overlay.
+    /// kangaroo-{xdp,tc,afxdp,packet}, kernel-vxlan, kangaroo-{xdp,tc,afxdp,packet}-overlay,
+    /// kangaroo-tc-secure.
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<String>,
     /// Workloads, comma-separated (default: all): tcp-1, tcp-4, tcp-1-no-offload, udp-rr,

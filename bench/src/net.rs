@@ -25,6 +25,8 @@ pub enum Contender {
     Kangaroo(Mode),
     /// kangaroo-switch on two hosts joined by its VXLAN overlay.
     KangarooOverlay(Mode),
+    /// The same through a secure tunnel (VXLAN inside the WireGuard protocol).
+    KangarooSecure(Mode),
 }
 
 /// A switch datapath mode.
@@ -69,7 +71,7 @@ impl Mode {
 
 impl Contender {
     /// Every contender.
-    pub const ALL: [Contender; 12] = [
+    pub const ALL: [Contender; 13] = [
         Contender::Veth,
         Contender::Bridge,
         Contender::Ovs,
@@ -82,6 +84,7 @@ impl Contender {
         Contender::KangarooOverlay(Mode::Tc),
         Contender::KangarooOverlay(Mode::Afxdp),
         Contender::KangarooOverlay(Mode::Packet),
+        Contender::KangarooSecure(Mode::Tc),
     ];
 
     /// Its name in results and on the command line.
@@ -93,6 +96,7 @@ impl Contender {
             Contender::KernelVxlan => "kernel-vxlan".into(),
             Contender::Kangaroo(m) => format!("kangaroo-{}", m.as_str()),
             Contender::KangarooOverlay(m) => format!("kangaroo-{}-overlay", m.as_str()),
+            Contender::KangarooSecure(m) => format!("kangaroo-{}-secure", m.as_str()),
         }
     }
 
@@ -114,7 +118,10 @@ impl Contender {
 
     /// Whether the VMs are on two hosts.
     pub fn across_hosts(self) -> bool {
-        matches!(self, Contender::KernelVxlan | Contender::KangarooOverlay(_))
+        matches!(
+            self,
+            Contender::KernelVxlan | Contender::KangarooOverlay(_) | Contender::KangarooSecure(_)
+        )
     }
 
     /// The contender its ratios are taken against.
@@ -266,7 +273,12 @@ impl Topology {
         let (v1, v2) = (t.vm1.clone(), t.vm2.clone());
         t.add_ns(&v1)?;
         t.add_ns(&v2)?;
-        let mtu = if c.across_hosts() { "1450" } else { "1500" };
+        // Across hosts: 1500 − 50 (VXLAN); through a secure tunnel a further 60.
+        let mtu = match c {
+            Contender::KangarooSecure(_) => "1390",
+            _ if c.across_hosts() => "1450",
+            _ => "1500",
+        };
         match c {
             Contender::Veth => {
                 sh(&[
@@ -306,7 +318,9 @@ impl Topology {
                     _ => {}
                 }
             }
-            Contender::KernelVxlan | Contender::KangarooOverlay(_) => {
+            Contender::KernelVxlan
+            | Contender::KangarooOverlay(_)
+            | Contender::KangarooSecure(_) => {
                 let u = format!("{prefix}-u");
                 t.add_ns(&u)?;
                 sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"])?;
@@ -342,7 +356,30 @@ impl Topology {
                     sh(&["ip", "-n", h, "link", "set", "vm", "up"])?;
                     host_end(h, "vm")?;
                 }
-                for (h, local, remote, _, _) in &hosts {
+                // Secure tunnels: each host's key pair, made first so each can name the other's.
+                let mut keys = Vec::new();
+                if let Contender::KangarooSecure(_) = c {
+                    for (h, ..) in &hosts {
+                        let tag = &h[h.len() - 2..];
+                        let file = t.dir.join(format!("{tag}.key"));
+                        let cfg = t.dir.join(format!("{tag}-key.toml"));
+                        std::fs::write(
+                            &cfg,
+                            format!(
+                                "[uplink]\ninterface = \"ul0\"\naddress = \"10.96.0.9\"\n[secure]\nkey_file = \"{}\"\n",
+                                file.display()
+                            ),
+                        )?;
+                        let key = sh(&[
+                            &tools.switch.to_string_lossy(),
+                            "public-key",
+                            "--config",
+                            &cfg.to_string_lossy(),
+                        ])?;
+                        keys.push((file, key.trim().to_owned()));
+                    }
+                }
+                for (i, (h, local, remote, _, _)) in hosts.iter().enumerate() {
                     match c {
                         Contender::KernelVxlan => {
                             sh(&[
@@ -387,6 +424,18 @@ impl Topology {
                                 "mode = \"{}\"\ncontrol_socket = \"{}\"\n[[port]]\ninterface = \"vm\"\nvni = 1\n[uplink]\ninterface = \"ul0\"\naddress = \"{local}\"\n[[peer]]\naddress = \"{remote}\"\n",
                                 m.as_str(),
                                 t.dir.join(format!("{tag}.sock")).display()
+                            );
+                            t.start_switch(h, &cfg, tag, tools)?;
+                        }
+                        Contender::KangarooSecure(m) => {
+                            let tag = &h[h.len() - 2..];
+                            let (file, _) = &keys[i];
+                            let (_, other) = &keys[1 - i];
+                            let cfg = format!(
+                                "mode = \"{}\"\ncontrol_socket = \"{}\"\n[[port]]\ninterface = \"vm\"\nvni = 1\n[uplink]\ninterface = \"ul0\"\naddress = \"{local}\"\n[secure]\nkey_file = \"{}\"\n[[peer]]\naddress = \"{remote}\"\npublic_key = \"{other}\"\n",
+                                m.as_str(),
+                                t.dir.join(format!("{tag}.sock")).display(),
+                                file.display()
                             );
                             t.start_switch(h, &cfg, tag, tools)?;
                         }

@@ -183,12 +183,6 @@ fn host_config(
     c
 }
 
-fn secure(dir: &tempdir::Dir) -> Value {
-    let (ok, out) = ctl(dir, &["--json", "secure"]);
-    assert!(ok, "{out}");
-    serde_json::from_str(&out).unwrap()
-}
-
 fn path(dir: &tempdir::Dir) -> String {
     secure(dir)["peers"][0]["path"]
         .as_str()
@@ -282,14 +276,7 @@ fn across(kind_a: Site, kind_b: Site, want: &str) {
 
     // The VMs reach each other, and the path settles to what the NATs allow.
     let t = Instant::now();
-    let deadline = t + Duration::from_secs(30);
-    let mut reached = false;
-    while Instant::now() < deadline {
-        if ping(&a1, &b1.ip, 1) {
-            reached = true;
-            break;
-        }
-    }
+    let reached = reachable(&a1, &b1.ip, 30);
     assert!(
         reached,
         "{what}: A's VM reaches B's: {} {}",

@@ -103,23 +103,11 @@ fn switch_config(mode: &str, ports: &[(&Vm, u32)], local: &str, peers: &[(&str, 
     c
 }
 
-/// The modes to test: all, or those listed in `KGR_MODES` (comma-separated).
-fn modes() -> Vec<&'static str> {
-    let all = ["afxdp", "xdp", "tc", "packet"];
-    match std::env::var("KGR_MODES") {
-        Ok(m) => all
-            .into_iter()
-            .filter(|x| m.split(',').any(|y| y == *x))
-            .collect(),
-        Err(_) => all.to_vec(),
-    }
-}
-
-/// One test for every mode, one after the other: the topologies are heavy enough that running
+/// One test for every mode (or those in `KGR_MODES`), one after the other: the topologies are heavy enough that running
 /// them side by side starves the traffic tools on a small machine.
 #[test]
 fn overlay_across_hosts_and_with_kernel_vxlan_in_every_mode() {
-    overlay(&modes());
+    overlay(&modes(&["afxdp", "xdp", "tc", "packet"]));
 }
 
 fn overlay(modes: &[&str]) {
@@ -144,9 +132,7 @@ fn overlay(modes: &[&str]) {
 
 fn overlay_in(mode: &str) {
     let started = Instant::now();
-    let ul = Netns::new("ul");
-    ok(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
-    ok(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    let ul = underlay_bridge();
     let (a_ip, b_ip, c_ip) = ("10.200.0.1", "10.200.0.2", "10.200.0.3");
     let ha = underlay_host(&ul, "ha", a_ip, mode == "xdp");
     let hb = underlay_host(&ul, "hb", b_ip, mode == "xdp");
@@ -513,9 +499,7 @@ fn underlay_link_down_and_up_and_a_peer_that_vanishes() {
         println!("skipping: {why}");
         return;
     }
-    let ul = Netns::new("ul");
-    ok(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
-    ok(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    let ul = underlay_bridge();
     let (a_ip, b_ip, c_ip) = ("10.201.0.1", "10.201.0.2", "10.201.0.3");
     let ha = underlay_host(&ul, "ha", a_ip, false);
     let hb = underlay_host(&ul, "hb", b_ip, false);

@@ -24,17 +24,6 @@ const SECURE_GUEST_MTU: &str = "1390";
 /// The pattern the pings carry (`ping -p`): "kangaroo-secret-".
 const PATTERN_HEX: &str = "6b616e6761726f6f2d7365637265742d";
 
-fn modes() -> Vec<&'static str> {
-    let all = ["tc", "xdp", "packet", "afxdp"];
-    match std::env::var("KGR_MODES") {
-        Ok(m) => all
-            .into_iter()
-            .filter(|x| m.split(',').any(|y| y == *x))
-            .collect(),
-        Err(_) => all.to_vec(),
-    }
-}
-
 /// A capture written to a file, stopped on drop.
 struct Pcap(Option<Child>, std::path::PathBuf);
 
@@ -123,12 +112,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn secure(dir: &tempdir::Dir) -> Value {
-    let (ok, out) = ctl(dir, &["--json", "secure"]);
-    assert!(ok, "{out}");
-    serde_json::from_str(&out).unwrap()
-}
-
 fn counter(v: &Value, name: &str) -> u64 {
     v["counters"][name].as_u64().unwrap_or(0)
 }
@@ -173,17 +156,6 @@ fn public_key(dir: &tempdir::Dir, text: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Waits (bounded) until `vm` reaches `to`.
-fn reachable(vm: &Vm, to: &str, secs: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if ping(vm, to, 1) {
-            return true;
-        }
-    }
-    false
-}
-
 #[test]
 fn secure_tunnels_encrypt_authenticate_and_survive_a_restart_in_every_mode() {
     if let Some(why) = skip_reason() {
@@ -203,16 +175,14 @@ fn secure_tunnels_encrypt_authenticate_and_survive_a_restart_in_every_mode() {
         }
     }
     let _g = exclusive();
-    for mode in modes() {
+    for mode in modes(&["tc", "xdp", "packet", "afxdp"]) {
         secure_in(mode);
     }
 }
 
 fn secure_in(mode: &str) {
     let started = Instant::now();
-    let ul = Netns::new("ul");
-    ok(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
-    ok(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    let ul = underlay_bridge();
     let (a_ip, b_ip) = ("10.201.0.1", "10.201.0.2");
     let ha = underlay_host(&ul, "sa", a_ip, mode == "xdp");
     let hb = underlay_host(&ul, "sb", b_ip, mode == "xdp");

@@ -210,9 +210,7 @@ fn soak_with_churn_keeps_flows_memory_and_counters() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60)
         .max(20);
-    let ul = Netns::new("ul");
-    ok(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
-    ok(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    let ul = underlay_bridge();
     let (a_ip, b_ip, ghost) = ("10.203.0.1", "10.203.0.2", "10.203.0.9");
     let ha = underlay_host(&ul, "ha", a_ip, false);
     let hb = underlay_host(&ul, "hb", b_ip, false);

@@ -473,3 +473,42 @@ pub fn underlay_host(ul: &Netns, role: &str, addr: &str, fast: bool) -> Netns {
     ok(&["ip", "-n", &ns.0, "link", "set", "ul0", "up"]);
     ns
 }
+
+/// The datapath modes a multi-mode test runs, in `all`'s order: every one, or those named in
+/// `KGR_MODES` (comma-separated).
+pub fn modes(all: &[&'static str]) -> Vec<&'static str> {
+    match std::env::var("KGR_MODES") {
+        Ok(m) => all
+            .iter()
+            .copied()
+            .filter(|x| m.split(',').any(|y| y == *x))
+            .collect(),
+        Err(_) => all.to_vec(),
+    }
+}
+
+/// An underlay: a namespace with a bridge `br0` that [`underlay_host`]s join.
+pub fn underlay_bridge() -> Netns {
+    let ul = Netns::new("ul");
+    ok(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
+    ok(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    ul
+}
+
+/// `ctl secure` as JSON.
+pub fn secure(dir: &tempdir::Dir) -> Value {
+    let (ok, out) = ctl(dir, &["--json", "secure"]);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Waits (bounded) until `vm` reaches `to`.
+pub fn reachable(vm: &Vm, to: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if ping(vm, to, 1) {
+            return true;
+        }
+    }
+    false
+}
