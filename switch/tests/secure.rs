@@ -89,6 +89,15 @@ fn pcap_packets(file: &[u8]) -> Vec<&[u8]> {
 }
 
 /// UDP payloads to `dport` in a list of Ethernet/IPv4 packets.
+/// UDP payloads to `dst` (an IPv4 address's four bytes) and `dport`.
+fn udp_payloads_to<'a>(packets: &[&'a [u8]], dst: &[u8], dport: u16) -> Vec<&'a [u8]> {
+    packets
+        .iter()
+        .filter(|p| p.get(30..34) == Some(dst))
+        .flat_map(|p| udp_payloads(&[*p], dport))
+        .collect()
+}
+
 fn udp_payloads<'a>(packets: &[&'a [u8]], dport: u16) -> Vec<&'a [u8]> {
     packets
         .iter()
@@ -285,11 +294,13 @@ fn secure_in(mode: &str) {
         "{mode}: plain VXLAN from a secure peer: {sb}"
     );
 
-    // A captured data message sent again is a replay.
-    let data = tunnelled
-        .iter()
+    // A captured data message from A to B sent again is a replay. (One from B to A would
+    // name A's session index, which B does not know: `invalid`, not a replay.)
+    let b_addr: Vec<u8> = b_ip.split('.').map(|o| o.parse::<u8>().unwrap()).collect();
+    let data = udp_payloads_to(&ul_packets, &b_addr, 51820)
+        .into_iter()
         .find(|p| p.first() == Some(&4) && p.len() > 100)
-        .expect("a data message in the capture");
+        .expect("a data message from A to B in the capture");
     let before = counter(&sb, "replayed");
     send_udp(&ha, a_ip, b_ip, 51820, data);
     std::thread::sleep(Duration::from_millis(300));
