@@ -9,7 +9,8 @@
 #     are rented, the nested VMs boot under QEMU, their NICs become switch ports;
 #  4. shows traffic across hosts through the switches' VXLAN overlay;
 #  5. live-migrates a VM to a host of the other cloud while it is pinged every 50 ms, and prints
-#     the interruption and that the guest kept running;
+#     the interruption and that the guest kept running; shows that the tunnels between the
+#     clouds are encrypted (secure tunnels) and those inside a cloud plain VXLAN;
 #  6. moves the whole application to cloud-b while a client polls it, and prints the failed
 #     requests (none expected);
 #  7. prints the hourly cost against one VM per instance, and releases everything.
@@ -106,6 +107,9 @@ PY
 echo "before: $before"
 echo "after:  $after   (same boot id, the counter went on: the guest never stopped)"
 "$K" vm ls
+
+say "Tunnels of b1: secure (WireGuard protocol) to cloud-a's hosts, plain VXLAN inside a cloud"
+"$K" host tunnels b1
 
 say "The whole application moves to cloud-b (packed for cost there) while a client polls it"
 poll() {

@@ -223,6 +223,16 @@ async fn remove_host(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The tunnels of a local host's switch: the hosts it peers with, whether each tunnel is
+/// encrypted (`required`) or plain VXLAN (`off`), and a secure tunnel's path and round trip.
+#[utoipa::path(get, path = "/v1/hosts/{name}/tunnels", params(("name" = String, Path)), responses((status = 200, body = Vec<crate::infra::realize::Tunnel>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn host_tunnels(
+    State(a): State<Api>,
+    Param(name): Param<String>,
+) -> JsonResult<Vec<crate::infra::realize::Tunnel>> {
+    Ok(Json(blocking(&a, move |s| s.host_tunnels(&name)).await?))
+}
+
 /// Networks.
 #[utoipa::path(get, path = "/v1/networks", responses((status = 200, body = Vec<Network>)))]
 async fn list_networks(State(a): State<Api>) -> Json<Vec<Network>> {
@@ -433,6 +443,7 @@ pub fn router_with(
         .routes(routes!(get_catalog))
         .routes(routes!(list_hosts, add_host))
         .routes(routes!(remove_host))
+        .routes(routes!(host_tunnels))
         .routes(routes!(list_networks, create_network))
         .routes(routes!(delete_network))
         .routes(routes!(list_vms, create_vm))

@@ -72,6 +72,10 @@ enum Command {
         /// Seconds between reconciler passes over local hosts (0: start-up and on request only).
         #[arg(long, default_value_t = 10)]
         reconcile_secs: u64,
+        /// Which tunnels between local hosts are encrypted and authenticated (secure tunnels,
+        /// the WireGuard protocol): `between-providers`, `always` or `off` (plain VXLAN).
+        #[arg(long, default_value = "between-providers")]
+        secure_tunnels: kangaroo_orchestrator::infra::local::SecurePolicy,
         /// The tenant's project and user name in the OpenStack-compatible API (its password is
         /// the API token).
         #[arg(long, default_value = "kangaroo")]
@@ -152,6 +156,11 @@ enum HostCmd {
     },
     /// Release a host that runs no VM.
     Rm {
+        /// Host name.
+        name: String,
+    },
+    /// The tunnels of a local host's switch: peers, encryption, path and round trip.
+    Tunnels {
         /// Host name.
         name: String,
     },
@@ -481,6 +490,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             switch_mode,
             guest_image,
             reconcile_secs,
+            secure_tunnels,
             openstack_project,
             openstack_token_ttl,
             flavors,
@@ -500,6 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     switch_mode: switch_mode.clone(),
                     guest_image: guest_image.clone(),
                     reconcile_secs: *reconcile_secs,
+                    secure: *secure_tunnels,
                 },
                 data_dir: cli
                     .data_dir
@@ -761,6 +772,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let v = c.call("POST", "/v1/hosts", Some(json!({ "instance_type": instance_type, "name": name, "provider": provider })))?;
                     emit(&v, &|v| {
                         println!("rented {} ({})", s(v, "/name"), s(v, "/instance_type/name"))
+                    });
+                }
+                Command::Host(HostCmd::Tunnels { name }) => {
+                    let v = c.call("GET", &format!("/v1/hosts/{name}/tunnels"), None)?;
+                    emit(&v, &|v| {
+                        let rows = v
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|t| {
+                                [
+                                    "/peer",
+                                    "/address",
+                                    "/encryption",
+                                    "/path",
+                                    "/rtt_ms",
+                                    "/tx_packets",
+                                    "/rx_packets",
+                                ]
+                                .iter()
+                                .map(|p| s(t, p))
+                                .collect()
+                            })
+                            .collect();
+                        table(
+                            &[
+                                "peer",
+                                "address",
+                                "encryption",
+                                "path",
+                                "rtt ms",
+                                "tx",
+                                "rx",
+                            ],
+                            rows,
+                        );
                     });
                 }
                 Command::Host(HostCmd::Rm { name }) => {

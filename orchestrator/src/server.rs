@@ -118,6 +118,8 @@ pub struct LocalSettings {
     pub guest_image: PathBuf,
     /// Seconds between reconciler passes (0: only at start-up and on request).
     pub reconcile_secs: u64,
+    /// Which tunnels between hosts are encrypted.
+    pub secure: crate::infra::local::SecurePolicy,
 }
 
 impl Default for LocalSettings {
@@ -127,6 +129,7 @@ impl Default for LocalSettings {
             switch_mode: "tc".to_owned(),
             guest_image: crate::infra::qemu::QemuConfig::default().image_dir,
             reconcile_secs: 10,
+            secure: crate::infra::local::SecurePolicy::default(),
         }
     }
 }
@@ -161,6 +164,7 @@ pub fn realizer(
         state_dir: data_dir.join("local"),
         switch_bin: LocalCloud::find_switch_bin(&exe),
         switch_mode: settings.switch_mode.clone(),
+        secure: settings.secure,
     })?;
     let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
         prefix,

@@ -597,6 +597,36 @@ impl Service {
         }
     }
 
+    /// The tunnels of local host `name`'s switch: to which hosts, encrypted or not, and a
+    /// secure tunnel's path.
+    ///
+    /// # Errors
+    /// No such host, a simulated one, or its switch does not answer.
+    pub fn host_tunnels(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::infra::realize::Tunnel>, ServiceError> {
+        let state = self.snapshot();
+        let n = Name::new(name)
+            .ok()
+            .filter(|n| state.hosts.contains_key(n))
+            .ok_or_else(|| ServiceError::NotFound {
+                kind: "host",
+                name: name.to_owned(),
+            })?;
+        let Some(r) = &self.realizer else {
+            return Err(ServiceError::Conflict(format!(
+                "host {n} is simulated: it has no switch and no tunnels"
+            )));
+        };
+        if !r.is_local(state.hosts.get(&n).map_or("", |h| h.provider.as_str())) {
+            return Err(ServiceError::Conflict(format!(
+                "host {n} is simulated: it has no switch and no tunnels"
+            )));
+        }
+        Ok(r.tunnels(&state, &n)?)
+    }
+
     /// Releases a host that runs no VM.
     ///
     /// # Errors

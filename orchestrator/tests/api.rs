@@ -282,6 +282,22 @@ fn every_error_path_names_the_problem() {
     );
     let cases: Vec<ErrorCase> = vec![
         (
+            "GET",
+            "/v1/hosts/small/tunnels",
+            json!(null),
+            409,
+            "simulated",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/hosts/nope/tunnels",
+            json!(null),
+            404,
+            "no host named nope",
+            None,
+        ),
+        (
             "POST",
             "/v1/networks",
             json!({"name": "x", "vni": 1, "subnet": "10.0.0.0/24", "colour": 1}),
@@ -596,6 +612,7 @@ fn the_openapi_document_matches_the_routes() {
         ("GET", "/v1/hosts"),
         ("POST", "/v1/hosts"),
         ("DELETE", "/v1/hosts/{name}"),
+        ("GET", "/v1/hosts/{name}/tunnels"),
         ("GET", "/v1/networks"),
         ("POST", "/v1/networks"),
         ("DELETE", "/v1/networks/{name}"),

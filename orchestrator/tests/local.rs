@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kangaroo_orchestrator::infra::local::{host_address, provider_subnet, LocalCloud, LocalConfig};
+use kangaroo_orchestrator::infra::local::{
+    host_address, provider_subnet, LocalCloud, LocalConfig, SecurePolicy, WantedPeer,
+};
 use kangaroo_orchestrator::infra::netns_vm::NetnsDriver;
 use kangaroo_orchestrator::infra::qemu::{QemuConfig, QemuDriver};
 use kangaroo_orchestrator::infra::{HostRef, VmDriver, VmSpec, VmStatus};
@@ -26,6 +28,8 @@ struct Cloud {
     cloud: LocalCloud,
     state: PathBuf,
     hosts: Vec<HostRef>,
+    /// Each host's provider.
+    providers: Vec<usize>,
     vms: Vec<(VmSpec, usize, Arc<dyn VmDriver>)>,
 }
 
@@ -38,12 +42,14 @@ impl Cloud {
             state_dir: state.clone(),
             switch_bin: switch_bin().unwrap_or_default(),
             switch_mode: mode.to_owned(),
+            secure: SecurePolicy::BetweenProviders,
         })
         .unwrap();
         Cloud {
             cloud,
             state,
             hosts: Vec::new(),
+            providers: Vec::new(),
             vms: Vec::new(),
         }
     }
@@ -52,10 +58,24 @@ impl Cloud {
         let addr = host_address(provider_subnet(provider).unwrap(), n).unwrap();
         let h = self.cloud.rent_host(name, provider, addr).unwrap();
         self.hosts.push(h);
-        let all: Vec<Ipv4Addr> = self.hosts.iter().map(|h| h.underlay).collect();
-        for h in &self.hosts {
-            let peers: Vec<Ipv4Addr> = all.iter().copied().filter(|a| *a != h.underlay).collect();
+        self.providers.push(provider);
+        // Hosts of different providers peer through secure tunnels, as the orchestrator has it.
+        let keys: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| self.cloud.public_key(h).unwrap().expect("a key"))
+            .collect();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let peers: Vec<WantedPeer> = (0..self.hosts.len())
+                .filter(|j| *j != i)
+                .map(|j| WantedPeer {
+                    address: self.hosts[j].underlay,
+                    public_key: (self.providers[j] != self.providers[i]).then(|| keys[j].clone()),
+                })
+                .collect();
             self.cloud.set_peers(h, &peers).unwrap();
+            let have = self.cloud.peers(h).unwrap();
+            assert!(peers.iter().all(|p| have.contains(p)), "{have:?}");
         }
         self.hosts.len() - 1
     }
@@ -168,6 +188,15 @@ fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
         ],
     );
     assert!(o.status.success(), "HTTP (TCP) across hosts: {o:?}");
+    // The two providers' hosts are joined by a secure tunnel, and it carried that traffic.
+    let tunnel = c.cloud.peer_status(&c.hosts[a]).unwrap();
+    assert_eq!(tunnel.len(), 1, "{tunnel:?}");
+    assert_eq!(tunnel[0]["encryption"], "required", "{tunnel:?}");
+    assert_eq!(tunnel[0]["secure"]["path"], "direct", "{tunnel:?}");
+    assert!(
+        tunnel[0]["secure"]["rx_packets"].as_u64() > Some(10),
+        "{tunnel:?}"
+    );
     // VM to VM: web2 (B) has been pinging and fetching web1 (A).
     let deadline = Instant::now() + Duration::from_secs(20);
     let probe = loop {
@@ -606,6 +635,44 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     let out = s2.ok(&["vm", "migrate", "web-2", "--to", "b1"]);
     assert!(out.contains("stop-and-start"), "{out}");
     web2_page(&s2, &ip2, "web-2 answers from cloud-b");
+    // Hosts of different providers are joined by secure tunnels, hosts of one provider by
+    // plain VXLAN; web-1 reached web-2 through the tunnel between their hosts.
+    let provider: std::collections::BTreeMap<String, String> = s2
+        .json(&["host", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_owned(),
+                h["provider"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let w1_host = vms.iter().find(|v| v["name"] == "web-1").unwrap()["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(provider[&w1_host], provider["b1"]);
+    for h in [&w1_host, &"b1".to_owned()] {
+        let tunnels = s2.json(&["host", "tunnels", h]);
+        let tunnels = tunnels.as_array().unwrap();
+        assert_eq!(tunnels.len(), provider.len() - 1, "{h}: {tunnels:?}");
+        for t in tunnels {
+            let peer = t["peer"].as_str().unwrap();
+            let want = if provider[peer] == provider[h] {
+                "off"
+            } else {
+                "required"
+            };
+            assert_eq!(t["encryption"], want, "{h}: {t}");
+        }
+        let other = if h == "b1" { w1_host.as_str() } else { "b1" };
+        let t = tunnels.iter().find(|t| t["peer"] == other).unwrap();
+        assert_eq!(t["path"], "direct", "{h}: {t}");
+        assert!(t["rx_packets"].as_u64() > Some(0), "{h}: {t}");
+    }
+    println!("{}", s2.ok(&["host", "tunnels", "b1"]).trim());
 
     // Release everything through the API: nothing is left.
     for v in s2.json(&["vm", "ls"]).as_array().unwrap() {

@@ -1171,22 +1171,11 @@ impl Secure {
         };
         let src = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
         let dst = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
-        let now = self.elapsed_ms();
-        let fresh = |p: &SecurePeer| {
-            let last = p.last_direct_ms.load(Ordering::Relaxed);
-            last > 0 && now.saturating_sub(last) < DOWN_AFTER.as_millis() as u64
-        };
         let to = {
             let peers = self.read_peers();
-            match (peers.by_vtep.get(&src), peers.by_vtep.get(&dst)) {
-                (Some(s), Some(d))
-                    if self.relay_server.load(Ordering::Relaxed)
-                        && fresh(s)
-                        && fresh(d)
-                        && Self::endpoint(s) == from =>
-                {
-                    Self::endpoint(d)
-                }
+            let observed = |a: &Ipv4Addr| peers.by_vtep.get(a).and_then(|p| self.observed(p));
+            match (observed(&src), observed(&dst)) {
+                (Some(s), Some(d)) if self.relay_server.load(Ordering::Relaxed) && s == from => d,
                 _ => {
                     c.relay_refused.fetch_add(1, Ordering::Relaxed);
                     return;

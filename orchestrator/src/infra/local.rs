@@ -35,10 +35,80 @@ pub struct LocalConfig {
     pub switch_bin: PathBuf,
     /// The switches' datapath mode (`tc`, `xdp`, `afxdp`, `packet`).
     pub switch_mode: String,
+    /// Which tunnels between hosts are encrypted.
+    pub secure: SecurePolicy,
 }
 
-/// Underlay MTU: room for VXLAN's 50 bytes over the VMs' 1500.
-pub const UNDERLAY_MTU: u32 = 1550;
+/// Which tunnels between hosts are secure tunnels (the WireGuard protocol; the switch's
+/// `encryption = "required"`), and which plain VXLAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecurePolicy {
+    /// None: every tunnel is plain VXLAN (the switches get no key).
+    Off,
+    /// Between hosts of different providers (their underlay crosses networks the tenant does
+    /// not control); plain VXLAN inside a provider.
+    #[default]
+    BetweenProviders,
+    /// Every tunnel.
+    Always,
+}
+
+impl SecurePolicy {
+    /// Whether the tunnel between a host of provider `a` and one of `b` is encrypted.
+    pub fn requires(self, a: &str, b: &str) -> bool {
+        match self {
+            SecurePolicy::Off => false,
+            SecurePolicy::BetweenProviders => a != b,
+            SecurePolicy::Always => true,
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurePolicy::Off => "off",
+            SecurePolicy::BetweenProviders => "between-providers",
+            SecurePolicy::Always => "always",
+        }
+    }
+}
+
+impl std::str::FromStr for SecurePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<SecurePolicy, String> {
+        [
+            SecurePolicy::Off,
+            SecurePolicy::BetweenProviders,
+            SecurePolicy::Always,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("{s:?}: use \"between-providers\", \"always\" or \"off\""))
+    }
+}
+
+/// Underlay MTU: room for VXLAN's 50 bytes and a secure tunnel's 60 over the VMs' 1500, so
+/// guests keep 1500 on every tunnel.
+pub const UNDERLAY_MTU: u32 = 1500 + 50 + 60;
+
+/// A peer a host's switch is to have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedPeer {
+    /// The other host's underlay address (its VTEP).
+    pub address: Ipv4Addr,
+    /// Its public key when the tunnel to it is a secure one (`encryption = "required"`).
+    pub public_key: Option<String>,
+}
+
+impl WantedPeer {
+    /// A plain VXLAN peer.
+    pub fn plain(address: Ipv4Addr) -> WantedPeer {
+        WantedPeer {
+            address,
+            public_key: None,
+        }
+    }
+}
 
 /// The underlay subnet of the `index`th local provider: 10.(210+index).0.0/24.
 pub fn provider_subnet(index: usize) -> Result<Ipv4Addr> {
@@ -244,7 +314,7 @@ impl LocalCloud {
         let socket = Self::socket(host);
         let _ = std::fs::remove_file(&socket);
         let config = host.dir.join("switch.toml");
-        let text = format!(
+        let mut text = format!(
             "# Written by kangaroo for host {name}.\nmode = {mode:?}\ncontrol_socket = {sock:?}\n\n[uplink]\ninterface = \"ul0\"\naddress = \"{addr}\"\nmtu = {mtu}\n",
             name = host.name,
             mode = self.cfg.switch_mode,
@@ -252,6 +322,14 @@ impl LocalCloud {
             addr = host.underlay,
             mtu = UNDERLAY_MTU,
         );
+        if self.cfg.secure != SecurePolicy::Off {
+            // The switch makes its key pair at first start and keeps it in the host's
+            // directory, so a restarted switch has the key its peers know.
+            text.push_str(&format!(
+                "\n[secure]\nkey_file = {:?}\n",
+                host.dir.join("switch.key").display().to_string()
+            ));
+        }
         std::fs::write(&config, text)
             .map_err(|e| InfraError::new(format!("writing {}", config.display()), e))?;
         let bin = self.cfg.switch_bin.display().to_string();
@@ -307,31 +385,69 @@ impl LocalCloud {
         sys::netns_with_prefix(&format!("{}-", self.cfg.prefix))
     }
 
-    /// Makes `host`'s switch peer with exactly `peers` (other hosts' underlay addresses).
+    /// The public key of `host`'s switch (`None` when it has no secure tunnels).
+    ///
+    /// # Errors
+    /// The switch does not answer.
+    pub fn public_key(&self, host: &HostRef) -> Result<Option<String>> {
+        match request(&Self::socket(host), "GET", "/v1/secure", None) {
+            Ok(v) => Ok(v
+                .get("public_key")
+                .and_then(Value::as_str)
+                .map(str::to_owned)),
+            Err(e) if e.cause.starts_with("404") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The switch's own view of its peers (`GET /v1/peers`).
     ///
     /// # Errors
     /// The control request that failed.
-    pub fn set_peers(&self, host: &HostRef, peers: &[Ipv4Addr]) -> Result<()> {
-        let socket = Self::socket(host);
-        let have = request(&socket, "GET", "/v1/peers", None)?;
-        let have: Vec<Ipv4Addr> = have
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| p.get("address")?.as_str()?.parse().ok())
-                    .collect()
+    pub fn peer_status(&self, host: &HostRef) -> Result<Vec<Value>> {
+        let v = request(&Self::socket(host), "GET", "/v1/peers", None)?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// The peers `host`'s switch has now.
+    ///
+    /// # Errors
+    /// The control request that failed.
+    pub fn peers(&self, host: &HostRef) -> Result<Vec<WantedPeer>> {
+        Ok(self
+            .peer_status(host)?
+            .iter()
+            .filter_map(|p| {
+                Some(WantedPeer {
+                    address: p.get("address")?.as_str()?.parse().ok()?,
+                    public_key: p
+                        .get("secure")
+                        .and_then(|s| s.get("public_key"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                })
             })
-            .unwrap_or_default();
-        for p in peers.iter().filter(|p| !have.contains(p)) {
-            request(
-                &socket,
-                "POST",
-                "/v1/peers",
-                Some(&json!({ "address": p.to_string() })),
-            )?;
-        }
+            .collect())
+    }
+
+    /// Makes `host`'s switch peer with exactly `peers`: a peer whose tunnel changed (a key
+    /// given, changed or taken away) is removed and added again.
+    ///
+    /// # Errors
+    /// The control request that failed.
+    pub fn set_peers(&self, host: &HostRef, peers: &[WantedPeer]) -> Result<()> {
+        let socket = Self::socket(host);
+        let have = self.peers(host)?;
         for p in have.iter().filter(|p| !peers.contains(p)) {
-            request(&socket, "DELETE", &format!("/v1/peers/{p}"), None)?;
+            request(&socket, "DELETE", &format!("/v1/peers/{}", p.address), None)?;
+        }
+        for p in peers.iter().filter(|p| !have.contains(p)) {
+            let body = match &p.public_key {
+                Some(k) => json!({ "address": p.address.to_string(), "public_key": k,
+                                   "encryption": "required" }),
+                None => json!({ "address": p.address.to_string() }),
+            };
+            request(&socket, "POST", "/v1/peers", Some(&body))?;
         }
         Ok(())
     }
@@ -580,6 +696,22 @@ mod tests {
     }
 
     #[test]
+    fn secure_policies() {
+        use SecurePolicy::*;
+        assert!(!Off.requires("a", "b"));
+        assert!(BetweenProviders.requires("a", "b") && !BetweenProviders.requires("a", "a"));
+        assert!(Always.requires("a", "a"));
+        for p in [Off, BetweenProviders, Always] {
+            assert_eq!(p.name().parse::<SecurePolicy>(), Ok(p));
+        }
+        let e = "sometimes".parse::<SecurePolicy>().unwrap_err();
+        assert!(
+            e.contains("sometimes") && e.contains("between-providers"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_prefixes_are_refused() {
         for p in ["", "Abc", "a-b", "toolongprefix"] {
             let r = LocalCloud::new(LocalConfig {
@@ -587,6 +719,7 @@ mod tests {
                 state_dir: std::env::temp_dir(),
                 switch_bin: PathBuf::from("kangaroo-switch"),
                 switch_mode: "packet".into(),
+                secure: SecurePolicy::default(),
             });
             assert!(r.is_err(), "{p:?}");
         }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::local::{host_address, provider_subnet, LocalCloud, MigrationReport};
+use super::local::{host_address, provider_subnet, LocalCloud, MigrationReport, WantedPeer};
 use super::{HostRef, InfraError, Result, VmDriver, VmSpec, VmStatus};
 use crate::model::{Host, Name, NestedVm, VmState};
 use crate::store::State;
@@ -23,6 +23,25 @@ pub struct Realizer {
     /// Names of the `local` providers, in order (the index picks the underlay subnet).
     providers: Vec<String>,
     lock: Mutex<()>,
+}
+
+/// One tunnel of a host's switch, as the switch reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Tunnel {
+    /// The host at the other end (its underlay address when it is not in the state).
+    pub peer: String,
+    /// Its underlay address.
+    pub address: String,
+    /// `required` (a secure tunnel: encrypted and authenticated) or `off` (plain VXLAN).
+    pub encryption: String,
+    /// A secure tunnel's path: `direct`, `relayed` or `down`.
+    pub path: Option<String>,
+    /// A secure tunnel's last handshake round trip, milliseconds.
+    pub rtt_ms: Option<u64>,
+    /// Packets through a secure tunnel, sent and received.
+    pub tx_packets: Option<u64>,
+    /// See `tx_packets`.
+    pub rx_packets: Option<u64>,
 }
 
 /// What a convergence pass did.
@@ -151,11 +170,116 @@ impl Realizer {
         })
     }
 
-    fn peers_of(all: &[HostRef], h: &HostRef) -> Vec<Ipv4Addr> {
+    /// The peers of `h` among `all`: every other host, through a secure tunnel where the
+    /// policy asks for one between their providers. A host whose key is not known yet (its
+    /// switch is not up) is left out of the secure ones, never added in clear: it is added when
+    /// its switch comes up.
+    fn peers_of(
+        &self,
+        state: &State,
+        all: &[HostRef],
+        keys: &BTreeMap<String, String>,
+        h: &HostRef,
+    ) -> Vec<WantedPeer> {
+        let policy = self.cloud.config().secure;
+        let provider = |name: &str| {
+            Name::new(name)
+                .ok()
+                .and_then(|n| state.hosts.get(&n))
+                .map(|x| x.provider.to_string())
+                .unwrap_or_default()
+        };
+        let mine = provider(&h.name);
         all.iter()
             .filter(|o| o.name != h.name)
-            .map(|o| o.underlay)
+            .filter_map(|o| {
+                if !policy.requires(&mine, &provider(&o.name)) {
+                    return Some(WantedPeer::plain(o.underlay));
+                }
+                // Both ends need the other's key.
+                keys.get(&h.name)?;
+                Some(WantedPeer {
+                    address: o.underlay,
+                    public_key: Some(keys.get(&o.name)?.clone()),
+                })
+            })
             .collect()
+    }
+
+    /// The tunnels of local host `name`'s switch.
+    ///
+    /// # Errors
+    /// Not a local host of `state`, or its switch does not answer.
+    pub fn tunnels(&self, state: &State, name: &Name) -> Result<Vec<Tunnel>> {
+        let host = state
+            .hosts
+            .get(name)
+            .and_then(|h| self.host_ref(h))
+            .ok_or_else(|| {
+                InfraError::new(
+                    format!("host {name}"),
+                    "not a host of a local provider: it has no switch here",
+                )
+            })?;
+        let by_address: BTreeMap<Ipv4Addr, &str> = state
+            .hosts
+            .values()
+            .filter_map(|h| Some((h.underlay?, h.name.as_str())))
+            .collect();
+        let peers = self.cloud.peer_status(&host)?;
+        Ok(peers
+            .iter()
+            .filter_map(|p| {
+                let address = p.get("address")?.as_str()?.to_owned();
+                let secure = p.get("secure").filter(|s| !s.is_null());
+                let field = |k: &str| secure.and_then(|s| s.get(k));
+                Some(Tunnel {
+                    peer: address
+                        .parse()
+                        .ok()
+                        .and_then(|a| by_address.get(&a))
+                        .map_or_else(|| address.clone(), |n| (*n).to_owned()),
+                    encryption: p
+                        .get("encryption")
+                        .and_then(|e| e.as_str())
+                        .unwrap_or("off")
+                        .to_owned(),
+                    path: field("path").and_then(|v| v.as_str()).map(str::to_owned),
+                    rtt_ms: field("rtt_ms").and_then(serde_json::Value::as_u64),
+                    tx_packets: field("tx_packets").and_then(serde_json::Value::as_u64),
+                    rx_packets: field("rx_packets").and_then(serde_json::Value::as_u64),
+                    address,
+                })
+            })
+            .collect())
+    }
+
+    /// The public keys of the hosts in `all` whose switches answer.
+    fn keys(&self, all: &[HostRef]) -> BTreeMap<String, String> {
+        if self.cloud.config().secure == super::local::SecurePolicy::Off {
+            return BTreeMap::new();
+        }
+        all.iter()
+            .filter_map(|h| Some((h.name.clone(), self.cloud.public_key(h).ok()??)))
+            .collect()
+    }
+
+    /// Gives every live switch in `all` (and `also`'s, even if the check says otherwise) its
+    /// peers.
+    fn set_all_peers(&self, state: &State, all: &[HostRef], also: Option<&str>) -> Result<()> {
+        let keys = self.keys(all);
+        let mut first = None;
+        for h in all {
+            if Some(h.name.as_str()) == also || self.cloud.switch_alive(h) {
+                if let Err(e) = self
+                    .cloud
+                    .set_peers(h, &self.peers_of(state, all, &keys, h))
+                {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Rents `host` (of a local provider, in `state` with its underlay address) and makes
@@ -176,13 +300,7 @@ impl Realizer {
         self.cloud.rent_host(host.name.as_str(), index, addr)?;
         // Every host peers with every other, including hosts still being rented (their
         // switches are configured when they come up).
-        let all = self.hosts(state);
-        for h in &all {
-            if h.name == host.name.as_str() || self.cloud.switch_alive(h) {
-                self.cloud.set_peers(h, &Self::peers_of(&all, h))?;
-            }
-        }
-        Ok(())
+        self.set_all_peers(state, &self.hosts(state), Some(host.name.as_str()))
     }
 
     /// Releases host `name` (its VMs' traces go with its namespace); the other switches stop
@@ -194,11 +312,7 @@ impl Realizer {
         let _g = self.guard();
         self.cloud.release_host(name)?;
         let all = self.hosts(state);
-        for h in &all {
-            if self.cloud.switch_alive(h) {
-                let _ = self.cloud.set_peers(h, &Self::peers_of(&all, h));
-            }
-        }
+        let _ = self.set_all_peers(state, &all, None);
         if all.is_empty() {
             self.cloud.release_underlay()?;
         }
