@@ -294,6 +294,27 @@ fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
         longest_gap * 50,
         lines.join("\n  ")
     );
+    if lost > 10 {
+        // What each switch and the guest saw, for the failure below.
+        for h in [&c.hosts[a], &c.hosts[b]] {
+            let sock = h.dir.join("switch.sock");
+            for path in ["/v1/stats", "/v1/fdb", "/v1/ports", "/v1/peers"] {
+                let v = kangaroo_orchestrator::infra::switchctl::request(&sock, "GET", path, None);
+                println!(
+                    "{} {path}: {}",
+                    h.name,
+                    v.map_or_else(|e| e.to_string(), |v| v.to_string())
+                );
+            }
+        }
+        let console = QemuDriver::console(&c.hosts[a], &c.vms[w2].0);
+        let tail: Vec<&str> = console.lines().rev().take(20).collect();
+        println!(
+            "web2's console on {}:\n{}",
+            c.hosts[a].name,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     assert!(report.live);
     assert_eq!(qemu.status(&c.hosts[a], &c.vms[w2].0), VmStatus::Running);
     assert_eq!(qemu.status(&c.hosts[b], &c.vms[w2].0), VmStatus::Absent);
