@@ -30,8 +30,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # fast. They build in the test profile, with the tests' dependencies (the release profile's LTO
 # build is for `cargo bench`, which measures).
 step "benchmarks, one iteration each (test mode)"
-cargo test -p kangaroo-switch --bench pipeline --locked
-cargo test -p kangaroo-orchestrator --bench packing --locked
+cargo test --workspace --bench pipeline --bench packing --locked
 
 step "cargo test (workspace)"
 if ! wait "$clients"; then

@@ -65,6 +65,13 @@ impl Cloud {
             .iter()
             .map(|h| self.cloud.public_key(h).unwrap().expect("a key"))
             .collect();
+        let members: Vec<(Ipv4Addr, String)> = self
+            .hosts
+            .iter()
+            .zip(&keys)
+            .map(|(h, k)| (h.underlay, k.clone()))
+            .collect();
+        self.cloud.set_rendezvous_members(&members).unwrap();
         for (i, h) in self.hosts.iter().enumerate() {
             let peers: Vec<WantedPeer> = (0..self.hosts.len())
                 .filter(|j| *j != i)
@@ -677,9 +684,16 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     assert_ne!(provider[&w1_host], provider["b1"]);
     for h in [&w1_host, &"b1".to_owned()] {
         let tunnels = s2.json(&["host", "tunnels", h]);
-        let tunnels = tunnels.as_array().unwrap();
+        let (rendezvous, tunnels): (Vec<_>, Vec<_>) = tunnels
+            .as_array()
+            .unwrap()
+            .iter()
+            .partition(|t| t["peer"] == "rendezvous");
         assert_eq!(tunnels.len(), provider.len() - 1, "{h}: {tunnels:?}");
-        for t in tunnels {
+        // The orchestrator's rendezvous knows this host: its tunnel is up.
+        assert_eq!(rendezvous.len(), 1, "{h}: {rendezvous:?}");
+        assert_eq!(rendezvous[0]["path"], "direct", "{h}: {rendezvous:?}");
+        for t in &tunnels {
             let peer = t["peer"].as_str().unwrap();
             let want = if provider[peer] == provider[h] {
                 "off"

@@ -709,6 +709,7 @@ fn public_key(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn rendezvous(path: &std::path::Path, print_key: bool) -> anyhow::Result<()> {
     use kangaroo_switch::rendezvous::{open, run, RendezvousConfig};
+    init_logging();
     let cfg = RendezvousConfig::load(path).map_err(|e| anyhow::anyhow!(e))?;
     if print_key {
         let (keys, _) = kangaroo_switch::secure::load_or_create_key(&cfg.key_file)
@@ -721,6 +722,9 @@ fn rendezvous(path: &std::path::Path, print_key: bool) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
+    let reload = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing signal handlers")?;
     tracing::info!(
         listen = %cfg.listen,
         public_key = %secure.public_key(),
@@ -728,7 +732,18 @@ fn rendezvous(path: &std::path::Path, print_key: bool) -> anyhow::Result<()> {
         relay = cfg.relay,
         "rendezvous running"
     );
-    run(&secure, &stop);
+    // SIGHUP: the member list is read again; a file that does not parse changes nothing.
+    let mut on_reload = || match RendezvousConfig::load(path)
+        .and_then(|c| kangaroo_switch::rendezvous::sync_members(&secure, &c))
+    {
+        Ok(c) => tracing::info!(
+            added = c.added,
+            removed = c.removed,
+            "rendezvous members reloaded"
+        ),
+        Err(e) => tracing::error!("reloading {}: {e}; members unchanged", path.display()),
+    };
+    run(&secure, &stop, &reload, &mut on_reload);
     let report = serde_json::json!({
         "counters": secure.counters().snapshot().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         "members": secure.status(),

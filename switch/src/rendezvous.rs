@@ -12,6 +12,9 @@
 //! encrypted end to end): only from a member at its observed endpoint, only to a member heard
 //! from lately.
 //!
+//! `SIGHUP` makes a running rendezvous read its file again and take the new member list (members
+//! gone or with another key are removed; `listen`, `key_file` and `relay` stay as they were).
+//!
 //! ```toml
 //! listen = "203.0.113.10:51820"           # an address the members reach (not 0.0.0.0)
 //! key_file = "/var/lib/kangaroo-rendezvous/private.key"
@@ -148,6 +151,44 @@ pub fn open(cfg: &RendezvousConfig) -> Result<Secure, String> {
     Ok(secure)
 }
 
+/// What [`sync_members`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemberChanges {
+    /// Members added (new, or with a new key).
+    pub added: usize,
+    /// Members removed (gone, or with a new key).
+    pub removed: usize,
+}
+
+/// Makes `secure`'s members exactly `cfg`'s: members that are gone or whose key changed are
+/// removed, new ones added. Members that stay keep their sessions and endpoints.
+///
+/// # Errors
+/// A member that cannot be added (the ones before it are in).
+pub fn sync_members(secure: &Secure, cfg: &RendezvousConfig) -> Result<MemberChanges, String> {
+    let mut c = MemberChanges::default();
+    for p in secure.status() {
+        if !cfg.members.contains(&(p.vtep, p.public_key)) && secure.remove_peer(p.vtep) {
+            c.removed += 1;
+        }
+    }
+    let have: Vec<Ipv4Addr> = secure.status().iter().map(|p| p.vtep).collect();
+    for (i, (vtep, key)) in cfg.members.iter().enumerate() {
+        if have.contains(vtep) {
+            continue;
+        }
+        secure
+            .add_peer(&PeerSpec {
+                vtep: *vtep,
+                public_key: *key,
+                endpoint: None,
+            })
+            .map_err(|e| format!("member[{i}].public_key: {e}"))?;
+        c.added += 1;
+    }
+    Ok(c)
+}
+
 /// Answers one member's message: its own endpoint and the wanted members', and tells each
 /// wanted member where the asker is.
 pub fn answer(secure: &Secure, ip: &[u8]) {
@@ -199,12 +240,16 @@ pub fn answer(secure: &Secure, ip: &[u8]) {
     );
 }
 
-/// Runs the rendezvous until `stop` is set.
-pub fn run(secure: &Secure, stop: &AtomicBool) {
+/// Runs the rendezvous until `stop` is set; each time `reload` is set, it is cleared and
+/// `on_reload` runs (between datagrams, on this thread).
+pub fn run(secure: &Secure, stop: &AtomicBool, reload: &AtomicBool, on_reload: &mut dyn FnMut()) {
     let (mut datagram, mut out, mut scratch) =
         (vec![0u8; BUFFER], vec![0u8; BUFFER], vec![0u8; BUFFER]);
     let fds = [secure.fd()];
     while !stop.load(Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
+            on_reload();
+        }
         crate::port::packet::wait_readable(&fds, Duration::from_millis(250));
         for _ in 0..1024 {
             match secure.receive_one(&mut datagram, &mut out, &mut scratch) {
@@ -222,6 +267,54 @@ mod tests {
     use super::*;
 
     const KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+
+    #[test]
+    fn a_reload_adds_new_members_removes_old_ones_and_keeps_the_rest() {
+        let key = |b: u8| crate::secure::KeyPair::from_private([b; 32]).public();
+        let cfg = |members: &[(u8, u8)]| {
+            let mut t = String::from("listen = \"127.0.0.1:1\"\nkey_file = \"k\"\n");
+            for (last, k) in members {
+                t.push_str(&format!(
+                    "[[member]]\nvtep = \"10.1.0.{last}\"\npublic_key = \"{}\"\n",
+                    key(*k)
+                ));
+            }
+            RendezvousConfig::parse("rv.toml", &t).unwrap()
+        };
+        let secure = Secure::open(
+            crate::secure::KeyPair::from_private([9; 32]),
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            0,
+        )
+        .unwrap();
+        let first = cfg(&[(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(
+            sync_members(&secure, &first),
+            Ok(MemberChanges {
+                added: 3,
+                removed: 0
+            })
+        );
+        // 1 stays, 2 gets a new key, 3 goes, 4 comes.
+        let second = cfg(&[(1, 1), (2, 5), (4, 4)]);
+        assert_eq!(
+            sync_members(&secure, &second),
+            Ok(MemberChanges {
+                added: 2,
+                removed: 2
+            })
+        );
+        let mut now: Vec<(Ipv4Addr, PublicKey)> = secure
+            .status()
+            .iter()
+            .map(|p| (p.vtep, p.public_key))
+            .collect();
+        now.sort_by_key(|m| m.0);
+        let mut want = second.members.clone();
+        want.sort_by_key(|m| m.0);
+        assert_eq!(now, want);
+        assert_eq!(sync_members(&secure, &second), Ok(MemberChanges::default()));
+    }
 
     #[test]
     fn configurations_parse_and_every_rejection_names_its_key() {

@@ -87,9 +87,23 @@ impl std::str::FromStr for SecurePolicy {
     }
 }
 
-/// Underlay MTU: room for VXLAN's 50 bytes and a secure tunnel's 60 over the VMs' 1500, so
-/// guests keep 1500 on every tunnel.
-pub const UNDERLAY_MTU: u32 = 1500 + 50 + 60;
+/// Underlay MTU: room for VXLAN's 50 bytes, a secure tunnel's 60 and the relay's 12 over the
+/// VMs' 1500, so guests keep 1500 on every tunnel and every path.
+pub const UNDERLAY_MTU: u32 = 1500 + 50 + 60 + 12;
+
+/// Where the local cloud's rendezvous listens: an address of the router namespace outside every
+/// provider's subnet, reached by every host through its default route.
+pub const RENDEZVOUS: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(Ipv4Addr::new(10, 209, 0, 1), 51820);
+
+/// Writes `text` to `path` through a temporary file and a rename (readers see the old or the
+/// new file, never half of one).
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| InfraError::new(format!("writing {}", path.display()), e))
+}
 
 /// A peer a host's switch is to have.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,11 +336,14 @@ impl LocalCloud {
             addr = host.underlay,
             mtu = UNDERLAY_MTU,
         );
-        if self.cfg.secure != SecurePolicy::Off {
-            // The switch makes its key pair at first start and keeps it in the host's
-            // directory, so a restarted switch has the key its peers know.
+        let secure = self.cfg.secure != SecurePolicy::Off;
+        if secure {
+            // The host's key pair is kept in its directory, so a restarted switch has the key
+            // its peers know. The rendezvous tells it where peers are and relays when no
+            // direct path opens.
+            let rendezvous_key = self.ensure_rendezvous()?;
             text.push_str(&format!(
-                "\n[secure]\nkey_file = {:?}\n",
+                "\n[secure]\nkey_file = {:?}\nrendezvous = \"{RENDEZVOUS}\"\nrendezvous_key = {rendezvous_key:?}\n",
                 host.dir.join("switch.key").display().to_string()
             ));
         }
@@ -334,6 +351,14 @@ impl LocalCloud {
             .map_err(|e| InfraError::new(format!("writing {}", config.display()), e))?;
         let bin = self.cfg.switch_bin.display().to_string();
         let cfg_path = config.display().to_string();
+        if secure {
+            // The key pair is made now and the rendezvous told, so that the switch's first
+            // handshake with it is answered (a refused one is retried only after 5 s).
+            let key = sys::run(&[&bin, "public-key", "-c", &cfg_path])?
+                .trim()
+                .to_owned();
+            self.add_rendezvous_member(host.underlay, &key)?;
+        }
         let log = host.dir.join("switch.log");
         sys::spawn_detached(
             &host.netns,
@@ -372,12 +397,154 @@ impl LocalCloud {
         Ok(())
     }
 
-    /// Removes the underlay router (once no host is left). Idempotent.
+    /// Removes the underlay router and the rendezvous (once no host is left). Idempotent.
     ///
     /// # Errors
     /// If the namespace cannot be removed.
     pub fn release_underlay(&self) -> Result<()> {
+        let dir = self.rendezvous_dir();
+        sys::stop_pidfile(&dir.join("rendezvous.pid"), Duration::from_secs(3));
+        let _ = std::fs::remove_dir_all(&dir);
         sys::delete_netns(&self.router_netns())
+    }
+
+    fn rendezvous_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("rendezvous")
+    }
+
+    /// The rendezvous' configuration for `members` (VTEP address, public key).
+    fn rendezvous_config(&self, members: &[(Ipv4Addr, String)]) -> String {
+        let mut t = format!(
+            "# Written by kangaroo: the local cloud's rendezvous.\nlisten = \"{RENDEZVOUS}\"\nkey_file = {:?}\nrelay = true\n",
+            self.rendezvous_dir()
+                .join("rendezvous.key")
+                .display()
+                .to_string()
+        );
+        for (vtep, key) in members {
+            t.push_str(&format!(
+                "\n[[member]]\nvtep = \"{vtep}\"\npublic_key = {key:?}\n"
+            ));
+        }
+        t
+    }
+
+    /// Starts the rendezvous in the router namespace unless it runs (its key pair is made at
+    /// first start and kept until the underlay is released) and answers its public key.
+    ///
+    /// # Errors
+    /// The router namespace, the key or the process cannot be made.
+    pub fn ensure_rendezvous(&self) -> Result<String> {
+        let ns = self.router_netns();
+        sys::ensure_netns(&ns)?;
+        sys::run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        let addr = format!("{}/32", RENDEZVOUS.ip());
+        sys::run(&["ip", "-n", &ns, "addr", "replace", &addr, "dev", "lo"])?;
+        let dir = self.rendezvous_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| InfraError::new(format!("creating {}", dir.display()), e))?;
+        let config = dir.join("rendezvous.toml");
+        if !config.exists() {
+            write_atomically(&config, &self.rendezvous_config(&[]))?;
+        }
+        let bin = self.cfg.switch_bin.display().to_string();
+        let cfg_path = config.display().to_string();
+        let key = sys::run(&[&bin, "rendezvous", "-c", &cfg_path, "--public-key"])?
+            .trim()
+            .to_owned();
+        let pid = dir.join("rendezvous.pid");
+        if sys::live_pid(&pid).is_none() {
+            let log = dir.join("rendezvous.log");
+            let _ = std::fs::remove_file(&log);
+            sys::spawn_detached(&ns, &[&bin, "rendezvous", "-c", &cfg_path], &log, &pid)?;
+            // Until it has its signal handlers, a SIGHUP (new members) would end it.
+            let ready =
+                || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("rendezvous running"));
+            let step = "starting the rendezvous";
+            let r = sys::wait_for(step, Duration::from_secs(10), || {
+                ready() || sys::live_pid(&pid).is_none()
+            });
+            if r.is_err() || !ready() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(InfraError::new(
+                    step,
+                    text.lines()
+                        .last()
+                        .unwrap_or("it exited without a message")
+                        .to_owned(),
+                ));
+            }
+        }
+        Ok(key)
+    }
+
+    /// The rendezvous' members now (VTEP address, public key), from its file.
+    pub fn rendezvous_members(&self) -> Vec<(Ipv4Addr, String)> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            member: Vec<Member>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Member {
+            vtep: Ipv4Addr,
+            public_key: String,
+        }
+        std::fs::read_to_string(self.rendezvous_dir().join("rendezvous.toml"))
+            .ok()
+            .and_then(|t| toml::from_str::<File>(&t).ok())
+            .map(|f| {
+                f.member
+                    .into_iter()
+                    .map(|m| (m.vtep, m.public_key))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Makes `vtep` a member of the rendezvous with `key` (replacing what it had).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn add_rendezvous_member(&self, vtep: Ipv4Addr, key: &str) -> Result<()> {
+        let mut members = self.rendezvous_members();
+        members.retain(|(v, k)| *v != vtep && k != key);
+        members.push((vtep, key.to_owned()));
+        self.set_rendezvous_members(&members)
+    }
+
+    /// Makes the rendezvous' members exactly `members` (VTEP address, public key): the file is
+    /// rewritten and the running rendezvous told (SIGHUP) when they changed.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn set_rendezvous_members(&self, members: &[(Ipv4Addr, String)]) -> Result<()> {
+        let dir = self.rendezvous_dir();
+        let config = dir.join("rendezvous.toml");
+        let mut members = members.to_vec();
+        members.sort();
+        let text = self.rendezvous_config(&members);
+        if std::fs::read_to_string(&config).ok().as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        write_atomically(&config, &text)?;
+        if let Some(pid) = sys::live_pid(&dir.join("rendezvous.pid")) {
+            sys::signal(pid, "HUP");
+        }
+        Ok(())
+    }
+
+    /// The rendezvous' state as the host `host`'s switch sees it (`GET /v1/secure`'s
+    /// `rendezvous`), when it has one.
+    ///
+    /// # Errors
+    /// The switch does not answer.
+    pub fn rendezvous_status(&self, host: &HostRef) -> Result<Option<Value>> {
+        match request(&Self::socket(host), "GET", "/v1/secure", None) {
+            Ok(v) => Ok(v.get("rendezvous").filter(|r| !r.is_null()).cloned()),
+            Err(e) if e.cause.starts_with("404") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every namespace this cloud made that still exists.

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde_json::Value;
+
 use super::local::{host_address, provider_subnet, LocalCloud, MigrationReport, WantedPeer};
 use super::{HostRef, InfraError, Result, VmDriver, VmSpec, VmStatus};
 use crate::model::{Host, Name, NestedVm, VmState};
@@ -22,13 +24,17 @@ pub struct Realizer {
     default_driver: String,
     /// Names of the `local` providers, in order (the index picks the underlay subnet).
     providers: Vec<String>,
+    /// The switches' public keys, by host, as last read from them (a switch that is down
+    /// keeps its key file, so its key stays usable).
+    keys: Mutex<BTreeMap<String, String>>,
     lock: Mutex<()>,
 }
 
 /// One tunnel of a host's switch, as the switch reports it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Tunnel {
-    /// The host at the other end (its underlay address when it is not in the state).
+    /// The host at the other end (its underlay address when it is not in the state), or
+    /// `rendezvous` for the switch's tunnel to the rendezvous.
     pub peer: String,
     /// Its underlay address.
     pub address: String,
@@ -75,6 +81,7 @@ impl Realizer {
                 .collect(),
             default_driver,
             providers,
+            keys: Mutex::new(BTreeMap::new()),
             lock: Mutex::new(()),
         }
     }
@@ -226,49 +233,76 @@ impl Realizer {
             .values()
             .filter_map(|h| Some((h.underlay?, h.name.as_str())))
             .collect();
-        let peers = self.cloud.peer_status(&host)?;
-        Ok(peers
+        let tunnel = |peer: String, address: String, encryption: &str, secure: Option<&Value>| {
+            let field = |k: &str| secure.and_then(|s| s.get(k));
+            Tunnel {
+                peer,
+                address,
+                encryption: encryption.to_owned(),
+                path: field("path").and_then(Value::as_str).map(str::to_owned),
+                rtt_ms: field("rtt_ms").and_then(Value::as_u64),
+                tx_packets: field("tx_packets").and_then(Value::as_u64),
+                rx_packets: field("rx_packets").and_then(Value::as_u64),
+            }
+        };
+        let mut out: Vec<Tunnel> = self
+            .cloud
+            .peer_status(&host)?
             .iter()
             .filter_map(|p| {
                 let address = p.get("address")?.as_str()?.to_owned();
+                let peer = address
+                    .parse()
+                    .ok()
+                    .and_then(|a| by_address.get(&a))
+                    .map_or_else(|| address.clone(), |n| (*n).to_owned());
+                let encryption = p.get("encryption").and_then(Value::as_str).unwrap_or("off");
                 let secure = p.get("secure").filter(|s| !s.is_null());
-                let field = |k: &str| secure.and_then(|s| s.get(k));
-                Some(Tunnel {
-                    peer: address
-                        .parse()
-                        .ok()
-                        .and_then(|a| by_address.get(&a))
-                        .map_or_else(|| address.clone(), |n| (*n).to_owned()),
-                    encryption: p
-                        .get("encryption")
-                        .and_then(|e| e.as_str())
-                        .unwrap_or("off")
-                        .to_owned(),
-                    path: field("path").and_then(|v| v.as_str()).map(str::to_owned),
-                    rtt_ms: field("rtt_ms").and_then(serde_json::Value::as_u64),
-                    tx_packets: field("tx_packets").and_then(serde_json::Value::as_u64),
-                    rx_packets: field("rx_packets").and_then(serde_json::Value::as_u64),
-                    address,
-                })
+                Some(tunnel(peer, address, encryption, secure))
             })
-            .collect())
+            .collect();
+        // The rendezvous, when the switch has one: its own secure tunnel.
+        if let Some(r) = self.cloud.rendezvous_status(&host)? {
+            let address = r
+                .get("endpoint")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            out.push(tunnel("rendezvous".into(), address, "required", Some(&r)));
+        }
+        Ok(out)
     }
 
-    /// The public keys of the hosts in `all` whose switches answer.
+    /// The public keys of the hosts in `all`: read from the switches that answer, remembered
+    /// for the others.
     fn keys(&self, all: &[HostRef]) -> BTreeMap<String, String> {
         if self.cloud.config().secure == super::local::SecurePolicy::Off {
             return BTreeMap::new();
         }
-        all.iter()
-            .filter_map(|h| Some((h.name.clone(), self.cloud.public_key(h).ok()??)))
-            .collect()
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|name, _| all.iter().any(|h| &h.name == name));
+        for h in all {
+            if let Ok(Some(k)) = self.cloud.public_key(h) {
+                keys.insert(h.name.clone(), k);
+            }
+        }
+        keys.clone()
     }
 
     /// Gives every live switch in `all` (and `also`'s, even if the check says otherwise) its
-    /// peers.
+    /// peers, and the rendezvous its members.
     fn set_all_peers(&self, state: &State, all: &[HostRef], also: Option<&str>) -> Result<()> {
         let keys = self.keys(all);
         let mut first = None;
+        if self.cloud.config().secure != super::local::SecurePolicy::Off {
+            let members: Vec<(Ipv4Addr, String)> = all
+                .iter()
+                .filter_map(|h| Some((h.underlay, keys.get(&h.name)?.clone())))
+                .collect();
+            if let Err(e) = self.cloud.set_rendezvous_members(&members) {
+                first.get_or_insert(e);
+            }
+        }
         for h in all {
             if Some(h.name.as_str()) == also || self.cloud.switch_alive(h) {
                 if let Err(e) = self
