@@ -521,6 +521,60 @@ fn netns_vms_move_by_stop_and_start() {
     assert!(kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")).is_empty());
 }
 
+#[test]
+fn secure_tunnels_between_providers_use_the_relay_when_no_direct_path_opens() {
+    let _serial = serial();
+    if let Some(why) = skip_reason(false) {
+        println!("skipping: {why}");
+        return;
+    }
+    let mut c = Cloud::new(&local_mode());
+    let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
+        prefix: c.cloud.config().prefix.clone(),
+        service_bin: PathBuf::from(env!("CARGO_BIN_EXE_kangaroo")),
+    });
+    let a = c.rent("host-a", 0, 0);
+    // The router forwards nothing between the two providers' hosts: only the rendezvous (an
+    // address of the router itself) is reachable from both.
+    let router = c.cloud.router_netns();
+    for cmd in [
+        "add table inet kgrtest",
+        "add chain inet kgrtest between { type filter hook forward priority 0 ; }",
+        "add rule inet kgrtest between ip saddr 10.210.0.0/24 ip daddr 10.211.0.0/24 drop",
+        "add rule inet kgrtest between ip saddr 10.211.0.0/24 ip daddr 10.210.0.0/24 drop",
+    ] {
+        let o = in_ns(&router, &["nft", cmd]);
+        assert!(o.status.success(), "nft {cmd}: {o:?}");
+    }
+    let b = c.rent("host-b", 1, 0);
+    c.create(netns.clone(), a, spec("r1", 31, None));
+    c.create(netns.clone(), b, spec("r2", 32, None));
+    let ns1 = format!("{}-v-r1", c.cloud.config().prefix);
+    let t0 = Instant::now();
+    let t = wait_http(&ns1, Ipv4Addr::new(10, 50, 0, 32), 30);
+    let first = t0.elapsed();
+    assert!(t.starts_with("name=r2"), "{t}");
+    let o = in_ns(
+        &ns1,
+        &["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.50.0.32"],
+    );
+    assert!(o.status.success(), "ping through the relay: {o:?}");
+    for (h, other) in [(a, b), (b, a)] {
+        let peers = c.cloud.peer_status(&c.hosts[h]).unwrap();
+        let p = peers
+            .iter()
+            .find(|p| p["address"] == c.hosts[other].underlay.to_string())
+            .unwrap_or_else(|| panic!("{peers:?}"));
+        assert_eq!(p["encryption"], "required", "{p}");
+        assert_eq!(p["secure"]["path"], "relayed", "{p}");
+        assert!(p["secure"]["rx_packets"].as_u64() > Some(5), "{p}");
+    }
+    let log = std::fs::read_to_string(c.cloud.config().state_dir.join("rendezvous/rendezvous.log"))
+        .unwrap_or_default();
+    assert!(log.contains("rendezvous running"), "{log}");
+    println!("r1 reached r2 through the orchestrator's relay after {first:?}");
+}
+
 /// The switches' datapath mode: `KGR_LOCAL_MODE`, else the default (`tc`).
 /// web-2's page as fetched from web-1 (a `netns` VM) through the switches, within 10 s.
 fn web2_page(s: &Serve, ip2: &str, what: &str) -> String {
