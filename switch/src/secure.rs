@@ -67,6 +67,9 @@ pub const CONTROL_PORT: u16 = 51821;
 const RELAY_AFTER: Duration = Duration::from_secs(5);
 /// While a peer is relayed (or not yet heard directly), a direct probe this often.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often a peer without a session, not relayed and no longer new, is tried directly
+/// (WireGuard's rekey timeout).
+const RETRY_UNREACHABLE: Duration = Duration::from_secs(5);
 /// Rendezvous queries this often while some peer has no direct path, and otherwise.
 const QUERY_EVERY: Duration = Duration::from_secs(2);
 const QUERY_IDLE: Duration = Duration::from_secs(20);
@@ -1417,14 +1420,22 @@ impl Secure {
         if now_ms < p.next_probe_ms.load(Ordering::Relaxed) {
             return;
         }
-        p.next_probe_ms
-            .store(now_ms + PROBE_EVERY.as_millis() as u64, Ordering::Relaxed);
         // Straight to the endpoint: through both NATs once each side has sent. With a session,
         // a keepalive; without one (and not relayed), the lower address initiates and the
         // other only opens its NAT, so the two initiations do not cross.
         let to = Self::endpoint(p);
         let mut tunn = p.tunn.lock().unwrap_or_else(|e| e.into_inner());
         let session = tunn.time_since_last_handshake().is_some();
+        // Every second while a path may be opening (the peer or its endpoint is new); a peer
+        // that stays unreachable gets WireGuard's own retry interval, not an initiation a second.
+        let since = now_ms.saturating_sub(p.added_ms.max(p.learned_ms.load(Ordering::Relaxed)));
+        let every = if session || since < RELAY_AFTER.as_millis() as u64 {
+            PROBE_EVERY
+        } else {
+            RETRY_UNREACHABLE
+        };
+        p.next_probe_ms
+            .store(now_ms + every.as_millis() as u64, Ordering::Relaxed);
         let probe = if session {
             tunn.encapsulate(&[], scratch)
         } else if p.relayed.load(Ordering::Relaxed) {
@@ -1596,16 +1607,20 @@ mod tests {
     /// Members at 127.0.0.11 and .12 that know each other's keys but not where they are
     /// (their endpoints point at nothing), and a rendezvous at .13 that relays.
     fn behind_nat() -> (Secure, Secure, Secure) {
+        behind_nat_relaying(true)
+    }
+
+    fn behind_nat_relaying(relay: bool) -> (Secure, Secure, Secure) {
         let at = |last: u8| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), 0);
         let nowhere = Some(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 99), 9));
         let open_at = |last| Secure::open(KeyPair::generate().unwrap(), at(last), 1).unwrap();
         let (a, b) = (open_at(11), open_at(12));
         let r = Secure::open(KeyPair::generate().unwrap(), at(13), 0).unwrap();
-        r.serve_relay(true);
+        r.serve_relay(relay);
         let rv = RendezvousSpec {
             endpoint: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 13), r.port()),
             public_key: r.public_key(),
-            relay: true,
+            relay,
         };
         for (me, other) in [(&a, &b), (&b, &a)] {
             me.set_rendezvous(&rv).unwrap();
@@ -1690,6 +1705,40 @@ mod tests {
         let got = pump(&a, &b, &r, true, Duration::from_secs(2), |g| !g.is_empty());
         assert_eq!(got, vec![packet]);
         assert_eq!(count(&r, "relay_forwarded"), 0);
+    }
+
+    #[test]
+    fn an_unreachable_peer_without_a_relay_is_retried_at_the_rekey_interval() {
+        let (a, b, r) = behind_nat_relaying(false);
+        // Nobody answers: a (the lower address) initiates toward an endpoint that is nowhere.
+        pump(
+            &a,
+            &b,
+            &r,
+            false,
+            RELAY_AFTER + Duration::from_millis(500),
+            |_| false,
+        );
+        let tries = |s: &Secure| count(s, "handshakes_sent") + count(s, "probes");
+        let early = tries(&a);
+        pump(
+            &a,
+            &b,
+            &r,
+            false,
+            RETRY_UNREACHABLE + Duration::from_millis(500),
+            |_| false,
+        );
+        let later = tries(&a) - early;
+        assert!(
+            early >= 3,
+            "while the path may be opening, about one a second: {early}"
+        );
+        assert!(
+            (1..=2).contains(&later),
+            "then one per {RETRY_UNREACHABLE:?}, not one a second: {later}"
+        );
+        assert_eq!(a.status()[0].path, "down");
     }
 
     #[test]
