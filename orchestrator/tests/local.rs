@@ -94,6 +94,14 @@ impl Cloud {
         self.vms.push((vm, host, driver));
     }
 
+    /// The `netns` driver for this cloud's VMs.
+    fn netns_driver(&self) -> Arc<dyn VmDriver> {
+        Arc::new(NetnsDriver {
+            prefix: self.cloud.config().prefix.clone(),
+            service_bin: PathBuf::from(env!("CARGO_BIN_EXE_kangaroo")),
+        })
+    }
+
     fn vm(&self, name: &str) -> usize {
         self.vms.iter().position(|v| v.0.name == name).unwrap()
     }
@@ -154,10 +162,7 @@ fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
         .unwrap(),
     );
     let mut c = Cloud::new(&local_mode());
-    let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
-        prefix: c.cloud.config().prefix.clone(),
-        service_bin: PathBuf::from(env!("CARGO_BIN_EXE_kangaroo")),
-    });
+    let netns = c.netns_driver();
     // Two hosts of two providers: separate underlay subnets joined by the router.
     let a = c.rent("host-a", 0, 0);
     let b = c.rent("host-b", 1, 0);
@@ -410,10 +415,7 @@ fn netns_vms_move_by_stop_and_start() {
         return;
     }
     let mut c = Cloud::new(&local_mode());
-    let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
-        prefix: c.cloud.config().prefix.clone(),
-        service_bin: PathBuf::from(env!("CARGO_BIN_EXE_kangaroo")),
-    });
+    let netns = c.netns_driver();
     let a = c.rent("host-a", 0, 0);
     let b = c.rent("host-b", 0, 1);
     c.create(netns.clone(), a, spec("n1", 21, None));
@@ -529,10 +531,7 @@ fn secure_tunnels_between_providers_use_the_relay_when_no_direct_path_opens() {
         return;
     }
     let mut c = Cloud::new(&local_mode());
-    let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
-        prefix: c.cloud.config().prefix.clone(),
-        service_bin: PathBuf::from(env!("CARGO_BIN_EXE_kangaroo")),
-    });
+    let netns = c.netns_driver();
     let a = c.rent("host-a", 0, 0);
     // The router forwards nothing between the two providers' hosts: only the rendezvous (an
     // address of the router itself) is reachable from both.

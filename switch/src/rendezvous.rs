@@ -139,15 +139,7 @@ pub fn open(cfg: &RendezvousConfig) -> Result<Secure, String> {
     let secure = Secure::open(keys, cfg.listen, 0)
         .map_err(|e| format!("listen: binding {}: {e}", cfg.listen))?;
     secure.serve_relay(cfg.relay);
-    for (i, (vtep, key)) in cfg.members.iter().enumerate() {
-        secure
-            .add_peer(&PeerSpec {
-                vtep: *vtep,
-                public_key: *key,
-                endpoint: None,
-            })
-            .map_err(|e| format!("member[{i}].public_key: {e}"))?;
-    }
+    sync_members(&secure, cfg)?;
     Ok(secure)
 }
 

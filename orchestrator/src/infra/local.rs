@@ -96,6 +96,18 @@ pub const UNDERLAY_MTU: u32 = 1500 + 50 + 60 + 12;
 pub const RENDEZVOUS: std::net::SocketAddrV4 =
     std::net::SocketAddrV4::new(Ipv4Addr::new(10, 209, 0, 1), 51820);
 
+/// A process that did not come up: `step` failed with the last line of its `log`.
+fn not_started(step: impl Into<String>, log: &Path) -> InfraError {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    InfraError::new(
+        step,
+        text.lines()
+            .last()
+            .unwrap_or("it exited without a message")
+            .to_owned(),
+    )
+}
+
 /// Writes `text` to `path` through a temporary file and a rename (readers see the old or the
 /// new file, never half of one).
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
@@ -371,14 +383,7 @@ impl LocalCloud {
             socket.exists() || sys::live_pid(&pid).is_none()
         });
         if r.is_err() || sys::live_pid(&pid).is_none() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(InfraError::new(
-                step,
-                text.lines()
-                    .last()
-                    .unwrap_or("it exited without a message")
-                    .to_owned(),
-            ));
+            return Err(not_started(step, &log));
         }
         Ok(())
     }
@@ -465,14 +470,7 @@ impl LocalCloud {
                 ready() || sys::live_pid(&pid).is_none()
             });
             if r.is_err() || !ready() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(InfraError::new(
-                    step,
-                    text.lines()
-                        .last()
-                        .unwrap_or("it exited without a message")
-                        .to_owned(),
-                ));
+                return Err(not_started(step, &log));
             }
         }
         Ok(key)
