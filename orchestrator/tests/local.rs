@@ -684,19 +684,25 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
         .as_str()
         .unwrap()
         .to_owned();
-    let pidfile = dir.join("local/hosts").join(&w2_host).join("switch.pid");
-    let pid = std::fs::read_to_string(&pidfile).unwrap();
-    assert!(Command::new("kill")
-        .args(["-KILL", pid.trim()])
-        .status()
-        .unwrap()
-        .success());
+    // The rendezvous too.
+    for pidfile in [
+        dir.join("local/hosts").join(&w2_host).join("switch.pid"),
+        dir.join("local/rendezvous/rendezvous.pid"),
+    ] {
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        assert!(Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap()
+            .success());
+    }
     std::thread::sleep(Duration::from_millis(300));
     let out = s2.ok(&["reconcile"]);
     assert!(
         out.contains(&format!("host {w2_host}: switch (re)started")),
         "{out}"
     );
+    assert!(out.contains("the rendezvous (re)started"), "{out}");
     web2_page(&s2, &ip2, "web-2 answers after its switch was restarted");
     println!(
         "switch of {w2_host} killed and restored by the reconciler: {}",

@@ -434,6 +434,11 @@ impl LocalCloud {
         t
     }
 
+    /// Whether the rendezvous is running.
+    pub fn rendezvous_alive(&self) -> bool {
+        sys::live_pid(&self.rendezvous_dir().join("rendezvous.pid")).is_some()
+    }
+
     /// Starts the rendezvous in the router namespace unless it runs (its key pair is made at
     /// first start and kept until the underlay is released) and answers its public key.
     ///

@@ -443,6 +443,15 @@ impl Realizer {
         let _g = self.guard();
         let mut r = ConvergeReport::default();
         let hosts = self.hosts(state);
+        // The rendezvous runs while there are hosts to serve (restarted with its key if it died).
+        if !hosts.is_empty() && self.cloud.config().secure != super::local::SecurePolicy::Off {
+            let was = self.cloud.rendezvous_alive();
+            match self.cloud.ensure_rendezvous() {
+                Ok(_) if !was => r.repaired.push("the rendezvous (re)started".into()),
+                Ok(_) => {}
+                Err(e) => r.errors.push(e.to_string()),
+            }
+        }
         for h in state.hosts.values().filter(|h| self.host_ref(h).is_some()) {
             let Some(hr) = self.host_ref(h) else { continue };
             let was_alive = self.cloud.switch_alive(&hr);
