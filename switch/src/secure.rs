@@ -344,6 +344,13 @@ pub struct SecurePeer {
     next_probe_ms: AtomicU64,
     /// When the rendezvous last gave a new endpoint (0: never).
     learned_ms: AtomicU64,
+    /// When this side last answered a handshake initiation, until the initiator's first packet
+    /// (0: none pending).
+    answered_ms: AtomicU64,
+    /// The last handshake's round trip, milliseconds + 1 (0: none yet), on either side: the
+    /// initiator's from boringtun, the responder's from its answer to the initiator's first
+    /// packet.
+    rtt_ms: AtomicU64,
 }
 
 /// Which way a datagram goes to a peer.
@@ -639,6 +646,8 @@ impl Secure {
             relayed: AtomicBool::new(false),
             next_probe_ms: AtomicU64::new(0),
             learned_ms: AtomicU64::new(0),
+            answered_ms: AtomicU64::new(0),
+            rtt_ms: AtomicU64::new(0),
         })
     }
 
@@ -781,7 +790,11 @@ impl Secure {
 
     fn peer_status(&self, p: &SecurePeer) -> PeerStatus {
         let now = self.elapsed_ms();
-        let (age, _, _, _, rtt) = p.tunn.lock().unwrap_or_else(|e| e.into_inner()).stats();
+        let (age, _, _, _, initiated) = p.tunn.lock().unwrap_or_else(|e| e.into_inner()).stats();
+        let rtt = match p.rtt_ms.load(Ordering::Relaxed) {
+            0 => initiated,
+            ms => u32::try_from(ms - 1).ok(),
+        };
         let ago = |ms: u64| (ms > 0).then(|| Duration::from_millis(now.saturating_sub(ms)));
         let since = ago(p.last_rx_ms.load(Ordering::Relaxed));
         let direct = ago(p.last_direct_ms.load(Ordering::Relaxed));
@@ -1075,6 +1088,7 @@ impl Secure {
                     // A keepalive; the first one confirms a session we answered, so what
                     // waited for it can go now.
                     c.keepalives.fetch_add(1, Ordering::Relaxed);
+                    self.confirmed(&peer);
                     while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], scratch) {
                         queue.push(p.to_vec());
                     }
@@ -1087,6 +1101,12 @@ impl Secure {
                 // A handshake response (we answered an initiation) or the keepalive that
                 // completes our own handshake; then whatever waited for the session.
                 c.handshakes_completed.fetch_add(1, Ordering::Relaxed);
+                if is_init {
+                    peer.answered_ms
+                        .store(self.elapsed_ms().max(1), Ordering::Relaxed);
+                } else if let Some(rtt) = tunn.stats().4 {
+                    peer.rtt_ms.store(u64::from(rtt) + 1, Ordering::Relaxed);
+                }
                 let reply_len = reply.len();
                 let (first, _) = out.split_at_mut(reply_len);
                 let mut queue = vec![first.to_vec()];
@@ -1107,6 +1127,7 @@ impl Secure {
                 } else {
                     let n = ip.len();
                     drop(tunn);
+                    self.confirmed(&peer);
                     self.heard(&peer, route);
                     peer.rx_packets.fetch_add(1, Ordering::Relaxed);
                     c.decrypted.fetch_add(1, Ordering::Relaxed);
@@ -1271,7 +1292,17 @@ impl Secure {
         self.read_peers().by_vtep.get(&vtep).cloned()
     }
 
-    /// The member's endpoint, if it was heard from lately.
+    /// An authenticated packet from `p`: if it is the first since we answered its initiation,
+    /// the time since the answer is the handshake's round trip.
+    fn confirmed(&self, p: &SecurePeer) {
+        let answered = p.answered_ms.swap(0, Ordering::Relaxed);
+        if answered > 0 {
+            let rtt = self.elapsed_ms().saturating_sub(answered);
+            p.rtt_ms.store(rtt + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The member's endpoint, if it was heard from lately (directly, not through the relay).
     pub fn observed(&self, p: &SecurePeer) -> Option<SocketAddrV4> {
         let last = p.last_direct_ms.load(Ordering::Relaxed);
         (last > 0 && self.elapsed_ms().saturating_sub(last) < DOWN_AFTER.as_millis() as u64)
@@ -1688,6 +1719,7 @@ mod tests {
             b.status()
         );
         assert_eq!(a.status()[0].endpoint, addr_of(&b));
+        assert!(a.status()[0].rtt_ms.is_some() && b.status()[0].rtt_ms.is_some());
         assert_eq!(
             a.public_endpoint(),
             Some(addr_of(&a)),
@@ -1835,7 +1867,10 @@ mod tests {
         let st = b.status();
         assert_eq!(st[0].path, "direct");
         assert_eq!(st[0].rx_packets, 2);
-        assert!(st[0].rtt_ms.is_some() || a.status()[0].rtt_ms.is_some());
+        // Both sides measured the handshake: a as its initiator, b from its answer to a's
+        // first packet.
+        assert!(st[0].rtt_ms.is_some(), "{st:?}");
+        assert!(a.status()[0].rtt_ms.is_some(), "{:?}", a.status());
         assert_eq!(count(&b, "decrypted"), 2);
     }
 
