@@ -614,16 +614,12 @@ impl Service {
                 kind: "host",
                 name: name.to_owned(),
             })?;
-        let Some(r) = &self.realizer else {
+        let provider = state.hosts.get(&n).map_or("", |h| h.provider.as_str());
+        let Some(r) = self.realizer.as_ref().filter(|r| r.is_local(provider)) else {
             return Err(ServiceError::Conflict(format!(
                 "host {n} is simulated: it has no switch and no tunnels"
             )));
         };
-        if !r.is_local(state.hosts.get(&n).map_or("", |h| h.provider.as_str())) {
-            return Err(ServiceError::Conflict(format!(
-                "host {n} is simulated: it has no switch and no tunnels"
-            )));
-        }
         Ok(r.tunnels(&state, &n)?)
     }
 

@@ -1295,6 +1295,10 @@ impl Secure {
     /// An authenticated packet from `p`: if it is the first since we answered its initiation,
     /// the time since the answer is the handshake's round trip.
     fn confirmed(&self, p: &SecurePeer) {
+        // Per packet: a read, and a write only for the first packet after an answer.
+        if p.answered_ms.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let answered = p.answered_ms.swap(0, Ordering::Relaxed);
         if answered > 0 {
             let rtt = self.elapsed_ms().saturating_sub(answered);

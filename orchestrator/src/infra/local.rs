@@ -543,8 +543,15 @@ impl LocalCloud {
     /// # Errors
     /// The switch does not answer.
     pub fn rendezvous_status(&self, host: &HostRef) -> Result<Option<Value>> {
+        Ok(self
+            .secure_status(host)?
+            .and_then(|v| v.get("rendezvous").filter(|r| !r.is_null()).cloned()))
+    }
+
+    /// `GET /v1/secure` of `host`'s switch (`None` when it has no secure tunnels).
+    fn secure_status(&self, host: &HostRef) -> Result<Option<Value>> {
         match request(&Self::socket(host), "GET", "/v1/secure", None) {
-            Ok(v) => Ok(v.get("rendezvous").filter(|r| !r.is_null()).cloned()),
+            Ok(v) => Ok(Some(v)),
             Err(e) if e.cause.starts_with("404") => Ok(None),
             Err(e) => Err(e),
         }
@@ -560,14 +567,9 @@ impl LocalCloud {
     /// # Errors
     /// The switch does not answer.
     pub fn public_key(&self, host: &HostRef) -> Result<Option<String>> {
-        match request(&Self::socket(host), "GET", "/v1/secure", None) {
-            Ok(v) => Ok(v
-                .get("public_key")
-                .and_then(Value::as_str)
-                .map(str::to_owned)),
-            Err(e) if e.cause.starts_with("404") => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .secure_status(host)?
+            .and_then(|v| v.get("public_key")?.as_str().map(str::to_owned)))
     }
 
     /// The switch's own view of its peers (`GET /v1/peers`).

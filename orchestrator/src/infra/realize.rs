@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 
-use super::local::{host_address, provider_subnet, LocalCloud, MigrationReport, WantedPeer};
+use super::local::{
+    host_address, provider_subnet, LocalCloud, MigrationReport, SecurePolicy, WantedPeer,
+};
 use super::{HostRef, InfraError, Result, VmDriver, VmSpec, VmStatus};
 use crate::model::{Host, Name, NestedVm, VmState};
 use crate::store::State;
@@ -276,7 +278,7 @@ impl Realizer {
     /// The public keys of the hosts in `all`: read from the switches that answer, remembered
     /// for the others.
     fn keys(&self, all: &[HostRef]) -> BTreeMap<String, String> {
-        if self.cloud.config().secure == super::local::SecurePolicy::Off {
+        if self.cloud.config().secure == SecurePolicy::Off {
             return BTreeMap::new();
         }
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -294,7 +296,7 @@ impl Realizer {
     fn set_all_peers(&self, state: &State, all: &[HostRef], also: Option<&str>) -> Result<()> {
         let keys = self.keys(all);
         let mut first = None;
-        if self.cloud.config().secure != super::local::SecurePolicy::Off {
+        if self.cloud.config().secure != SecurePolicy::Off {
             let members: Vec<(Ipv4Addr, String)> = all
                 .iter()
                 .filter_map(|h| Some((h.underlay, keys.get(&h.name)?.clone())))
@@ -444,11 +446,12 @@ impl Realizer {
         let mut r = ConvergeReport::default();
         let hosts = self.hosts(state);
         // The rendezvous runs while there are hosts to serve (restarted with its key if it died).
-        if !hosts.is_empty() && self.cloud.config().secure != super::local::SecurePolicy::Off {
-            let was = self.cloud.rendezvous_alive();
+        if !hosts.is_empty()
+            && self.cloud.config().secure != SecurePolicy::Off
+            && !self.cloud.rendezvous_alive()
+        {
             match self.cloud.ensure_rendezvous() {
-                Ok(_) if !was => r.repaired.push("the rendezvous (re)started".into()),
-                Ok(_) => {}
+                Ok(_) => r.repaired.push("the rendezvous (re)started".into()),
                 Err(e) => r.errors.push(e.to_string()),
             }
         }
