@@ -18,6 +18,8 @@ packages=(
   qemu-system-x86 busybox-static cpio xz-utils
   # fuzzing: libFuzzer (built by libfuzzer-sys) is C++
   g++
+  # the etcd store: etcd-client's build compiles etcd's protobuf API; the tests run etcd itself
+  protobuf-compiler libprotobuf-dev etcd-server
 )
 
 missing=()

@@ -121,6 +121,15 @@ impl From<ServiceError> for ApiError {
                 e.to_string(),
                 None,
             ),
+            ServiceError::Store(
+                crate::store::StoreError::NotLeader { .. }
+                | crate::store::StoreError::Unavailable(_),
+            ) => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{:#}", anyhow::Error::from(e)),
+                None,
+            ),
             ServiceError::Store(_) => ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -155,6 +164,36 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> std::result::Result<T,
 }
 
 type JsonResult<T> = std::result::Result<Json<T>, ApiError>;
+
+/// Which controller this is: the only one (embedded store), the leader or a standby (etcd).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ControllerStatus {
+    /// `sole`, `leader` or `standby`.
+    pub role: &'static str,
+    /// The leader's API address, when this is a standby that knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Where the state lives: `embedded` or the etcd URL.
+    pub store: String,
+    /// The revision of the state this controller serves.
+    pub revision: u64,
+}
+
+/// This controller's role and the state's revision it serves.
+#[utoipa::path(get, path = "/v1/controller", responses((status = 200, body = ControllerStatus)))]
+async fn controller(State(a): State<Api>) -> Json<ControllerStatus> {
+    let (role, leader) = match a.service.role() {
+        crate::store::Role::Sole => ("sole", None),
+        crate::store::Role::Leader { .. } => ("leader", None),
+        crate::store::Role::Standby { leader } => ("standby", leader),
+    };
+    Json(ControllerStatus {
+        role,
+        leader,
+        store: a.service.store_description(),
+        revision: a.service.revision(),
+    })
+}
 
 /// Liveness.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = String)))]
@@ -459,6 +498,7 @@ pub fn router_with(
         .routes(routes!(billing))
         .routes(routes!(advance_clock))
         .routes(routes!(health))
+        .routes(routes!(controller))
         .with_state(api.clone())
         .split_for_parts();
     let doc_json = Arc::new(doc.clone());
@@ -495,8 +535,37 @@ pub fn router_with(
             )
             .into_response()
         })
-        .layer(middleware::from_fn_with_state(api, auth));
+        .layer(middleware::from_fn_with_state(api.clone(), auth))
+        .layer(middleware::from_fn_with_state(api, to_leader));
     (app, doc)
+}
+
+/// On a standby controller, sends every request that may change state to the leader and
+/// answers with the leader's response; reads are answered here, from the copy the standby keeps
+/// current by watching the store. With no leader elected yet, such requests get 503.
+async fn to_leader(State(a): State<Api>, req: Request, next: Next) -> Response {
+    let reads = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let leader = match a.service.role() {
+        crate::store::Role::Standby { leader } if !reads => leader,
+        _ => return next.run(req).await,
+    };
+    let Some(leader) = leader else {
+        let mut r = ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this controller is a standby and no leader is elected yet; retry in a few seconds"
+                .into(),
+            None,
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    };
+    crate::server::forward(&leader, req).await
 }
 
 async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {

@@ -87,6 +87,19 @@ enum Command {
         /// `memory` (default: m1.tiny to m1.xlarge).
         #[arg(long)]
         flavors: Option<PathBuf>,
+        /// Where the state lives: `embedded` (a database in the data directory, one
+        /// controller) or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (several controllers on one
+        /// etcd; the elected leader writes, the others stand by).
+        #[arg(long, env = "KANGAROO_STORE", default_value = "embedded")]
+        store: server::StoreChoice,
+        /// The API URL other controllers send writes to while this one leads (etcd store;
+        /// default: http:// and the listening address).
+        #[arg(long, env = "KANGAROO_ADVERTISE")]
+        advertise: Option<String>,
+        /// Seconds of the leader's lease (etcd store): a standby takes over this long after
+        /// the leader stopped renewing it.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+        lease_secs: u64,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
     /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
@@ -137,6 +150,9 @@ enum Command {
     Catalog(CatalogCmd),
     /// Cost of the rented hosts.
     Billing,
+    /// This controller: the only one, the leader or a standby (and the leader's address), where
+    /// the state lives and the revision it serves.
+    Controller,
 }
 
 #[derive(Debug, Subcommand)]
@@ -494,8 +510,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             openstack_project,
             openstack_token_ttl,
             flavors,
+            store,
+            advertise,
+            lease_secs,
         } => {
             let cfg = ServeConfig {
+                store: store.clone(),
+                advertise: advertise.clone(),
+                lease: std::time::Duration::from_secs(*lease_secs),
                 openstack: server::OpenStackSettings {
                     project: openstack_project.clone(),
                     token_ttl: std::time::Duration::from_secs(*openstack_token_ttl),
@@ -950,6 +972,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             v["accrued"].as_f64().unwrap_or(0.0),
                             s(v, "/clock_secs")
                         );
+                    });
+                }
+                Command::Controller => {
+                    let v = c.call("GET", "/v1/controller", None)?;
+                    emit(&v, &|v| {
+                        println!("role:     {}", s(v, "/role"));
+                        if v.get("leader").is_some() {
+                            println!("leader:   {}", s(v, "/leader"));
+                        }
+                        println!("store:    {}", s(v, "/store"));
+                        println!("revision: {}", s(v, "/revision"));
                     });
                 }
                 Command::Serve { .. }

@@ -14,7 +14,8 @@ use crate::infra::realize::Realizer;
 use crate::infra::VmDriver;
 use crate::packing::PackOptions;
 use crate::service::Service;
-use crate::store::RedbStore;
+use crate::store::etcd::{EtcdStore, EtcdUrl};
+use crate::store::{RedbStore, Store};
 
 /// Name of the token file in the data directory.
 pub const TOKEN_FILE: &str = "token";
@@ -48,11 +49,22 @@ pub fn token(dir: &Path) -> anyhow::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let t: String = (0..32)
+    let t = new_token();
+    write_token(dir, &t)?;
+    Ok(t)
+}
+
+fn new_token() -> String {
+    (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    let tmp = dir.join(format!("{TOKEN_FILE}.tmp"));
+        .collect()
+}
+
+/// Writes `t` as the token file in `dir` (mode 0600, replaced atomically).
+fn write_token(dir: &Path, t: &str) -> anyhow::Result<()> {
+    let path = dir.join(TOKEN_FILE);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!("{TOKEN_FILE}.tmp.{}", std::process::id()));
     {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
@@ -66,7 +78,32 @@ pub fn token(dir: &Path) -> anyhow::Result<String> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(t)
+    Ok(())
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded database in the data directory (one controller).
+    Embedded,
+    /// etcd (several controllers, one elected leader).
+    Etcd(EtcdUrl),
+}
+
+impl std::str::FromStr for StoreChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StoreChoice, String> {
+        if s == "embedded" {
+            return Ok(StoreChoice::Embedded);
+        }
+        if s.starts_with("etcd://") {
+            return s.parse().map(StoreChoice::Etcd);
+        }
+        Err(format!(
+            "{s:?}: use \"embedded\" or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"
+        ))
+    }
 }
 
 /// Server settings.
@@ -84,6 +121,13 @@ pub struct ServeConfig {
     pub local: LocalSettings,
     /// The OpenStack-compatible API's tenant and tokens.
     pub openstack: OpenStackSettings,
+    /// Where the state lives.
+    pub store: StoreChoice,
+    /// The API address other controllers forward writes to when this one leads (etcd store;
+    /// default `http://` and the listening address).
+    pub advertise: Option<String>,
+    /// The leader's lease (etcd store): a standby takes over this long after the leader died.
+    pub lease: std::time::Duration,
 }
 
 /// Settings of the OpenStack-compatible API (its password is the API token).
@@ -185,52 +229,112 @@ pub fn realizer(
     Ok(Some(Arc::new(Realizer::new(cloud, drivers, locals))))
 }
 
+fn log_reconcile(r: &Result<crate::infra::realize::ConvergeReport, crate::service::ServiceError>) {
+    match r {
+        Ok(r) => {
+            for line in r.repaired.iter().chain(r.errors.iter()) {
+                eprintln!("kangaroo: reconcile: {line}");
+            }
+            for (vm, host) in &r.adopted {
+                eprintln!("kangaroo: reconcile: VM {vm} adopted on {host}");
+            }
+        }
+        Err(e) => eprintln!("kangaroo: reconcile: {e}"),
+    }
+}
+
 /// Runs the API server until SIGINT or SIGTERM.
+///
+/// With the embedded store this is the only controller. With etcd it campaigns to lead: the
+/// leader writes and runs the reconciler; a standby answers reads from a copy it refreshes on
+/// every commit and forwards writes to the leader, and takes over (reloading the state, then
+/// reconciling, which finishes what the old leader left in flight) when the leader's lease
+/// expires.
 ///
 /// # Errors
 /// If the store, token or socket cannot be opened.
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
-    let store = RedbStore::open(&cfg.data_dir)?;
-    let mut service = Service::new(Box::new(store), &cfg.providers, cfg.options)?;
+    let (store, etcd): (Box<dyn Store>, Option<EtcdStore>) = match &cfg.store {
+        StoreChoice::Embedded => (Box::new(RedbStore::open(&cfg.data_dir)?), None),
+        StoreChoice::Etcd(url) => {
+            let url = url.clone();
+            let e = tokio::task::spawn_blocking(move || EtcdStore::connect(&url))
+                .await
+                .context("connecting to etcd")??;
+            (Box::new(e.clone()), Some(e))
+        }
+    };
+    let mut service = Service::new(store, &cfg.providers, cfg.options)?;
     if let Some(r) = realizer(&service, &cfg.data_dir, &cfg.local)? {
         service = service.with_realizer(r);
     }
     let service = Arc::new(service);
-    if service.realizer().is_some() {
-        // Adopt what runs, repair what drifted, finish what a crash interrupted, then keep
-        // doing so in the background.
-        let s = service.clone();
-        let first = tokio::task::spawn_blocking(move || s.reconcile())
-            .await
-            .context("the reconciler")?;
-        match first {
-            Ok(r) => {
-                for line in r.repaired.iter().chain(r.errors.iter()) {
-                    eprintln!("kangaroo: reconcile: {line}");
-                }
-                for (vm, host) in &r.adopted {
-                    eprintln!("kangaroo: reconcile: VM {vm} adopted on {host}");
-                }
-            }
-            Err(e) => eprintln!("kangaroo: reconcile: {e}"),
+    let token = match &etcd {
+        // Every controller on one etcd accepts the same token; the first one made it.
+        Some(e) => {
+            let e = e.clone();
+            let t = tokio::task::spawn_blocking(move || e.shared_value("token", new_token))
+                .await
+                .context("reading the token from etcd")??;
+            write_token(&cfg.data_dir, &t)?;
+            t
         }
-        if cfg.local.reconcile_secs > 0 {
+        None => token(&cfg.data_dir)?,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let reconciles = service.realizer().is_some();
+    match &etcd {
+        None if reconciles => {
+            // Adopt what runs, repair what drifted, finish what a crash interrupted.
             let s = service.clone();
-            let every = std::time::Duration::from_secs(cfg.local.reconcile_secs);
-            std::thread::spawn(move || loop {
-                std::thread::sleep(every);
-                match s.reconcile() {
-                    Ok(r) => {
-                        for line in r.repaired.iter().chain(r.errors.iter()) {
-                            eprintln!("kangaroo: reconcile: {line}");
-                        }
+            let first = tokio::task::spawn_blocking(move || s.reconcile())
+                .await
+                .context("the reconciler")?;
+            log_reconcile(&first);
+        }
+        None => {}
+        Some(e) => {
+            let s = service.clone();
+            e.watch_commits(Arc::new(move |rev| {
+                if !s.is_writer() && rev != s.revision() {
+                    if let Err(err) = s.refresh() {
+                        eprintln!("kangaroo: standby: reloading the state: {err}");
                     }
-                    Err(e) => eprintln!("kangaroo: reconcile: {e}"),
                 }
-            });
+            }));
+            let s = service.clone();
+            let advertise = cfg.advertise.clone().unwrap_or(format!("http://{addr}"));
+            e.campaign(
+                advertise,
+                cfg.lease,
+                Arc::new(move |leading| {
+                    if !leading {
+                        return;
+                    }
+                    // What the old leader committed last is what this one continues from.
+                    if let Err(err) = s.refresh() {
+                        eprintln!("kangaroo: leader: reloading the state: {err}");
+                    }
+                    if s.realizer().is_some() {
+                        log_reconcile(&s.reconcile());
+                    }
+                }),
+            );
         }
     }
-    let token = token(&cfg.data_dir)?;
+    if reconciles && cfg.local.reconcile_secs > 0 {
+        let s = service.clone();
+        let every = std::time::Duration::from_secs(cfg.local.reconcile_secs);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(every);
+            if s.is_writer() {
+                log_reconcile(&s.reconcile());
+            }
+        });
+    }
     let os = crate::openstack::OpenStackConfig {
         project: cfg.openstack.project.clone(),
         password: token.clone(),
@@ -238,10 +342,7 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         flavors: cfg.openstack.flavors.clone(),
     };
     let (app, _) = crate::api::router_with(service, &token, os);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
-    ready(listener.local_addr()?);
+    ready(addr);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -251,5 +352,95 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
             }
         })
         .await?;
+    if let Some(e) = &etcd {
+        // Hand over now rather than after the lease.
+        let e = e.clone();
+        let _ = tokio::task::spawn_blocking(move || e.resign()).await;
+    }
     Ok(())
+}
+
+/// Marks a request a standby forwarded, so it is never forwarded twice.
+const FORWARDED: &str = "x-kangaroo-forwarded";
+
+/// Sends `req` to the controller at `leader` and returns its answer (a standby's writes).
+pub async fn forward(leader: &str, req: axum::extract::Request) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let unavailable = |msg: String| {
+        let body =
+            serde_json::json!({"error": {"status": 503, "code": "unavailable", "message": msg}});
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    };
+    if req.headers().contains_key(FORWARDED) {
+        return unavailable(format!(
+            "this controller is a standby too (forwarded here as the leader; the leader is {leader}); retry in a few seconds"
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return unavailable("the request body could not be read (over 64 MiB?)".into());
+    };
+    let url = format!(
+        "{}{}",
+        leader.trim_end_matches('/'),
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let leader = leader.to_owned();
+    let sent = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(std::time::Duration::from_secs(3)))
+            .timeout_global(Some(std::time::Duration::from_secs(900)))
+            .build()
+            .into();
+        let mut rb = axum::http::Request::builder()
+            .method(parts.method.clone())
+            .uri(&url)
+            .header(FORWARDED, "1");
+        for (k, v) in &parts.headers {
+            if ![
+                header::HOST,
+                header::CONTENT_LENGTH,
+                header::CONNECTION,
+                header::TRANSFER_ENCODING,
+            ]
+            .contains(k)
+            {
+                rb = rb.header(k, v);
+            }
+        }
+        let req = rb.body(bytes.to_vec()).map_err(|e| e.to_string())?;
+        let mut resp = agent.run(req).map_err(|e| e.to_string())?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((resp.status(), resp.headers().clone(), body))
+    })
+    .await;
+    match sent {
+        Ok(Ok((status, headers, body))) => {
+            let mut r = (status, body).into_response();
+            for (k, v) in &headers {
+                if ![
+                    header::CONTENT_LENGTH,
+                    header::CONNECTION,
+                    header::TRANSFER_ENCODING,
+                ]
+                .contains(k)
+                {
+                    r.headers_mut().insert(k.clone(), v.clone());
+                }
+            }
+            r
+        }
+        Ok(Err(e)) => unavailable(format!(
+            "forwarding to the leader {leader}: {e}; retry in a few seconds"
+        )),
+        Err(e) => unavailable(format!("forwarding to the leader {leader}: {e}")),
+    }
 }

@@ -453,6 +453,42 @@ impl Service {
         Ok(())
     }
 
+    /// Whether this controller writes (and runs the reconciler).
+    pub fn role(&self) -> crate::store::Role {
+        self.store.role()
+    }
+
+    /// True if this controller may change state: the only one, or the elected leader.
+    pub fn is_writer(&self) -> bool {
+        !matches!(self.store.role(), crate::store::Role::Standby { .. })
+    }
+
+    /// Where the state lives.
+    pub fn store_description(&self) -> String {
+        self.store.describe()
+    }
+
+    /// The revision of the in-memory copy.
+    pub fn revision(&self) -> u64 {
+        self.lock().rev
+    }
+
+    /// Re-reads the state if the store is ahead of (or differs from) the in-memory copy
+    /// (another controller committed); true if it changed.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn refresh(&self) -> Result<bool, ServiceError> {
+        let mut g = self.lock();
+        let (state, rev) = self.store.load()?;
+        if rev == g.rev {
+            return Ok(false);
+        }
+        g.state = state;
+        g.rev = rev;
+        Ok(true)
+    }
+
     /// A copy of the whole state.
     pub fn snapshot(&self) -> State {
         self.lock().state.clone()

@@ -7,8 +7,8 @@
 //!   at any point leaves either the old state or the new one, never a mix.
 //!
 //! [`RedbStore`] keeps the state in an embedded `redb` database (one file under the data
-//! directory); a distributed implementation (etcd) fits the same trait, since every mutation is
-//! already a compare-and-swap on a revision.
+//! directory, one controller). [`etcd::EtcdStore`] keeps it on etcd for several controllers, of
+//! which the elected one writes ([`Store::role`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,25 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Host, Name, NestedVm, Network};
+
+pub mod etcd;
+
+/// Who may write through a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The only controller (the embedded store).
+    Sole,
+    /// The elected leader; `fence` is the etcd revision it won at, compared by every commit.
+    Leader {
+        /// The leader key's create revision.
+        fence: i64,
+    },
+    /// A standby: reads only; `leader` is the leader's API address when one is known.
+    Standby {
+        /// The leader's API address.
+        leader: Option<String>,
+    },
+}
 
 /// Bookkeeping kept with the state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +130,24 @@ pub enum StoreError {
     /// A database operation failed.
     #[error("state database error")]
     Db(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// This controller is a standby: the leader writes.
+    #[error("this controller is a standby; {}", match leader { Some(l) => format!("the leader is {l}"), None => "no leader is elected yet".to_owned() })]
+    NotLeader {
+        /// The leader's API address, when known.
+        leader: Option<String>,
+    },
+    /// The distributed store does not answer.
+    #[error("the state store is unavailable: {0}")]
+    Unavailable(String),
+    /// An etcd request failed.
+    #[error("etcd failed while {what}")]
+    Etcd {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A stored record does not decode.
     #[error("corrupt record {table}/{key}")]
     Corrupt {
@@ -137,6 +174,16 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError::Conflict`] if another commit happened since `expected`; others on I/O.
     fn commit(&self, expected: u64, ops: &[Op]) -> Result<u64, StoreError>;
+
+    /// Whether this controller may commit.
+    fn role(&self) -> Role {
+        Role::Sole
+    }
+
+    /// Where the state lives, for people.
+    fn describe(&self) -> String {
+        "embedded".to_owned()
+    }
 }
 
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");

@@ -33,6 +33,9 @@ fn start_with(openstack: server::OpenStackSettings) -> Server {
         options: PackOptions::default(),
         local: server::LocalSettings::default(),
         openstack,
+        store: server::StoreChoice::Embedded,
+        advertise: None,
+        lease: std::time::Duration::from_secs(5),
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -606,6 +609,7 @@ fn the_openapi_document_matches_the_routes() {
     documented.sort();
     let mut expected: Vec<(String, String)> = [
         ("GET", "/health"),
+        ("GET", "/v1/controller"),
         ("GET", "/v1/providers"),
         ("GET", "/v1/catalogs"),
         ("GET", "/v1/catalogs/{name}"),

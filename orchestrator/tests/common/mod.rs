@@ -157,6 +157,27 @@ impl Serve {
         driver: &str,
         env: &[(&str, &std::path::Path)],
     ) -> Serve {
+        Serve::start_args(dir, port, driver, env, &[])
+    }
+
+    /// One of several controllers on `etcd` (sharing `dir`, where the local cloud lives).
+    pub fn start_on_etcd(dir: &std::path::Path, port: u16, etcd: &Etcd) -> Serve {
+        Serve::start_args(
+            dir,
+            port,
+            "netns",
+            &[],
+            &["--store", &etcd.url(), "--lease-secs", "2"],
+        )
+    }
+
+    pub fn start_args(
+        dir: &std::path::Path,
+        port: u16,
+        driver: &str,
+        env: &[(&str, &std::path::Path)],
+        extra: &[&str],
+    ) -> Serve {
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -179,6 +200,7 @@ impl Serve {
                 "--reconcile-secs",
                 "0",
             ])
+            .args(extra)
             .env("KANGAROO_DATA_DIR", dir)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -248,6 +270,116 @@ impl Serve {
 impl Drop for Serve {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A one-member etcd on loopback ports, its data in a temporary directory removed on drop.
+pub struct Etcd {
+    child: Option<std::process::Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    peer: u16,
+}
+
+impl Etcd {
+    /// Starts etcd, or says why it cannot (no `etcd` binary: `scripts/install-deps.sh`
+    /// installs Debian's etcd-server).
+    pub fn start() -> Result<Etcd, String> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            return Err("no etcd binary (Debian's etcd-server; scripts/install-deps.sh)".into());
+        }
+        let port = 30000 + rand::random::<u16>() % 20000;
+        let mut e = Etcd {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            port,
+            peer: port + 1,
+        };
+        e.spawn();
+        Ok(e)
+    }
+
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("t={peer}"),
+                "--max-txn-ops",
+                "10000",
+                "--max-request-bytes",
+                "33554432",
+                "--logger",
+                "zap",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let o = Command::new("curl")
+                .args(["-fsS", "-m", "1", &format!("{client}/health")])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&o.stdout).contains("true") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("etcd did not come up: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// kill -9, then start again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The size of etcd's database file, bytes.
+    pub fn db_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.path().join("data/member/snap/db"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
