@@ -100,6 +100,28 @@ enum Command {
         /// the leader stopped renewing it.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
         lease_secs: u64,
+        /// What the leader does with the VMs of a host whose `kangaroo agent` stopped renewing
+        /// its lease (etcd store): `leave` them marked lost, or `recreate` them on other hosts
+        /// of the provider.
+        #[arg(long, value_enum, default_value = "leave")]
+        on_host_lost: kangaroo_orchestrator::service::HostLostPolicy,
+    },
+    /// The agent of one host (etcd store): holds the host's heartbeat lease, watches the VMs
+    /// assigned to it, makes them so and reports what it observes. The `sim` driver observes
+    /// what it is given (simulated hosts; for scale tests).
+    Agent {
+        /// Where the state lives: etcd://HOST:PORT[/PREFIX].
+        #[arg(long, env = "KANGAROO_STORE")]
+        store: String,
+        /// The host this agent is for.
+        #[arg(long)]
+        host: String,
+        /// Seconds of the heartbeat lease: the host is lost this long after the agent stops.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+        lease_secs: u64,
+        /// How VMs are made: `sim`.
+        #[arg(long, default_value = "sim")]
+        driver: String,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
     /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
@@ -397,6 +419,47 @@ impl Client {
     }
 }
 
+fn agent(store: &str, host: &str, lease_secs: u64, driver: &str) -> anyhow::Result<()> {
+    use kangaroo_orchestrator::store::etcd::{EtcdStore, EtcdUrl};
+    if driver != "sim" {
+        bail!("--driver {driver:?}: the agent drives `sim` hosts (local hosts are driven by kangaroo serve's reconciler)");
+    }
+    let url: EtcdUrl = store
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--store {e}"))?;
+    kangaroo_orchestrator::model::Name::new(host)
+        .map_err(|e| anyhow::anyhow!("--host {host:?}: {e}"))?;
+    let e = EtcdStore::connect(&url)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = host.to_owned();
+    e.run_agent(
+        host.to_owned(),
+        std::time::Duration::from_secs(lease_secs),
+        std::sync::Arc::new(move |desired| {
+            let names: Vec<String> = desired.keys().cloned().collect();
+            eprintln!(
+                "kangaroo agent {h}: {} VMs: {}",
+                names.len(),
+                names.join(" ")
+            );
+            names
+        }),
+        stop.clone(),
+    );
+    eprintln!("kangaroo agent {host}: running on {url} (lease {lease_secs} s)");
+    // Until SIGINT or SIGTERM.
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
 fn s(v: &Value, p: &str) -> String {
     match v.pointer(p) {
         Some(Value::String(x)) => x.clone(),
@@ -513,8 +576,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             advertise,
             lease_secs,
+            on_host_lost,
         } => {
             let cfg = ServeConfig {
+                on_host_lost: *on_host_lost,
                 store: store.clone(),
                 advertise: advertise.clone(),
                 lease: std::time::Duration::from_secs(*lease_secs),
@@ -552,6 +617,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::GuestService { name, listen } => guest_service(name, *listen),
+        Command::Agent {
+            store,
+            host,
+            lease_secs,
+            driver,
+        } => agent(store, host, *lease_secs, driver),
         Command::Vm(VmCmd::Exec { name, command }) => {
             let dir = cli
                 .data_dir
@@ -986,6 +1057,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     });
                 }
                 Command::Serve { .. }
+                | Command::Agent { .. }
                 | Command::GuestService { .. }
                 | Command::Vm(VmCmd::Exec { .. })
                 | Command::Plan { .. }

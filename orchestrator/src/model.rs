@@ -293,6 +293,10 @@ pub enum HostState {
     Running,
     /// Being released.
     Releasing,
+    /// Its agent stopped renewing its lease (etcd store): presumed dead. Its VMs are `lost`
+    /// or were re-created elsewhere, as `--on-host-lost` says; it comes back `running` if its
+    /// agent does.
+    Lost,
 }
 
 /// An infrastructure VM rented from a provider.
@@ -311,6 +315,10 @@ pub struct Host {
     pub underlay: Option<Ipv4Addr>,
     /// When it was rented, in seconds on the provider's billing clock.
     pub rented_at: u64,
+    /// A `kangaroo agent` has reported for it (etcd store): its lease is its heartbeat, and the
+    /// host is `lost` when the lease expires.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
 }
 
 /// Lifecycle of a nested VM.
@@ -321,6 +329,8 @@ pub enum VmState {
     Stopped,
     /// Running.
     Running,
+    /// On a host that was lost, and not re-created elsewhere.
+    Lost,
 }
 
 /// A tenant's workload VM.

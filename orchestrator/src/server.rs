@@ -128,6 +128,8 @@ pub struct ServeConfig {
     pub advertise: Option<String>,
     /// The leader's lease (etcd store): a standby takes over this long after the leader died.
     pub lease: std::time::Duration,
+    /// What the leader does with the VMs of a host whose agent's lease expired (etcd store).
+    pub on_host_lost: crate::service::HostLostPolicy,
 }
 
 /// Settings of the OpenStack-compatible API (its password is the API token).
@@ -324,6 +326,26 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
                 }),
             );
         }
+    }
+    if let Some(e) = &etcd {
+        // Agents' heartbeats: every second the leader compares the hosts with a live agent
+        // lease against the hosts that had one.
+        let (s, e, policy) = (service.clone(), e.clone(), cfg.on_host_lost);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if !matches!(s.role(), crate::store::Role::Leader { .. }) {
+                continue;
+            }
+            match e.live_agents().map(|alive| s.sweep_agents(&alive, policy)) {
+                Ok(Ok(lines)) => {
+                    for l in lines {
+                        eprintln!("kangaroo: agents: {l}");
+                    }
+                }
+                Ok(Err(err)) => eprintln!("kangaroo: agents: {err}"),
+                Err(err) => eprintln!("kangaroo: agents: {err}"),
+            }
+        });
     }
     if reconciles && cfg.local.reconcile_secs > 0 {
         let s = service.clone();

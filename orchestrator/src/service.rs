@@ -271,6 +271,17 @@ impl Drop for TaskGuard<'_> {
     }
 }
 
+/// What happens to the VMs of a host whose agent stopped reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HostLostPolicy {
+    /// Mark them lost and leave them for the operator.
+    #[default]
+    Leave,
+    /// Re-create them from their records on other hosts of the same provider (renting if
+    /// none has room), keeping name, address and MAC.
+    Recreate,
+}
+
 /// The nested-VM drivers a VM may ask for.
 pub const VM_DRIVERS: [&str; 2] = ["qemu", "netns"];
 
@@ -489,6 +500,144 @@ impl Service {
         Ok(true)
     }
 
+    /// Heartbeats of hosts with agents (etcd store): `alive` are the hosts whose agent holds a
+    /// lease now. A host that had an agent and has none is marked lost, and its VMs lost or
+    /// re-created on other hosts of its provider by `policy`; a lost host whose agent is back
+    /// runs again, with the VMs still assigned to it. Returns what changed, for the log.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn sweep_agents(
+        &self,
+        alive: &std::collections::BTreeSet<String>,
+        policy: HostLostPolicy,
+    ) -> Result<Vec<String>, ServiceError> {
+        let mut g = self.lock();
+        let mut ops = Vec::new();
+        let mut report = Vec::new();
+        let mut lost = Vec::new();
+        for h in g.state.hosts.values() {
+            let up = alive.contains(h.name.as_str());
+            if up && (!h.agent || h.state == HostState::Lost) {
+                let mut h2 = h.clone();
+                h2.agent = true;
+                if h.state == HostState::Lost {
+                    h2.state = HostState::Running;
+                    report.push(format!("host {} is back (its agent reports again)", h.name));
+                    for v in g.state.vms.values().filter(|v| v.host == h.name) {
+                        if v.state == VmState::Lost {
+                            let mut v2 = v.clone();
+                            v2.state = VmState::Running;
+                            ops.push(Op::PutVm(v2));
+                        }
+                    }
+                }
+                ops.push(Op::PutHost(h2));
+            } else if !up && h.agent && h.state == HostState::Running {
+                let mut h2 = h.clone();
+                h2.state = HostState::Lost;
+                lost.push(h2.clone());
+                ops.push(Op::PutHost(h2));
+            }
+        }
+        if !lost.is_empty() {
+            let mut view = g.state.clone();
+            view.apply(&ops);
+            let mut meta = g.state.meta.clone();
+            for h in &lost {
+                report.push(format!(
+                    "host {} is lost (its agent's lease expired)",
+                    h.name
+                ));
+                let vms: Vec<NestedVm> = view
+                    .vms
+                    .values()
+                    .filter(|v| v.host == h.name)
+                    .cloned()
+                    .collect();
+                for v in vms {
+                    let mut v2 = v.clone();
+                    let before = ops.len();
+                    let placed = match policy {
+                        HostLostPolicy::Leave => None,
+                        HostLostPolicy::Recreate => {
+                            self.place_elsewhere(&g, &view, &mut meta, &v, &h.provider, &mut ops)
+                        }
+                    };
+                    match placed {
+                        Some(Ok(to)) => {
+                            report.push(format!(
+                                "VM {} re-created on {to} from its spec (it was on lost host {})",
+                                v.name, h.name
+                            ));
+                            v2.host = to;
+                        }
+                        Some(Err(e)) => {
+                            report.push(format!(
+                                "VM {} is lost with host {}: no room elsewhere ({e})",
+                                v.name, h.name
+                            ));
+                            v2.state = VmState::Lost;
+                        }
+                        None => {
+                            report.push(format!("VM {} is lost with host {}", v.name, h.name));
+                            v2.state = VmState::Lost;
+                        }
+                    }
+                    ops.push(Op::PutVm(v2));
+                    // A host rented for it, and the VM itself, count for the next placement.
+                    view.apply(&ops[before..]);
+                }
+            }
+            if meta != g.state.meta {
+                ops.push(Op::PutMeta(meta));
+            }
+        }
+        if !ops.is_empty() {
+            self.commit(&mut g, ops)?;
+        }
+        Ok(report)
+    }
+
+    /// Places `vm` on a host of `provider` other than its own (renting one if none has room);
+    /// the host rented, if any, is added to `ops` and `view`.
+    fn place_elsewhere(
+        &self,
+        g: &Inner,
+        view: &State,
+        meta: &mut crate::store::Meta,
+        vm: &NestedVm,
+        provider: &Name,
+        ops: &mut Vec<Op>,
+    ) -> Option<Result<Name, String>> {
+        let p = self.providers.iter().find(|p| &p.name == provider)?;
+        let mut existing = Self::existing_hosts(view);
+        existing.retain(|e| {
+            view.hosts
+                .get(&e.name)
+                .is_some_and(|h| &h.provider == provider && h.state == HostState::Running)
+        });
+        Some(
+            match packing::place_one(&demand_of(vm), &existing, &p.instance_types, &self.opts) {
+                Ok(Decision::Existing(h)) => Ok(h),
+                Ok(Decision::Rent(t)) => {
+                    let Some(ty) = p.instance_types.iter().find(|i| i.name == t) else {
+                        return Some(Err(format!("type {t} vanished")));
+                    };
+                    match self.new_host(g, meta, p, ty, None, ops) {
+                        Ok(host) => {
+                            let n = host.name.clone();
+                            ops.push(Op::PutHost(host));
+                            Ok(n)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+        )
+    }
+
     /// A copy of the whole state.
     pub fn snapshot(&self) -> State {
         self.lock().state.clone()
@@ -567,6 +716,7 @@ impl Service {
             state,
             underlay,
             rented_at: meta.clock_secs,
+            agent: false,
         })
     }
 
@@ -784,19 +934,22 @@ impl Service {
             })
     }
 
+    /// The hosts placement may use (not lost ones), each with its VMs' demands; one pass over
+    /// the VMs, so placing stays linear in hosts plus VMs.
     fn existing_hosts(state: &State) -> Vec<ExistingHost> {
+        let mut by_host: std::collections::BTreeMap<&Name, Vec<Demand>> =
+            std::collections::BTreeMap::new();
+        for v in state.vms.values() {
+            by_host.entry(&v.host).or_default().push(demand_of(v));
+        }
         state
             .hosts
             .values()
+            .filter(|h| h.state != HostState::Lost)
             .map(|h| ExistingHost {
                 name: h.name.clone(),
                 instance_type: h.instance_type.clone(),
-                vms: state
-                    .vms
-                    .values()
-                    .filter(|v| v.host == h.name)
-                    .map(demand_of)
-                    .collect(),
+                vms: by_host.remove(&h.name).unwrap_or_default(),
             })
             .collect()
     }
@@ -1000,7 +1153,7 @@ impl Service {
         let _task = self.begin(
             &vm.name,
             match st {
-                VmState::Running => Task::Starting,
+                VmState::Running | VmState::Lost => Task::Starting,
                 VmState::Stopped => Task::Stopping,
             },
         )?;

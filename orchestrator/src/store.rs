@@ -363,6 +363,7 @@ mod tests {
             state: HostState::Running,
             underlay: None,
             rented_at: 0,
+            agent: false,
         }
     }
 

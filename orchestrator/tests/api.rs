@@ -36,6 +36,7 @@ fn start_with(openstack: server::OpenStackSettings) -> Server {
         store: server::StoreChoice::Embedded,
         advertise: None,
         lease: std::time::Duration::from_secs(5),
+        on_host_lost: Default::default(),
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

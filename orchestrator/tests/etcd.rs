@@ -26,6 +26,7 @@ fn host(name: &str) -> Host {
         state: HostState::Running,
         underlay: None,
         rented_at: 0,
+        agent: false,
     }
 }
 
@@ -221,4 +222,283 @@ fn a_bad_etcd_url_or_a_dead_etcd_is_a_clear_error() {
         e.to_string().contains("etcd://127.0.0.1:1"),
         "the error names the store: {e}"
     );
+}
+
+/// `kangaroo serve` on etcd with one simulated provider, as a child process.
+struct Controller {
+    child: std::process::Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Controller {
+    fn start(etcd: &Etcd, extra: &[&str]) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        let port = 20000 + rand::random::<u16>() % 20000;
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--provider", "sim=ec2-2026", "--store", &etcd.url()])
+            .args(["--lease-secs", "2"])
+            .args(extra)
+            .env("KANGAROO_DATA_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Controller { child, url, dir };
+        wait_for("the controller leads", 20, || {
+            c.cli(&["--json", "controller"])
+                .map(|v| v["role"] == "leader")
+                .unwrap_or(false)
+        });
+        c
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args(args)
+            .env("KANGAROO_DATA_DIR", self.dir.path())
+            .env("KANGAROO_URL", &self.url)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        if !o.status.success() {
+            return Err(format!("{out}{}", String::from_utf8_lossy(&o.stderr)));
+        }
+        Ok(serde_json::from_str(&out).unwrap_or(serde_json::Value::String(out)))
+    }
+
+    fn ok(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        self.cli(&full)
+            .unwrap_or_else(|e| panic!("kangaroo {args:?}: {e}\n{}", self.log()))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn start(etcd: &Etcd, host: &str) -> Agent {
+        Agent(
+            std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+                .args(["agent", "--store", &etcd.url(), "--host", host])
+                .args(["--lease-secs", "2"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What each agent last reported observing, read from etcd.
+fn observed(etcd: &Etcd) -> std::collections::BTreeMap<String, Vec<String>> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([format!("http://127.0.0.1:{}", etcd.port)], None)
+            .await
+            .unwrap();
+        let r = c
+            .get(
+                "/kangaroo/agents/",
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                let host = kv
+                    .key_str()
+                    .unwrap()
+                    .trim_start_matches("/kangaroo/agents/")
+                    .to_owned();
+                let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+                let mut names: Vec<String> = v["observed"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_owned())
+                    .collect();
+                names.sort();
+                (host, names)
+            })
+            .collect()
+    })
+}
+
+fn host_states(c: &Controller) -> std::collections::BTreeMap<String, (String, bool)> {
+    c.ok(&["host", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_owned(),
+                (
+                    h["state"].as_str().unwrap().to_owned(),
+                    h["agent"].as_bool().unwrap_or(false),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn vm_hosts(c: &Controller) -> std::collections::BTreeMap<String, (String, String)> {
+    c.ok(&["vm", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_owned(),
+                (
+                    v["host"].as_str().unwrap().to_owned(),
+                    v["state"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn agents_follow_their_hosts_and_a_host_whose_agent_dies_is_lost_and_its_vms_recreated() {
+    let Some(mut etcd) = etcd_or_skip() else {
+        return;
+    };
+    let c = Controller::start(&etcd, &["--on-host-lost", "recreate"]);
+    for h in ["h1", "h2", "h3"] {
+        c.ok(&["host", "add", "m5.xlarge", "--name", h]);
+    }
+    let mut agents: std::collections::BTreeMap<&str, Agent> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| (*h, Agent::start(&etcd, h)))
+        .collect();
+    wait_for("every host has its agent", 15, || {
+        host_states(&c).values().all(|(_, agent)| *agent)
+    });
+    for (vm, host) in [("a", "h1"), ("b", "h1"), ("c", "h2"), ("d", "h3")] {
+        c.ok(&[
+            "vm", "create", vm, "--vcpus", "1", "--memory", "2GiB", "--host", host,
+        ]);
+    }
+    let want = |m: &[(&str, &[&str])]| {
+        m.iter()
+            .map(|(h, vms)| {
+                (
+                    h.to_string(),
+                    vms.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    wait_for("each agent observes its host's VMs", 10, || {
+        observed(&etcd) == want(&[("h1", &["a", "b"]), ("h2", &["c"]), ("h3", &["d"])])
+    });
+
+    // A move shows at both ends.
+    c.ok(&["vm", "migrate", "d", "--to", "h2"]);
+    wait_for("the move reaches both agents", 10, || {
+        observed(&etcd) == want(&[("h1", &["a", "b"]), ("h2", &["c", "d"]), ("h3", &[])])
+    });
+
+    // kill -9 h1's agent: within its 2 s lease and the leader's 1 s sweep, h1 is lost and its
+    // VMs are re-created on the hosts left, whose agents pick them up.
+    let t0 = Instant::now();
+    agents.get_mut("h1").unwrap().kill9();
+    let took = wait_for("h1 is marked lost", 15, || {
+        host_states(&c).get("h1").map(|s| s.0.as_str()) == Some("lost")
+    });
+    println!(
+        "host lost {:.2} s after its agent was killed (lease 2 s)",
+        took.as_secs_f64()
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "not before the lease ran out"
+    );
+    let vms = vm_hosts(&c);
+    for vm in ["a", "b"] {
+        let (host, state) = &vms[vm];
+        assert!(
+            host == "h2" || host == "h3",
+            "{vm} re-created elsewhere: {vms:?}"
+        );
+        assert_eq!(state, "running", "{vms:?}");
+    }
+    wait_for("the agents left observe every VM exactly once", 10, || {
+        let o = observed(&etcd);
+        let mut all: Vec<String> = o
+            .iter()
+            .filter(|(h, _)| *h != "h1")
+            .flat_map(|(_, v)| v.clone())
+            .collect();
+        all.sort();
+        all == ["a", "b", "c", "d"] && !o.contains_key("h1")
+    });
+    assert!(
+        c.log().contains("re-created on"),
+        "the policy's action is logged: {}",
+        c.log()
+    );
+
+    // etcd restarts: the agents and the controller reconnect; a new VM reaches its agent.
+    etcd.restart();
+    let t0 = Instant::now();
+    wait_for("a create succeeds after the etcd restart", 30, || {
+        c.cli(&[
+            "vm", "create", "e", "--vcpus", "1", "--memory", "2GiB", "--host", "h3",
+        ])
+        .is_ok()
+    });
+    wait_for("h3's agent observes it", 15, || {
+        observed(&etcd)
+            .get("h3")
+            .is_some_and(|v| v.contains(&"e".to_owned()))
+    });
+    println!(
+        "after the etcd restart, a new VM reached its agent in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        host_states(&c)["h2"].0,
+        "running",
+        "h2 was not lost across the restart"
+    );
+    assert_eq!(
+        host_states(&c)["h3"].0,
+        "running",
+        "h3 was not lost across the restart"
+    );
+
+    // h1's agent comes back: the host runs again (its VMs are elsewhere now).
+    agents.insert("h1", Agent::start(&etcd, "h1"));
+    wait_for("h1 runs again", 15, || {
+        host_states(&c).get("h1").map(|s| s.0.as_str()) == Some("running")
+    });
 }

@@ -467,6 +467,7 @@ fn netns_vms_move_by_stop_and_start() {
                 state: HostState::Running,
                 underlay: Some(h.underlay),
                 rented_at: 0,
+                agent: false,
             },
         );
     }

@@ -376,6 +376,8 @@ impl Realizer {
                     .create_vm(driver.as_ref(), &self.hosts(state), &host, &spec)
             }
             VmState::Stopped => driver.stop(&host, &spec),
+            // Its host is gone: nothing there to make or stop.
+            VmState::Lost => Ok(()),
         }
     }
 

@@ -261,7 +261,7 @@ fn states(
     task: Option<Task>,
     host: Option<&Host>,
 ) -> (&'static str, &'static str, Value, u8) {
-    let host_ok = host.is_some_and(|h| h.state != HostState::Releasing);
+    let host_ok = host.is_some_and(|h| !matches!(h.state, HostState::Releasing | HostState::Lost));
     match (task, vm.state) {
         _ if !host_ok => ("ERROR", "error", Value::Null, 0),
         (Some(Task::Building), _) => ("BUILD", "building", json!("spawning"), 0),
@@ -273,6 +273,7 @@ fn states(
         (Some(Task::Starting), _) => ("SHUTOFF", "stopped", json!("powering-on"), 4),
         (None, VmState::Running) => ("ACTIVE", "active", Value::Null, 1),
         (None, VmState::Stopped) => ("SHUTOFF", "stopped", Value::Null, 4),
+        (_, VmState::Lost) => ("ERROR", "error", Value::Null, 0),
     }
 }
 

@@ -17,7 +17,9 @@
 //! pool and on plain threads). Every call runs on this store's own one-thread runtime and the
 //! caller waits on a channel, so a call works from any thread, inside a runtime or not.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,7 +107,7 @@ struct Shared {
     url: EtcdUrl,
     role: Mutex<Role>,
     /// Set by [`EtcdStore::resign`]: this controller no longer campaigns.
-    resigned: std::sync::atomic::AtomicBool,
+    resigned: AtomicBool,
 }
 
 impl Shared {
@@ -173,7 +175,7 @@ impl EtcdStore {
                 client,
                 url: url.clone(),
                 role: Mutex::new(Role::Standby { leader: None }),
-                resigned: std::sync::atomic::AtomicBool::new(false),
+                resigned: AtomicBool::new(false),
             }),
         })
     }
@@ -281,11 +283,7 @@ impl EtcdStore {
             let f = changed.clone();
             std::thread::spawn(move || f(lead));
         };
-        while !self
-            .shared
-            .resigned
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        while !self.shared.resigned.load(Ordering::SeqCst) {
             let lease = match c.lease_grant(ttl_s, None).await {
                 Ok(l) => l.id(),
                 Err(e) => {
@@ -371,9 +369,7 @@ impl EtcdStore {
     /// Stops campaigning and steps down if this controller leads: deletes the leader key (if it
     /// is still this controller's), so a standby takes over at once instead of after the lease.
     pub fn resign(&self) {
-        self.shared
-            .resigned
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.resigned.store(true, Ordering::SeqCst);
         let Role::Leader { fence } = self.role() else {
             return;
         };
@@ -501,6 +497,290 @@ impl EtcdStore {
     }
 }
 
+/// The key/value writes of a batch: the records, and each VM once more under `assign/HOST/`
+/// (what that host's agent watches). The last write of a key wins, as applying the ops in
+/// order would (etcd refuses a transaction that names a key twice).
+impl EtcdStore {
+    fn writes(&self, ops: &[Op]) -> Result<BTreeMap<String, Option<Vec<u8>>>, StoreError> {
+        // Where the VMs these ops touch are now. The transaction's revision compare makes
+        // this read consistent: if anything changed since, the commit fails as a conflict.
+        let names: BTreeSet<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutVm(v) => Some(v.name.to_string()),
+                Op::DeleteVm(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect();
+        let mut at: BTreeMap<String, String> = BTreeMap::new();
+        if !names.is_empty() {
+            let gets: Vec<TxnOp> = names
+                .iter()
+                .map(|n| TxnOp::get(self.key(&format!("vms/{n}")), None))
+                .collect();
+            let r = self.run(
+                "reading the VMs a commit changes",
+                move |mut c| async move { c.txn(Txn::new().and_then(gets)).await },
+            )?;
+            for op in r.op_responses() {
+                if let TxnOpResponse::Get(g) = op {
+                    for kv in g.kvs() {
+                        let vm: crate::model::NestedVm =
+                            parse("vms", &String::from_utf8_lossy(kv.key()), kv.value())?;
+                        at.insert(vm.name.to_string(), vm.host.to_string());
+                    }
+                }
+            }
+        }
+        let mut w: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::PutHost(h) => {
+                    w.insert(self.key(&format!("hosts/{}", h.name)), Some(encode(h)?));
+                }
+                Op::DeleteHost(n) => {
+                    w.insert(self.key(&format!("hosts/{n}")), None);
+                }
+                Op::PutNetwork(n) => {
+                    w.insert(self.key(&format!("networks/{}", n.name)), Some(encode(n)?));
+                }
+                Op::DeleteNetwork(n) => {
+                    w.insert(self.key(&format!("networks/{n}")), None);
+                }
+                Op::PutVm(v) => {
+                    let bytes = encode(v)?;
+                    let name = v.name.to_string();
+                    if let Some(old) = at.get(&name) {
+                        if old != v.host.as_str() {
+                            w.insert(self.key(&format!("assign/{old}/{name}")), None);
+                        }
+                    }
+                    w.insert(
+                        self.key(&format!("assign/{}/{name}", v.host)),
+                        Some(bytes.clone()),
+                    );
+                    w.insert(self.key(&format!("vms/{name}")), Some(bytes));
+                    at.insert(name, v.host.to_string());
+                }
+                Op::DeleteVm(n) => {
+                    let name = n.to_string();
+                    if let Some(old) = at.remove(&name) {
+                        w.insert(self.key(&format!("assign/{old}/{name}")), None);
+                    }
+                    w.insert(self.key(&format!("vms/{name}")), None);
+                }
+                Op::PutMeta(m) => {
+                    w.insert(self.key("meta"), Some(encode(m)?));
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// The hosts whose agent holds a lease now.
+    ///
+    /// # Errors
+    /// etcd failed.
+    pub fn live_agents(&self) -> Result<BTreeSet<String>, StoreError> {
+        let p = self.key("agents/");
+        let q = p.clone();
+        let kvs = self.run("listing the agents", move |mut c| async move {
+            Ok(
+                c.get(q, Some(GetOptions::new().with_prefix().with_keys_only()))
+                    .await?
+                    .take_kvs(),
+            )
+        })?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                std::str::from_utf8(kv.key())
+                    .ok()?
+                    .strip_prefix(p.as_str())
+                    .map(str::to_owned)
+            })
+            .collect())
+    }
+
+    /// Runs the agent of `host` in the background: it holds a lease of `ttl` under
+    /// `agents/HOST` (its heartbeat, with what it last observed), reads the VMs assigned to the
+    /// host, gives them to `apply` (which makes them so and returns the names it observes
+    /// running) and does so again after every change it watches. After a lost connection the
+    /// watch resumes at the revision after the last change it saw (none is missed or seen twice);
+    /// if etcd compacted that history, it reads the assignments again. The agent stops when
+    /// `stop` is set, without giving up its lease: to the controller, that is a dead host.
+    pub fn run_agent(&self, host: String, ttl: Duration, apply: AgentApply, stop: Arc<AtomicBool>) {
+        let me = self.clone();
+        self.shared.spawn(async move {
+            me.agent(host, ttl, apply, stop).await;
+        });
+    }
+
+    async fn agent(&self, host: String, ttl: Duration, apply: AgentApply, stop: Arc<AtomicBool>) {
+        let prefix = self.key(&format!("assign/{host}/"));
+        let report_key = self.key(&format!("agents/{host}"));
+        let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(5);
+        let mut c = self.shared.client.clone();
+        let mut desired: BTreeMap<String, crate::model::NestedVm> = BTreeMap::new();
+        let mut next: Option<i64> = None;
+        let mut lease: Option<i64> = None;
+        let mut keeper: Option<tokio::task::JoinHandle<()>> = None;
+        while !stop.load(Ordering::SeqCst) {
+            let id = match lease {
+                Some(id) => id,
+                None => match c.lease_grant(ttl_s, None).await {
+                    Ok(l) => {
+                        let id = l.id();
+                        lease = Some(id);
+                        let mut kc = c.clone();
+                        let every = (ttl / 3).max(Duration::from_millis(200));
+                        let stop = stop.clone();
+                        if let Some(k) = keeper.take() {
+                            k.abort();
+                        }
+                        keeper = Some(tokio::spawn(async move {
+                            while !stop.load(Ordering::SeqCst) {
+                                if let Ok((mut k, mut s)) = kc.lease_keep_alive(id).await {
+                                    while !stop.load(Ordering::SeqCst) {
+                                        if k.keep_alive().await.is_err() {
+                                            break;
+                                        }
+                                        match s.message().await {
+                                            Ok(Some(r)) if r.ttl() > 0 => {}
+                                            _ => break,
+                                        }
+                                        tokio::time::sleep(every).await;
+                                    }
+                                }
+                                tokio::time::sleep(every).await;
+                            }
+                        }));
+                        id
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
+            };
+            if next.is_none() {
+                // (Re)read every assignment.
+                match c
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                    .await
+                {
+                    Ok(r) => {
+                        desired.clear();
+                        for kv in r.kvs() {
+                            if let Ok(vm) =
+                                serde_json::from_slice::<crate::model::NestedVm>(kv.value())
+                            {
+                                desired.insert(vm.name.to_string(), vm);
+                            }
+                        }
+                        next = Some(r.header().map_or(0, |h| h.revision()) + 1);
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            let report =
+                |c: &mut Client, desired: &BTreeMap<String, crate::model::NestedVm>, seen: i64| {
+                    let observed = apply(desired);
+                    let body = serde_json::json!({
+                        "observed": observed,
+                        "revision": seen,
+                        "at_ms": now_ms(),
+                    })
+                    .to_string();
+                    let mut c = c.clone();
+                    let key = report_key.clone();
+                    async move {
+                        c.put(key, body, Some(PutOptions::new().with_lease(id)))
+                            .await
+                    }
+                };
+            match report(&mut c, &desired, next.unwrap_or(1) - 1).await {
+                Ok(_) => {}
+                Err(e) => {
+                    // The lease is gone (it expired while etcd was away): get a new one.
+                    if e.to_string().contains("lease not found") {
+                        lease = None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(next.unwrap_or(0));
+            let Ok(mut w) = c.watch(prefix.clone(), Some(opts)).await else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            while let Ok(Some(m)) = w.message().await {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if m.compact_revision() > 0 {
+                    next = None;
+                    break;
+                }
+                if m.events().is_empty() {
+                    continue;
+                }
+                for e in m.events() {
+                    let Some(kv) = e.kv() else { continue };
+                    next = Some(kv.mod_revision() + 1);
+                    let name = std::str::from_utf8(kv.key())
+                        .ok()
+                        .and_then(|k| k.strip_prefix(prefix.as_str()))
+                        .unwrap_or("")
+                        .to_owned();
+                    match e.event_type() {
+                        EventType::Delete => {
+                            desired.remove(&name);
+                        }
+                        EventType::Put => {
+                            if let Ok(vm) =
+                                serde_json::from_slice::<crate::model::NestedVm>(kv.value())
+                            {
+                                desired.insert(name, vm);
+                            }
+                        }
+                    }
+                }
+                if report(&mut c, &desired, next.unwrap_or(1) - 1)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if m.canceled() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Some(k) = keeper.take() {
+            k.abort();
+        }
+    }
+}
+
+/// What an agent does with its host's assigned VMs: makes them so and returns the names of
+/// those it observes running.
+pub type AgentApply =
+    Arc<dyn Fn(&BTreeMap<String, crate::model::NestedVm>) -> Vec<String> + Send + Sync>;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn parse<T: for<'de> serde::Deserialize<'de>>(
     table: &'static str,
     key: &str,
@@ -593,19 +873,10 @@ impl Store for EtcdStore {
             ));
         }
         let mut then = vec![TxnOp::put(rev_key.clone(), next.to_string(), None)];
-        for op in ops {
-            then.push(match op {
-                Op::PutHost(h) => {
-                    TxnOp::put(self.key(&format!("hosts/{}", h.name)), encode(h)?, None)
-                }
-                Op::DeleteHost(n) => TxnOp::delete(self.key(&format!("hosts/{n}")), None),
-                Op::PutNetwork(n) => {
-                    TxnOp::put(self.key(&format!("networks/{}", n.name)), encode(n)?, None)
-                }
-                Op::DeleteNetwork(n) => TxnOp::delete(self.key(&format!("networks/{n}")), None),
-                Op::PutVm(v) => TxnOp::put(self.key(&format!("vms/{}", v.name)), encode(v)?, None),
-                Op::DeleteVm(n) => TxnOp::delete(self.key(&format!("vms/{n}")), None),
-                Op::PutMeta(m) => TxnOp::put(self.key("meta"), encode(m)?, None),
+        for (k, v) in self.writes(ops)? {
+            then.push(match v {
+                Some(v) => TxnOp::put(k, v, None),
+                None => TxnOp::delete(k, None),
             });
         }
         let txn = Txn::new()
