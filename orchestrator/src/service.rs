@@ -271,6 +271,9 @@ impl Drop for TaskGuard<'_> {
     }
 }
 
+/// Host records per commit when agents appear (each is two etcd operations or fewer).
+const AGENT_BATCH: usize = 40;
+
 /// What happens to the VMs of a host whose agent stopped reporting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum HostLostPolicy {
@@ -593,7 +596,13 @@ impl Service {
                 ops.push(Op::PutMeta(meta));
             }
         }
-        if !ops.is_empty() {
+        if lost.is_empty() {
+            // Only hosts whose agent appeared or came back: independent changes, committed in
+            // batches that stay under etcd's default limit of 128 operations per transaction.
+            for chunk in ops.chunks(AGENT_BATCH) {
+                self.commit(&mut g, chunk.to_vec())?;
+            }
+        } else {
             self.commit(&mut g, ops)?;
         }
         Ok(report)
