@@ -123,7 +123,8 @@ impl From<ServiceError> for ApiError {
             ),
             ServiceError::Store(
                 crate::store::StoreError::NotLeader { .. }
-                | crate::store::StoreError::Unavailable(_),
+                | crate::store::StoreError::Unavailable(_)
+                | crate::store::StoreError::Etcd { .. },
             ) => ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

@@ -1649,12 +1649,16 @@ fn check_fits(d: &Demand, h: &ExistingHost, opts: &PackOptions) -> Result<(), Se
 }
 
 /// The lowest free host address of `net`, from .2 (the first address is the gateway's).
+/// The lowest free host address of `net` (one pass over `taken`, then a set lookup per
+/// candidate: linear in the VMs, not quadratic).
 fn free_ip(net: &Network, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
     let base = net.subnet.to_bits();
     let size = 1u32 << (32 - u32::from(net.prefix));
+    let taken: std::collections::HashSet<u32> = taken.iter().map(|ip| ip.to_bits()).collect();
     (2..size - 1)
-        .map(|i| Ipv4Addr::from(base + i))
+        .map(|i| base + i)
         .find(|ip| !taken.contains(ip))
+        .map(Ipv4Addr::from)
 }
 
 /// A locally administered MAC derived from the IPv4 address: unique within a network.

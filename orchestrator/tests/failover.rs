@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{serial, skip_reason, Etcd, Serve, Teardown};
+use common::{apply_shop_until_first_vm, serial, skip_reason, Etcd, Serve, Teardown};
 use serde_json::Value;
 
 fn controller(s: &Serve) -> Value {
@@ -132,23 +130,7 @@ fn controllers_on_etcd_fail_over_during_a_deployment_and_reconnect_after_etcd_re
 
     // Deploy the web shop (11 VMs) through the standby and kill -9 the leader while it is
     // making the deployment real.
-    let workload = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/shop.toml");
-    let apply = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
-        .args(["apply", "-f", &workload.display().to_string()])
-        .env("KANGAROO_DATA_DIR", &dir)
-        .env("KANGAROO_URL", &b.url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let vms = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-"));
-        if !vms.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let apply = apply_shop_until_first_vm(&dir, &b.url, 60);
     a.kill9();
     let killed = Instant::now();
     let _ = apply.wait_with_output();

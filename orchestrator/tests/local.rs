@@ -615,24 +615,8 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
 
     // Deploy the web shop (11 VMs, packed onto hosts of cloud-a) and kill -9 the server
     // while it is making them real.
-    let workload = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/shop.toml");
-    let apply = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
-        .args(["apply", "-f", &workload.display().to_string()])
-        .env("KANGAROO_DATA_DIR", &dir)
-        .env("KANGAROO_URL", &s.url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Wait until part of the deployment is real, then kill.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let vms = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-"));
-        if !vms.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let apply = apply_shop_until_first_vm(&dir, &s.url, 30);
     s.kill9();
     let _ = apply.wait_with_output();
     let made = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-")).len();

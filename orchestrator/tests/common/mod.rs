@@ -385,6 +385,33 @@ impl Drop for Etcd {
     }
 }
 
+/// Starts `kangaroo apply -f examples/shop.toml` (the web shop, 11 VMs) against the server at
+/// `url` and returns it once the first VM's namespace exists (or after `secs`), so the caller
+/// can kill the server in the middle of making the deployment real.
+pub fn apply_shop_until_first_vm(
+    dir: &std::path::Path,
+    url: &str,
+    secs: u64,
+) -> std::process::Child {
+    let prefix = kangaroo_orchestrator::server::local_prefix(dir);
+    let workload = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/shop.toml");
+    let apply = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+        .args(["apply", "-f", &workload.display().to_string()])
+        .env("KANGAROO_DATA_DIR", dir)
+        .env("KANGAROO_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline
+        && kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-")).is_empty()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    apply
+}
+
 /// Removes every namespace and process of the server with `dir`, whatever happened.
 pub struct Teardown(pub PathBuf);
 
