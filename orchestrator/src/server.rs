@@ -300,11 +300,13 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         None => {}
         Some(e) => {
             let s = service.clone();
-            e.watch_commits(Arc::new(move |rev| {
-                if !s.is_writer() && rev != s.revision() {
-                    if let Err(err) = s.refresh() {
-                        eprintln!("kangaroo: standby: reloading the state: {err}");
-                    }
+            e.follow(Arc::new(move |c| {
+                let r = match c {
+                    crate::store::etcd::Followed::Commit { ops, rev } => s.follow(&ops, rev),
+                    crate::store::etcd::Followed::Reload => s.refresh().map(|_| ()),
+                };
+                if let Err(err) = r {
+                    eprintln!("kangaroo: following the store: {err}");
                 }
             }));
             let s = service.clone();

@@ -647,6 +647,26 @@ impl Service {
         )
     }
 
+    /// Applies a commit another controller made (a standby following the store): the next
+    /// revision is applied, one already here (this controller's own) is skipped, and a gap
+    /// reloads the whole state. `rev` 0 carries nothing.
+    ///
+    /// # Errors
+    /// The store failed while reloading.
+    pub fn follow(&self, ops: &[Op], rev: u64) -> Result<(), ServiceError> {
+        let mut g = self.lock();
+        if rev <= g.rev {
+            return Ok(());
+        }
+        if rev == g.rev + 1 {
+            g.state.apply(ops);
+            g.rev = rev;
+            return Ok(());
+        }
+        drop(g);
+        self.refresh().map(|_| ())
+    }
+
     /// A copy of the whole state.
     pub fn snapshot(&self) -> State {
         self.lock().state.clone()

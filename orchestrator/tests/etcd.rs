@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::Etcd;
 use kangaroo_orchestrator::model::{Host, HostState, InstanceType, Name};
-use kangaroo_orchestrator::store::etcd::{EtcdStore, EtcdUrl};
+use kangaroo_orchestrator::packing::PackOptions;
+use kangaroo_orchestrator::service::{Service, VmRequest};
+use kangaroo_orchestrator::store::etcd::{EtcdStore, EtcdUrl, Followed};
 use kangaroo_orchestrator::store::{Op, Role, Store, StoreError};
 
 fn host(name: &str) -> Host {
@@ -116,7 +118,13 @@ fn commits_are_compare_and_swap_fenced_by_the_election_and_survive_an_etcd_resta
     let seen = Arc::new(Mutex::new(Vec::new()));
     {
         let seen = seen.clone();
-        b.watch_commits(Arc::new(move |rev| seen.lock().unwrap().push(rev)));
+        b.follow(Arc::new(move |c| {
+            if let Followed::Commit { rev, .. } = c {
+                if rev > 0 {
+                    seen.lock().unwrap().push(rev);
+                }
+            }
+        }));
     }
     std::thread::sleep(Duration::from_millis(300));
     let (st, rev) = b.load().unwrap();
@@ -209,6 +217,73 @@ fn a_standby_takes_over_within_the_lease_when_the_leader_stops() {
     assert!(!is_leader(&a));
     // A leader that just dies is replaced once its lease runs out: the kill -9 test in
     // tests/failover.rs measures that with whole controllers.
+}
+
+#[test]
+fn a_standby_service_follows_the_leaders_commits_change_by_change() {
+    let Some(etcd) = etcd_or_skip() else {
+        return;
+    };
+    let url: EtcdUrl = format!("{}/t3", etcd.url()).parse().unwrap();
+    let providers = [("sim".to_owned(), "ec2-2026".to_owned())];
+    let la = EtcdStore::connect(&url).unwrap();
+    la.campaign("http://a".into(), Duration::from_secs(30), Arc::new(|_| {}));
+    wait_for("a leads", 10, || is_leader(&la));
+    let leader = Service::new(Box::new(la), &providers, PackOptions::default()).unwrap();
+    let sb = EtcdStore::connect(&url).unwrap();
+    sb.campaign("http://b".into(), Duration::from_secs(30), Arc::new(|_| {}));
+    let standby =
+        Arc::new(Service::new(Box::new(sb.clone()), &providers, PackOptions::default()).unwrap());
+    let reloads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (standby, reloads) = (standby.clone(), reloads.clone());
+        sb.follow(Arc::new(move |c| match c {
+            Followed::Commit { ops, rev } => standby.follow(&ops, rev).unwrap(),
+            Followed::Reload => {
+                reloads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                standby.refresh().unwrap();
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let vm = |name: &str| -> VmRequest {
+        serde_json::from_value(
+            serde_json::json!({"name": name, "vcpus": 0.5, "memory": "1GiB", "network": "default"}),
+        )
+        .unwrap()
+    };
+    for i in 0..30 {
+        leader.create_vm(&vm(&format!("v{i}"))).unwrap();
+    }
+    for i in (0..30).step_by(3) {
+        leader.delete_vm(&format!("v{i}")).unwrap();
+    }
+    leader.stop_vm("v1").unwrap();
+    let to = leader
+        .add_host(
+            &serde_json::from_value(serde_json::json!({"instance_type": "m5.large"})).unwrap(),
+        )
+        .unwrap();
+    leader
+        .migrate_vm(
+            "v2",
+            &serde_json::from_value(serde_json::json!({"to": to.name.as_str()})).unwrap(),
+        )
+        .unwrap();
+    wait_for("the standby has every commit", 10, || {
+        standby.revision() == leader.revision()
+    });
+    assert_eq!(
+        standby.snapshot(),
+        leader.snapshot(),
+        "change by change, the same state"
+    );
+    assert_eq!(
+        reloads.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no whole reload was needed"
+    );
+    println!("the standby followed {} commits", leader.revision());
 }
 
 #[test]

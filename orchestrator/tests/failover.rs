@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{apply_shop_until_first_vm, serial, skip_reason, Etcd, Serve, Teardown};
+use common::{apply_shop_until_first_vm, serial, skip_reason, web_page, Etcd, Serve, Teardown};
 use serde_json::Value;
 
 fn controller(s: &Serve) -> Value {
@@ -58,19 +58,6 @@ fn where_vms_run(prefix: &str, s: &Serve) -> Vec<(String, String, Vec<String>)> 
             (name, v["host"].as_str().unwrap_or("").to_owned(), on)
         })
         .collect()
-}
-
-fn web_page(s: &Serve, from: &str, ip: &str, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let url = format!("http://{ip}/");
-        let (ok, out) = s.cli(&["vm", "exec", from, "--", "curl", "-s", "-m", "2", &url]);
-        if ok && out.starts_with(&format!("name={want}")) {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "{from} reaches {want}: {out}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -169,7 +156,13 @@ fn controllers_on_etcd_fail_over_during_a_deployment_and_reconnect_after_etcd_re
             .unwrap()
             .to_owned()
     };
-    let page = web_page(&b, "web-1", &ip_of("web-2"), "web-2");
+    let page = web_page(
+        &b,
+        "web-1",
+        &ip_of("web-2"),
+        "web-2",
+        "web-1 reaches web-2 after the fail-over",
+    );
     println!("web-1 -> web-2 after the fail-over: {}", page.trim());
 
     // The old leader comes back as a standby of b.

@@ -578,16 +578,7 @@ fn secure_tunnels_between_providers_use_the_relay_when_no_direct_path_opens() {
 /// The switches' datapath mode: `KGR_LOCAL_MODE`, else the default (`tc`).
 /// web-2's page as fetched from web-1 (a `netns` VM) through the switches, within 10 s.
 fn web2_page(s: &Serve, ip2: &str, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let url = format!("http://{ip2}/");
-        let (ok, out) = s.cli(&["vm", "exec", "web-1", "--", "curl", "-s", "-m", "2", &url]);
-        if ok && out.starts_with("name=web-2") {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "{what}: {out}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    web_page(s, "web-1", ip2, "web-2", what)
 }
 
 #[test]

@@ -434,21 +434,20 @@ impl EtcdStore {
         }
     }
 
-    /// Calls `f(rev)` with the store's revision after commits by any controller, from the
-    /// store's current etcd revision on. After a lost connection the watch resumes at the etcd
-    /// revision after the last event it saw, so no commit is missed or delivered twice. `f` runs
-    /// on one thread of its own; commits that arrive while it runs are folded into one call
-    /// with the newest revision.
-    pub fn watch_commits(&self, f: Arc<dyn Fn(u64) + Send + Sync>) {
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    /// Follows every commit by any controller: `f` gets each one's record changes and the
+    /// store revision it made, in order, on one thread of its own; or [`Followed::Reload`] when
+    /// the changes cannot be given (etcd compacted the history the watch needed, or a record
+    /// does not decode). It starts at the current etcd revision; after a lost connection the
+    /// watch resumes at the revision after the last change it saw, so no commit is missed or
+    /// delivered twice. The receiver compares revisions to tell a gap (reload) from its own
+    /// commits (skip).
+    pub fn follow(&self, f: Arc<dyn Fn(Followed) + Send + Sync>) {
+        let (tx, rx) = std::sync::mpsc::channel::<Followed>();
         let spawned = std::thread::Builder::new()
-            .name("kangaroo-watch".into())
+            .name("kangaroo-follow".into())
             .spawn(move || {
-                while let Ok(mut rev) = rx.recv() {
-                    while let Ok(newer) = rx.try_recv() {
-                        rev = newer;
-                    }
-                    f(rev);
+                while let Ok(c) = rx.recv() {
+                    f(c);
                 }
             });
         if let Err(e) = spawned {
@@ -457,33 +456,50 @@ impl EtcdStore {
         }
         let me = self.clone();
         self.shared.spawn(async move {
-            let key = me.key("rev");
+            // The records and `rev` sort between `hosts/` and `vms/…`; agents' reports and
+            // assignments sort before, so a standby is not woken by every heartbeat.
+            let (from, to) = (me.key("hosts/"), me.key("vms0"));
             let mut c = me.shared.client.clone();
             let mut next: Option<i64> = None;
             loop {
-                let opts = match next {
-                    Some(r) => WatchOptions::new().with_start_revision(r),
-                    None => WatchOptions::new(),
-                };
-                if let Ok(mut w) = c.watch(key.clone(), Some(opts)).await {
+                let mut opts = WatchOptions::new().with_range(to.clone());
+                if let Some(r) = next {
+                    opts = opts.with_start_revision(r);
+                }
+                if let Ok(mut w) = c.watch(from.clone(), Some(opts)).await {
                     while let Ok(Some(m)) = w.message().await {
                         if m.compact_revision() > 0 {
-                            // History before this was compacted: resume from now (the callback
-                            // reloads the whole state, so nothing is lost).
                             next = None;
-                            let _ = tx.send(u64::MAX);
+                            if tx.send(Followed::Reload).is_err() {
+                                return;
+                            }
                             break;
                         }
+                        // One commit is one etcd revision: group the events by it.
+                        let mut group: Option<(i64, Vec<Op>, Option<u64>, bool)> = None;
                         for e in m.events() {
                             let Some(kv) = e.kv() else { continue };
-                            next = Some(kv.mod_revision() + 1);
-                            if let Some(rev) = std::str::from_utf8(kv.value())
-                                .ok()
-                                .and_then(|v| v.parse::<u64>().ok())
-                            {
-                                if tx.send(rev).is_err() {
-                                    return;
+                            let at = kv.mod_revision();
+                            next = Some(at + 1);
+                            if group.as_ref().is_some_and(|g| g.0 != at) {
+                                if let Some(g) = group.take() {
+                                    if tx.send(flush(g)).is_err() {
+                                        return;
+                                    }
                                 }
+                            }
+                            let g = group.get_or_insert_with(|| (at, Vec::new(), None, false));
+                            let put = e.event_type() == EventType::Put;
+                            match me.change(kv.key(), put.then(|| kv.value())) {
+                                Change::Op(op) => g.1.push(*op),
+                                Change::Rev(r) => g.2 = Some(r),
+                                Change::Other => {}
+                                Change::Bad => g.3 = true,
+                            }
+                        }
+                        if let Some(g) = group.take() {
+                            if tx.send(flush(g)).is_err() {
+                                return;
                             }
                         }
                         if m.canceled() {
@@ -494,6 +510,75 @@ impl EtcdStore {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
+    }
+
+    /// What the change of `key` (its new value, or `None` if deleted) does to the state.
+    fn change(&self, key: &[u8], value: Option<&[u8]>) -> Change {
+        let Some(k) = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.strip_prefix(self.shared.url.prefix.as_str()))
+        else {
+            return Change::Other;
+        };
+        let name = |n: &str| crate::model::Name::new(n).ok();
+        let op = if let Some(n) = k.strip_prefix("hosts/") {
+            match value {
+                Some(v) => parse("hosts", n, v).ok().map(Op::PutHost),
+                None => name(n).map(Op::DeleteHost),
+            }
+        } else if let Some(n) = k.strip_prefix("networks/") {
+            match value {
+                Some(v) => parse("networks", n, v).ok().map(Op::PutNetwork),
+                None => name(n).map(Op::DeleteNetwork),
+            }
+        } else if let Some(n) = k.strip_prefix("vms/") {
+            match value {
+                Some(v) => parse("vms", n, v).ok().map(Op::PutVm),
+                None => name(n).map(Op::DeleteVm),
+            }
+        } else if k == "meta" {
+            value
+                .and_then(|v| parse("meta", "meta", v).ok())
+                .map(Op::PutMeta)
+        } else if k == "rev" {
+            return match value.map(revision) {
+                Some(Ok(r)) => Change::Rev(r),
+                _ => Change::Bad,
+            };
+        } else {
+            return Change::Other;
+        };
+        op.map_or(Change::Bad, |op| Change::Op(Box::new(op)))
+    }
+}
+
+/// A commit as [`EtcdStore::follow`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Followed {
+    /// The record changes of one commit, and the store revision it made.
+    Commit {
+        /// The changes, as the committer's ops would apply them.
+        ops: Vec<Op>,
+        /// The store revision after it.
+        rev: u64,
+    },
+    /// Changes were missed or cannot be decoded: read the whole state again.
+    Reload,
+}
+
+enum Change {
+    Op(Box<Op>),
+    Rev(u64),
+    Other,
+    Bad,
+}
+
+fn flush((_, ops, rev, bad): (i64, Vec<Op>, Option<u64>, bool)) -> Followed {
+    match (rev, bad) {
+        (Some(rev), false) => Followed::Commit { ops, rev },
+        // A group without `rev` is not a commit (the leader key or the token changed).
+        (None, false) if ops.is_empty() => Followed::Commit { ops, rev: 0 },
+        _ => Followed::Reload,
     }
 }
 

@@ -412,6 +412,23 @@ pub fn apply_shop_until_first_vm(
     apply
 }
 
+/// The page `from` (a `netns` VM) gets from `http://IP/`, once it names `want` (within 15 s).
+pub fn web_page(s: &Serve, from: &str, ip: &str, want: &str, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = format!("http://{ip}/");
+        let (ok, out) = s.cli(&["vm", "exec", from, "--", "curl", "-s", "-m", "2", &url]);
+        if ok && out.starts_with(&format!("name={want}")) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} ({from} -> {want}): {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Removes every namespace and process of the server with `dir`, whatever happened.
 pub struct Teardown(pub PathBuf);
 
