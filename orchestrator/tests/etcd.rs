@@ -309,11 +309,9 @@ struct Controller {
 impl Controller {
     fn start(etcd: &Etcd, extra: &[&str]) -> Controller {
         let dir = tempfile::tempdir().unwrap();
-        let port = 20000 + rand::random::<u16>() % 20000;
-        let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .args(["--provider", "sim=ec2-2026", "--store", &etcd.url()])
             .args(["--lease-secs", "2"])
             .args(extra)
@@ -322,6 +320,7 @@ impl Controller {
             .stderr(log)
             .spawn()
             .unwrap();
+        let url = common::served_url(&mut child, &dir.path().join("serve.log"));
         let c = Controller { child, url, dir };
         wait_for("the controller leads", 20, || {
             c.cli(&["--json", "controller"])

