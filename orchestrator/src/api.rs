@@ -566,7 +566,92 @@ async fn to_leader(State(a): State<Api>, req: Request, next: Next) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         return r;
     };
-    crate::server::forward(&leader, req).await
+    forward(&leader, req).await
+}
+
+/// Marks a request a standby forwarded, so it is never forwarded twice.
+const FORWARDED: &str = "x-kangaroo-forwarded";
+
+/// Sends `req` to the controller at `leader` and returns its answer (a standby's writes).
+pub async fn forward(leader: &str, req: axum::extract::Request) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let unavailable = |msg: String| {
+        let body =
+            serde_json::json!({"error": {"status": 503, "code": "unavailable", "message": msg}});
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    };
+    if req.headers().contains_key(FORWARDED) {
+        return unavailable(format!(
+            "this controller is a standby too (forwarded here as the leader; the leader is {leader}); retry in a few seconds"
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return unavailable("the request body could not be read (over 64 MiB?)".into());
+    };
+    let url = format!(
+        "{}{}",
+        leader.trim_end_matches('/'),
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let leader = leader.to_owned();
+    let sent = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(std::time::Duration::from_secs(3)))
+            .timeout_global(Some(std::time::Duration::from_secs(900)))
+            .build()
+            .into();
+        let mut rb = axum::http::Request::builder()
+            .method(parts.method.clone())
+            .uri(&url)
+            .header(FORWARDED, "1");
+        for (k, v) in &parts.headers {
+            if ![
+                header::HOST,
+                header::CONTENT_LENGTH,
+                header::CONNECTION,
+                header::TRANSFER_ENCODING,
+            ]
+            .contains(k)
+            {
+                rb = rb.header(k, v);
+            }
+        }
+        let req = rb.body(bytes.to_vec()).map_err(|e| e.to_string())?;
+        let mut resp = agent.run(req).map_err(|e| e.to_string())?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((resp.status(), resp.headers().clone(), body))
+    })
+    .await;
+    match sent {
+        Ok(Ok((status, headers, body))) => {
+            let mut r = (status, body).into_response();
+            for (k, v) in &headers {
+                if ![
+                    header::CONTENT_LENGTH,
+                    header::CONNECTION,
+                    header::TRANSFER_ENCODING,
+                ]
+                .contains(k)
+                {
+                    r.headers_mut().insert(k.clone(), v.clone());
+                }
+            }
+            r
+        }
+        Ok(Err(e)) => unavailable(format!(
+            "forwarding to the leader {leader}: {e}; retry in a few seconds"
+        )),
+        Err(e) => unavailable(format!("forwarding to the leader {leader}: {e}")),
+    }
 }
 
 async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {

@@ -629,19 +629,7 @@ impl Service {
         Some(
             match packing::place_one(&demand_of(vm), &existing, &p.instance_types, &self.opts) {
                 Ok(Decision::Existing(h)) => Ok(h),
-                Ok(Decision::Rent(t)) => {
-                    let Some(ty) = p.instance_types.iter().find(|i| i.name == t) else {
-                        return Some(Err(format!("type {t} vanished")));
-                    };
-                    match self.new_host(g, meta, p, ty, None, ops) {
-                        Ok(host) => {
-                            let n = host.name.clone();
-                            ops.push(Op::PutHost(host));
-                            Ok(n)
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
+                Ok(Decision::Rent(t)) => self.rent(g, meta, p, &t, ops).map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             },
         )
@@ -702,6 +690,26 @@ impl Service {
     /// Hosts.
     pub fn hosts(&self) -> Vec<Host> {
         self.lock().state.hosts.values().cloned().collect()
+    }
+
+    /// Rents a host of type `t` from `provider` for a placement: adds it to `ops` and names it.
+    fn rent(
+        &self,
+        g: &Inner,
+        meta: &mut crate::store::Meta,
+        provider: &Provider,
+        t: &Name,
+        ops: &mut Vec<Op>,
+    ) -> Result<Name, ServiceError> {
+        let ty = provider
+            .instance_types
+            .iter()
+            .find(|i| &i.name == t)
+            .ok_or_else(|| ServiceError::Conflict(format!("type {t} vanished")))?;
+        let host = self.new_host(g, meta, provider, ty, None, ops)?;
+        let n = host.name.clone();
+        ops.push(Op::PutHost(host));
+        Ok(n)
     }
 
     fn new_host(
@@ -1064,17 +1072,7 @@ impl Service {
                 }
                 match packing::place_one(&demand, &existing, &provider.instance_types, &self.opts) {
                     Ok(Decision::Existing(h)) => h,
-                    Ok(Decision::Rent(t)) => {
-                        let ty = provider
-                            .instance_types
-                            .iter()
-                            .find(|i| i.name == t)
-                            .ok_or_else(|| ServiceError::Conflict(format!("type {t} vanished")))?;
-                        let host = self.new_host(&g, &mut meta, provider, ty, None, &ops)?;
-                        let n = host.name.clone();
-                        ops.push(Op::PutHost(host));
-                        n
-                    }
+                    Ok(Decision::Rent(t)) => self.rent(&g, &mut meta, provider, &t, &mut ops)?,
                     Err(e) => return Err(ServiceError::Conflict(e)),
                 }
             }

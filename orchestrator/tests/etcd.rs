@@ -193,7 +193,7 @@ fn commits_are_compare_and_swap_fenced_by_the_election_and_survive_an_etcd_resta
 }
 
 #[test]
-fn a_standby_takes_over_within_the_lease_when_the_leader_stops() {
+fn a_resigning_leader_hands_over_to_the_standby_at_once() {
     let Some(etcd) = etcd_or_skip() else {
         return;
     };

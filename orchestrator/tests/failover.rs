@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{apply_shop_until_first_vm, serial, skip_reason, web_page, Etcd, Serve, Teardown};
+use common::{
+    apply_shop_until_first_vm, serial, skip_reason, web_page, where_vms_run, Etcd, Serve, Teardown,
+};
 use serde_json::Value;
 
 fn controller(s: &Serve) -> Value {
@@ -27,37 +29,6 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> (T, D
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The hosts each VM's port is on (a VM made twice would show two).
-fn where_vms_run(prefix: &str, s: &Serve) -> Vec<(String, String, Vec<String>)> {
-    let vms = s.json(&["vm", "ls"]);
-    let hosts: Vec<String> = s
-        .json(&["host", "ls"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["name"].as_str().unwrap().to_owned())
-        .collect();
-    vms.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            let name = v["name"].as_str().unwrap().to_owned();
-            let port = format!("kn{:08x}", kangaroo_orchestrator::infra::short_hash(&name));
-            let on = hosts
-                .iter()
-                .filter(|h| {
-                    kangaroo_orchestrator::infra::sys::link_exists(
-                        &format!("{prefix}-h-{h}"),
-                        &port,
-                    )
-                })
-                .cloned()
-                .collect();
-            (name, v["host"].as_str().unwrap_or("").to_owned(), on)
-        })
-        .collect()
 }
 
 #[test]

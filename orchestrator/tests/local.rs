@@ -644,28 +644,11 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     let vms = s2.json(&["vm", "ls"]);
     let vms = vms.as_array().unwrap();
     assert_eq!(vms.len(), 11, "the deployment was recorded whole: {vms:?}");
-    let hosts = s2.json(&["host", "ls"]);
-    let hosts: Vec<String> = hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["name"].as_str().unwrap().to_owned())
-        .collect();
-    for v in vms {
-        let name = v["name"].as_str().unwrap();
-        let port = format!("kn{:08x}", kangaroo_orchestrator::infra::short_hash(name));
-        let on: Vec<&String> = hosts
-            .iter()
-            .filter(|h| {
-                kangaroo_orchestrator::infra::sys::link_exists(&format!("{prefix}-h-{h}"), &port)
-            })
-            .collect();
-        assert_eq!(
-            on,
-            vec![&v["host"].as_str().unwrap().to_owned()],
-            "VM {name} runs once, on its host"
-        );
+    let placed = where_vms_run(&prefix, &s2);
+    for (name, host, on) in &placed {
+        assert_eq!(on, &vec![host.clone()], "VM {name} runs once, on its host");
     }
+    let hosts: std::collections::BTreeSet<&String> = placed.iter().map(|(_, h, _)| h).collect();
     println!(
         "after restart: {} VMs on {} hosts, each exactly once",
         vms.len(),

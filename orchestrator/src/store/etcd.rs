@@ -491,10 +491,10 @@ impl EtcdStore {
                             let g = group.get_or_insert_with(|| (at, Vec::new(), None, false));
                             let put = e.event_type() == EventType::Put;
                             match me.change(kv.key(), put.then(|| kv.value())) {
-                                Change::Op(op) => g.1.push(*op),
-                                Change::Rev(r) => g.2 = Some(r),
-                                Change::Other => {}
-                                Change::Bad => g.3 = true,
+                                Ok(Change::Op(op)) => g.1.push(*op),
+                                Ok(Change::Rev(r)) => g.2 = Some(r),
+                                Ok(Change::Other) => {}
+                                Err(_) => g.3 = true,
                             }
                         }
                         if let Some(g) = group.take() {
@@ -512,43 +512,50 @@ impl EtcdStore {
         });
     }
 
-    /// What the change of `key` (its new value, or `None` if deleted) does to the state.
-    fn change(&self, key: &[u8], value: Option<&[u8]>) -> Change {
+    /// What the change of `key` (its new value, or `None` if deleted) does to the state;
+    /// an error if a record or the revision does not decode. `load` and `follow` both read
+    /// records through it.
+    fn change(&self, key: &[u8], value: Option<&[u8]>) -> Result<Change, StoreError> {
         let Some(k) = std::str::from_utf8(key)
             .ok()
             .and_then(|k| k.strip_prefix(self.shared.url.prefix.as_str()))
         else {
-            return Change::Other;
+            return Ok(Change::Other);
         };
-        let name = |n: &str| crate::model::Name::new(n).ok();
+        let name = |table: &'static str, n: &str| {
+            crate::model::Name::new(n).map_err(|e| {
+                StoreError::Db(format!("the key {table}/{n} is not a name: {e}").into())
+            })
+        };
         let op = if let Some(n) = k.strip_prefix("hosts/") {
             match value {
-                Some(v) => parse("hosts", n, v).ok().map(Op::PutHost),
-                None => name(n).map(Op::DeleteHost),
+                Some(v) => Op::PutHost(parse("hosts", n, v)?),
+                None => Op::DeleteHost(name("hosts", n)?),
             }
         } else if let Some(n) = k.strip_prefix("networks/") {
             match value {
-                Some(v) => parse("networks", n, v).ok().map(Op::PutNetwork),
-                None => name(n).map(Op::DeleteNetwork),
+                Some(v) => Op::PutNetwork(parse("networks", n, v)?),
+                None => Op::DeleteNetwork(name("networks", n)?),
             }
         } else if let Some(n) = k.strip_prefix("vms/") {
             match value {
-                Some(v) => parse("vms", n, v).ok().map(Op::PutVm),
-                None => name(n).map(Op::DeleteVm),
+                Some(v) => Op::PutVm(parse("vms", n, v)?),
+                None => Op::DeleteVm(name("vms", n)?),
             }
         } else if k == "meta" {
-            value
-                .and_then(|v| parse("meta", "meta", v).ok())
-                .map(Op::PutMeta)
+            match value {
+                Some(v) => Op::PutMeta(parse("meta", "meta", v)?),
+                None => return Ok(Change::Other),
+            }
         } else if k == "rev" {
-            return match value.map(revision) {
-                Some(Ok(r)) => Change::Rev(r),
-                _ => Change::Bad,
+            return match value {
+                Some(v) => revision(v).map(Change::Rev),
+                None => Ok(Change::Other),
             };
         } else {
-            return Change::Other;
+            return Ok(Change::Other);
         };
-        op.map_or(Change::Bad, |op| Change::Op(Box::new(op)))
+        Ok(Change::Op(Box::new(op)))
     }
 }
 
@@ -570,7 +577,6 @@ enum Change {
     Op(Box<Op>),
     Rev(u64),
     Other,
-    Bad,
 }
 
 fn flush((_, ops, rev, bad): (i64, Vec<Op>, Option<u64>, bool)) -> Followed {
@@ -899,8 +905,7 @@ fn revision(v: &[u8]) -> Result<u64, StoreError> {
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<(State, u64), StoreError> {
-        let prefix = self.shared.url.prefix.clone();
-        let p = prefix.clone();
+        let p = self.shared.url.prefix.clone();
         let kvs = self.run("reading the state", move |c| async move {
             let mut kv = c.kv_client().max_decoding_message_size(MAX_MESSAGE);
             Ok(kv
@@ -911,26 +916,10 @@ impl Store for EtcdStore {
         let mut s = State::default();
         let mut rev = 0;
         for kv in &kvs {
-            let Some(k) = std::str::from_utf8(kv.key())
-                .ok()
-                .and_then(|k| k.strip_prefix(prefix.as_str()))
-            else {
-                continue;
-            };
-            let v = kv.value();
-            if let Some(name) = k.strip_prefix("hosts/") {
-                let h: crate::model::Host = parse("hosts", name, v)?;
-                s.hosts.insert(h.name.clone(), h);
-            } else if let Some(name) = k.strip_prefix("networks/") {
-                let n: crate::model::Network = parse("networks", name, v)?;
-                s.networks.insert(n.name.clone(), n);
-            } else if let Some(name) = k.strip_prefix("vms/") {
-                let vm: crate::model::NestedVm = parse("vms", name, v)?;
-                s.vms.insert(vm.name.clone(), vm);
-            } else if k == "meta" {
-                s.meta = parse("meta", "meta", v)?;
-            } else if k == "rev" {
-                rev = revision(v)?;
+            match self.change(kv.key(), Some(kv.value()))? {
+                Change::Op(op) => s.apply(std::slice::from_ref(&*op)),
+                Change::Rev(r) => rev = r,
+                Change::Other => {}
             }
         }
         Ok((s, rev))
@@ -980,10 +969,7 @@ impl Store for EtcdStore {
                     if i == 0 {
                         found = revision(kv.value())?;
                     } else {
-                        leader = Some((
-                            kv.create_revision(),
-                            String::from_utf8_lossy(kv.value()).into_owned(),
-                        ));
+                        leader = Some(String::from_utf8_lossy(kv.value()).into_owned());
                     }
                 }
             }
@@ -993,11 +979,9 @@ impl Store for EtcdStore {
         }
         // The revision matched, so the fence did not: another controller leads now.
         self.set_role(Role::Standby {
-            leader: leader.as_ref().map(|(_, l)| l.clone()),
+            leader: leader.clone(),
         });
-        Err(StoreError::NotLeader {
-            leader: leader.map(|(_, l)| l),
-        })
+        Err(StoreError::NotLeader { leader })
     }
 
     fn role(&self) -> Role {

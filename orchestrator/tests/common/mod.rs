@@ -454,6 +454,37 @@ pub fn served_url(child: &mut std::process::Child, log: &std::path::Path) -> Str
     }
 }
 
+/// The hosts each VM's port is on (a VM made twice would show two).
+pub fn where_vms_run(prefix: &str, s: &Serve) -> Vec<(String, String, Vec<String>)> {
+    let vms = s.json(&["vm", "ls"]);
+    let hosts: Vec<String> = s
+        .json(&["host", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap().to_owned())
+        .collect();
+    vms.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let name = v["name"].as_str().unwrap().to_owned();
+            let port = format!("kn{:08x}", kangaroo_orchestrator::infra::short_hash(&name));
+            let on = hosts
+                .iter()
+                .filter(|h| {
+                    kangaroo_orchestrator::infra::sys::link_exists(
+                        &format!("{prefix}-h-{h}"),
+                        &port,
+                    )
+                })
+                .cloned()
+                .collect();
+            (name, v["host"].as_str().unwrap_or("").to_owned(), on)
+        })
+        .collect()
+}
+
 /// Removes every namespace and process of the server with `dir`, whatever happened.
 pub struct Teardown(pub PathBuf);
 
