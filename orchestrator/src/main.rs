@@ -105,10 +105,24 @@ enum Command {
         /// of the provider.
         #[arg(long, value_enum, default_value = "leave")]
         on_host_lost: kangaroo_orchestrator::service::HostLostPolicy,
+        /// Give every local host its own `kangaroo agent` (etcd store), started when the host
+        /// is rented: the agent drives the host's switch and VMs, the controllers rent hosts,
+        /// run migrations and settle what crosses hosts. Without it the leader drives every
+        /// local host itself.
+        #[arg(long, env = "KANGAROO_LOCAL_AGENTS")]
+        local_agents: bool,
+        /// A TOML file of these settings: each key is a flag's long name (`store =
+        /// "etcd://10.0.0.5:2379"`, `lease_secs = 5`, `local_agents = true`, `provider =
+        /// ["cloud-a=local:ec2-2026"]`). A flag given on the command line wins over the file,
+        /// the file over the environment.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
-    /// The agent of one host (etcd store): holds the host's heartbeat lease, watches the VMs
-    /// assigned to it, makes them so and reports what it observes. The `sim` driver observes
-    /// what it is given (simulated hosts; for scale tests).
+    /// The agent of one host (etcd store): holds the host's heartbeat lease, watches the
+    /// desired state of its host, makes it so and reports what it observes. `--driver local`
+    /// drives a host of a local provider (its switch, peers, FDB entries and VMs; a controller
+    /// with --local-agents starts it when it rents the host); `sim` observes what is assigned
+    /// (simulated hosts; for scale tests).
     Agent {
         /// Where the state lives: etcd://HOST:PORT[/PREFIX].
         #[arg(long, env = "KANGAROO_STORE")]
@@ -119,9 +133,28 @@ enum Command {
         /// Seconds of the heartbeat lease: the host is lost this long after the agent stops.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
         lease_secs: u64,
-        /// How VMs are made: `sim`.
+        /// How the host is driven: `local` or `sim`.
         #[arg(long, default_value = "sim")]
         driver: String,
+        /// A local provider, in the order the controllers name them (repeatable; `local`).
+        #[arg(long = "local-provider")]
+        local_providers: Vec<String>,
+        /// Nested-VM driver (`local`): `qemu` or `netns`, as the controllers'.
+        #[arg(long, default_value = "netns")]
+        vm_driver: String,
+        /// Datapath mode of the host's switch (`local`).
+        #[arg(long, default_value = "tc")]
+        switch_mode: String,
+        /// Guest image directory of the `qemu` driver (`local`).
+        #[arg(
+            long,
+            env = "KANGAROO_GUEST_DIR",
+            default_value = "/var/cache/kangaroo/guest"
+        )]
+        guest_image: PathBuf,
+        /// Which tunnels are secure tunnels (`local`), as the controllers'.
+        #[arg(long, default_value = "between-providers")]
+        secure_tunnels: kangaroo_orchestrator::infra::local::SecurePolicy,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
     /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
@@ -419,10 +452,65 @@ impl Client {
     }
 }
 
+/// Until SIGINT or SIGTERM.
+fn until_signalled() -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    });
+    Ok(())
+}
+
+fn local_agent(
+    store: &str,
+    host: &str,
+    lease_secs: u64,
+    locals: &[String],
+    data_dir: &std::path::Path,
+    settings: &server::LocalSettings,
+) -> anyhow::Result<()> {
+    use kangaroo_orchestrator::store::etcd::{EtcdStore, EtcdUrl};
+    let url: EtcdUrl = store
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--store {e}"))?;
+    kangaroo_orchestrator::model::Name::new(host)
+        .map_err(|e| anyhow::anyhow!("--host {host:?}: {e}"))?;
+    if locals.is_empty() {
+        bail!("--driver local needs the local providers (--local-provider NAME, in the controllers' order)");
+    }
+    let realizer = std::sync::Arc::new(server::local_realizer(
+        locals.to_vec(),
+        data_dir,
+        settings,
+        true,
+    )?);
+    let e = EtcdStore::connect(&url)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let _ = until_signalled();
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    eprintln!("kangaroo agent {host}: driving local host {host} from {url} (lease {lease_secs} s)");
+    kangaroo_orchestrator::agent::run_local_agent(
+        &e,
+        host,
+        realizer,
+        std::time::Duration::from_secs(lease_secs),
+        stop,
+    )
+}
+
 fn agent(store: &str, host: &str, lease_secs: u64, driver: &str) -> anyhow::Result<()> {
     use kangaroo_orchestrator::store::etcd::{EtcdStore, EtcdUrl};
     if driver != "sim" {
-        bail!("--driver {driver:?}: the agent drives `sim` hosts (local hosts are driven by kangaroo serve's reconciler)");
+        bail!("--driver {driver:?}: use \"local\" (a host of a local provider) or \"sim\"");
     }
     let url: EtcdUrl = store
         .parse()
@@ -447,15 +535,7 @@ fn agent(store: &str, host: &str, lease_secs: u64, driver: &str) -> anyhow::Resu
         stop.clone(),
     );
     eprintln!("kangaroo agent {host}: running on {url} (lease {lease_secs} s)");
-    // Until SIGINT or SIGTERM.
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    });
+    until_signalled()?;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     Ok(())
 }
@@ -577,9 +657,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             lease_secs,
             on_host_lost,
+            local_agents,
+            config: _,
         } => {
             let cfg = ServeConfig {
                 on_host_lost: *on_host_lost,
+                local_agents: *local_agents,
                 store: store.clone(),
                 advertise: advertise.clone(),
                 lease: std::time::Duration::from_secs(*lease_secs),
@@ -622,7 +705,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             host,
             lease_secs,
             driver,
-        } => agent(store, host, *lease_secs, driver),
+            local_providers,
+            vm_driver,
+            switch_mode,
+            guest_image,
+            secure_tunnels,
+        } => match driver.as_str() {
+            "local" => local_agent(
+                store,
+                host,
+                *lease_secs,
+                local_providers,
+                &cli.data_dir
+                    .clone()
+                    .unwrap_or_else(server::default_data_dir),
+                &server::LocalSettings {
+                    driver: vm_driver.clone(),
+                    switch_mode: switch_mode.clone(),
+                    guest_image: guest_image.clone(),
+                    reconcile_secs: 0,
+                    secure: *secure_tunnels,
+                },
+            ),
+            _ => agent(store, host, *lease_secs, driver),
+        },
         Command::Vm(VmCmd::Exec { name, command }) => {
             let dir = cli
                 .data_dir
@@ -1075,8 +1181,110 @@ struct PlanView {
     saving_percent: f64,
 }
 
+/// `kangaroo serve --config FILE`: the file's settings become the flags the command line does
+/// not give.
+fn with_serve_config(args: Vec<String>) -> anyhow::Result<Vec<String>> {
+    use clap::CommandFactory;
+    let Some(at) = args.iter().position(|a| a == "serve") else {
+        return Ok(args);
+    };
+    let file = args[at..].iter().enumerate().find_map(|(i, a)| {
+        if a == "--config" {
+            args.get(at + i + 1).cloned()
+        } else {
+            a.strip_prefix("--config=").map(str::to_owned)
+        }
+    });
+    let Some(file) = file else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("--config {file}"))?;
+    let cmd = Cli::command();
+    let serve = cmd
+        .find_subcommand("serve")
+        .ok_or_else(|| anyhow::anyhow!("no serve command"))?;
+    let flags: Vec<(String, bool)> = serve
+        .get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?.to_owned();
+            Some((long, !a.get_action().takes_values()))
+        })
+        .collect();
+    expand_config(args, at, &file, &text, &flags).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Appends to `args` (whose `serve` is at `at`) the settings of the TOML `text` (of `file`)
+/// for `flags` (long name, whether it is a switch taking no value) the command line lacks.
+fn expand_config(
+    mut args: Vec<String>,
+    at: usize,
+    file: &str,
+    text: &str,
+    flags: &[(String, bool)],
+) -> Result<Vec<String>, String> {
+    let table: toml::Table = text.parse().map_err(|e| format!("--config {file}: {e}"))?;
+    let given = |flag: &str| {
+        args[at..]
+            .iter()
+            .any(|a| a == &format!("--{flag}") || a.starts_with(&format!("--{flag}=")))
+    };
+    let mut extra = Vec::new();
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        let Some((_, switch)) = flags.iter().find(|(f, _)| *f == flag && f != "config") else {
+            return Err(format!(
+                "--config {file}: unknown key {key:?} (the keys are serve's flags: {})",
+                flags
+                    .iter()
+                    .filter(|(f, _)| f != "config" && f != "help")
+                    .map(|(f, _)| f.replace('-', "_"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        if given(&flag) {
+            continue;
+        }
+        let scalar = |v: &toml::Value| -> Result<String, String> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                _ => Err(format!(
+                    "--config {file}: {key} must be a string or a number, not {}",
+                    v.type_str()
+                )),
+            }
+        };
+        match (value, switch) {
+            (toml::Value::Boolean(true), true) => extra.push(format!("--{flag}")),
+            (toml::Value::Boolean(false), true) => {}
+            (_, true) => return Err(format!("--config {file}: {key} must be true or false")),
+            (toml::Value::Array(items), false) => {
+                for v in items {
+                    extra.push(format!("--{flag}"));
+                    extra.push(scalar(v)?);
+                }
+            }
+            (v, false) => {
+                extra.push(format!("--{flag}"));
+                extra.push(scalar(v)?);
+            }
+        }
+    }
+    args.extend(extra);
+    Ok(args)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match with_serve_config(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kangaroo: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -1129,5 +1337,81 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    fn flags() -> Vec<(String, bool)> {
+        [
+            ("store", false),
+            ("lease-secs", false),
+            ("local-agents", true),
+            ("provider", false),
+            ("config", false),
+        ]
+        .iter()
+        .map(|(f, s)| ((*f).to_owned(), *s))
+        .collect()
+    }
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_serve_config_file_gives_the_flags_the_command_line_lacks() {
+        let text = "store = \"etcd://10.0.0.5:2379\"\nlease_secs = 3\nlocal_agents = true\nprovider = [\"a=local:ec2-2026\", \"b=ec2-2014\"]\n";
+        let got = expand_config(
+            argv(&[
+                "kangaroo",
+                "serve",
+                "--config",
+                "f.toml",
+                "--lease-secs",
+                "9",
+            ]),
+            1,
+            "f.toml",
+            text,
+            &flags(),
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(&got).unwrap();
+        let Command::Serve {
+            store,
+            lease_secs,
+            local_agents,
+            providers,
+            ..
+        } = cli.command
+        else {
+            panic!("{got:?}")
+        };
+        let server::StoreChoice::Etcd(url) = store else {
+            panic!("{got:?}")
+        };
+        assert_eq!(url.to_string(), "etcd://10.0.0.5:2379/kangaroo");
+        assert_eq!(lease_secs, 9, "the command line wins");
+        assert!(local_agents);
+        assert_eq!(providers.len(), 2, "{providers:?}");
+    }
+
+    #[test]
+    fn a_serve_config_file_with_a_bad_key_or_value_is_rejected_by_name() {
+        let bad = |text: &str| {
+            expand_config(argv(&["kangaroo", "serve"]), 1, "f.toml", text, &flags()).unwrap_err()
+        };
+        let e = bad("stor = \"x\"\n");
+        assert!(
+            e.contains("f.toml") && e.contains("\"stor\"") && e.contains("store"),
+            "{e}"
+        );
+        let e = bad("local_agents = \"yes\"\n");
+        assert!(e.contains("local_agents must be true or false"), "{e}");
+        let e = bad("store = { a = 1 }\n");
+        assert!(
+            e.contains("store must be a string or a number, not table"),
+            "{e}"
+        );
+        let e = bad("store = \n");
+        assert!(e.starts_with("--config f.toml:"), "{e}");
     }
 }

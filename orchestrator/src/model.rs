@@ -319,6 +319,10 @@ pub struct Host {
     /// host is `lost` when the lease expires.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agent: bool,
+    /// The public key of its switch's secure tunnels, as its agent reported it (hosts driven
+    /// by agents learn each other's keys from these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// Lifecycle of a nested VM.
@@ -370,6 +374,12 @@ pub struct NestedVm {
     /// recorded).
     #[serde(default)]
     pub created_at: u64,
+    /// The host a live migration in flight moves it to (recorded before the transfer starts,
+    /// cleared with the host change when it ends): agents leave such a VM alone, and a
+    /// controller taking over settles it from the copies it finds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub moving_to: Option<Name>,
 }
 
 impl NestedVm {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::infra::local::{LocalCloud, LocalConfig};
 use crate::infra::netns_vm::NetnsDriver;
 use crate::infra::qemu::{QemuConfig, QemuDriver};
-use crate::infra::realize::Realizer;
+use crate::infra::realize::{AgentLaunch, Drive, Realizer};
 use crate::infra::VmDriver;
 use crate::packing::PackOptions;
 use crate::service::Service;
@@ -130,6 +130,9 @@ pub struct ServeConfig {
     pub lease: std::time::Duration,
     /// What the leader does with the VMs of a host whose agent's lease expired (etcd store).
     pub on_host_lost: crate::service::HostLostPolicy,
+    /// Every local host gets its own `kangaroo agent` (etcd store), which drives its switch
+    /// and VMs; otherwise the leader drives them itself.
+    pub local_agents: bool,
 }
 
 /// Settings of the OpenStack-compatible API (its password is the API token).
@@ -203,15 +206,33 @@ pub fn realizer(
     if locals.is_empty() {
         return Ok(None);
     }
+    local_realizer(locals, data_dir, settings, false).map(|r| Some(Arc::new(r)))
+}
+
+/// The realizer of the local providers `locals` (in the order the servers name them: the
+/// index picks the underlay subnet) for the data directory `data_dir`; `agent` for a host's
+/// agent (it does not run the rendezvous).
+///
+/// # Errors
+/// As [`realizer`].
+pub fn local_realizer(
+    locals: Vec<String>,
+    data_dir: &Path,
+    settings: &LocalSettings,
+    agent: bool,
+) -> anyhow::Result<Realizer> {
     let prefix = local_prefix(data_dir);
     let exe = std::env::current_exe().context("locating the kangaroo binary")?;
-    let cloud = LocalCloud::new(LocalConfig {
+    let mut cloud = LocalCloud::new(LocalConfig {
         prefix: prefix.clone(),
         state_dir: data_dir.join("local"),
         switch_bin: LocalCloud::find_switch_bin(&exe),
         switch_mode: settings.switch_mode.clone(),
         secure: settings.secure,
     })?;
+    if agent {
+        cloud = cloud.for_agent();
+    }
     let netns: Arc<dyn VmDriver> = Arc::new(NetnsDriver {
         prefix,
         service_bin: exe,
@@ -228,7 +249,43 @@ pub fn realizer(
         ("netns", Err(_)) => vec![netns],
         (other, _) => anyhow::bail!("--vm-driver {other:?}: use \"qemu\" or \"netns\""),
     };
-    Ok(Some(Arc::new(Realizer::new(cloud, drivers, locals))))
+    let drive = if agent { Drive::Agent } else { Drive::Whole };
+    Ok(Realizer::new(cloud, drivers, locals).with_drive(drive))
+}
+
+/// The command line a controller starts a local host's agent with (`--host NAME` follows):
+/// the same binary, data directory, store and local settings as this server's.
+pub fn agent_command(
+    cfg: &ServeConfig,
+    url: &EtcdUrl,
+    locals: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("locating the kangaroo binary")?;
+    let mut c: Vec<String> = vec![
+        exe.display().to_string(),
+        "--data-dir".into(),
+        cfg.data_dir.display().to_string(),
+        "agent".into(),
+        "--driver".into(),
+        "local".into(),
+        "--store".into(),
+        url.to_string(),
+        "--lease-secs".into(),
+        cfg.lease.as_secs().max(1).to_string(),
+        "--vm-driver".into(),
+        cfg.local.driver.clone(),
+        "--switch-mode".into(),
+        cfg.local.switch_mode.clone(),
+        "--guest-image".into(),
+        cfg.local.guest_image.display().to_string(),
+        "--secure-tunnels".into(),
+        cfg.local.secure.name().to_owned(),
+    ];
+    for l in locals {
+        c.push("--local-provider".into());
+        c.push(l.clone());
+    }
+    Ok(c)
 }
 
 fn log_reconcile(r: &Result<crate::infra::realize::ConvergeReport, crate::service::ServiceError>) {
@@ -267,8 +324,23 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         }
     };
     let mut service = Service::new(store, &cfg.providers, cfg.options)?;
-    if let Some(r) = realizer(&service, &cfg.data_dir, &cfg.local)? {
-        service = service.with_realizer(r);
+    let locals = service.local_providers();
+    match (&cfg.store, cfg.local_agents) {
+        (StoreChoice::Etcd(url), true) if !locals.is_empty() => {
+            // Every local host gets its own agent when it is rented.
+            let command = agent_command(&cfg, url, &locals)?;
+            let r = local_realizer(locals, &cfg.data_dir, &cfg.local, false)?
+                .with_drive(Drive::Controller(AgentLaunch { command }));
+            service = service.with_realizer(Arc::new(r));
+        }
+        (StoreChoice::Embedded, true) => anyhow::bail!(
+            "--local-agents needs --store etcd://…: with the embedded store this server drives its local hosts itself"
+        ),
+        _ => {
+            if let Some(r) = realizer(&service, &cfg.data_dir, &cfg.local)? {
+                service = service.with_realizer(r);
+            }
+        }
     }
     let service = Arc::new(service);
     let token = match &etcd {
@@ -342,6 +414,12 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
                 Ok(Ok(lines)) => {
                     for l in lines {
                         eprintln!("kangaroo: agents: {l}");
+                    }
+                    // Keys the agents reported reach the rendezvous.
+                    if let Some(r) = s.realizer().filter(|r| r.agents_drive()) {
+                        if let Err(err) = r.sync_rendezvous(&s.snapshot()) {
+                            eprintln!("kangaroo: agents: {err}");
+                        }
                     }
                 }
                 Ok(Err(err)) => eprintln!("kangaroo: agents: {err}"),

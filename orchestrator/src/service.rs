@@ -360,11 +360,19 @@ impl Service {
         };
         // Hosts whose renting was interrupted are finished first.
         let pending = self.realize_pending_hosts();
-        let mut report = r.converge(&self.snapshot());
+        // VMs this process is migrating (or otherwise changing) are left to that operation
+        // (read after the state: an operation that recorded a change in it is still listed).
+        let state = self.snapshot();
+        let busy: std::collections::BTreeSet<String> =
+            self.tasks_lock().keys().map(|k| k.to_string()).collect();
+        let mut report = r.converge_except(&state, &busy);
+        let left = r.remove_leftovers(&|| self.snapshot());
+        report.repaired.extend(left.repaired);
+        report.errors.extend(left.errors);
         if let Err(e) = pending {
             report.errors.push(e.to_string());
         }
-        if !report.adopted.is_empty() {
+        if !report.adopted.is_empty() || !report.settled.is_empty() {
             let mut g = self.lock();
             let mut ops = Vec::new();
             for (vm, host) in &report.adopted {
@@ -372,8 +380,19 @@ impl Service {
                     if let Some(mut v) = g.state.vms.get(&vn).cloned() {
                         if g.state.hosts.contains_key(&hn) {
                             v.host = hn;
+                            v.moving_to = None;
                             ops.push(Op::PutVm(v));
                         }
+                    }
+                }
+            }
+            for vm in &report.settled {
+                if let Some(mut v) = Name::new(vm)
+                    .ok()
+                    .and_then(|n| g.state.vms.get(&n).cloned())
+                {
+                    if v.moving_to.take().is_some() {
+                        ops.push(Op::PutVm(v));
                     }
                 }
             }
@@ -504,7 +523,8 @@ impl Service {
     }
 
     /// Heartbeats of hosts with agents (etcd store): `alive` are the hosts whose agent holds a
-    /// lease now. A host that had an agent and has none is marked lost, and its VMs lost or
+    /// lease now, with the public key each reported for its switch (recorded in the host's
+    /// record, where the other hosts' agents find it). A host that had an agent and has none is marked lost, and its VMs lost or
     /// re-created on other hosts of its provider by `policy`; a lost host whose agent is back
     /// runs again, with the VMs still assigned to it. Returns what changed, for the log.
     ///
@@ -512,7 +532,7 @@ impl Service {
     /// The store failed.
     pub fn sweep_agents(
         &self,
-        alive: &std::collections::BTreeSet<String>,
+        alive: &std::collections::BTreeMap<String, Option<String>>,
         policy: HostLostPolicy,
     ) -> Result<Vec<String>, ServiceError> {
         let mut g = self.lock();
@@ -520,10 +540,19 @@ impl Service {
         let mut report = Vec::new();
         let mut lost = Vec::new();
         for h in g.state.hosts.values() {
-            let up = alive.contains(h.name.as_str());
-            if up && (!h.agent || h.state == HostState::Lost) {
+            let reported = alive.get(h.name.as_str());
+            let up = reported.is_some();
+            let key = reported.cloned().flatten();
+            if up
+                && (!h.agent
+                    || h.state == HostState::Lost
+                    || (key.is_some() && key != h.public_key))
+            {
                 let mut h2 = h.clone();
                 h2.agent = true;
+                if key.is_some() {
+                    h2.public_key = key;
+                }
                 if h.state == HostState::Lost {
                     h2.state = HostState::Running;
                     report.push(format!("host {} is back (its agent reports again)", h.name));
@@ -552,6 +581,11 @@ impl Service {
                     "host {} is lost (its agent's lease expired)",
                     h.name
                 ));
+                if policy == HostLostPolicy::Recreate {
+                    if let Some(r) = &self.realizer {
+                        report.extend(r.fence(&g.state, h.name.as_str()));
+                    }
+                }
                 let vms: Vec<NestedVm> = view
                     .vms
                     .values()
@@ -754,6 +788,7 @@ impl Service {
             underlay,
             rented_at: meta.clock_secs,
             agent: false,
+            public_key: None,
         })
     }
 
@@ -1102,6 +1137,7 @@ impl Service {
             state: VmState::Running,
             host,
             created_at: now_secs(),
+            moving_to: None,
         };
         let rented: Option<Name> = ops.iter().find_map(|o| match o {
             Op::PutHost(h) => Some(h.name.clone()),
@@ -1250,7 +1286,7 @@ impl Service {
         req: &MigrateRequest,
     ) -> Result<(NestedVm, Option<MigrationReport>), ServiceError> {
         let to = name_field("to", &req.to)?;
-        let g = self.lock();
+        let mut g = self.lock();
         let Some(mut vm) = g
             .state
             .vms
@@ -1277,18 +1313,41 @@ impl Service {
         };
         check_fits(&demand_of(&vm), dest, &self.opts)?;
         let _task = self.begin(&vm.name, Task::Migrating)?;
+        // Where the VM goes is recorded before anything moves: hosts' agents leave it alone
+        // meanwhile, and a controller that takes over after a crash knows what was in
+        // flight. The record's host changes only when the move succeeded; the reconciler
+        // settles a move a crash interrupted from the copies it finds.
+        let real = self.realizer.is_some();
+        if real {
+            vm.moving_to = Some(to.clone());
+            self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
+        }
         let state = g.state.clone();
         drop(g);
-        // The move happens first; the record follows only when it succeeded. A crash in
-        // between is resolved by the reconciler, which finds where the VM runs.
-        let report = match &self.realizer {
+        let moved = match &self.realizer {
             Some(r) => r.migrate(&state, &vm, &to, &mut |line| {
                 log_progress(&format!("migrate {name}: {line}"));
-            })?,
-            None => None,
+            }),
+            None => Ok(None),
         };
         let mut g = self.lock();
-        vm.host = to;
+        // What another change (a reconcile pass) made of the record meanwhile is kept.
+        if let Some(cur) = g.state.vms.get(&vm.name) {
+            vm = cur.clone();
+        }
+        vm.moving_to = None;
+        let report = match moved {
+            Ok(report) => {
+                vm.host = to;
+                report
+            }
+            Err(e) => {
+                if real {
+                    let _ = self.commit(&mut g, vec![Op::PutVm(vm)]);
+                }
+                return Err(e.into());
+            }
+        };
         self.commit(&mut g, vec![Op::PutVm(vm.clone())])?;
         Ok((vm, report))
     }
@@ -1537,6 +1596,7 @@ impl Service {
                     anti_affinity: v.demand.anti_affinity.clone(),
                     state: VmState::Running,
                     created_at: now_secs(),
+                    moving_to: None,
                     host: host.name.clone(),
                 }));
             }

@@ -364,6 +364,7 @@ mod tests {
             underlay: None,
             rented_at: 0,
             agent: false,
+            public_key: None,
         }
     }
 

@@ -37,6 +37,7 @@ fn start_with(openstack: server::OpenStackSettings) -> Server {
         advertise: None,
         lease: std::time::Duration::from_secs(5),
         on_host_lost: Default::default(),
+        local_agents: false,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -29,6 +29,7 @@ fn host(name: &str) -> Host {
         underlay: None,
         rented_at: 0,
         agent: false,
+        public_key: None,
     }
 }
 

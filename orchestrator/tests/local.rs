@@ -494,6 +494,7 @@ fn netns_vms_move_by_stop_and_start() {
                 underlay: Some(h.underlay),
                 rented_at: 0,
                 agent: false,
+                public_key: None,
             },
         );
     }
@@ -523,6 +524,7 @@ fn netns_vms_move_by_stop_and_start() {
             anti_affinity: None,
             state: VmState::Running,
             created_at: 0,
+            moving_to: None,
             host: Name::new(&c.hosts[a].name).unwrap(),
         },
     );

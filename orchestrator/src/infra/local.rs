@@ -13,6 +13,7 @@
 //! port security set to the VM's MAC and address, and every switch holds a static FDB entry for
 //! every VM, so a VM that moves is found at its new host at once.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -136,6 +137,15 @@ impl WantedPeer {
     }
 }
 
+/// Where a static FDB entry sends a MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdbDest {
+    /// A port of this switch (its interface).
+    Port(String),
+    /// A peer switch (its VTEP address).
+    Vtep(Ipv4Addr),
+}
+
 /// The underlay subnet of the `index`th local provider: 10.(210+index).0.0/24.
 pub fn provider_subnet(index: usize) -> Result<Ipv4Addr> {
     let i = u8::try_from(index)
@@ -159,6 +169,9 @@ pub fn host_address(subnet: Ipv4Addr, n: usize) -> Result<Ipv4Addr> {
 pub struct LocalCloud {
     cfg: LocalConfig,
     next_port: AtomicU16,
+    /// Used by a host's agent: it reads the rendezvous' key but never starts the rendezvous
+    /// or edits its members (the controller does).
+    agent: bool,
 }
 
 impl LocalCloud {
@@ -185,7 +198,15 @@ impl LocalCloud {
         Ok(LocalCloud {
             cfg,
             next_port: AtomicU16::new(seed),
+            agent: false,
         })
+    }
+
+    /// The same cloud as a host's agent sees it (see the `agent` field).
+    #[must_use]
+    pub fn for_agent(mut self) -> LocalCloud {
+        self.agent = true;
+        self
     }
 
     /// The settings.
@@ -248,6 +269,27 @@ impl LocalCloud {
     }
 
     fn try_rent(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
+        let host = self.provision(name, index, underlay)?;
+        self.ensure_switch(&host)?;
+        Ok(host)
+    }
+
+    /// Makes host `name` of provider `index` exist with address `underlay` on its provider's
+    /// underlay (its namespace and link), without its switch: what renting an
+    /// infrastructure VM gives before its own software runs. Idempotent; on failure what was
+    /// made is removed again.
+    ///
+    /// # Errors
+    /// The step that failed.
+    pub fn provision_host(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
+        let r = self.provision(name, index, underlay);
+        if r.is_err() {
+            let _ = self.release_host(name);
+        }
+        r
+    }
+
+    fn provision(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
         let subnet = self.ensure_underlay(index)?;
         let host = self.host_ref(name, underlay);
         std::fs::create_dir_all(&host.dir)
@@ -316,7 +358,6 @@ impl LocalCloud {
             "via",
             &gw,
         ])?;
-        self.ensure_switch(&host)?;
         Ok(host)
     }
 
@@ -353,7 +394,11 @@ impl LocalCloud {
             // The host's key pair is kept in its directory, so a restarted switch has the key
             // its peers know. The rendezvous tells it where peers are and relays when no
             // direct path opens.
-            let rendezvous_key = self.ensure_rendezvous()?;
+            let rendezvous_key = if self.agent {
+                self.rendezvous_key()?
+            } else {
+                self.ensure_rendezvous()?
+            };
             text.push_str(&format!(
                 "\n[secure]\nkey_file = {:?}\nrendezvous = \"{RENDEZVOUS}\"\nrendezvous_key = {rendezvous_key:?}\n",
                 host.dir.join("switch.key").display().to_string()
@@ -369,7 +414,9 @@ impl LocalCloud {
             let key = sys::run(&[&bin, "public-key", "-c", &cfg_path])?
                 .trim()
                 .to_owned();
-            self.add_rendezvous_member(host.underlay, &key)?;
+            if !self.agent {
+                self.add_rendezvous_member(host.underlay, &key)?;
+            }
         }
         let log = host.dir.join("switch.log");
         sys::spawn_detached(
@@ -479,6 +526,123 @@ impl LocalCloud {
             }
         }
         Ok(key)
+    }
+
+    /// Whether the rendezvous was set up (its configuration exists).
+    pub fn rendezvous_configured(&self) -> bool {
+        self.rendezvous_dir().join("rendezvous.toml").exists()
+    }
+
+    /// The public key of the rendezvous a controller set up (an agent's switch needs it).
+    ///
+    /// # Errors
+    /// The rendezvous is not set up yet, or its key cannot be read.
+    pub fn rendezvous_key(&self) -> Result<String> {
+        let config = self.rendezvous_dir().join("rendezvous.toml");
+        if !config.exists() {
+            return Err(InfraError::new(
+                "the rendezvous' key",
+                format!("{} does not exist yet", config.display()),
+            ));
+        }
+        let bin = self.cfg.switch_bin.display().to_string();
+        let cfg_path = config.display().to_string();
+        Ok(
+            sys::run(&[&bin, "rendezvous", "-c", &cfg_path, "--public-key"])?
+                .trim()
+                .to_owned(),
+        )
+    }
+
+    fn agent_pidfile(host: &HostRef) -> PathBuf {
+        host.dir.join("agent.pid")
+    }
+
+    /// Whether `host`'s agent process runs.
+    pub fn agent_alive(&self, host: &HostRef) -> bool {
+        sys::live_pid(&Self::agent_pidfile(host)).is_some()
+    }
+
+    /// Starts `host`'s agent (`command` and `--host NAME`, in this process's namespace, where
+    /// the store is reachable) unless it runs; its output goes to `agent.log` in the host's
+    /// directory.
+    ///
+    /// # Errors
+    /// It cannot be started.
+    pub fn ensure_agent(&self, host: &HostRef, command: &[String]) -> Result<()> {
+        if self.agent_alive(host) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&host.dir)
+            .map_err(|e| InfraError::new(format!("creating {}", host.dir.display()), e))?;
+        let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
+        args.extend(["--host", host.name.as_str()]);
+        sys::spawn_detached(
+            "",
+            &args,
+            &host.dir.join("agent.log"),
+            &Self::agent_pidfile(host),
+        )?;
+        Ok(())
+    }
+
+    /// Stops `host`'s agent, if it runs.
+    pub fn stop_agent(&self, host: &HostRef) {
+        sys::stop_pidfile(&Self::agent_pidfile(host), Duration::from_secs(3));
+    }
+
+    /// Makes the static FDB entries of `host`'s switch exactly `want` ((VNI, MAC) to a port
+    /// or a VTEP), leaving entries in `keep` as they are (VMs being moved). Only what differs
+    /// is changed.
+    ///
+    /// # Errors
+    /// The first control request that failed (the others are still tried).
+    pub fn sync_static_fdb(
+        &self,
+        host: &HostRef,
+        want: &BTreeMap<(u32, String), FdbDest>,
+        keep: &std::collections::BTreeSet<(u32, String)>,
+    ) -> Result<()> {
+        let socket = Self::socket(host);
+        let have: BTreeMap<(u32, String), FdbDest> = request(&socket, "GET", "/v1/fdb", None)?
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e.get("static").and_then(Value::as_bool) == Some(true))
+                    .filter_map(|e| {
+                        let vni = u32::try_from(e.get("vni")?.as_u64()?).ok()?;
+                        let mac = e.get("mac")?.as_str()?.to_ascii_lowercase();
+                        let dest = e.get("dest")?;
+                        let d = match (dest.get("interface"), dest.get("vtep")) {
+                            (Some(Value::String(i)), _) => FdbDest::Port(i.clone()),
+                            (_, Some(Value::String(v))) => FdbDest::Vtep(v.parse().ok()?),
+                            _ => return None,
+                        };
+                        Some(((vni, mac), d))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut first = None;
+        for (k, d) in want.iter().filter(|(k, d)| have.get(*k) != Some(*d)) {
+            let _ = request(&socket, "DELETE", &format!("/v1/fdb/{}/{}", k.0, k.1), None);
+            let body = match d {
+                FdbDest::Port(i) => json!({ "vni": k.0, "mac": k.1, "interface": i }),
+                FdbDest::Vtep(v) => json!({ "vni": k.0, "mac": k.1, "vtep": v.to_string() }),
+            };
+            if let Err(e) = request(&socket, "POST", "/v1/fdb", Some(&body)) {
+                first.get_or_insert(e);
+            }
+        }
+        for k in have
+            .keys()
+            .filter(|k| !want.contains_key(*k) && !keep.contains(*k))
+        {
+            if let Err(e) = request(&socket, "DELETE", &format!("/v1/fdb/{}/{}", k.0, k.1), None) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// The rendezvous' members now (VTEP address, public key), from its file.

@@ -141,8 +141,9 @@ pub fn stop_pidfile(pidfile: &Path, grace: Duration) {
     let _ = std::fs::remove_file(pidfile);
 }
 
-/// Starts `args` inside namespace `ns` as a detached process (its own session: it outlives the
-/// orchestrator), output appended to `log`, and writes its pid to `pidfile`.
+/// Starts `args` inside namespace `ns` (this process's own when empty) as a detached process
+/// (its own process group: it outlives the orchestrator), output appended to `log`, and writes
+/// its pid to `pidfile`.
 pub fn spawn_detached(ns: &str, args: &[&str], log: &Path, pidfile: &Path) -> Result<i32> {
     use std::os::unix::process::CommandExt;
     let step = format!("starting {} in {ns}", args.first().copied().unwrap_or("?"));
@@ -154,9 +155,17 @@ pub fn spawn_detached(ns: &str, args: &[&str], log: &Path, pidfile: &Path) -> Re
     let err = out
         .try_clone()
         .map_err(|e| InfraError::new(&step, format!("{}: {e}", log.display())))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
+    // An empty `ns` is this process's own namespace.
+    let mut cmd = if ns.is_empty() {
+        let mut c = Command::new(args.first().copied().unwrap_or("false"));
+        c.args(args.iter().skip(1));
+        c
+    } else {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    };
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

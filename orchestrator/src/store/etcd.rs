@@ -668,29 +668,87 @@ impl EtcdStore {
         Ok(w)
     }
 
-    /// The hosts whose agent holds a lease now.
+    /// The hosts whose agent holds a lease now, with the public key each reported for its
+    /// switch (`public_key` in its report), if any.
     ///
     /// # Errors
     /// etcd failed.
-    pub fn live_agents(&self) -> Result<BTreeSet<String>, StoreError> {
+    pub fn live_agents(&self) -> Result<BTreeMap<String, Option<String>>, StoreError> {
         let p = self.key("agents/");
         let q = p.clone();
         let kvs = self.run("listing the agents", move |mut c| async move {
-            Ok(
-                c.get(q, Some(GetOptions::new().with_prefix().with_keys_only()))
-                    .await?
-                    .take_kvs(),
-            )
+            Ok(c.get(q, Some(GetOptions::new().with_prefix()))
+                .await?
+                .take_kvs())
         })?;
         Ok(kvs
             .iter()
             .filter_map(|kv| {
-                std::str::from_utf8(kv.key())
+                let host = std::str::from_utf8(kv.key())
                     .ok()?
-                    .strip_prefix(p.as_str())
-                    .map(str::to_owned)
+                    .strip_prefix(p.as_str())?
+                    .to_owned();
+                let key = serde_json::from_slice::<serde_json::Value>(kv.value())
+                    .ok()
+                    .and_then(|v| v.get("public_key")?.as_str().map(str::to_owned));
+                Some((host, key))
             })
             .collect())
+    }
+
+    /// Holds `host`'s heartbeat in the background: a lease of `ttl` under `agents/HOST`,
+    /// whose value `report` makes afresh every `ttl`/3 (what the agent observes), and at once
+    /// when `kick` is notified. A lease lost while etcd was away is granted anew. Stops when
+    /// `stop` is set, without revoking the lease (to the controller, that is a dead host).
+    pub fn heartbeat(
+        &self,
+        host: &str,
+        ttl: Duration,
+        report: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+        kick: Arc<tokio::sync::Notify>,
+        stop: Arc<AtomicBool>,
+    ) {
+        let key = self.key(&format!("agents/{host}"));
+        let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(5);
+        let every = (ttl / 3).max(Duration::from_millis(200));
+        let mut c = self.shared.client.clone();
+        self.shared.spawn(async move {
+            let mut lease: Option<i64> = None;
+            while !stop.load(Ordering::SeqCst) {
+                let id = match lease {
+                    Some(id) => id,
+                    None => match c.lease_grant(ttl_s, None).await {
+                        Ok(l) => *lease.insert(l.id()),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    },
+                };
+                let body = report().to_string();
+                let put = c
+                    .put(key.clone(), body, Some(PutOptions::new().with_lease(id)))
+                    .await;
+                let kept = match put {
+                    Ok(_) => c.lease_keep_alive(id).await.ok(),
+                    Err(_) => None,
+                };
+                let renewed = match kept {
+                    Some((mut k, mut s)) => {
+                        k.keep_alive().await.is_ok()
+                            && matches!(s.message().await, Ok(Some(r)) if r.ttl() > 0)
+                    }
+                    None => false,
+                };
+                if !renewed {
+                    // etcd is away, or the lease expired meanwhile: a new one next time.
+                    lease = None;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let _ = tokio::time::timeout(every, kick.notified()).await;
+            }
+        });
     }
 
     /// Runs the agent of `host` in the background: it holds a lease of `ttl` under
@@ -709,51 +767,31 @@ impl EtcdStore {
 
     async fn agent(&self, host: String, ttl: Duration, apply: AgentApply, stop: Arc<AtomicBool>) {
         let prefix = self.key(&format!("assign/{host}/"));
-        let report_key = self.key(&format!("agents/{host}"));
-        let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(5);
+        // What the agent observed and the revision it had seen, for its heartbeat.
+        let observed: Arc<Mutex<(Vec<String>, i64)>> = Arc::default();
+        let kick = Arc::new(tokio::sync::Notify::new());
+        {
+            let observed = observed.clone();
+            self.heartbeat(
+                &host,
+                ttl,
+                Arc::new(move || {
+                    let o = observed.lock().unwrap_or_else(|p| p.into_inner());
+                    serde_json::json!({ "observed": o.0, "revision": o.1, "at_ms": now_ms() })
+                }),
+                kick.clone(),
+                stop.clone(),
+            );
+        }
+        let report = |desired: &BTreeMap<String, crate::model::NestedVm>, seen: i64| {
+            let names = apply(desired);
+            *observed.lock().unwrap_or_else(|p| p.into_inner()) = (names, seen);
+            kick.notify_one();
+        };
         let mut c = self.shared.client.clone();
         let mut desired: BTreeMap<String, crate::model::NestedVm> = BTreeMap::new();
         let mut next: Option<i64> = None;
-        let mut lease: Option<i64> = None;
-        let mut keeper: Option<tokio::task::JoinHandle<()>> = None;
         while !stop.load(Ordering::SeqCst) {
-            let id = match lease {
-                Some(id) => id,
-                None => match c.lease_grant(ttl_s, None).await {
-                    Ok(l) => {
-                        let id = l.id();
-                        lease = Some(id);
-                        let mut kc = c.clone();
-                        let every = (ttl / 3).max(Duration::from_millis(200));
-                        let stop = stop.clone();
-                        if let Some(k) = keeper.take() {
-                            k.abort();
-                        }
-                        keeper = Some(tokio::spawn(async move {
-                            while !stop.load(Ordering::SeqCst) {
-                                if let Ok((mut k, mut s)) = kc.lease_keep_alive(id).await {
-                                    while !stop.load(Ordering::SeqCst) {
-                                        if k.keep_alive().await.is_err() {
-                                            break;
-                                        }
-                                        match s.message().await {
-                                            Ok(Some(r)) if r.ttl() > 0 => {}
-                                            _ => break,
-                                        }
-                                        tokio::time::sleep(every).await;
-                                    }
-                                }
-                                tokio::time::sleep(every).await;
-                            }
-                        }));
-                        id
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                },
-            };
             if next.is_none() {
                 // (Re)read every assignment.
                 match c
@@ -777,33 +815,7 @@ impl EtcdStore {
                     }
                 }
             }
-            let report =
-                |c: &mut Client, desired: &BTreeMap<String, crate::model::NestedVm>, seen: i64| {
-                    let observed = apply(desired);
-                    let body = serde_json::json!({
-                        "observed": observed,
-                        "revision": seen,
-                        "at_ms": now_ms(),
-                    })
-                    .to_string();
-                    let mut c = c.clone();
-                    let key = report_key.clone();
-                    async move {
-                        c.put(key, body, Some(PutOptions::new().with_lease(id)))
-                            .await
-                    }
-                };
-            match report(&mut c, &desired, next.unwrap_or(1) - 1).await {
-                Ok(_) => {}
-                Err(e) => {
-                    // The lease is gone (it expired while etcd was away): get a new one.
-                    if e.to_string().contains("lease not found") {
-                        lease = None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            }
+            report(&desired, next.unwrap_or(1) - 1);
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(next.unwrap_or(0));
@@ -843,20 +855,12 @@ impl EtcdStore {
                         }
                     }
                 }
-                if report(&mut c, &desired, next.unwrap_or(1) - 1)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+                report(&desired, next.unwrap_or(1) - 1);
                 if m.canceled() {
                     break;
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if let Some(k) = keeper.take() {
-            k.abort();
         }
     }
 }

@@ -162,13 +162,19 @@ impl Serve {
 
     /// One of several controllers on `etcd` (sharing `dir`, where the local cloud lives).
     pub fn start_on_etcd(dir: &std::path::Path, port: u16, etcd: &Etcd) -> Serve {
-        Serve::start_args(
-            dir,
-            port,
-            "netns",
-            &[],
-            &["--store", &etcd.url(), "--lease-secs", "2"],
-        )
+        Serve::start_on_etcd_with(dir, port, etcd, &[])
+    }
+
+    pub fn start_on_etcd_with(
+        dir: &std::path::Path,
+        port: u16,
+        etcd: &Etcd,
+        extra: &[&str],
+    ) -> Serve {
+        let url = etcd.url();
+        let mut args = vec!["--store", url.as_str(), "--lease-secs", "2"];
+        args.extend_from_slice(extra);
+        Serve::start_args(dir, port, "netns", &[], &args)
     }
 
     pub fn start_args(
@@ -197,9 +203,13 @@ impl Serve {
                 driver,
                 "--switch-mode",
                 &local_mode(),
-                "--reconcile-secs",
-                "0",
             ])
+            // Reconciling only at start-up and on request unless the test asks otherwise.
+            .args(if extra.contains(&"--reconcile-secs") {
+                &[][..]
+            } else {
+                &["--reconcile-secs", "0"][..]
+            })
             .args(extra)
             .env("KANGAROO_DATA_DIR", dir)
             .envs(env.iter().copied())
@@ -488,8 +498,25 @@ pub fn where_vms_run(prefix: &str, s: &Serve) -> Vec<(String, String, Vec<String
 /// Removes every namespace and process of the server with `dir`, whatever happened.
 pub struct Teardown(pub PathBuf);
 
+/// The pid files of the hosts' agents under `dir`.
+pub fn agent_pidfiles(dir: &std::path::Path) -> Vec<PathBuf> {
+    let hosts = dir.join("local/hosts");
+    std::fs::read_dir(hosts)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("agent.pid"))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Drop for Teardown {
     fn drop(&mut self) {
+        // Agents run in the root namespace: they go by their pid files.
+        for p in agent_pidfiles(&self.0) {
+            kangaroo_orchestrator::infra::sys::stop_pidfile(&p, Duration::from_secs(3));
+        }
         let prefix = kangaroo_orchestrator::server::local_prefix(&self.0);
         for ns in kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")) {
             let _ = kangaroo_orchestrator::infra::sys::delete_netns(&ns);
