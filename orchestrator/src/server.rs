@@ -402,11 +402,22 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         }
     }
     if let Some(e) = &etcd {
-        // Agents' heartbeats: every second the leader compares the hosts with a live agent
-        // lease against the hosts that had one.
+        // Agents' heartbeats: every second, and whenever one expires, the leader compares the
+        // hosts with a live agent lease against the hosts that had one.
         let (s, e, policy) = (service.clone(), e.clone(), cfg.on_host_lost);
+        // An expired heartbeat wakes the sweep at once.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let tx = std::sync::Mutex::new(tx);
+        e.watch_agents_gone(Arc::new(move || {
+            let _ = tx.lock().map(|t| t.send(()));
+        }));
         std::thread::spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
+            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                rx.recv_timeout(std::time::Duration::from_secs(1))
+            {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            while rx.try_recv().is_ok() {}
             if !matches!(s.role(), crate::store::Role::Leader { .. }) {
                 continue;
             }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    TxnOpResponse, WatchFilterType, WatchOptions,
 };
 
 use super::{Op, Role, State, Store, StoreError};
@@ -694,6 +694,33 @@ impl EtcdStore {
                 Some((host, key))
             })
             .collect())
+    }
+
+    /// Calls `gone` whenever an agent's heartbeat key goes (its lease expired or was
+    /// revoked), so that the leader marks the host lost at once rather than at its next sweep.
+    /// Only deletions are watched (heartbeats put every lease/3 would be most of the traffic);
+    /// the watch is made again after a lost connection.
+    pub fn watch_agents_gone(&self, gone: Arc<dyn Fn() + Send + Sync>) {
+        let p = self.key("agents/");
+        let mut c = self.shared.client.clone();
+        self.shared.spawn(async move {
+            loop {
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_filters([WatchFilterType::NoPut]);
+                if let Ok(mut w) = c.watch(p.clone(), Some(opts)).await {
+                    while let Ok(Some(m)) = w.message().await {
+                        if !m.events().is_empty() {
+                            gone();
+                        }
+                        if m.canceled() {
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
     }
 
     /// Holds `host`'s heartbeat in the background: a lease of `ttl` under `agents/HOST`,
