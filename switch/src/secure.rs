@@ -461,6 +461,8 @@ pub struct Secure {
     rendezvous: std::sync::OnceLock<Rendezvous>,
     relay_server: AtomicBool,
     punch_ttl: std::sync::atomic::AtomicU32,
+    /// Sends to one peer are batched into segmented sends (until the kernel refuses one).
+    segmented: AtomicBool,
     socket: UdpSocket,
     port: u16,
     keepalive: Option<u16>,
@@ -471,6 +473,61 @@ pub struct Secure {
     started: Instant,
     next_tick: Mutex<Instant>,
     next_reset: Mutex<Instant>,
+}
+
+/// Encrypted datagrams to one peer waiting to leave in one segmented send (UDP GSO): every one
+/// the same size but the last. A datapath worker keeps one and flushes it at the end of each
+/// batch of frames ([`Secure::flush`]).
+pub struct TxBatch {
+    buf: Vec<u8>,
+    len: usize,
+    segment: usize,
+    count: usize,
+    /// No more fit: the last one was shorter than the segment.
+    closed: bool,
+    to: Option<(SocketAddrV4, Arc<SecurePeer>)>,
+}
+
+/// Bytes one segmented send may carry: an IPv4 datagram's limit less its headers.
+const TX_BATCH_BYTES: usize = 65_535 - 20 - 8;
+
+impl Default for TxBatch {
+    fn default() -> TxBatch {
+        TxBatch {
+            buf: vec![0; TX_BATCH_BYTES],
+            len: 0,
+            segment: 0,
+            count: 0,
+            closed: false,
+            to: None,
+        }
+    }
+}
+
+impl TxBatch {
+    /// True when a datagram of `n` bytes to `to` may join the ones waiting.
+    fn takes(&self, to: SocketAddrV4, n: usize) -> bool {
+        self.count == 0
+            || (!self.closed
+                && self.to.as_ref().is_some_and(|(t, _)| *t == to)
+                && self.count < crate::sys::MAX_SEGMENTS
+                && n <= self.segment
+                && self.len + n <= self.buf.len())
+    }
+
+    /// Adds a datagram; [`Self::takes`] said it may.
+    fn push(&mut self, peer: &Arc<SecurePeer>, to: SocketAddrV4, datagram: &[u8]) {
+        if self.count == 0 {
+            self.segment = datagram.len();
+            self.to = Some((to, peer.clone()));
+        }
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + datagram.len()) {
+            dst.copy_from_slice(datagram);
+            self.len += datagram.len();
+            self.count += 1;
+            self.closed = datagram.len() < self.segment;
+        }
+    }
 }
 
 /// How one received datagram was taken.
@@ -523,6 +580,7 @@ impl Secure {
             rendezvous: std::sync::OnceLock::new(),
             relay_server: AtomicBool::new(false),
             punch_ttl: std::sync::atomic::AtomicU32::new(DEFAULT_PUNCH_TTL),
+            segmented: AtomicBool::new(true),
             socket,
             port,
             keepalive: (keepalive > 0).then_some(keepalive),
@@ -915,6 +973,30 @@ impl Secure {
     /// session yet, the packet waits in the tunnel's queue while a handshake is sent. Returns
     /// false if it could not be sent.
     pub fn encrypt_and_send(&self, peer: &SecurePeer, ip: &[u8], buf: &mut [u8]) -> bool {
+        self.encrypt(peer, ip, buf, None)
+    }
+
+    /// [`Self::encrypt_and_send`], except that a data packet going directly to the peer joins
+    /// `batch`, to leave with the others in one system call at [`Self::flush`] (or when the
+    /// next one cannot join). Returns false if it could not be encrypted or sent; a batched
+    /// send that fails later is counted in `send_failed`.
+    pub fn encrypt_and_queue(
+        &self,
+        peer: &Arc<SecurePeer>,
+        ip: &[u8],
+        buf: &mut [u8],
+        batch: &mut TxBatch,
+    ) -> bool {
+        self.encrypt(peer, ip, buf, Some((peer, batch)))
+    }
+
+    fn encrypt(
+        &self,
+        peer: &SecurePeer,
+        ip: &[u8],
+        buf: &mut [u8],
+        batch: Option<(&Arc<SecurePeer>, &mut TxBatch)>,
+    ) -> bool {
         if buf.len() < ip.len() + SECURE_OVERHEAD + RELAY_HEADER || buf.len() < 148 + RELAY_HEADER {
             self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -927,6 +1009,17 @@ impl Secure {
                 let data = is_data_message(out);
                 let n = out.len();
                 drop(tunn);
+                if let (true, Route::Direct(to), Some((p, batch))) = (data, route, batch) {
+                    let punching = self.punch_ttl.load(Ordering::Relaxed) > 0 && self.punch_only(p);
+                    if !punching && self.segmented.load(Ordering::Relaxed) {
+                        if !batch.takes(to, n) {
+                            self.flush(batch);
+                        }
+                        batch.push(p, to, &buf[RELAY_HEADER..RELAY_HEADER + n]);
+                        return true;
+                    }
+                    self.flush(batch);
+                }
                 let sent = self.send_framed(peer, route, &mut buf[..RELAY_HEADER + n]);
                 if data {
                     if sent {
@@ -948,6 +1041,56 @@ impl Secure {
                 false
             }
             TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => true,
+        }
+    }
+
+    /// Sends what waits in `batch`: one segmented send, or one plain send for one datagram. A
+    /// kernel or route that cannot segment turns batching off for good (it is said once in
+    /// the log) and the datagrams go one by one.
+    pub fn flush(&self, batch: &mut TxBatch) {
+        let Some((to, peer)) = batch.to.take() else {
+            return;
+        };
+        let (count, len, segment) = (batch.count, batch.len, batch.segment);
+        batch.count = 0;
+        batch.len = 0;
+        batch.closed = false;
+        let packets = &batch.buf[..len];
+        let sent = if count == 1 {
+            self.send_to(packets, to).then_some(1)
+        } else {
+            match crate::sys::send_segmented(
+                &self.socket,
+                packets,
+                to,
+                u16::try_from(segment).unwrap_or(u16::MAX),
+            ) {
+                Ok(_) => Some(count),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                    tracing::warn!(error = %e, "secure tunnel: the kernel does not segment UDP here; sending datagrams one by one");
+                    self.segmented.store(false, Ordering::Relaxed);
+                    let ok = packets
+                        .chunks(segment.max(1))
+                        .filter(|d| self.send_to(d, to))
+                        .count();
+                    Some(ok)
+                }
+                Err(e) => {
+                    if !io_err_is_transient(&e) {
+                        tracing::warn!(to = %to, error = %e, "secure tunnel send failed");
+                    }
+                    self.counters
+                        .send_failed
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    None
+                }
+            }
+        };
+        if let Some(n) = sent {
+            peer.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
+            self.counters
+                .encrypted
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -1876,6 +2019,47 @@ mod tests {
         assert!(st[0].rtt_ms.is_some(), "{st:?}");
         assert!(a.status()[0].rtt_ms.is_some(), "{:?}", a.status());
         assert_eq!(count(&b, "decrypted"), 2);
+    }
+
+    #[test]
+    fn queued_packets_leave_together_and_arrive_one_by_one_in_order() {
+        let (a, b) = pair();
+        let first = ip_packet(A_VTEP, B_VTEP, b"handshake first");
+        assert_eq!(deliver(&a, &b, &first), first);
+        let to_b = peer(&a, B_VTEP);
+        let (mut buf, mut batch) = (vec![0u8; BUFFER], TxBatch::default());
+        // Five of one size and a shorter last one (a super-frame's segments), then one more
+        // that cannot join a closed batch.
+        let mut sent: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| ip_packet(A_VTEP, B_VTEP, &[i; 1000]))
+            .collect();
+        sent.push(ip_packet(A_VTEP, B_VTEP, &[9; 300]));
+        sent.push(ip_packet(A_VTEP, B_VTEP, &[7; 1000]));
+        let before = count(&a, "encrypted");
+        for p in &sent {
+            assert!(a.encrypt_and_queue(&to_b, p, &mut buf, &mut batch));
+        }
+        assert_eq!(
+            count(&a, "encrypted"),
+            before + 6,
+            "the closed batch left when the seventh could not join"
+        );
+        a.flush(&mut batch);
+        a.flush(&mut batch);
+        assert_eq!(
+            count(&a, "encrypted"),
+            before + 7,
+            "an empty flush sends nothing"
+        );
+        for p in &sent {
+            assert_eq!(take_one(&b).as_ref(), Some(p));
+        }
+        assert_eq!(count(&b, "decrypted"), 8);
+        assert_eq!(count(&a, "send_failed"), 0);
+        assert!(
+            a.segmented.load(Ordering::Relaxed),
+            "the batch left in one segmented send"
+        );
     }
 
     #[test]

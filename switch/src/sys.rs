@@ -22,16 +22,65 @@ pub fn enter_netns(ns: &std::fs::File) -> io::Result<()> {
     }
 }
 
-/// Sends `packet` on `socket` to `to` with IP TTL `ttl` for this datagram only (an `IP_TTL`
-/// control message), leaving the socket's own TTL alone.
+/// Sends `packet` to `to` from `socket` with the IP TTL `ttl` for this datagram alone (the
+/// socket's own TTL is unchanged).
 ///
 /// # Errors
-/// The OS error of `sendmsg`.
+/// The system call's error.
 pub fn send_to_with_ttl(
     socket: &std::net::UdpSocket,
     packet: &[u8],
     to: std::net::SocketAddrV4,
     ttl: u32,
+) -> io::Result<usize> {
+    let ttl = libc::c_int::try_from(ttl).unwrap_or(64);
+    send_with_option(
+        socket,
+        packet,
+        to,
+        libc::IPPROTO_IP,
+        libc::IP_TTL,
+        &ttl.to_ne_bytes(),
+    )
+}
+
+/// `UDP_SEGMENT` (linux/udp.h): the segment size of a UDP GSO send.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Datagrams one [`send_segmented`] may carry (`UDP_MAX_SEGMENTS` of older kernels; newer ones
+/// allow 128).
+pub const MAX_SEGMENTS: usize = 64;
+
+/// Sends `packets`, datagrams of `segment` bytes each (the last may be shorter), to `to` in one
+/// call (UDP generic segmentation offload: the kernel cuts them as late as it can, in the
+/// device if it can).
+///
+/// # Errors
+/// The system call's error: `EIO` or `EINVAL` where the kernel or the route cannot segment.
+pub fn send_segmented(
+    socket: &std::net::UdpSocket,
+    packets: &[u8],
+    to: std::net::SocketAddrV4,
+    segment: u16,
+) -> io::Result<usize> {
+    send_with_option(
+        socket,
+        packets,
+        to,
+        libc::SOL_UDP,
+        UDP_SEGMENT,
+        &segment.to_ne_bytes(),
+    )
+}
+
+/// One `sendmsg` of `packet` to `to` with one ancillary value (at most 8 bytes).
+fn send_with_option(
+    socket: &std::net::UdpSocket,
+    packet: &[u8],
+    to: std::net::SocketAddrV4,
+    level: libc::c_int,
+    kind: libc::c_int,
+    value: &[u8],
 ) -> io::Result<usize> {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -41,22 +90,24 @@ pub fn send_to_with_ttl(
         },
         sin_zero: [0; 8],
     };
-    // One cmsghdr carrying an int, 8-byte aligned as the kernel's CMSG macros expect.
+    // One cmsghdr and its value, 8-byte aligned as the kernel's CMSG macros expect.
     #[repr(C, align(8))]
     struct Control {
         len: usize,
         level: libc::c_int,
         kind: libc::c_int,
-        value: libc::c_int,
-        pad: libc::c_int,
+        value: [u8; 8],
     }
     let mut control = Control {
-        len: std::mem::size_of::<usize>() + 3 * std::mem::size_of::<libc::c_int>(),
-        level: libc::IPPROTO_IP,
-        kind: libc::IP_TTL,
-        value: libc::c_int::try_from(ttl).unwrap_or(64),
-        pad: 0,
+        len: 0,
+        level,
+        kind,
+        value: [0; 8],
     };
+    let n = value.len().min(control.value.len());
+    control.value[..n].copy_from_slice(&value[..n]);
+    // CMSG_LEN(n): the header and the value, without the padding behind it.
+    control.len = std::mem::size_of::<usize>() + 2 * std::mem::size_of::<libc::c_int>() + n;
     let mut iov = libc::iovec {
         iov_base: packet.as_ptr() as *mut libc::c_void,
         iov_len: packet.len(),
@@ -101,5 +152,30 @@ mod tests {
         let (n, _) = rx.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"punch");
         assert_eq!(tx.ttl().unwrap(), 64, "the socket's own TTL is unchanged");
+    }
+
+    #[test]
+    fn a_segmented_send_arrives_as_separate_datagrams() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            std::net::SocketAddr::V6(_) => unreachable!(),
+        };
+        let packets: Vec<u8> = (0..250u8).collect();
+        match send_segmented(&tx, &packets, to, 100) {
+            Ok(n) => assert_eq!(n, 250),
+            Err(e) => {
+                eprintln!("SKIP: this kernel does not segment UDP ({e}); the fallback sends each");
+                return;
+            }
+        }
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        for want in [&packets[..100], &packets[100..200], &packets[200..]] {
+            let (n, _) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], want);
+        }
     }
 }

@@ -7,6 +7,8 @@
 //!   are dropped and counted (`cleartext_dropped`); then datagrams from the secure socket are
 //!   decrypted in place into the batch, behind an Ethernet header addressed to this host, so the
 //!   switch's underlay checks run on them as on any VXLAN packet.
+//! - Sending: datagrams to one peer in a row leave together in one segmented send (UDP GSO)
+//!   when the worker flushes its batch.
 //! - The tunnels' timers run from here, on whichever worker polls.
 
 use std::collections::HashMap;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use super::{Offload, PortBackend, PortError, RxBatch};
 use crate::mac::MacAddr;
-use crate::secure::{Received, Secure, SecurePeer, BUFFER};
+use crate::secure::{Received, Secure, SecurePeer, TxBatch, BUFFER};
 use crate::tunnel::outer;
 
 /// Datagrams taken from the secure socket per poll, at most.
@@ -33,6 +35,8 @@ pub struct SecureUplink {
     out: Vec<u8>,
     datagram: Vec<u8>,
     scratch: Vec<u8>,
+    /// Encrypted datagrams to one peer, sent together at the end of the worker's batch.
+    batch: TxBatch,
 }
 
 impl SecureUplink {
@@ -56,6 +60,7 @@ impl SecureUplink {
             out: vec![0; BUFFER],
             datagram: vec![0; BUFFER],
             scratch: vec![0; BUFFER],
+            batch: TxBatch::default(),
         }
     }
 
@@ -148,7 +153,12 @@ impl PortBackend for SecureUplink {
                 let dst = Ipv4Addr::new(d[0], d[1], d[2], d[3]);
                 if let Some(p) = self.peers.get(&dst) {
                     let ip = &frame[outer::IPV4..];
-                    return Ok(self.secure.encrypt_and_send(p, ip, &mut self.out));
+                    return Ok(self.secure.encrypt_and_queue(
+                        p,
+                        ip,
+                        &mut self.out,
+                        &mut self.batch,
+                    ));
                 }
             }
         }
@@ -170,6 +180,7 @@ impl PortBackend for SecureUplink {
     }
 
     fn flush(&mut self) -> Result<(), PortError> {
+        self.secure.flush(&mut self.batch);
         self.inner.flush()
     }
 }
