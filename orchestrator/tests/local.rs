@@ -390,7 +390,9 @@ fn qemu_vms_across_hosts_scenario() {
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok())
             {
-                std::thread::sleep(Duration::from_millis(300));
+                // Mid-transfer: the destination listens ~70 ms after its pid file appears and
+                // the transfer takes ~350 ms here (later, the migration may already be done).
+                std::thread::sleep(Duration::from_millis(150));
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
                     .status();

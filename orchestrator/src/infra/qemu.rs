@@ -237,6 +237,28 @@ impl QemuDriver {
         let _ = std::fs::remove_file(&f.qmp);
     }
 
+    /// Waits up to 10 s for the migrated `vm` on `dst` to run, resuming it if it came up
+    /// paused.
+    fn confirm_running(dst: &HostRef, vm: &VmSpec) -> Result<()> {
+        let mut d = Self::qmp(dst, vm)?;
+        let mut state = d.status()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state != "running" && Instant::now() < deadline {
+            if state == "paused" || state == "postmigrate" {
+                d.execute("cont", None)?;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            state = d.status()?;
+        }
+        if state != "running" {
+            return Err(InfraError::new(
+                &format!("starting {} on {}", vm.name, dst.name),
+                format!("the destination is {state} after the migration"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The console output of `vm` on `host` (for diagnostics).
     pub fn console(host: &HostRef, vm: &VmSpec) -> String {
         std::fs::read_to_string(Self::files(host, vm).log).unwrap_or_default()
@@ -396,22 +418,13 @@ impl VmDriver for QemuDriver {
             downtime_ms: num(&info, "/downtime"),
             transferred_bytes: num(&info, "/ram/transferred"),
         };
-        // The destination runs on its own once the state has arrived; make sure.
-        let mut d = Self::qmp(dst, vm)?;
-        let mut state = d.status()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while state != "running" && Instant::now() < deadline {
-            if state == "paused" || state == "postmigrate" {
-                d.execute("cont", None)?;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-            state = d.status()?;
-        }
-        if state != "running" {
-            return Err(InfraError::new(
-                &step,
-                format!("the destination is {state} after the migration"),
-            ));
+        // The destination runs on its own once the state has arrived; make sure. A destination
+        // that died or never ran after the source finished sending is stopped for good and the
+        // source (paused, its state intact) runs again: one copy, where the record says.
+        if let Err(e) = Self::confirm_running(dst, vm) {
+            Self::quit(dst, vm);
+            let _ = resume(&mut q);
+            return Err(InfraError::new(&step, e.to_string()));
         }
         progress(&format!(
             "completed in {} ms, downtime {} ms, {} MiB",
