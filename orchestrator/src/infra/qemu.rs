@@ -252,7 +252,7 @@ impl QemuDriver {
         }
         if state != "running" {
             return Err(InfraError::new(
-                &format!("starting {} on {}", vm.name, dst.name),
+                format!("starting {} on {}", vm.name, dst.name),
                 format!("the destination is {state} after the migration"),
             ));
         }
