@@ -407,9 +407,8 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         let (s, e, policy) = (service.clone(), e.clone(), cfg.on_host_lost);
         // An expired heartbeat wakes the sweep at once.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let tx = std::sync::Mutex::new(tx);
         e.watch_agents_gone(Arc::new(move || {
-            let _ = tx.lock().map(|t| t.send(()));
+            let _ = tx.send(());
         }));
         std::thread::spawn(move || loop {
             if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =

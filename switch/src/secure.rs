@@ -507,7 +507,7 @@ impl Default for TxBatch {
 impl TxBatch {
     /// True when a datagram of `n` bytes to `to` may join the ones waiting.
     fn takes(&self, to: SocketAddrV4, n: usize) -> bool {
-        self.count == 0
+        (self.count == 0 && n <= self.buf.len())
             || (!self.closed
                 && self.to.as_ref().is_some_and(|(t, _)| *t == to)
                 && self.count < crate::sys::MAX_SEGMENTS
@@ -521,12 +521,13 @@ impl TxBatch {
             self.segment = datagram.len();
             self.to = Some((to, peer.clone()));
         }
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + datagram.len()) {
-            dst.copy_from_slice(datagram);
-            self.len += datagram.len();
-            self.count += 1;
-            self.closed = datagram.len() < self.segment;
-        }
+        let Some(dst) = self.buf.get_mut(self.len..self.len + datagram.len()) else {
+            return;
+        };
+        dst.copy_from_slice(datagram);
+        self.len += datagram.len();
+        self.count += 1;
+        self.closed = datagram.len() < self.segment;
     }
 }
 
@@ -1015,9 +1016,12 @@ impl Secure {
                         if !batch.takes(to, n) {
                             self.flush(batch);
                         }
-                        batch.push(p, to, &buf[RELAY_HEADER..RELAY_HEADER + n]);
-                        return true;
+                        if batch.takes(to, n) {
+                            batch.push(p, to, &buf[RELAY_HEADER..RELAY_HEADER + n]);
+                            return true;
+                        }
                     }
+                    // Sent on its own, after what waits.
                     self.flush(batch);
                 }
                 let sent = self.send_framed(peer, route, &mut buf[..RELAY_HEADER + n]);

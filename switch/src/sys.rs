@@ -137,14 +137,24 @@ fn send_with_option(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_datagram_with_its_own_ttl_arrives() {
+    /// A sender, a receiver and the receiver's address, on loopback.
+    fn loopback_pair() -> (
+        std::net::UdpSocket,
+        std::net::UdpSocket,
+        std::net::SocketAddrV4,
+    ) {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = match rx.local_addr().unwrap() {
             std::net::SocketAddr::V4(a) => a,
             std::net::SocketAddr::V6(_) => unreachable!(),
         };
+        (tx, rx, to)
+    }
+
+    #[test]
+    fn a_datagram_with_its_own_ttl_arrives() {
+        let (tx, rx, to) = loopback_pair();
         assert_eq!(send_to_with_ttl(&tx, b"punch", to, 2).unwrap(), 5);
         rx.set_read_timeout(Some(std::time::Duration::from_secs(1)))
             .unwrap();
@@ -156,12 +166,7 @@ mod tests {
 
     #[test]
     fn a_segmented_send_arrives_as_separate_datagrams() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = match rx.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            std::net::SocketAddr::V6(_) => unreachable!(),
-        };
+        let (tx, rx, to) = loopback_pair();
         let packets: Vec<u8> = (0..250u8).collect();
         match send_segmented(&tx, &packets, to, 100) {
             Ok(n) => assert_eq!(n, 250),
