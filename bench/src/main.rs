@@ -111,6 +111,11 @@ struct RunArgs {
     /// Points of the peers sweep (overrides the suite's).
     #[arg(long, value_delimiter = ',')]
     peer_counts: Vec<u32>,
+    /// The frame generator of the 64-byte figures: `auto` (the first the kernel allows of
+    /// live-frames, afxdp, packet, chosen at the run's first flood and kept for the whole run),
+    /// or one of them. Results record it with every figure.
+    #[arg(long, default_value = "auto", value_parser = parse_choice)]
+    generator: kangaroo_bench::gen::Choice,
 }
 
 fn run_suite(a: &RunArgs) -> anyhow::Result<bool> {
@@ -196,6 +201,8 @@ fn run_suite(a: &RunArgs) -> anyhow::Result<bool> {
         switch,
         bench: exe,
         xdp_object,
+        generator: a.generator,
+        generator_used: std::sync::OnceLock::new(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -255,12 +262,19 @@ struct FloodArgs {
     /// With `--sources`: stop after this many passes over the sources (or at `--seconds`).
     #[arg(long, default_value_t = 1)]
     passes: u32,
-    /// How frames are sent: `xdp` (the generator program in BPF_PROG_TEST_RUN live-frames
-    /// mode: the kernel transmits from a page pool with no socket buffers, the fastest) or
+    /// How frames are sent: `auto` (the first the kernel allows, in this order), `live-frames`
+    /// (alias `xdp`: the generator program in BPF_PROG_TEST_RUN live-frames mode, the kernel
+    /// transmits from a page pool with no socket buffers, the fastest; Linux >= 5.18, and some
+    /// machines refuse it), `afxdp` (an AF_XDP socket's transmit ring, copy mode on veth) or
     /// `packet` (AF_PACKET, 64 frames per `sendmmsg`). `--sources` always uses `packet` (each
-    /// frame differs).
-    #[arg(long, default_value = "xdp")]
-    generator: String,
+    /// frame differs). The output names the generator used: figures from different generators
+    /// are not comparable.
+    #[arg(long, default_value = "auto", value_parser = parse_choice)]
+    generator: kangaroo_bench::gen::Choice,
+}
+
+fn parse_choice(s: &str) -> Result<kangaroo_bench::gen::Choice, String> {
+    kangaroo_bench::gen::Choice::parse(s).map_err(|e| e.to_string())
 }
 
 /// The source MAC of frame `i` of a `--sources` flood.
@@ -271,14 +285,10 @@ fn source_mac(i: u32) -> [u8; 6] {
 
 fn flood(a: &FloodArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    use kangaroo_bench::gen;
     anyhow::ensure!(
         a.seconds > 0.0 && a.seconds <= 60.0,
         "--seconds must be in (0, 60]"
-    );
-    anyhow::ensure!(
-        ["xdp", "packet"].contains(&a.generator.as_str()),
-        "--generator {:?}: use xdp or packet",
-        a.generator
     );
     let mac = |s: &str| -> anyhow::Result<[u8; 6]> {
         let m: kangaroo_switch::MacAddr = s.parse().map_err(|e| anyhow::anyhow!("{s}: {e}"))?;
@@ -291,71 +301,84 @@ fn flood(a: &FloodArgs) -> anyhow::Result<()> {
         .write(&mut frame, &[0u8; 18])
         .context("building the frame")?;
     // 60 bytes on the wire plus the 4-byte FCS the NIC would add: the classic 64-byte frame.
-    let open = || {
-        kangaroo_switch::port::packet::PacketPort::open(&a.interface)
-            .with_context(|| format!("opening {}", a.interface))
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(a.seconds);
-    let started = std::time::Instant::now();
-    let (mut sent, mut refused) = (0u64, 0u64);
-    let mut sending = None;
-    if a.sources > 0 {
-        anyhow::ensure!(a.sources <= 1 << 24, "--sources must be at most 2^24");
-        anyhow::ensure!((1..=100).contains(&a.passes), "--passes must be 1..=100");
-        let mut port = open()?;
-        let mut batch = vec![frame.clone(); 64];
-        'passes: for _ in 0..a.passes {
-            let mut next = 0u32;
-            while next < a.sources {
-                if std::time::Instant::now() >= deadline {
-                    break 'passes;
-                }
-                let k = (a.sources - next).min(64) as usize;
-                for (j, f) in batch[..k].iter_mut().enumerate() {
-                    f[6..12].copy_from_slice(&source_mac(next + j as u32));
-                }
-                let views: Vec<&[u8]> = batch[..k].iter().map(Vec::as_slice).collect();
-                let n = port.send_batch(&views).context("sending")?;
-                if n == 0 {
-                    // The queue is full: let it drain rather than skip sources.
-                    std::thread::sleep(std::time::Duration::from_micros(50));
-                }
-                sent += n as u64;
-                next += n as u32;
-            }
-        }
-    } else if a.generator == "xdp" {
-        let ifindex: u32 =
-            std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", a.interface))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .with_context(|| format!("no interface {}", a.interface))?;
-        let (n, secs) = kangaroo_bench::gen::flood(ifindex, &frame, a.seconds)?;
-        sent = n;
-        sending = Some(secs);
+    let report = if a.sources > 0 {
+        flood_sources(a, &frame)?
     } else {
-        let mut port = open()?;
-        while std::time::Instant::now() < deadline {
-            for _ in 0..64 {
-                // 64 frames per system call.
-                let n = port.send_repeated(&frame, 64).context("sending")?;
-                sent += n as u64;
-                refused += 64 - n as u64;
-            }
-        }
+        let target = gen::Target::lookup(&a.interface)?;
+        let refuse = gen::refused_by_env()?;
+        gen::flood(
+            a.generator,
+            &target,
+            &frame,
+            a.seconds,
+            &refuse,
+            |g, why| {
+                eprintln!("kangaroo-bench flood: not using the {g} generator: {why}");
+            },
+        )?
+    };
+    if !report.passed_over.is_empty() {
+        eprintln!(
+            "kangaroo-bench flood: sent with the {} generator",
+            report.generator
+        );
     }
-    let secs = sending.unwrap_or_else(|| started.elapsed().as_secs_f64());
     println!(
         "{}",
         serde_json::json!({
-            "sent": sent,
-            "refused": refused,
-            "seconds": secs,
-            "pps": sent as f64 / secs,
-            "generator": if a.sources > 0 { "packet" } else { a.generator.as_str() },
+            "sent": report.sent,
+            "refused": report.refused,
+            "seconds": report.seconds,
+            "pps": report.pps(),
+            "generator": report.generator,
+            "passed_over": report
+                .passed_over
+                .iter()
+                .map(|(g, why)| serde_json::json!({ "generator": g, "reason": why }))
+                .collect::<Vec<_>>(),
         })
     );
     Ok(())
+}
+
+/// A `--sources` flood: every frame from a different source MAC, over AF_PACKET.
+fn flood_sources(a: &FloodArgs, frame: &[u8]) -> anyhow::Result<kangaroo_bench::gen::Flood> {
+    use anyhow::Context;
+    anyhow::ensure!(a.sources <= 1 << 24, "--sources must be at most 2^24");
+    anyhow::ensure!((1..=100).contains(&a.passes), "--passes must be 1..=100");
+    let mut port = kangaroo_switch::port::packet::PacketPort::open_tx_only(&a.interface)
+        .with_context(|| format!("opening {}", a.interface))?;
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs_f64(a.seconds);
+    let mut sent = 0u64;
+    let mut batch = vec![frame.to_vec(); 64];
+    'passes: for _ in 0..a.passes {
+        let mut next = 0u32;
+        while next < a.sources {
+            if std::time::Instant::now() >= deadline {
+                break 'passes;
+            }
+            let k = (a.sources - next).min(64) as usize;
+            for (j, f) in batch[..k].iter_mut().enumerate() {
+                f[6..12].copy_from_slice(&source_mac(next + j as u32));
+            }
+            let views: Vec<&[u8]> = batch[..k].iter().map(Vec::as_slice).collect();
+            let n = port.send_batch(&views).context("sending")?;
+            if n == 0 {
+                // The queue is full: let it drain rather than skip sources.
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+            sent += n as u64;
+            next += n as u32;
+        }
+    }
+    Ok(kangaroo_bench::gen::Flood {
+        generator: kangaroo_bench::gen::Generator::Packet,
+        sent,
+        refused: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        passed_over: Vec::new(),
+    })
 }
 
 #[derive(Debug, clap::Args)]

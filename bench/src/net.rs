@@ -179,6 +179,10 @@ pub struct Tools {
     pub bench: PathBuf,
     /// The XDP object (for the frame sink), written out of the binary.
     pub xdp_object: PathBuf,
+    /// Which frame generator the run's floods use.
+    pub generator: crate::gen::Choice,
+    /// The generator the run's first flood used: every later flood uses it too.
+    pub generator_used: std::sync::OnceLock<crate::gen::Generator>,
 }
 
 /// The two VMs' addresses.

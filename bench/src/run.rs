@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::gen::{Choice, Generator};
 use crate::net::{ns_sh, Contender, Tools, Topology, VM1, VM2};
 
 /// A workload.
@@ -119,9 +120,18 @@ pub struct Sample {
     pub unit: String,
     /// Further figures (p99, loss, frames sent, …).
     pub extra: Value,
+    /// The frame generator that sent the traffic (frame-rate figures only): figures from
+    /// different generators are different measurements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<Generator>,
 }
 
-/// Median, min and max of one (workload, contender).
+/// The generator a measurement's `extra` names (`extra.generator`).
+pub(crate) fn generator_of(extra: &Value) -> Option<Generator> {
+    Generator::parse(extra.get("generator")?.as_str()?).ok()
+}
+
+/// Median, min and max of one (workload, contender, generator).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     /// Workload name.
@@ -142,8 +152,11 @@ pub struct Summary {
     pub n: usize,
     /// The baseline contender (bridge on one host, kernel-vxlan across hosts).
     pub baseline: String,
-    /// median / baseline median, when the baseline was measured.
+    /// median / baseline median, when the baseline was measured with the same generator.
     pub ratio: Option<f64>,
+    /// The frame generator of these samples (frame-rate figures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<Generator>,
 }
 
 /// The whole result file.
@@ -229,29 +242,31 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Medians, extremes and ratios of `samples`.
+/// Medians, extremes and ratios of `samples`, per (workload, contender, generator): a ratio
+/// compares figures from the same generator only.
 pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
-    let mut groups: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    type Key = (String, String, Option<Generator>);
+    let mut groups: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.value.is_finite()) {
         groups
-            .entry((s.workload.clone(), s.contender.clone()))
+            .entry((s.workload.clone(), s.contender.clone(), s.generator))
             .or_default()
             .push(s.value);
     }
-    let medians: BTreeMap<(String, String), f64> = groups
+    let medians: BTreeMap<Key, f64> = groups
         .iter()
         .map(|(k, v)| (k.clone(), median(&mut v.clone())))
         .collect();
     let mut out: Vec<Summary> = groups
         .into_iter()
-        .map(|((w, c), v)| {
+        .map(|((w, c, g), v)| {
             let wl = Workload::parse(&w).ok();
             let (unit, higher) = wl.map_or(("", true), Workload::unit);
             let baseline =
                 Contender::parse(&c).map_or_else(|_| String::new(), |x| x.baseline().name());
-            let m = medians[&(w.clone(), c.clone())];
+            let m = medians[&(w.clone(), c.clone(), g)];
             let ratio = medians
-                .get(&(w.clone(), baseline.clone()))
+                .get(&(w.clone(), baseline.clone(), g))
                 .filter(|b| **b > 0.0)
                 .map(|b| m / b);
             Summary {
@@ -265,6 +280,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
                 n: v.len(),
                 baseline,
                 ratio,
+                generator: g,
             }
         })
         .collect();
@@ -334,6 +350,7 @@ pub fn run(opts: &Options, tools: &Tools, stop: &Arc<AtomicBool>) -> anyhow::Res
                     rep,
                     value,
                     unit: w.unit().0.to_owned(),
+                    generator: generator_of(&extra),
                     extra,
                 });
             }
@@ -577,24 +594,44 @@ pub(crate) fn frames(
     };
     let result = (|| {
         let before = count(t)?;
-        let sent = flood_from_vm1(t, tools, stop, VM2, secs, &[])?;
+        let flood = flood_from_vm1(t, tools, stop, VM2, secs, &[])?;
         std::thread::sleep(Duration::from_millis(200));
         let after = count(t)?;
         let got = after.saturating_sub(before);
         // The VMs' own few frames (ARP, neighbour discovery) can make `got` exceed `sent`.
-        let loss = sent.map(|s| (1.0 - got as f64 / s.max(1) as f64).max(0.0));
+        let loss = (1.0 - got as f64 / flood.sent.max(1) as f64).max(0.0);
         Ok((
-            got as f64 / secs / 1e6,
-            json!({ "received": got, "sent": sent, "loss": loss }),
+            got as f64 / flood.seconds / 1e6,
+            json!({
+                "received": got,
+                "sent": flood.sent,
+                "loss": loss,
+                "generator": flood.generator,
+                "generator_pps": flood.pps,
+            }),
         ))
     })();
     crate::sweep::sink_detach(&t.vm2, "eth0");
     result
 }
 
+/// What one `kangaroo-bench flood` reported.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct FloodReport {
+    /// Frames sent.
+    pub sent: u64,
+    /// Seconds spent sending.
+    pub seconds: f64,
+    /// Frames per second sent.
+    pub pps: f64,
+    /// The generator that sent them.
+    pub generator: Generator,
+}
+
 /// Runs `kangaroo-bench flood` in VM 1 (from VM 1's addresses) to `(dst_mac, dst_ip)` for
-/// `secs` seconds with `extra` arguments, bounded by `secs + 20` s; returns the frames it
-/// reports sent.
+/// `secs` seconds with `extra` arguments, bounded by `secs + 20` s. The first flood of a run
+/// picks the generator ([`Tools::generator`]); every later one uses the same, so the figures of
+/// one run come from one generator.
 ///
 /// # Errors
 /// The generator failed or did not finish in time, or `stop` was set.
@@ -605,9 +642,13 @@ pub(crate) fn flood_from_vm1(
     (dst_mac, dst_ip): (&str, &str),
     secs: f64,
     extra: &[&str],
-) -> anyhow::Result<Option<u64>> {
+) -> anyhow::Result<FloodReport> {
     let bench = tools.bench.display().to_string();
     let secs_s = format!("{secs}");
+    let choice = tools
+        .generator_used
+        .get()
+        .map_or(tools.generator, |g| Choice::Only(*g));
     let mut args = vec![
         bench.as_str(),
         "flood",
@@ -622,12 +663,21 @@ pub(crate) fn flood_from_vm1(
         dst_ip,
         "--seconds",
         &secs_s,
+        "--generator",
+        choice.name(),
     ];
     args.extend_from_slice(extra);
     let out = bounded(t, &t.vm1, &args, Duration::from_secs_f64(secs + 20.0), stop)?;
-    Ok(serde_json::from_str::<Value>(out.trim())
-        .ok()
-        .and_then(|v| v.get("sent").and_then(Value::as_u64)))
+    let report: FloodReport = serde_json::from_str(out.trim())
+        .with_context(|| format!("kangaroo-bench flood printed {out:?}"))?;
+    // `--sources` floods always use AF_PACKET: they do not choose the run's generator.
+    if !extra.contains(&"--sources") && tools.generator_used.set(report.generator).is_ok() {
+        eprintln!(
+            "kangaroo-bench: frames are sent by the {} generator in this run",
+            report.generator
+        );
+    }
+    Ok(report)
 }
 
 /// Writes `results.json`, `report.md` and the charts into `dir`.
@@ -741,11 +791,20 @@ pub fn report(r: &Results, charts: &[(Workload, String)]) -> String {
             continue;
         }
         let (unit, higher) = w.unit();
+        // Frame rates name their generator: a figure is only compared with one from the same.
+        let generators = rows.iter().any(|x| x.generator.is_some());
         s += &format!(
-            "\n## {}\n\n{}, {}.\n\n| contender | median | min | max | ratio to baseline |\n|---|---:|---:|---:|---|\n",
+            "\n## {}\n\n{}, {}.{}\n\n| contender |{} median | min | max | ratio to baseline |\n|---|{}---:|---:|---:|---|\n",
             w.name(),
             unit,
-            if higher { "more is better" } else { "less is better" }
+            if higher { "more is better" } else { "less is better" },
+            if generators {
+                " Frames sent by the generator named in each row; ratios compare rows of the same generator only."
+            } else {
+                ""
+            },
+            if generators { " generator |" } else { "" },
+            if generators { "---|" } else { "" },
         );
         // Contenders whose every sample failed keep a row, so a reader sees them.
         let mut failed_only: Vec<&str> = r
@@ -758,8 +817,13 @@ pub fn report(r: &Results, charts: &[(Workload, String)]) -> String {
         failed_only.dedup();
         for x in rows {
             s += &format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} |{} {} | {} | {} | {} |\n",
                 x.contender,
+                if generators {
+                    format!(" {} |", generator_name(x.generator))
+                } else {
+                    String::new()
+                },
                 fmt(x.median),
                 fmt(x.min),
                 fmt(x.max),
@@ -768,7 +832,10 @@ pub fn report(r: &Results, charts: &[(Workload, String)]) -> String {
             );
         }
         for c in failed_only {
-            s += &format!("| {c} | failed | - | - | every sample failed (see below) |\n");
+            s += &format!(
+                "| {c} |{} failed | - | - | every sample failed (see below) |\n",
+                if generators { " - |" } else { "" }
+            );
         }
         if let Some((_, f)) = charts.iter().find(|(cw, _)| *cw == w) {
             s += &format!("\n![{}]({f})\n", w.name());
@@ -815,6 +882,18 @@ fn sweep_report(r: &Results) -> String {
             kind.name(),
             kind.axis()
         );
+        let mut generators: Vec<&str> = rows
+            .iter()
+            .filter_map(|x| x.generator.map(Generator::name))
+            .collect();
+        generators.sort_unstable();
+        generators.dedup();
+        if !generators.is_empty() {
+            s += &format!(
+                "Frames sent by the {} generator.\n",
+                generators.join(" and the ")
+            );
+        }
         let mut modes: Vec<&str> = rows.iter().map(|x| x.mode.as_str()).collect();
         modes.sort_unstable();
         modes.dedup();
@@ -896,10 +975,28 @@ pub fn compare(a: &Path, b: &Path) -> anyhow::Result<String> {
         "workload", "contender", "A", "B", "B/A"
     );
     for x in &ra.summary {
+        let same = |y: &&Summary| y.workload == x.workload && y.contender == x.contender;
+        if let Some(y) = rb.summary.iter().find(same) {
+            if x.generator != y.generator
+                && !rb
+                    .summary
+                    .iter()
+                    .any(|y| same(&y) && y.generator == x.generator)
+            {
+                s += &format!(
+                    "{:<18} {:<26} not comparable: frames from the {} generator in A, the {} generator in B\n",
+                    x.workload,
+                    x.contender,
+                    generator_name(x.generator),
+                    generator_name(y.generator)
+                );
+                continue;
+            }
+        }
         if let Some(y) = rb
             .summary
             .iter()
-            .find(|y| y.workload == x.workload && y.contender == x.contender)
+            .find(|y| same(y) && y.generator == x.generator)
         {
             s += &format!(
                 "{:<18} {:<26} {:>10} {:>10} {:>7.2}x\n",
@@ -912,11 +1009,13 @@ pub fn compare(a: &Path, b: &Path) -> anyhow::Result<String> {
         }
     }
     for x in &ra.sweep_summary {
-        if let Some(y) = rb
-            .sweep_summary
-            .iter()
-            .find(|y| y.sweep == x.sweep && y.mode == x.mode && y.figure == x.figure && y.x == x.x)
-        {
+        if let Some(y) = rb.sweep_summary.iter().find(|y| {
+            y.sweep == x.sweep
+                && y.mode == x.mode
+                && y.figure == x.figure
+                && y.x == x.x
+                && y.generator == x.generator
+        }) {
             s += &format!(
                 "{:<18} {:<26} {:>10} {:>10} {:>7.2}x\n",
                 format!("{}/{}", x.sweep, x.figure),
@@ -928,6 +1027,10 @@ pub fn compare(a: &Path, b: &Path) -> anyhow::Result<String> {
         }
     }
     Ok(s)
+}
+
+fn generator_name(g: Option<Generator>) -> &'static str {
+    g.map_or("(none recorded)", Generator::name)
 }
 
 /// Waits for `secs` unless `stop` is set.
@@ -950,6 +1053,7 @@ mod tests {
             value: v,
             unit: String::new(),
             extra: Value::Null,
+            generator: None,
         }
     }
 
@@ -1017,6 +1121,81 @@ mod tests {
             md.contains("| ovs | failed | - | - | every sample failed (see below) |"),
             "{md}"
         );
+    }
+
+    fn results(samples: Vec<Sample>) -> Results {
+        Results {
+            schema: SCHEMA.into(),
+            machine: json!({}),
+            suite: "quick".into(),
+            reps: 1,
+            seconds: 1.0,
+            interrupted: false,
+            summary: summarize(&samples),
+            samples,
+            sweeps: Vec::new(),
+            sweep_summary: Vec::new(),
+        }
+    }
+
+    fn frames(c: &str, v: f64, g: Generator) -> Sample {
+        Sample {
+            extra: json!({ "generator": g }),
+            generator: Some(g),
+            ..sample("frames-64", c, v)
+        }
+    }
+
+    #[test]
+    fn ratios_compare_figures_of_one_generator_only() {
+        let r = results(vec![
+            frames("bridge", 0.5, Generator::LiveFrames),
+            frames("kangaroo-xdp", 1.5, Generator::LiveFrames),
+            frames("kangaroo-tc", 0.8, Generator::Afxdp),
+        ]);
+        let row = |c: &str| r.summary.iter().find(|x| x.contender == c).unwrap();
+        assert_eq!(row("kangaroo-xdp").ratio, Some(3.0));
+        assert_eq!(row("kangaroo-xdp").generator, Some(Generator::LiveFrames));
+        // The bridge was measured with another generator: no ratio.
+        assert_eq!(row("kangaroo-tc").ratio, None);
+        let md = report(&r, &[]);
+        assert!(
+            md.contains("| kangaroo-xdp | live-frames | 1.500 | 1.500 | 1.500 | 3.00x bridge |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| kangaroo-tc | afxdp | 0.800 | 0.800 | 0.800 | - |"),
+            "{md}"
+        );
+        // The generator survives the result file.
+        let back: Results = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.samples[2].generator, Some(Generator::Afxdp));
+        assert_eq!(generator_of(&back.samples[2].extra), Some(Generator::Afxdp));
+    }
+
+    #[test]
+    fn compare_refuses_figures_of_different_generators() {
+        let dir = std::env::temp_dir().join(format!("kb-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+        let ra = results(vec![
+            frames("bridge", 0.5, Generator::LiveFrames),
+            sample("tcp-1", "bridge", 10.0),
+        ]);
+        let rb = results(vec![
+            frames("bridge", 0.4, Generator::Packet),
+            sample("tcp-1", "bridge", 12.0),
+        ]);
+        std::fs::write(&a, serde_json::to_string(&ra).unwrap()).unwrap();
+        std::fs::write(&b, serde_json::to_string(&rb).unwrap()).unwrap();
+        let out = compare(&a, &b).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            out.contains("not comparable: frames from the live-frames generator in A, the packet generator in B"),
+            "{out}"
+        );
+        assert!(out.contains("1.20x"), "{out}");
+        assert!(!out.contains("0.80x"), "{out}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::net::{configure_vm, host_end, ns_sh, sh, Mode, Tools, Topology, VM1, 
 /// Storm control off: the sweeps measure broadcast replication and learning at full speed, which
 /// the switch's default limits would (rightly) cut.
 const STORM_OFF: &str = "[storm]\nbum_per_sec = 0\nnew_macs_per_sec = 0\n";
+use crate::gen::Generator;
 use crate::run::{self, Options};
 
 /// What a sweep varies.
@@ -129,6 +130,9 @@ pub struct SweepSample {
     pub unit: String,
     /// Further figures (loss, copies, entries learned, …).
     pub extra: Value,
+    /// The frame generator that sent the traffic (frame-rate figures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<Generator>,
 }
 
 /// Median, min and max at one point, and the ratio to the sweep's first point.
@@ -154,13 +158,16 @@ pub struct SweepSummary {
     pub max: f64,
     /// Number of samples.
     pub n: usize,
-    /// median / the median at the smallest point of the same sweep, mode and figure.
+    /// median / the median at the smallest point of the same sweep, mode, figure and generator.
     pub ratio_to_first: Option<f64>,
+    /// The frame generator of these samples (frame-rate figures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<Generator>,
 }
 
-/// Medians per (sweep, mode, figure, point).
+/// Medians per (sweep, mode, figure, generator, point).
 pub fn summarize(samples: &[SweepSample]) -> Vec<SweepSummary> {
-    type Key = (usize, String, String, u64);
+    type Key = (usize, String, String, Option<Generator>, u64);
     let rank = |s: &str| {
         SweepKind::ALL
             .iter()
@@ -170,13 +177,19 @@ pub fn summarize(samples: &[SweepSample]) -> Vec<SweepSummary> {
     let mut groups: BTreeMap<Key, (String, Vec<f64>)> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.value.is_finite()) {
         groups
-            .entry((rank(&s.sweep), s.mode.clone(), s.figure.clone(), s.x))
+            .entry((
+                rank(&s.sweep),
+                s.mode.clone(),
+                s.figure.clone(),
+                s.generator,
+                s.x,
+            ))
             .or_insert_with(|| (s.sweep.clone(), Vec::new()))
             .1
             .push(s.value);
     }
     let mut out: Vec<SweepSummary> = Vec::new();
-    for ((_, mode, figure, x), (sweep, mut v)) in groups {
+    for ((_, mode, figure, generator, x), (sweep, mut v)) in groups {
         let higher = SweepKind::parse(&sweep).map_or(true, |k| {
             k.figures()
                 .iter()
@@ -189,10 +202,13 @@ pub fn summarize(samples: &[SweepSample]) -> Vec<SweepSummary> {
             .map(|s| s.unit.clone())
             .unwrap_or_default();
         let median = run::median(&mut v);
-        // Groups come in ascending x per (sweep, mode, figure): the first one seen is the base.
+        // Groups come in ascending x per (sweep, mode, figure, generator): the first one seen
+        // is the base.
         let first = out
             .iter()
-            .find(|o| o.sweep == sweep && o.mode == mode && o.figure == figure)
+            .find(|o| {
+                o.sweep == sweep && o.mode == mode && o.figure == figure && o.generator == generator
+            })
             .map(|o| o.median);
         out.push(SweepSummary {
             ratio_to_first: Some(first.unwrap_or(median))
@@ -208,6 +224,7 @@ pub fn summarize(samples: &[SweepSample]) -> Vec<SweepSummary> {
             max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             n: v.len(),
             median,
+            generator,
         });
     }
     out
@@ -285,6 +302,7 @@ pub fn run(
                         figure: figure.to_owned(),
                         value,
                         unit: unit.to_owned(),
+                        generator: run::generator_of(&extra),
                         extra,
                     });
                 }
@@ -614,7 +632,7 @@ fn bum(
             run::xdp_drops(&t.vm2, "eth0")?,
             run::xdp_drops(&sink, "ul0")?,
         );
-        let sent = run::flood_from_vm1(
+        let flood = run::flood_from_vm1(
             t,
             tools,
             stop,
@@ -629,14 +647,17 @@ fn bum(
         );
         let at_b = after.0.saturating_sub(before.0);
         let elsewhere = after.1.saturating_sub(before.1);
+        let secs = flood.seconds;
         Ok((
             at_b as f64 / secs / 1e6,
             json!({
-                "sent": sent,
+                "sent": flood.sent,
                 "received_at_peer_b": at_b,
                 "copies_at_other_peers": elsewhere,
                 "copies_per_second": (at_b + elsewhere) as f64 / secs,
                 "expected_copies_per_frame": peers,
+                "generator": flood.generator,
+                "generator_pps": flood.pps,
             }),
         ))
     })();
@@ -658,6 +679,7 @@ mod tests {
             value: v,
             unit: "Mpps".into(),
             extra: Value::Null,
+            generator: None,
         }
     }
 

@@ -57,14 +57,18 @@ fn a_tiny_suite_writes_valid_results() {
             "--contenders",
             "bridge,kangaroo-xdp",
             "--workloads",
-            "udp-rr",
+            "udp-rr,frames-64",
             "--reps",
+            "1",
+            "--seconds",
             "1",
             "--sweeps",
             "none",
             "--out",
         ])
         .arg(&out)
+        // The frames come from the last fallback, AF_PACKET, whatever this kernel allows.
+        .env("KANGAROO_BENCH_REFUSE", "live-frames,afxdp")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -80,9 +84,26 @@ fn a_tiny_suite_writes_valid_results() {
     assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
     assert_eq!(r["interrupted"], false);
     let samples = r["samples"].as_array().unwrap();
-    assert_eq!(samples.len(), 2, "{samples:?}");
-    for s in samples {
-        assert_eq!(s["workload"], "udp-rr");
+    assert_eq!(samples.len(), 4, "{samples:?}");
+    for s in samples.iter().filter(|s| s["workload"] == "frames-64") {
+        assert_eq!(s["unit"], "Mpps");
+        assert!(num(s, "/value") > 0.0, "a measured figure: {s}");
+        assert_eq!(s["generator"], "packet", "the generator is recorded: {s}");
+        assert_eq!(s["extra"]["generator"], "packet", "{s}");
+    }
+    let frames = r["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["contender"] == "kangaroo-xdp" && x["workload"] == "frames-64")
+        .unwrap();
+    assert_eq!(frames["generator"], "packet", "{frames}");
+    assert!(
+        num(frames, "/ratio") > 0.0,
+        "same generator, so a ratio: {frames}"
+    );
+    for s in samples.iter().filter(|s| s["workload"] == "udp-rr") {
+        assert!(s.get("generator").is_none(), "{s}");
         assert_eq!(s["unit"], "us p50");
         let p50 = num(s, "/value");
         assert!(p50 > 0.0 && p50 < 100_000.0, "{s}");
@@ -92,7 +113,7 @@ fn a_tiny_suite_writes_valid_results() {
     let summary = r["summary"].as_array().unwrap();
     let k = summary
         .iter()
-        .find(|x| x["contender"] == "kangaroo-xdp")
+        .find(|x| x["contender"] == "kangaroo-xdp" && x["workload"] == "udp-rr")
         .unwrap();
     assert_eq!(k["baseline"], "bridge");
     assert!(num(k, "/ratio") > 0.0, "{k}");
@@ -101,6 +122,7 @@ fn a_tiny_suite_writes_valid_results() {
         report.contains("## udp-rr") && report.contains("x bridge"),
         "{report}"
     );
+    assert!(report.contains("| bridge | packet |"), "{report}");
     let svg = std::fs::read_to_string(out.join("udp-rr.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
     println!("{report}");
@@ -145,9 +167,17 @@ fn tiny_sweeps_write_valid_results() {
     let sweeps = r["sweeps"].as_array().unwrap();
     // Three sweeps, one point each, two figures per point.
     assert_eq!(sweeps.len(), 6, "{sweeps:?}");
+    let first_generator =
+        sweeps.iter().find(|s| s["figure"] != "udp-rr").unwrap()["generator"].clone();
     for s in sweeps {
         assert_eq!(s["mode"], "xdp", "{s}");
         assert!(num(s, "/value") > 0.0, "a measured figure: {s}");
+        if s["figure"] != "udp-rr" {
+            // The fastest generator this kernel allows, and the same one for every figure.
+            let g = s["generator"].as_str().unwrap_or("none");
+            assert!(["live-frames", "afxdp"].contains(&g), "{s}");
+            assert_eq!(s["generator"], first_generator, "{s}");
+        }
     }
     let find = |sweep: &str, figure: &str| {
         sweeps
