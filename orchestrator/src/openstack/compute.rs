@@ -1009,7 +1009,7 @@ fn hypervisor_view(os: &Shared, h: &Host, vms: &[NestedVm], m: Micro, detail: bo
         .providers()
         .iter()
         .find(|p| p.name == h.provider)
-        .map_or("sim", |p| p.kind.as_str());
+        .map_or(crate::service::ProviderKind::Sim, |p| p.kind);
     let cpu_info =
         json!({"instance_type": h.instance_type.name.as_str(), "provider": h.provider.as_str()});
     let fields = json!({
