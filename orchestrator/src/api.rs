@@ -8,11 +8,12 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use kangaroo_control::extract::Param;
 use serde::Serialize;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -59,30 +60,14 @@ pub struct ErrorDetail {
 #[derive(Debug)]
 pub struct ApiError(StatusCode, &'static str, String, Option<String>);
 
-/// A path parameter whose rejection (a segment that is not UTF-8) is the API's JSON error,
-/// not axum's plain text.
-struct Param<T>(T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
-    for Param<T>
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, ApiError> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(v)| Param(v))
-            .map_err(|e| {
-                ApiError(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    e.body_text(),
-                    Some("path".to_owned()),
-                )
-            })
+impl kangaroo_control::extract::PathRejection for ApiError {
+    fn bad_path(message: String) -> ApiError {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            message,
+            Some("path".to_owned()),
+        )
     }
 }
 
@@ -221,7 +206,9 @@ async fn list_catalogs() -> Json<Vec<String>> {
 
 /// One built-in catalog.
 #[utoipa::path(get, path = "/v1/catalogs/{name}", params(("name" = String, Path)), responses((status = 200, body = Vec<crate::model::InstanceType>), (status = 404, body = ErrorBody)))]
-async fn get_catalog(Param(name): Param<String>) -> JsonResult<Vec<crate::model::InstanceType>> {
+async fn get_catalog(
+    Param(name, _): Param<String, ApiError>,
+) -> JsonResult<Vec<crate::model::InstanceType>> {
     if !crate::catalog::BUILTIN.iter().any(|(n, _)| *n == name) {
         return Err(ServiceError::NotFound {
             kind: "catalog",
@@ -257,7 +244,7 @@ async fn add_host(State(a): State<Api>, b: Bytes) -> JsonResult<Host> {
 #[utoipa::path(delete, path = "/v1/hosts/{name}", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn remove_host(
     State(a): State<Api>,
-    Param(name): Param<String>,
+    Param(name, _): Param<String, ApiError>,
 ) -> std::result::Result<StatusCode, ApiError> {
     blocking(&a, move |s| s.remove_host(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -268,7 +255,7 @@ async fn remove_host(
 #[utoipa::path(get, path = "/v1/hosts/{name}/tunnels", params(("name" = String, Path)), responses((status = 200, body = Vec<crate::infra::realize::Tunnel>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn host_tunnels(
     State(a): State<Api>,
-    Param(name): Param<String>,
+    Param(name, _): Param<String, ApiError>,
 ) -> JsonResult<Vec<crate::infra::realize::Tunnel>> {
     Ok(Json(blocking(&a, move |s| s.host_tunnels(&name)).await?))
 }
@@ -289,7 +276,7 @@ async fn create_network(State(a): State<Api>, b: Bytes) -> JsonResult<Network> {
 #[utoipa::path(delete, path = "/v1/networks/{name}", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_network(
     State(a): State<Api>,
-    Param(name): Param<String>,
+    Param(name, _): Param<String, ApiError>,
 ) -> std::result::Result<StatusCode, ApiError> {
     a.service.delete_network(&name)?;
     Ok(StatusCode::NO_CONTENT)
@@ -310,7 +297,10 @@ async fn create_vm(State(a): State<Api>, b: Bytes) -> JsonResult<NestedVm> {
 
 /// One nested VM.
 #[utoipa::path(get, path = "/v1/vms/{name}", params(("name" = String, Path)), responses((status = 200, body = NestedVm), (status = 404, body = ErrorBody)))]
-async fn get_vm(State(a): State<Api>, Param(name): Param<String>) -> JsonResult<NestedVm> {
+async fn get_vm(
+    State(a): State<Api>,
+    Param(name, _): Param<String, ApiError>,
+) -> JsonResult<NestedVm> {
     Ok(Json(a.service.vm(&name)?))
 }
 
@@ -318,7 +308,7 @@ async fn get_vm(State(a): State<Api>, Param(name): Param<String>) -> JsonResult<
 #[utoipa::path(delete, path = "/v1/vms/{name}", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_vm(
     State(a): State<Api>,
-    Param(name): Param<String>,
+    Param(name, _): Param<String, ApiError>,
 ) -> std::result::Result<StatusCode, ApiError> {
     blocking(&a, move |s| s.delete_vm(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -326,13 +316,19 @@ async fn delete_vm(
 
 /// Start a nested VM.
 #[utoipa::path(post, path = "/v1/vms/{name}/start", params(("name" = String, Path)), responses((status = 200, body = NestedVm), (status = 404, body = ErrorBody)))]
-async fn start_vm(State(a): State<Api>, Param(name): Param<String>) -> JsonResult<NestedVm> {
+async fn start_vm(
+    State(a): State<Api>,
+    Param(name, _): Param<String, ApiError>,
+) -> JsonResult<NestedVm> {
     Ok(Json(blocking(&a, move |s| s.start_vm(&name)).await?))
 }
 
 /// Stop a nested VM.
 #[utoipa::path(post, path = "/v1/vms/{name}/stop", params(("name" = String, Path)), responses((status = 200, body = NestedVm), (status = 404, body = ErrorBody)))]
-async fn stop_vm(State(a): State<Api>, Param(name): Param<String>) -> JsonResult<NestedVm> {
+async fn stop_vm(
+    State(a): State<Api>,
+    Param(name, _): Param<String, ApiError>,
+) -> JsonResult<NestedVm> {
     Ok(Json(blocking(&a, move |s| s.stop_vm(&name)).await?))
 }
 
@@ -351,7 +347,7 @@ pub struct MigrateResult {
 #[utoipa::path(post, path = "/v1/vms/{name}/migrate", params(("name" = String, Path)), request_body = MigrateRequest, responses((status = 200, body = MigrateResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn migrate_vm(
     State(a): State<Api>,
-    Param(name): Param<String>,
+    Param(name, _): Param<String, ApiError>,
     b: Bytes,
 ) -> JsonResult<MigrateResult> {
     let req: MigrateRequest = body(&b)?;
@@ -369,7 +365,7 @@ async fn migrate_vm(
 #[utoipa::path(post, path = "/v1/apps/{app}/migrate", params(("app" = String, Path)), request_body = AppMigrateRequest, responses((status = 200, body = AppMigrateResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn migrate_app(
     State(a): State<Api>,
-    Param(app): Param<String>,
+    Param(app, _): Param<String, ApiError>,
     b: Bytes,
 ) -> JsonResult<AppMigrateResult> {
     let req: AppMigrateRequest = body(&b)?;

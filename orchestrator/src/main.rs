@@ -59,9 +59,9 @@ enum Command {
         /// (a namespace and a process; moves restart it).
         #[arg(long, default_value = "netns")]
         vm_driver: String,
-        /// Datapath mode of the local hosts' switches (`tc`, `xdp`, `afxdp`, `packet`).
-        #[arg(long, default_value = "tc")]
-        switch_mode: String,
+        /// Datapath mode of the local hosts' switches.
+        #[arg(long, value_enum, default_value_t = kangaroo_control::mode::DEFAULT_MODE)]
+        switch_mode: kangaroo_control::Mode,
         /// Guest image directory of the `qemu` driver (scripts/build-guest-image.sh builds it).
         #[arg(
             long,
@@ -143,8 +143,8 @@ enum Command {
         #[arg(long, default_value = "netns")]
         vm_driver: String,
         /// Datapath mode of the host's switch (`local`).
-        #[arg(long, default_value = "tc")]
-        switch_mode: String,
+        #[arg(long, value_enum, default_value_t = kangaroo_control::mode::DEFAULT_MODE)]
+        switch_mode: kangaroo_control::Mode,
         /// Guest image directory of the `qemu` driver (`local`).
         #[arg(
             long,
@@ -677,7 +677,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 local: server::LocalSettings {
                     driver: vm_driver.clone(),
-                    switch_mode: switch_mode.clone(),
+                    switch_mode: *switch_mode,
                     guest_image: guest_image.clone(),
                     reconcile_secs: *reconcile_secs,
                     secure: *secure_tunnels,
@@ -721,7 +721,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_else(server::default_data_dir),
                 &server::LocalSettings {
                     driver: vm_driver.clone(),
-                    switch_mode: switch_mode.clone(),
+                    switch_mode: *switch_mode,
                     guest_image: guest_image.clone(),
                     reconcile_secs: 0,
                     secure: *secure_tunnels,

@@ -162,7 +162,7 @@ pub struct LocalSettings {
     /// Nested-VM driver: `qemu` or `netns`.
     pub driver: String,
     /// The switches' datapath mode.
-    pub switch_mode: String,
+    pub switch_mode: kangaroo_control::Mode,
     /// The guest image directory (the `qemu` driver).
     pub guest_image: PathBuf,
     /// Seconds between reconciler passes (0: only at start-up and on request).
@@ -175,7 +175,7 @@ impl Default for LocalSettings {
     fn default() -> LocalSettings {
         LocalSettings {
             driver: "netns".to_owned(),
-            switch_mode: "tc".to_owned(),
+            switch_mode: kangaroo_control::mode::DEFAULT_MODE,
             guest_image: crate::infra::qemu::QemuConfig::default().image_dir,
             reconcile_secs: 10,
             secure: crate::infra::local::SecurePolicy::default(),
@@ -227,7 +227,7 @@ pub fn local_realizer(
         prefix: prefix.clone(),
         state_dir: data_dir.join("local"),
         switch_bin: LocalCloud::find_switch_bin(&exe),
-        switch_mode: settings.switch_mode.clone(),
+        switch_mode: settings.switch_mode,
         secure: settings.secure,
     })?;
     if agent {
@@ -275,7 +275,7 @@ pub fn agent_command(
         "--vm-driver".into(),
         cfg.local.driver.clone(),
         "--switch-mode".into(),
-        cfg.local.switch_mode.clone(),
+        cfg.local.switch_mode.to_string(),
         "--guest-image".into(),
         cfg.local.guest_image.display().to_string(),
         "--secure-tunnels".into(),

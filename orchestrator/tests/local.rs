@@ -41,7 +41,7 @@ impl Cloud {
             prefix,
             state_dir: state.clone(),
             switch_bin: switch_bin().unwrap_or_default(),
-            switch_mode: mode.to_owned(),
+            switch_mode: mode.parse().unwrap(),
             secure: SecurePolicy::BetweenProviders,
         })
         .unwrap();
@@ -334,7 +334,7 @@ fn qemu_vms_across_hosts_scenario() {
         for h in [&c.hosts[a], &c.hosts[b]] {
             let sock = h.dir.join("switch.sock");
             for path in ["/v1/stats", "/v1/fdb", "/v1/ports", "/v1/peers"] {
-                let v = kangaroo_orchestrator::infra::switchctl::request(&sock, "GET", path, None);
+                let v = kangaroo_control::client::Client::new(&sock).get(path);
                 println!(
                     "{} {path}: {}",
                     h.name,

@@ -48,48 +48,14 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use kangaroo_control::config::SwitchFile as File;
 
 use crate::fdb::FdbConfig;
 use crate::mac::MacAddr;
 use crate::pipeline::PortConfig;
 use crate::tunnel::{Vni, VXLAN_PORT};
 
-/// How frames reach user space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// XDP fast path in the kernel, AF_XDP for the rest.
-    Xdp,
-    /// tc (clsact ingress) fast path in the kernel, keeping the guests' offloads; punt devices
-    /// for the rest.
-    Tc,
-    /// AF_XDP sockets steered by XDP; every frame through user space.
-    Afxdp,
-    /// AF_PACKET sockets and a UDP socket; no eBPF.
-    Packet,
-}
-
-/// The mode a file that names none gets (see docs/datapath.md for the measurements behind it).
-pub const DEFAULT_MODE: Mode = Mode::Tc;
-
-impl Mode {
-    /// What the mode is good at, for the start-up log.
-    pub fn trade_off(self) -> &'static str {
-        match self {
-            Mode::Xdp => {
-                "highest small-frame rate (XDP fast path); native XDP turns the guests' TSO off, \
-                 so bulk TCP runs below kernel speed"
-            }
-            Mode::Tc => {
-                "keeps the guests' TSO and checksum offloads (tc fast path): bulk TCP at kernel \
-                 speed; lower small-frame rate than xdp"
-            }
-            Mode::Afxdp => "every frame through user space over AF_XDP; no kernel fast path",
-            Mode::Packet => "portable fallback: AF_PACKET and UDP sockets, no eBPF",
-        }
-    }
-}
+pub use kangaroo_control::mode::{Mode, DEFAULT_MODE};
 
 /// Default control socket path.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/kangaroo/switch.sock";
@@ -247,89 +213,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    mode: Option<Mode>,
-    control_socket: Option<PathBuf>,
-    datapath: Option<DatapathFile>,
-    fdb: Option<FdbFile>,
-    storm: Option<StormFile>,
-    #[serde(default)]
-    port: Vec<PortFile>,
-    uplink: Option<UplinkFile>,
-    #[serde(default)]
-    peer: Vec<PeerFile>,
-    secure: Option<SecureFile>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SecureFile {
-    key_file: Option<PathBuf>,
-    port: Option<u16>,
-    keepalive_secs: Option<u16>,
-    rendezvous: Option<String>,
-    rendezvous_key: Option<String>,
-    relay: Option<bool>,
-    punch_ttl: Option<u8>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DatapathFile {
-    #[serde(default)]
-    cores: Vec<usize>,
-    #[serde(default)]
-    busy_poll: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FdbFile {
-    capacity: Option<usize>,
-    aging_secs: Option<u64>,
-    max_per_source: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StormFile {
-    bum_per_sec: Option<u32>,
-    bum_burst: Option<u32>,
-    new_macs_per_sec: Option<u32>,
-    new_macs_burst: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PortFile {
-    interface: String,
-    vni: u32,
-    mac: Option<String>,
-    #[serde(default)]
-    ips: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UplinkFile {
-    interface: String,
-    address: String,
-    udp_port: Option<u16>,
-    mtu: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PeerFile {
-    address: String,
-    vnis: Option<Vec<u32>>,
-    public_key: Option<String>,
-    encryption: Option<crate::secure::Encryption>,
-    endpoint: Option<String>,
 }
 
 /// True for a name Linux accepts as an interface name.

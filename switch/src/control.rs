@@ -23,13 +23,16 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
+
+use kangaroo_control::api::{ArpRequest, EndpointRequest, FdbRequest, PeerRequest, PortRequest};
+use kangaroo_control::extract::Param;
 
 use crate::clock::Timestamp;
 use crate::fdb::Dest;
@@ -223,23 +226,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A path parameter whose rejection (not UTF-8, not a number) is the API's JSON error, not
-/// axum's plain text.
-struct Param<T>(T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
-    for Param<T>
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, ApiError> {
-        UrlPath::<T>::from_request_parts(parts, state)
-            .await
-            .map(|UrlPath(v)| Param(v))
-            .map_err(|e| ApiError::bad("path", e.body_text()))
+impl kangaroo_control::extract::PathRejection for ApiError {
+    fn bad_path(message: String) -> ApiError {
+        ApiError::bad("path", message)
     }
 }
 
@@ -251,21 +240,6 @@ fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
             Some("body"),
         )
     })
-}
-
-/// A port request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortRequest {
-    /// Interface to take over.
-    pub interface: String,
-    /// Network.
-    pub vni: u32,
-    /// Port security MAC.
-    pub mac: Option<String>,
-    /// Port security IPv4 addresses.
-    #[serde(default)]
-    pub ips: Vec<String>,
 }
 
 /// A port as listed.
@@ -300,36 +274,6 @@ fn ports(sw: &Switch) -> Vec<PortInfo> {
             backend: sw.port_counters(id).into_iter().collect(),
         })
         .collect()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FdbRequest {
-    vni: u32,
-    mac: String,
-    /// A local port ...
-    interface: Option<String>,
-    /// ... or a peer's VTEP address.
-    vtep: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PeerRequest {
-    address: String,
-    vnis: Option<Vec<u32>>,
-    /// The peer's public key (base64): its traffic goes through a secure tunnel.
-    public_key: Option<String>,
-    /// "required" (the default with a key) or "off".
-    encryption: Option<crate::secure::Encryption>,
-    /// Where to reach its tunnel first (default: its address, this host's secure port).
-    endpoint: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EndpointRequest {
-    endpoint: String,
 }
 
 fn endpoint_of(key: &'static str, e: &str) -> Result<std::net::SocketAddrV4, ApiError> {
@@ -450,7 +394,7 @@ async fn add_peer(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<Value>
 
 async fn remove_peer(
     State(d): State<Datapath>,
-    Param(address): Param<String>,
+    Param(address, _): Param<String, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let addr: Ipv4Addr = address
         .parse()
@@ -493,7 +437,7 @@ async fn get_secure(State(d): State<Datapath>) -> Result<Json<Value>, ApiError> 
 
 async fn set_endpoint(
     State(d): State<Datapath>,
-    Param(address): Param<String>,
+    Param(address, _): Param<String, ApiError>,
     b: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let addr: Ipv4Addr = address
@@ -514,14 +458,6 @@ async fn set_endpoint(
     })
     .await?
     .map(Json)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ArpRequest {
-    vni: u32,
-    ip: String,
-    mac: String,
 }
 
 fn vni_of(field: &'static str, v: u32) -> Result<Vni, ApiError> {
@@ -611,7 +547,7 @@ async fn add_port(State(d): State<Datapath>, b: Bytes) -> Result<Json<Vec<PortIn
 
 async fn remove_port(
     State(d): State<Datapath>,
-    Param(ifname): Param<String>,
+    Param(ifname, _): Param<String, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     d.run_each(move |sw, _| {
         let id = sw
@@ -685,7 +621,7 @@ async fn add_fdb(State(d): State<Datapath>, b: Bytes) -> Result<StatusCode, ApiE
 
 async fn remove_fdb(
     State(d): State<Datapath>,
-    Param((vni, mac)): Param<(u32, String)>,
+    Param((vni, mac), _): Param<(u32, String), ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let vni = vni_of("vni", vni)?;
     let mac = mac_of("mac", &mac)?;
@@ -884,65 +820,10 @@ pub fn serve(
     }))
 }
 
-/// A minimal HTTP/1.1 client over the control socket, for `kangaroo-switch ctl`.
-///
-/// # Errors
-/// If the socket cannot be reached or the answer is not HTTP.
-pub fn request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, String)> {
-    use anyhow::Context;
-    use std::io::Read;
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to {} (is kangaroo-switch running?)",
-            socket.display()
-        )
-    })?;
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: kangaroo\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}", payload.len())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, rest) = resp
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .context("malformed status line")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kangaroo_control::client::request;
 
     fn temp_socket() -> PathBuf {
         std::env::temp_dir().join(format!(
@@ -1013,14 +894,5 @@ mod tests {
         }
         tx.send(()).unwrap();
         handle.join().unwrap();
-    }
-
-    #[test]
-    fn chunked_bodies_are_reassembled() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
-        assert_eq!(dechunk("zz\r\n"), "");
     }
 }

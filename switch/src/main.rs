@@ -516,8 +516,9 @@ fn open_secure(
 }
 
 fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
-    use kangaroo_switch::control::request;
-    let (method, path, body) = match &a.what {
+    use kangaroo_control::api::{PeerRequest, PortRequest};
+    use serde_json::Value;
+    let (method, path, body): (&str, String, Option<Value>) = match &a.what {
         CtlCommand::Ports => ("GET", "/v1/ports".to_owned(), None),
         CtlCommand::AddPort {
             interface,
@@ -527,7 +528,12 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
         } => (
             "POST",
             "/v1/ports".to_owned(),
-            Some(serde_json::json!({ "interface": interface, "vni": vni, "mac": mac, "ips": ips })),
+            Some(serde_json::to_value(PortRequest {
+                interface: interface.clone(),
+                vni: *vni,
+                mac: mac.clone(),
+                ips: ips.clone(),
+            })?),
         ),
         CtlCommand::RemovePort { interface } => ("DELETE", format!("/v1/ports/{interface}"), None),
         CtlCommand::Fdb => ("GET", "/v1/fdb".to_owned(), None),
@@ -537,37 +543,27 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
             vnis,
             public_key,
             endpoint,
-        } => {
-            let mut b = serde_json::json!({ "address": address });
-            if !vnis.is_empty() {
-                b["vnis"] = serde_json::json!(vnis);
-            }
-            if let Some(k) = public_key {
-                b["public_key"] = serde_json::json!(k);
-            }
-            if let Some(e) = endpoint {
-                b["endpoint"] = serde_json::json!(e);
-            }
-            ("POST", "/v1/peers".to_owned(), Some(b))
-        }
+        } => (
+            "POST",
+            "/v1/peers".to_owned(),
+            Some(serde_json::to_value(PeerRequest {
+                address: address.clone(),
+                vnis: (!vnis.is_empty()).then(|| vnis.clone()),
+                public_key: public_key.clone(),
+                encryption: None,
+                endpoint: endpoint.clone(),
+            })?),
+        ),
         CtlCommand::Secure => ("GET", "/v1/secure".to_owned(), None),
         CtlCommand::RemovePeer { address } => ("DELETE", format!("/v1/peers/{address}"), None),
         CtlCommand::Stats => ("GET", "/v1/stats".to_owned(), None),
     };
-    let (status, text) = request(&a.socket, method, &path, body.as_ref())?;
-    let v: serde_json::Value = if text.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
-    };
-    if !(200..300).contains(&status) {
-        let msg = v
-            .pointer("/error/message")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string());
-        anyhow::bail!("{status}: {msg}");
+    let client = kangaroo_control::client::Client::new(&a.socket);
+    let r = client.send(method, &path, body.as_ref())?;
+    if !(200..300).contains(&r.status) {
+        anyhow::bail!("{}: {}", r.status, r.message());
     }
+    let v = r.json();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde::Deserialize;
+use kangaroo_control::config::RendezvousFile as File;
 
 use crate::secure::{
     control_payload, load_or_create_key, MemberEndpoint, PeerSpec, PublicKey, Received,
@@ -47,23 +47,6 @@ pub struct RendezvousConfig {
     pub relay: bool,
     /// The members: VTEP address and public key.
     pub members: Vec<(Ipv4Addr, PublicKey)>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    listen: String,
-    key_file: PathBuf,
-    relay: Option<bool>,
-    #[serde(default)]
-    member: Vec<MemberFile>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemberFile {
-    vtep: String,
-    public_key: String,
 }
 
 impl RendezvousConfig {

@@ -118,16 +118,7 @@ impl serde::Serialize for PublicKey {
     }
 }
 
-/// Whether a peer's traffic must be encrypted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encryption {
-    /// Plain VXLAN (the underlay is trusted).
-    #[default]
-    Off,
-    /// Only through the secure tunnel; plain VXLAN from the peer is dropped.
-    Required,
-}
+pub use kangaroo_control::config::Encryption;
 
 /// This host's static key pair.
 pub struct KeyPair {

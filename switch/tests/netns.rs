@@ -210,7 +210,7 @@ fn switches_real_traffic(mode: &str) {
         fdb.contains("02:00:00:00:00:01"),
         "vm1's MAC is learned: {fdb}"
     );
-    let req = kangaroo_switch::control::request;
+    let req = kangaroo_control::client::request;
     let (st, _) = req(
         &socket,
         "POST",

@@ -337,7 +337,7 @@ fn overlay_in(mode: &str) {
     let (bad, out) = ctl(&dir_a, &["add-peer", "not-an-address"]);
     assert!(!bad && out.contains("400"), "{out}");
     let socket_a = dir_a.0.join("switch.sock");
-    let (st, _) = kangaroo_switch::control::request(
+    let (st, _) = kangaroo_control::client::request(
         &socket_a,
         "POST",
         "/v1/fdb",
@@ -345,7 +345,7 @@ fn overlay_in(mode: &str) {
     )
     .unwrap();
     assert_eq!(st, 204, "a static entry behind a peer");
-    let (st, body) = kangaroo_switch::control::request(
+    let (st, body) = kangaroo_control::client::request(
         &socket_a,
         "POST",
         "/v1/fdb",

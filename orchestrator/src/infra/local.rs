@@ -19,11 +19,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::switchctl::request;
 use super::sys;
 use super::{short_hash, HostRef, InfraError, MigrationStats, Result, VmDriver, VmSpec, VmStatus};
+use kangaroo_control::api::{FdbRequest, PeerRequest, PortRequest};
+use kangaroo_control::client::Client;
+use kangaroo_control::config::{
+    self, MemberSection, RendezvousFile, SecureSection, SwitchFile, UplinkSection,
+};
+use kangaroo_control::Mode;
 
 /// Settings of the local provider.
 #[derive(Debug, Clone)]
@@ -35,7 +40,7 @@ pub struct LocalConfig {
     /// The `kangaroo-switch` binary.
     pub switch_bin: PathBuf,
     /// The switches' datapath mode (`tc`, `xdp`, `afxdp`, `packet`).
-    pub switch_mode: String,
+    pub switch_mode: Mode,
     /// Which tunnels between hosts are encrypted.
     pub secure: SecurePolicy,
 }
@@ -364,7 +369,7 @@ impl LocalCloud {
     /// Whether the switch of `host` is running and answering.
     pub fn switch_alive(&self, host: &HostRef) -> bool {
         sys::live_pid(&host.dir.join("switch.pid")).is_some()
-            && request(&Self::socket(host), "GET", "/v1/stats", None).is_ok()
+            && Client::new(Self::socket(host)).get("/v1/stats").is_ok()
     }
 
     /// Starts the switch of `host` unless it is running (a restarted switch gets its ports,
@@ -381,14 +386,17 @@ impl LocalCloud {
         let socket = Self::socket(host);
         let _ = std::fs::remove_file(&socket);
         let config = host.dir.join("switch.toml");
-        let mut text = format!(
-            "# Written by kangaroo for host {name}.\nmode = {mode:?}\ncontrol_socket = {sock:?}\n\n[uplink]\ninterface = \"ul0\"\naddress = \"{addr}\"\nmtu = {mtu}\n",
-            name = host.name,
-            mode = self.cfg.switch_mode,
-            sock = socket.display().to_string(),
-            addr = host.underlay,
-            mtu = UNDERLAY_MTU,
-        );
+        let mut file = SwitchFile {
+            mode: Some(self.cfg.switch_mode),
+            control_socket: Some(socket.clone()),
+            uplink: Some(UplinkSection {
+                interface: "ul0".to_owned(),
+                address: host.underlay.to_string(),
+                udp_port: None,
+                mtu: Some(UNDERLAY_MTU as usize),
+            }),
+            ..SwitchFile::default()
+        };
         let secure = self.cfg.secure != SecurePolicy::Off;
         if secure {
             // The host's key pair is kept in its directory, so a restarted switch has the key
@@ -399,11 +407,16 @@ impl LocalCloud {
             } else {
                 self.ensure_rendezvous()?
             };
-            text.push_str(&format!(
-                "\n[secure]\nkey_file = {:?}\nrendezvous = \"{RENDEZVOUS}\"\nrendezvous_key = {rendezvous_key:?}\n",
-                host.dir.join("switch.key").display().to_string()
-            ));
+            file.secure = Some(SecureSection {
+                key_file: Some(host.dir.join("switch.key")),
+                rendezvous: Some(RENDEZVOUS.to_string()),
+                rendezvous_key: Some(rendezvous_key),
+                ..SecureSection::default()
+            });
         }
+        let text = file
+            .to_toml(&format!("Written by kangaroo for host {}.", host.name))
+            .map_err(|e| InfraError::new(format!("writing {}", config.display()), e))?;
         std::fs::write(&config, text)
             .map_err(|e| InfraError::new(format!("writing {}", config.display()), e))?;
         let bin = self.cfg.switch_bin.display().to_string();
@@ -465,20 +478,24 @@ impl LocalCloud {
     }
 
     /// The rendezvous' configuration for `members` (VTEP address, public key).
-    fn rendezvous_config(&self, members: &[(Ipv4Addr, String)]) -> String {
-        let mut t = format!(
-            "# Written by kangaroo: the local cloud's rendezvous.\nlisten = \"{RENDEZVOUS}\"\nkey_file = {:?}\nrelay = true\n",
-            self.rendezvous_dir()
-                .join("rendezvous.key")
-                .display()
-                .to_string()
-        );
-        for (vtep, key) in members {
-            t.push_str(&format!(
-                "\n[[member]]\nvtep = \"{vtep}\"\npublic_key = {key:?}\n"
-            ));
+    ///
+    /// # Errors
+    /// The file cannot be written as TOML.
+    fn rendezvous_config(&self, members: &[(Ipv4Addr, String)]) -> Result<String> {
+        RendezvousFile {
+            listen: RENDEZVOUS.to_string(),
+            key_file: self.rendezvous_dir().join("rendezvous.key"),
+            relay: Some(true),
+            member: members
+                .iter()
+                .map(|(vtep, key)| MemberSection {
+                    vtep: vtep.to_string(),
+                    public_key: key.clone(),
+                })
+                .collect(),
         }
-        t
+        .to_toml("Written by kangaroo: the local cloud's rendezvous.")
+        .map_err(|e| InfraError::new("writing the rendezvous' configuration", e))
     }
 
     /// Whether the rendezvous is running.
@@ -502,7 +519,7 @@ impl LocalCloud {
             .map_err(|e| InfraError::new(format!("creating {}", dir.display()), e))?;
         let config = dir.join("rendezvous.toml");
         if !config.exists() {
-            write_atomically(&config, &self.rendezvous_config(&[]))?;
+            write_atomically(&config, &self.rendezvous_config(&[])?)?;
         }
         let bin = self.cfg.switch_bin.display().to_string();
         let cfg_path = config.display().to_string();
@@ -604,7 +621,8 @@ impl LocalCloud {
         keep: &std::collections::BTreeSet<(u32, String)>,
     ) -> Result<()> {
         let socket = Self::socket(host);
-        let have: BTreeMap<(u32, String), FdbDest> = request(&socket, "GET", "/v1/fdb", None)?
+        let have: BTreeMap<(u32, String), FdbDest> = Client::new(&socket)
+            .get("/v1/fdb")?
             .as_array()
             .map(|a| {
                 a.iter()
@@ -625,12 +643,18 @@ impl LocalCloud {
             .unwrap_or_default();
         let mut first = None;
         for (k, d) in want.iter().filter(|(k, d)| have.get(*k) != Some(*d)) {
-            let _ = request(&socket, "DELETE", &format!("/v1/fdb/{}/{}", k.0, k.1), None);
-            let body = match d {
-                FdbDest::Port(i) => json!({ "vni": k.0, "mac": k.1, "interface": i }),
-                FdbDest::Vtep(v) => json!({ "vni": k.0, "mac": k.1, "vtep": v.to_string() }),
+            let _ = Client::new(&socket).delete(&format!("/v1/fdb/{}/{}", k.0, k.1));
+            let (interface, vtep) = match d {
+                FdbDest::Port(i) => (Some(i.clone()), None),
+                FdbDest::Vtep(v) => (None, Some(v.to_string())),
             };
-            if let Err(e) = request(&socket, "POST", "/v1/fdb", Some(&body)) {
+            let body = FdbRequest {
+                vni: k.0,
+                mac: k.1.clone(),
+                interface,
+                vtep,
+            };
+            if let Err(e) = Client::new(&socket).post("/v1/fdb", &body) {
                 first.get_or_insert(e);
             }
         }
@@ -638,32 +662,23 @@ impl LocalCloud {
             .keys()
             .filter(|k| !want.contains_key(*k) && !keep.contains(*k))
         {
-            if let Err(e) = request(&socket, "DELETE", &format!("/v1/fdb/{}/{}", k.0, k.1), None) {
+            if let Err(e) = Client::new(&socket).delete(&format!("/v1/fdb/{}/{}", k.0, k.1)) {
                 first.get_or_insert(e);
             }
         }
-        first.map_or(Ok(()), Err)
+        first.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// The rendezvous' members now (VTEP address, public key), from its file.
     pub fn rendezvous_members(&self) -> Vec<(Ipv4Addr, String)> {
-        #[derive(serde::Deserialize)]
-        struct File {
-            #[serde(default)]
-            member: Vec<Member>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Member {
-            vtep: Ipv4Addr,
-            public_key: String,
-        }
-        std::fs::read_to_string(self.rendezvous_dir().join("rendezvous.toml"))
+        let path = self.rendezvous_dir().join("rendezvous.toml");
+        std::fs::read_to_string(&path)
             .ok()
-            .and_then(|t| toml::from_str::<File>(&t).ok())
+            .and_then(|t| config::parse::<RendezvousFile>(&path.display().to_string(), &t).ok())
             .map(|f| {
                 f.member
                     .into_iter()
-                    .map(|m| (m.vtep, m.public_key))
+                    .filter_map(|m| Some((m.vtep.parse().ok()?, m.public_key)))
                     .collect()
             })
             .unwrap_or_default()
@@ -690,7 +705,7 @@ impl LocalCloud {
         let config = dir.join("rendezvous.toml");
         let mut members = members.to_vec();
         members.sort();
-        let text = self.rendezvous_config(&members);
+        let text = self.rendezvous_config(&members)?;
         if std::fs::read_to_string(&config).ok().as_deref() == Some(text.as_str()) {
             return Ok(());
         }
@@ -714,10 +729,10 @@ impl LocalCloud {
 
     /// `GET /v1/secure` of `host`'s switch (`None` when it has no secure tunnels).
     fn secure_status(&self, host: &HostRef) -> Result<Option<Value>> {
-        match request(&Self::socket(host), "GET", "/v1/secure", None) {
+        match Client::new(Self::socket(host)).get("/v1/secure") {
             Ok(v) => Ok(Some(v)),
-            Err(e) if e.cause.starts_with("404") => Ok(None),
-            Err(e) => Err(e),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -741,7 +756,7 @@ impl LocalCloud {
     /// # Errors
     /// The control request that failed.
     pub fn peer_status(&self, host: &HostRef) -> Result<Vec<Value>> {
-        let v = request(&Self::socket(host), "GET", "/v1/peers", None)?;
+        let v = Client::new(Self::socket(host)).get("/v1/peers")?;
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 
@@ -775,15 +790,19 @@ impl LocalCloud {
         let socket = Self::socket(host);
         let have = self.peers(host)?;
         for p in have.iter().filter(|p| !peers.contains(p)) {
-            request(&socket, "DELETE", &format!("/v1/peers/{}", p.address), None)?;
+            Client::new(&socket).delete(&format!("/v1/peers/{}", p.address))?;
         }
         for p in peers.iter().filter(|p| !have.contains(p)) {
-            let body = match &p.public_key {
-                Some(k) => json!({ "address": p.address.to_string(), "public_key": k,
-                                   "encryption": "required" }),
-                None => json!({ "address": p.address.to_string() }),
+            let body = PeerRequest {
+                address: p.address.to_string(),
+                public_key: p.public_key.clone(),
+                encryption: p
+                    .public_key
+                    .as_ref()
+                    .map(|_| kangaroo_control::config::Encryption::Required),
+                ..PeerRequest::default()
             };
-            request(&socket, "POST", "/v1/peers", Some(&body))?;
+            Client::new(&socket).post("/v1/peers", &body)?;
         }
         Ok(())
     }
@@ -795,22 +814,20 @@ impl LocalCloud {
     /// The control request that failed.
     pub fn attach(&self, host: &HostRef, interface: &str, vm: &VmSpec) -> Result<()> {
         let socket = Self::socket(host);
-        let ports = request(&socket, "GET", "/v1/ports", None)?;
+        let ports = Client::new(&socket).get("/v1/ports")?;
         let present = ports.as_array().is_some_and(|a| {
             a.iter()
                 .any(|p| p.get("interface").and_then(Value::as_str) == Some(interface))
         });
         if !present {
-            request(
-                &socket,
-                "POST",
+            Client::new(&socket).post(
                 "/v1/ports",
-                Some(&json!({
-                    "interface": interface,
-                    "vni": vm.vni,
-                    "mac": vm.mac,
-                    "ips": [vm.ip.to_string()],
-                })),
+                &PortRequest {
+                    interface: interface.to_owned(),
+                    vni: vm.vni,
+                    mac: Some(vm.mac.clone()),
+                    ips: vec![vm.ip.to_string()],
+                },
             )?;
         }
         Ok(())
@@ -825,10 +842,10 @@ impl LocalCloud {
         if !socket.exists() {
             return Ok(());
         }
-        match request(&socket, "DELETE", &format!("/v1/ports/{interface}"), None) {
+        match Client::new(&socket).delete(&format!("/v1/ports/{interface}")) {
             Ok(_) => Ok(()),
-            Err(e) if e.cause.starts_with("404") => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -846,34 +863,26 @@ impl LocalCloud {
     ) -> Result<()> {
         let mut first = None;
         for h in hosts {
-            let body = if h.name == at.name {
-                json!({ "vni": vm.vni, "mac": vm.mac, "interface": interface })
-            } else {
-                json!({ "vni": vm.vni, "mac": vm.mac, "vtep": at.underlay.to_string() })
+            let here = h.name == at.name;
+            let body = FdbRequest {
+                vni: vm.vni,
+                mac: vm.mac.clone(),
+                interface: here.then(|| interface.to_owned()),
+                vtep: (!here).then(|| at.underlay.to_string()),
             };
             let socket = Self::socket(h);
-            let _ = request(
-                &socket,
-                "DELETE",
-                &format!("/v1/fdb/{}/{}", vm.vni, vm.mac),
-                None,
-            );
-            if let Err(e) = request(&socket, "POST", "/v1/fdb", Some(&body)) {
+            let _ = Client::new(&socket).delete(&format!("/v1/fdb/{}/{}", vm.vni, vm.mac));
+            if let Err(e) = Client::new(&socket).post("/v1/fdb", &body) {
                 first.get_or_insert(e);
             }
         }
-        first.map_or(Ok(()), Err)
+        first.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Forgets `vm` on every switch in `hosts`.
     pub fn unpublish(&self, hosts: &[HostRef], vm: &VmSpec) {
         for h in hosts {
-            let _ = request(
-                &Self::socket(h),
-                "DELETE",
-                &format!("/v1/fdb/{}/{}", vm.vni, vm.mac),
-                None,
-            );
+            let _ = Client::new(Self::socket(h)).delete(&format!("/v1/fdb/{}/{}", vm.vni, vm.mac));
         }
     }
 
@@ -1054,7 +1063,7 @@ mod tests {
                 prefix: p.to_owned(),
                 state_dir: std::env::temp_dir(),
                 switch_bin: PathBuf::from("kangaroo-switch"),
-                switch_mode: "packet".into(),
+                switch_mode: Mode::Packet,
                 secure: SecurePolicy::default(),
             });
             assert!(r.is_err(), "{p:?}");

@@ -11,7 +11,6 @@ pub mod netns_vm;
 pub mod qemu;
 pub mod qmp;
 pub mod realize;
-pub mod switchctl;
 pub mod sys;
 
 use std::net::Ipv4Addr;
@@ -34,6 +33,20 @@ impl InfraError {
             step: step.into(),
             cause: cause.to_string(),
         }
+    }
+}
+
+impl From<kangaroo_control::client::ClientError> for InfraError {
+    fn from(e: kangaroo_control::client::ClientError) -> InfraError {
+        // The client's error names the request and the socket; its causes follow.
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause.push_str(": ");
+            cause.push_str(&s.to_string());
+            source = s.source();
+        }
+        InfraError::new("the switch's control API", cause)
     }
 }
 
