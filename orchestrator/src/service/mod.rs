@@ -291,3 +291,6 @@ fn task_word(t: Task) -> &'static str {
 fn log_progress(line: &str) {
     eprintln!("kangaroo: {line}");
 }
+
+#[cfg(test)]
+mod tests;
