@@ -8,6 +8,7 @@
 //! ports and peers.
 
 pub mod gen;
+pub mod measure;
 pub mod net;
 pub mod packing;
 pub mod pingpong;

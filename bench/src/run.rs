@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::gen::{Choice, Generator};
-use crate::net::{ns_sh, Contender, Tools, Topology, VM1, VM2};
+use crate::gen::Generator;
+use crate::measure::{bounded, frames, generator_of, median, rr, spawn_in};
+use crate::net::{Contender, Tools, Topology, VM2};
 
 /// A workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -114,7 +115,7 @@ pub struct Sample {
     /// Repetition (from 0).
     pub rep: usize,
     /// The main figure (`NaN`, written as `null`, for a failed measurement).
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(deserialize_with = "crate::measure::nan_if_null")]
     pub value: f64,
     /// Its unit.
     pub unit: String,
@@ -124,11 +125,6 @@ pub struct Sample {
     /// different generators are different measurements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator: Option<Generator>,
-}
-
-/// The generator a measurement's `extra` names (`extra.generator`).
-pub(crate) fn generator_of(extra: &Value) -> Option<Generator> {
-    Generator::parse(extra.get("generator")?.as_str()?).ok()
 }
 
 /// Median, min and max of one (workload, contender, generator).
@@ -186,14 +182,6 @@ pub struct Results {
     pub sweep_summary: Vec<crate::sweep::SweepSummary>,
 }
 
-/// Reads a figure that JSON holds as `null` when it was `NaN` (a failed measurement).
-///
-/// # Errors
-/// Neither a number nor `null`.
-pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
 /// The schema name written in `results.json`.
 pub const SCHEMA: &str = "kangaroo-bench/1";
 
@@ -229,17 +217,6 @@ fn machine() -> Value {
         "git_revision": git,
         "started_unix": started,
     })
-}
-
-/// The median of `v` (sorted in place); NaN when empty.
-pub(crate) fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Medians, extremes and ratios of `samples`, per (workload, contender, generator): a ratio
@@ -360,7 +337,18 @@ pub fn run(opts: &Options, tools: &Tools, stop: &Arc<AtomicBool>) -> anyhow::Res
     let mut sweeps = Vec::new();
     if !interrupted && !opts.sweeps.is_empty() {
         for &mode in &opts.sweep_modes {
-            if !crate::sweep::run(&opts.sweeps, mode, opts, tools, stop, &mut sweeps)? {
+            if !crate::sweep::run(
+                &opts.sweeps,
+                mode,
+                &crate::sweep::Settings {
+                    reps: opts.sweep_reps,
+                    seconds: opts.seconds,
+                    round_trips: opts.round_trips,
+                },
+                tools,
+                stop,
+                &mut sweeps,
+            )? {
                 interrupted = true;
                 break;
             }
@@ -403,74 +391,6 @@ fn measure(
     }
 }
 
-/// Runs `args` in namespace `ns` and returns its output, killing it when `limit` passes or
-/// `stop` is set (so Ctrl-C ends a measurement at once).
-pub(crate) fn bounded(
-    t: &Topology,
-    ns: &str,
-    args: &[&str],
-    limit: Duration,
-    stop: &AtomicBool,
-) -> anyhow::Result<String> {
-    let out_path = t.dir().join("cmd.out");
-    let err_path = t.dir().join("cmd.err");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path)?)
-        .stderr(std::fs::File::create(&err_path)?)
-        .spawn()
-        .with_context(|| args.join(" "))?;
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            if stop.load(Ordering::Relaxed) {
-                bail!("interrupted");
-            }
-            bail!("{} did not finish in {:?}", args.join(" "), limit);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-    if !status.success() {
-        bail!(
-            "{}: {status}: {}",
-            args.join(" "),
-            std::fs::read_to_string(&err_path)
-                .unwrap_or_default()
-                .trim()
-        );
-    }
-    Ok(out)
-}
-
-/// A child process killed when dropped.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_in(ns: &str, args: &[&str]) -> anyhow::Result<Guard> {
-    let c = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| args.join(" "))?;
-    Ok(Guard(c))
-}
-
 fn tcp(t: &Topology, streams: u32, secs: f64, stop: &AtomicBool) -> anyhow::Result<(f64, Value)> {
     let port = "5299";
     let _server = spawn_in(&t.vm2, &["iperf3", "-s", "-1", "-p", port])?;
@@ -510,174 +430,6 @@ fn tcp(t: &Topology, streams: u32, secs: f64, stop: &AtomicBool) -> anyhow::Resu
         bps / 1e9,
         json!({ "retransmits": retr, "streams": streams }),
     ))
-}
-
-pub(crate) fn rr(
-    t: &Topology,
-    count: u32,
-    tools: &Tools,
-    stop: &AtomicBool,
-) -> anyhow::Result<(f64, Value)> {
-    let bench = tools.bench.display().to_string();
-    let listen = format!("{}:7301", VM2.1);
-    let _server = spawn_in(
-        &t.vm2,
-        &[
-            &bench,
-            "pingpong",
-            "serve",
-            "--listen",
-            &listen,
-            "--seconds",
-            "60",
-        ],
-    )?;
-    std::thread::sleep(Duration::from_millis(200));
-    let count_s = count.to_string();
-    let out = bounded(
-        t,
-        &t.vm1,
-        &[
-            &bench, "pingpong", "client", "--to", &listen, "--count", &count_s,
-        ],
-        Duration::from_secs(120),
-        stop,
-    )?;
-    let v: Value = serde_json::from_str(&out).context("pingpong output")?;
-    let p50 = v.get("p50_us").and_then(Value::as_f64).context("no p50")?;
-    Ok((p50, v))
-}
-
-/// Frames the XDP programs on `dev` in `ns` dropped (the sink's count).
-pub(crate) fn xdp_drops(ns: &str, dev: &str) -> anyhow::Result<u64> {
-    let out = ns_sh(ns, &["ethtool", "-S", dev])?;
-    Ok(out
-        .lines()
-        .filter(|l| l.contains("xdp_drops"))
-        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
-        .sum())
-}
-
-/// Frames `dev` in `ns` received (its `rx_packets`).
-pub(crate) fn rx_packets(ns: &str, dev: &str) -> anyhow::Result<u64> {
-    let out = ns_sh(
-        ns,
-        &[
-            "cat",
-            &format!("/sys/class/net/{dev}/statistics/rx_packets"),
-        ],
-    )?;
-    out.trim()
-        .parse()
-        .with_context(|| format!("rx_packets of {dev}: {out:?}"))
-}
-
-pub(crate) fn frames(
-    t: &Topology,
-    secs: f64,
-    tools: &Tools,
-    stop: &AtomicBool,
-) -> anyhow::Result<(f64, Value)> {
-    // VM2 counts and drops in XDP, so its own stack does not bound the figure; frames
-    // forwarded into it past its XDP hook (mode "tc") are dropped at tc ingress and counted by
-    // the interface.
-    crate::sweep::sink_attach(&t.vm2, "eth0", tools)?;
-    if t.peer_fed {
-        crate::sweep::tc_sink_attach(&t.vm2, "eth0", tools)?;
-    }
-    let count = |t: &Topology| {
-        if t.peer_fed {
-            rx_packets(&t.vm2, "eth0")
-        } else {
-            xdp_drops(&t.vm2, "eth0")
-        }
-    };
-    let result = (|| {
-        let before = count(t)?;
-        let flood = flood_from_vm1(t, tools, stop, VM2, secs, &[])?;
-        std::thread::sleep(Duration::from_millis(200));
-        let after = count(t)?;
-        let got = after.saturating_sub(before);
-        // The VMs' own few frames (ARP, neighbour discovery) can make `got` exceed `sent`.
-        let loss = (1.0 - got as f64 / flood.sent.max(1) as f64).max(0.0);
-        Ok((
-            got as f64 / flood.seconds / 1e6,
-            json!({
-                "received": got,
-                "sent": flood.sent,
-                "loss": loss,
-                "generator": flood.generator,
-                "generator_pps": flood.pps,
-            }),
-        ))
-    })();
-    crate::sweep::sink_detach(&t.vm2, "eth0");
-    result
-}
-
-/// What one `kangaroo-bench flood` reported.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct FloodReport {
-    /// Frames sent.
-    pub sent: u64,
-    /// Seconds spent sending.
-    pub seconds: f64,
-    /// Frames per second sent.
-    pub pps: f64,
-    /// The generator that sent them.
-    pub generator: Generator,
-}
-
-/// Runs `kangaroo-bench flood` in VM 1 (from VM 1's addresses) to `(dst_mac, dst_ip)` for
-/// `secs` seconds with `extra` arguments, bounded by `secs + 20` s. The first flood of a run
-/// picks the generator ([`Tools::generator`]); every later one uses the same, so the figures of
-/// one run come from one generator.
-///
-/// # Errors
-/// The generator failed or did not finish in time, or `stop` was set.
-pub(crate) fn flood_from_vm1(
-    t: &Topology,
-    tools: &Tools,
-    stop: &AtomicBool,
-    (dst_mac, dst_ip): (&str, &str),
-    secs: f64,
-    extra: &[&str],
-) -> anyhow::Result<FloodReport> {
-    let bench = tools.bench.display().to_string();
-    let secs_s = format!("{secs}");
-    let choice = tools
-        .generator_used
-        .get()
-        .map_or(tools.generator, |g| Choice::Only(*g));
-    let mut args = vec![
-        bench.as_str(),
-        "flood",
-        "eth0",
-        "--src-mac",
-        VM1.0,
-        "--dst-mac",
-        dst_mac,
-        "--src-ip",
-        VM1.1,
-        "--dst-ip",
-        dst_ip,
-        "--seconds",
-        &secs_s,
-        "--generator",
-        choice.name(),
-    ];
-    args.extend_from_slice(extra);
-    let out = bounded(t, &t.vm1, &args, Duration::from_secs_f64(secs + 20.0), stop)?;
-    let report: FloodReport = serde_json::from_str(out.trim())
-        .with_context(|| format!("kangaroo-bench flood printed {out:?}"))?;
-    // `--sources` floods always use AF_PACKET: they do not choose the run's generator.
-    if !extra.contains(&"--sources") && tools.generator_used.set(report.generator).is_ok() {
-        eprintln!(
-            "kangaroo-bench: frames are sent by the {} generator in this run",
-            report.generator
-        );
-    }
-    Ok(report)
 }
 
 /// Writes `results.json`, `report.md` and the charts into `dir`.
@@ -1031,14 +783,6 @@ pub fn compare(a: &Path, b: &Path) -> anyhow::Result<String> {
 
 fn generator_name(g: Option<Generator>) -> &'static str {
     g.map_or("(none recorded)", Generator::name)
-}
-
-/// Waits for `secs` unless `stop` is set.
-pub fn sleep_unless(stop: &AtomicBool, secs: f64) {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[cfg(test)]

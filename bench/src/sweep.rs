@@ -17,7 +17,7 @@ use crate::net::{configure_vm, host_end, ns_sh, sh, Mode, Tools, Topology, VM1, 
 /// the switch's default limits would (rightly) cut.
 const STORM_OFF: &str = "[storm]\nbum_per_sec = 0\nnew_macs_per_sec = 0\n";
 use crate::gen::Generator;
-use crate::run::{self, Options};
+use crate::measure::{self, sink_attach, sink_detach};
 
 /// What a sweep varies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,6 +101,17 @@ impl SweepKind {
     }
 }
 
+/// How long and how often each point is measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Repetitions of every point.
+    pub reps: usize,
+    /// Seconds per frame-rate figure.
+    pub seconds: f64,
+    /// Round trips per latency figure.
+    pub round_trips: u32,
+}
+
 /// One sweep to run.
 #[derive(Debug, Clone)]
 pub struct SweepSpec {
@@ -124,7 +135,7 @@ pub struct SweepSample {
     /// Figure name (`frames-64`, `bum-64`, `udp-rr`).
     pub figure: String,
     /// The figure (`NaN`, written as `null`, for a failed measurement).
-    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    #[serde(deserialize_with = "crate::measure::nan_if_null")]
     pub value: f64,
     /// Its unit.
     pub unit: String,
@@ -201,7 +212,7 @@ pub fn summarize(samples: &[SweepSample]) -> Vec<SweepSummary> {
             .find(|s| s.sweep == sweep && s.figure == figure)
             .map(|s| s.unit.clone())
             .unwrap_or_default();
-        let median = run::median(&mut v);
+        let median = measure::median(&mut v);
         // Groups come in ascending x per (sweep, mode, figure, generator): the first one seen
         // is the base.
         let first = out
@@ -230,7 +241,7 @@ pub fn summarize(samples: &[SweepSample]) -> Vec<SweepSummary> {
     out
 }
 
-/// Runs every sweep of `specs` in `mode`, `opts.sweep_reps` times with the points alternating; appends to
+/// Runs every sweep of `specs` in `mode`, `opts.reps` times with the points alternating; appends to
 /// `samples`. Returns false if `stop` cut it short.
 ///
 /// # Errors
@@ -238,7 +249,7 @@ pub fn summarize(samples: &[SweepSample]) -> Vec<SweepSummary> {
 pub fn run(
     specs: &[SweepSpec],
     mode: Mode,
-    opts: &Options,
+    opts: &Settings,
     tools: &Tools,
     stop: &AtomicBool,
     samples: &mut Vec<SweepSample>,
@@ -246,7 +257,7 @@ pub fn run(
     // The run's prefix, as for the contenders, so one prefix finds everything a run made.
     let base = format!("kb{:x}-s", std::process::id());
     let mut n = 0;
-    for rep in 0..opts.sweep_reps {
+    for rep in 0..opts.reps {
         for spec in specs {
             for &x in &spec.points {
                 if stop.load(Ordering::Relaxed) {
@@ -257,7 +268,7 @@ pub fn run(
                 eprintln!(
                     "kangaroo-bench: rep {}/{} sweep {} ({}) at {x}",
                     rep + 1,
-                    opts.sweep_reps,
+                    opts.reps,
                     spec.kind.name(),
                     mode.as_str()
                 );
@@ -279,11 +290,11 @@ pub fn run(
                         return Ok(false);
                     }
                     let r = if figure == "udp-rr" {
-                        run::rr(&topo, opts.round_trips, tools, stop)
+                        measure::rr(&topo, opts.round_trips, tools, stop)
                     } else if spec.kind == SweepKind::Peers {
                         bum(&topo, x, opts.seconds, tools, stop)
                     } else {
-                        run::frames(&topo, opts.seconds, tools, stop)
+                        measure::frames(&topo, opts.seconds, tools, stop)
                     };
                     let (value, mut extra) = match r {
                         Ok(v) => v,
@@ -302,7 +313,7 @@ pub fn run(
                         figure: figure.to_owned(),
                         value,
                         unit: unit.to_owned(),
-                        generator: run::generator_of(&extra),
+                        generator: measure::generator_of(&extra),
                         extra,
                     });
                 }
@@ -529,11 +540,11 @@ impl Point {
             let mut passes = 0;
             while have < want && passes < 8 {
                 passes += 1;
-                run::flood_from_vm1(t, tools, stop, VM2, 30.0, &["--sources", &sources])?;
+                measure::flood_from_vm1(t, tools, stop, VM2, 30.0, &["--sources", &sources])?;
                 // The switch drains its queues (bounded).
                 let deadline = Instant::now() + Duration::from_secs(5);
                 loop {
-                    run::sleep_unless(stop, 0.3);
+                    measure::sleep_unless(stop, 0.3);
                     let now = entries()?;
                     if now == have || now >= want || Instant::now() > deadline {
                         have = now;
@@ -554,68 +565,6 @@ impl Point {
     }
 }
 
-/// Attaches the counting XDP sink (`kangaroo_sink`) to `dev` in `ns`.
-///
-/// # Errors
-/// `ip link set … xdpdrv` failed.
-pub fn sink_attach(ns: &str, dev: &str, tools: &Tools) -> anyhow::Result<()> {
-    let obj = tools.xdp_object.display().to_string();
-    ns_sh(
-        ns,
-        &[
-            "ip",
-            "link",
-            "set",
-            "dev",
-            dev,
-            "xdpdrv",
-            "obj",
-            &obj,
-            "sec",
-            "xdp",
-            "program",
-            "kangaroo_sink",
-        ],
-    )?;
-    Ok(())
-}
-
-/// Attaches the tc sink (`kangaroo_tc_sink`, drops every frame at clsact ingress) to `dev` in
-/// `ns`; it goes with the interface.
-///
-/// # Errors
-/// `tc` failed.
-pub fn tc_sink_attach(ns: &str, dev: &str, tools: &Tools) -> anyhow::Result<()> {
-    let obj = tools.xdp_object.display().to_string();
-    ns_sh(ns, &["tc", "qdisc", "replace", "dev", dev, "clsact"])?;
-    ns_sh(
-        ns,
-        &[
-            "tc",
-            "filter",
-            "replace",
-            "dev",
-            dev,
-            "ingress",
-            "pref",
-            "1",
-            "bpf",
-            "da",
-            "obj",
-            &obj,
-            "sec",
-            "classifier/sink",
-        ],
-    )?;
-    Ok(())
-}
-
-/// Removes the XDP sink from `dev` in `ns` (best effort: the namespace may be gone).
-pub fn sink_detach(ns: &str, dev: &str) {
-    let _ = ns_sh(ns, &["ip", "link", "set", "dev", dev, "xdpdrv", "off"]);
-    let _ = ns_sh(ns, &["tc", "qdisc", "del", "dev", dev, "clsact"]);
-}
-
 /// Broadcast 64-byte frames from VM 1 for `secs`: the copies VM 2 (behind host B) receives per
 /// second, and every copy on the underlay (VM 2's and the sink's for the other peers).
 fn bum(
@@ -629,10 +578,10 @@ fn bum(
     sink_attach(&t.vm2, "eth0", tools)?;
     let result = (|| {
         let before = (
-            run::xdp_drops(&t.vm2, "eth0")?,
-            run::xdp_drops(&sink, "ul0")?,
+            measure::xdp_drops(&t.vm2, "eth0")?,
+            measure::xdp_drops(&sink, "ul0")?,
         );
-        let flood = run::flood_from_vm1(
+        let flood = measure::flood_from_vm1(
             t,
             tools,
             stop,
@@ -642,8 +591,8 @@ fn bum(
         )?;
         std::thread::sleep(Duration::from_millis(300));
         let after = (
-            run::xdp_drops(&t.vm2, "eth0")?,
-            run::xdp_drops(&sink, "ul0")?,
+            measure::xdp_drops(&t.vm2, "eth0")?,
+            measure::xdp_drops(&sink, "ul0")?,
         );
         let at_b = after.0.saturating_sub(before.0);
         let elsewhere = after.1.saturating_sub(before.1);

@@ -660,7 +660,7 @@ async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), a.token.as_bytes()));
+        .is_some_and(|t| crate::token::constant_time_eq(t.as_bytes(), a.token.as_bytes()));
     if ok {
         next.run(req).await
     } else {
@@ -672,9 +672,4 @@ async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {
         )
         .into_response()
     }
-}
-
-/// Compares secrets in time independent of where they differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod catalog;
+pub mod driver;
 pub mod infra;
 pub mod model;
 pub mod openstack;
@@ -14,4 +15,6 @@ pub mod packing;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod sys;
+pub mod token;
 pub mod workload;

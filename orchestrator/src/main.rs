@@ -384,7 +384,7 @@ impl Client {
                     .data_dir
                     .clone()
                     .unwrap_or_else(server::default_data_dir);
-                let p = dir.join(server::TOKEN_FILE);
+                let p = dir.join(kangaroo_orchestrator::token::TOKEN_FILE);
                 std::fs::read_to_string(&p)
                     .with_context(|| format!("reading the API token from {} (is `kangaroo serve` using this data directory? or pass --token)", p.display()))?
                     .trim()

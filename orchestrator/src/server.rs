@@ -1,24 +1,20 @@
 //! `kangaroo serve`: the data directory (state database, API token), and the HTTP server.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::driver::netns::NetnsDriver;
+use crate::driver::qemu::{QemuConfig, QemuDriver};
+use crate::driver::VmDriver;
 use crate::infra::local::{LocalCloud, LocalConfig};
-use crate::infra::netns_vm::NetnsDriver;
-use crate::infra::qemu::{QemuConfig, QemuDriver};
 use crate::infra::realize::{AgentLaunch, Drive, Realizer};
-use crate::infra::VmDriver;
 use crate::packing::PackOptions;
 use crate::service::Service;
 use crate::store::etcd::{EtcdStore, EtcdUrl};
 use crate::store::{RedbStore, Store};
-
-/// Name of the token file in the data directory.
-pub const TOKEN_FILE: &str = "token";
 
 /// The default data directory: `$XDG_STATE_HOME/kangaroo`, else `/var/lib/kangaroo` for root,
 /// else `~/.local/state/kangaroo`.
@@ -35,50 +31,6 @@ pub fn default_data_dir() -> PathBuf {
         || PathBuf::from(".kangaroo"),
         |h| PathBuf::from(h).join(".local/state/kangaroo"),
     )
-}
-
-/// Reads the API token from `dir`, creating one (mode 0600) if there is none.
-///
-/// # Errors
-/// If the directory or file cannot be created or read.
-pub fn token(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-    let t = new_token();
-    write_token(dir, &t)?;
-    Ok(t)
-}
-
-fn new_token() -> String {
-    (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
-}
-
-/// Writes `t` as the token file in `dir` (mode 0600, replaced atomically).
-fn write_token(dir: &Path, t: &str) -> anyhow::Result<()> {
-    let path = dir.join(TOKEN_FILE);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!("{TOKEN_FILE}.tmp.{}", std::process::id()));
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(t.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 /// Where the state lives.
@@ -176,7 +128,7 @@ impl Default for LocalSettings {
         LocalSettings {
             driver: "netns".to_owned(),
             switch_mode: kangaroo_control::mode::DEFAULT_MODE,
-            guest_image: crate::infra::qemu::QemuConfig::default().image_dir,
+            guest_image: crate::driver::qemu::QemuConfig::default().image_dir,
             reconcile_secs: 10,
             secure: crate::infra::local::SecurePolicy::default(),
         }
@@ -188,7 +140,7 @@ pub fn local_prefix(data_dir: &Path) -> String {
     let abs = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     format!(
         "k{:07x}",
-        crate::infra::short_hash(&abs.display().to_string()) & 0x0fff_ffff
+        crate::sys::short_hash(&abs.display().to_string()) & 0x0fff_ffff
     )
 }
 
@@ -347,13 +299,15 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         // Every controller on one etcd accepts the same token; the first one made it.
         Some(e) => {
             let e = e.clone();
-            let t = tokio::task::spawn_blocking(move || e.shared_value("token", new_token))
-                .await
-                .context("reading the token from etcd")??;
-            write_token(&cfg.data_dir, &t)?;
+            let t = tokio::task::spawn_blocking(move || {
+                e.shared_value("token", crate::token::generate)
+            })
+            .await
+            .context("reading the token from etcd")??;
+            crate::token::write(&cfg.data_dir, &t)?;
             t
         }
-        None => token(&cfg.data_dir)?,
+        None => crate::token::load_or_create(&cfg.data_dir)?,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -48,7 +48,7 @@ fn start_with(openstack: server::OpenStackSettings) -> Server {
     let addr = rx
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("server started");
-    let token = server::token(dir.path()).unwrap();
+    let token = kangaroo_orchestrator::token::load_or_create(dir.path()).unwrap();
     // A fresh connection per request: the server may close a connection after refusing a
     // request whose body it did not read, and a pooled one would then fail the next request.
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -92,7 +92,7 @@ fn controllers_on_etcd_fail_over_during_a_deployment_and_reconnect_after_etcd_re
     a.kill9();
     let killed = Instant::now();
     let _ = apply.wait_with_output();
-    let made = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-")).len();
+    let made = kangaroo_orchestrator::sys::netns_with_prefix(&format!("{prefix}-v-")).len();
     println!("leader killed -9 with {made} of 11 VMs made");
 
     // b leads within the lease (2 s) plus a renewal, and its reconciler completes the
@@ -207,7 +207,7 @@ fn controllers_on_etcd_fail_over_during_a_deployment_and_reconnect_after_etcd_re
 /// The host whose agent pid file is `host`'s, and whether that agent runs.
 fn agent_alive(dir: &std::path::Path, host: &str) -> bool {
     let p = dir.join("local/hosts").join(host).join("agent.pid");
-    kangaroo_orchestrator::infra::sys::live_pid(&p).is_some()
+    kangaroo_orchestrator::sys::live_pid(&p).is_some()
 }
 
 fn agent_log(dir: &std::path::Path, host: &str) -> String {
@@ -398,7 +398,7 @@ fn local_hosts_driven_by_agents_survive_a_leader_kill_an_agent_kill_and_an_etcd_
         .trim()
         .parse()
         .unwrap();
-    kangaroo_orchestrator::infra::sys::signal(pid, "KILL");
+    kangaroo_orchestrator::sys::signal(pid, "KILL");
     let killed = Instant::now();
     wait_for("spare is lost", 10, || {
         let hs = b.json(&["host", "ls"]);

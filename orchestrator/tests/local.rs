@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kangaroo_orchestrator::driver::netns::NetnsDriver;
+use kangaroo_orchestrator::driver::qemu::{QemuConfig, QemuDriver};
+use kangaroo_orchestrator::driver::{HostRef, VmDriver, VmSpec, VmStatus};
 use kangaroo_orchestrator::infra::local::{
     host_address, provider_subnet, LocalCloud, LocalConfig, SecurePolicy, WantedPeer,
 };
-use kangaroo_orchestrator::infra::netns_vm::NetnsDriver;
-use kangaroo_orchestrator::infra::qemu::{QemuConfig, QemuDriver};
-use kangaroo_orchestrator::infra::{HostRef, VmDriver, VmSpec, VmStatus};
 
 /// A local cloud that removes everything it made when dropped, also on a failed assertion.
 struct Cloud {
@@ -422,7 +422,7 @@ fn qemu_vms_across_hosts_scenario() {
     let prefix = c.cloud.config().prefix.clone();
     let state = c.state.clone();
     drop(c);
-    let left = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-"));
+    let left = kangaroo_orchestrator::sys::netns_with_prefix(&format!("{prefix}-"));
     assert!(left.is_empty(), "namespaces left: {left:?}");
     let procs = Command::new("pgrep")
         .args(["-f", &state.display().to_string()])
@@ -551,7 +551,7 @@ fn netns_vms_move_by_stop_and_start() {
 
     let prefix = c.cloud.config().prefix.clone();
     drop(c);
-    assert!(kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")).is_empty());
+    assert!(kangaroo_orchestrator::sys::netns_with_prefix(&format!("{prefix}-")).is_empty());
 }
 
 #[test]
@@ -640,7 +640,7 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     let apply = apply_shop_until_first_vm(&dir, &s.url, 30);
     s.kill9();
     let _ = apply.wait_with_output();
-    let made = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-")).len();
+    let made = kangaroo_orchestrator::sys::netns_with_prefix(&format!("{prefix}-v-")).len();
     println!("killed -9 with {made} of 11 VMs made");
 
     // Restart: the reconciler completes the deployment; every VM runs exactly once.
@@ -764,7 +764,7 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     for h in s2.json(&["host", "ls"]).as_array().unwrap() {
         s2.ok(&["host", "rm", h["name"].as_str().unwrap()]);
     }
-    let left = kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-"));
+    let left = kangaroo_orchestrator::sys::netns_with_prefix(&format!("{prefix}-"));
     assert!(left.is_empty(), "namespaces left: {left:?}");
     let procs = Command::new("pgrep")
         .args(["-f", &dir.display().to_string()])
@@ -1021,7 +1021,7 @@ fn orchestrator_killed_during_a_live_migration_ends_with_one_copy() {
         // server is back: the reconciler must cancel it, not race it.
         let qmp_of = |h: &str| dir.join(format!("local/hosts/{h}/vms/mover/qmp.sock"));
         let throttled = slow
-            && kangaroo_orchestrator::infra::qmp::Qmp::connect(&qmp_of(&host))
+            && kangaroo_orchestrator::driver::qmp::Qmp::connect(&qmp_of(&host))
                 .and_then(|mut q| {
                     let m = q.execute("query-migrate", None)?;
                     if m.get("status").and_then(|x| x.as_str()) != Some("active") {
@@ -1038,7 +1038,7 @@ fn orchestrator_killed_during_a_live_migration_ends_with_one_copy() {
         let phase: Vec<String> = ["ha", "hb"]
             .iter()
             .map(|h| {
-                let st = kangaroo_orchestrator::infra::qmp::Qmp::connect(&qmp_of(h))
+                let st = kangaroo_orchestrator::driver::qmp::Qmp::connect(&qmp_of(h))
                     .and_then(|mut q| {
                         let s = q.status()?;
                         let m = q.execute("query-migrate", None)?;

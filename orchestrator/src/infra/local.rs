@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::sys;
-use super::{short_hash, HostRef, InfraError, MigrationStats, Result, VmDriver, VmSpec, VmStatus};
+use crate::driver::{HostRef, MigrationStats, VmDriver, VmSpec, VmStatus};
+use crate::sys::{self, short_hash, InfraError, Result};
 use kangaroo_control::api::{FdbRequest, PeerRequest, PortRequest};
 use kangaroo_control::client::Client;
 use kangaroo_control::config::{

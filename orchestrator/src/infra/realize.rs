@@ -15,9 +15,10 @@ use serde_json::Value;
 use super::local::{
     host_address, provider_subnet, FdbDest, LocalCloud, MigrationReport, SecurePolicy, WantedPeer,
 };
-use super::{HostRef, InfraError, Result, VmDriver, VmSpec, VmStatus};
+use crate::driver::{HostRef, VmDriver, VmSpec, VmStatus};
 use crate::model::{Host, HostState, Name, NestedVm, VmState};
 use crate::store::State;
+use crate::sys::{InfraError, Result};
 
 /// The local cloud with its driver, serialising every change.
 pub struct Realizer {
@@ -532,7 +533,7 @@ impl Realizer {
         let driver = self.driver_of(vm)?;
         if self.agents_drive() {
             // A host rented a moment ago: its agent is still starting its switch.
-            super::sys::wait_for(
+            crate::sys::wait_for(
                 &format!("the switch of {} (its agent starts it)", dst.name),
                 std::time::Duration::from_secs(20),
                 || self.cloud.switch_alive(&dst),
@@ -975,7 +976,7 @@ impl Realizer {
         for ns in found {
             if let Some(name) = ns.strip_prefix(&vm_prefix) {
                 if !state.vms.keys().any(|k| k.as_str() == name) {
-                    match super::sys::delete_netns(&ns) {
+                    match crate::sys::delete_netns(&ns) {
                         Ok(()) => r.repaired.push(format!("VM {name}: namespace removed")),
                         Err(e) => r.errors.push(e.to_string()),
                     }

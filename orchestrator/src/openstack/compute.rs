@@ -986,7 +986,7 @@ async fn server_action(
 // ---- hypervisors and zones ----
 
 fn hypervisor_id(h: &Host) -> u32 {
-    crate::infra::short_hash(h.name.as_str()) & 0x7fff_ffff
+    crate::sys::short_hash(h.name.as_str()) & 0x7fff_ffff
 }
 
 fn hypervisor_view(os: &Shared, h: &Host, vms: &[NestedVm], m: Micro, detail: bool) -> Value {

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::{base_url, hex_id, iso8601, ok_json, OsError, OsResult, Shared, Style};
-use crate::api::constant_time_eq;
 use crate::service::now_secs;
+use crate::token::constant_time_eq;
 
 const ID: Style = Style::Keystone;
 

@@ -415,7 +415,7 @@ pub fn apply_shop_until_first_vm(
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline
-        && kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-v-")).is_empty()
+        && kangaroo_orchestrator::sys::netns_with_prefix(&format!("{prefix}-v-")).is_empty()
     {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -479,14 +479,11 @@ pub fn where_vms_run(prefix: &str, s: &Serve) -> Vec<(String, String, Vec<String
         .iter()
         .map(|v| {
             let name = v["name"].as_str().unwrap().to_owned();
-            let port = format!("kn{:08x}", kangaroo_orchestrator::infra::short_hash(&name));
+            let port = format!("kn{:08x}", kangaroo_orchestrator::sys::short_hash(&name));
             let on = hosts
                 .iter()
                 .filter(|h| {
-                    kangaroo_orchestrator::infra::sys::link_exists(
-                        &format!("{prefix}-h-{h}"),
-                        &port,
-                    )
+                    kangaroo_orchestrator::sys::link_exists(&format!("{prefix}-h-{h}"), &port)
                 })
                 .cloned()
                 .collect();
@@ -515,11 +512,11 @@ impl Drop for Teardown {
     fn drop(&mut self) {
         // Agents run in the root namespace: they go by their pid files.
         for p in agent_pidfiles(&self.0) {
-            kangaroo_orchestrator::infra::sys::stop_pidfile(&p, Duration::from_secs(3));
+            kangaroo_orchestrator::sys::stop_pidfile(&p, Duration::from_secs(3));
         }
         let prefix = kangaroo_orchestrator::server::local_prefix(&self.0);
-        for ns in kangaroo_orchestrator::infra::sys::netns_with_prefix(&format!("{prefix}-")) {
-            let _ = kangaroo_orchestrator::infra::sys::delete_netns(&ns);
+        for ns in kangaroo_orchestrator::sys::netns_with_prefix(&format!("{prefix}-")) {
+            let _ = kangaroo_orchestrator::sys::delete_netns(&ns);
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{InfraError, Result};
+use crate::sys::{InfraError, Result};
 
 /// A QMP connection.
 pub struct Qmp {

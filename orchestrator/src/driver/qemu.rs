@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::qmp::Qmp;
-use super::sys;
-use super::{short_hash, HostRef, InfraError, MigrationStats, Result, VmDriver, VmSpec, VmStatus};
+use super::{HostRef, MigrationStats, VmDriver, VmSpec, VmStatus};
+use crate::sys;
+use crate::sys::{short_hash, InfraError, Result};
 
 /// Settings of the `qemu` driver.
 #[derive(Debug, Clone)]

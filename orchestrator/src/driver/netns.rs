@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::sys;
-use super::{short_hash, HostRef, InfraError, MigrationStats, Result, VmDriver, VmSpec, VmStatus};
+use super::{HostRef, MigrationStats, VmDriver, VmSpec, VmStatus};
+use crate::sys;
+use crate::sys::{short_hash, InfraError, Result};
 
 /// The driver.
 #[derive(Debug, Clone)]

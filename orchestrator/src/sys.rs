@@ -4,7 +4,52 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{InfraError, Result};
+/// Why an infrastructure step failed: what was being done, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {cause}")]
+pub struct InfraError {
+    /// The step, e.g. `starting the switch of host-1`.
+    pub step: String,
+    /// The cause.
+    pub cause: String,
+}
+
+impl InfraError {
+    /// An error for `step` caused by `cause`.
+    pub fn new(step: impl Into<String>, cause: impl ToString) -> InfraError {
+        InfraError {
+            step: step.into(),
+            cause: cause.to_string(),
+        }
+    }
+}
+
+impl From<kangaroo_control::client::ClientError> for InfraError {
+    fn from(e: kangaroo_control::client::ClientError) -> InfraError {
+        // The client's error names the request and the socket; its causes follow.
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause.push_str(": ");
+            cause.push_str(&s.to_string());
+            source = s.source();
+        }
+        InfraError::new("the switch's control API", cause)
+    }
+}
+
+/// Result of an infrastructure step.
+pub type Result<T> = std::result::Result<T, InfraError>;
+
+/// 32-bit FNV-1a, for short deterministic interface names.
+pub fn short_hash(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
 
 /// Runs `args[0]` with the rest; an error names the command and carries its stderr.
 pub fn run(args: &[&str]) -> Result<String> {
