@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use kangaroo_control::extract::Param;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -36,19 +36,19 @@ pub struct Api {
 }
 
 /// The JSON error body.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// What went wrong.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// HTTP status.
     pub status: u16,
     /// Machine-readable code: `invalid`, `not_found`, `conflict`, `unauthorized`, `internal`.
-    pub code: &'static str,
+    pub code: String,
     /// Human-readable message.
     pub message: String,
     /// The request field at fault, when there is one.
@@ -76,7 +76,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 status: self.0.as_u16(),
-                code: self.1,
+                code: self.1.to_owned(),
                 message: self.2,
                 field: self.3,
             },
@@ -151,11 +151,23 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> std::result::Result<T,
 
 type JsonResult<T> = std::result::Result<Json<T>, ApiError>;
 
+/// A controller's part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ControllerRole {
+    /// The only controller (embedded store).
+    Sole,
+    /// The elected leader (etcd).
+    Leader,
+    /// A standby that forwards writes to the leader (etcd).
+    Standby,
+}
+
 /// Which controller this is: the only one (embedded store), the leader or a standby (etcd).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ControllerStatus {
-    /// `sole`, `leader` or `standby`.
-    pub role: &'static str,
+    /// Its part.
+    pub role: ControllerRole,
     /// The leader's API address, when this is a standby that knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
@@ -169,9 +181,9 @@ pub struct ControllerStatus {
 #[utoipa::path(get, path = "/v1/controller", responses((status = 200, body = ControllerStatus)))]
 async fn controller(State(a): State<Api>) -> Json<ControllerStatus> {
     let (role, leader) = match a.service.role() {
-        crate::store::Role::Sole => ("sole", None),
-        crate::store::Role::Leader { .. } => ("leader", None),
-        crate::store::Role::Standby { leader } => ("standby", leader),
+        crate::store::Role::Sole => (ControllerRole::Sole, None),
+        crate::store::Role::Leader { .. } => (ControllerRole::Leader, None),
+        crate::store::Role::Standby { leader } => (ControllerRole::Standby, leader),
     };
     Json(ControllerStatus {
         role,
@@ -333,7 +345,7 @@ async fn stop_vm(
 }
 
 /// The moved VM and, for a VM that ran on local hosts, how the move went.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MigrateResult {
     /// The VM, at its new host.
     #[serde(flatten)]

@@ -7,11 +7,13 @@
 pub mod agent;
 pub mod api;
 pub mod catalog;
+pub mod client;
 pub mod driver;
 pub mod infra;
 pub mod model;
 pub mod openstack;
 pub mod packing;
+pub mod provider;
 pub mod server;
 pub mod service;
 pub mod store;

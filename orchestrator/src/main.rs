@@ -3,19 +3,21 @@
 //! Exit codes: 0 success, 1 the operation failed (the server's message is printed), 2 bad
 //! command-line usage.
 
-use std::io::IsTerminal;
+mod cli;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kangaroo_orchestrator::catalog::Catalog;
-use kangaroo_orchestrator::model::{format_memory, format_vcpus};
-use kangaroo_orchestrator::packing::{self, PackOptions, Plan};
-use kangaroo_orchestrator::server::{self, ServeConfig};
-use kangaroo_orchestrator::workload::Workload;
-use serde_json::{json, Value};
+use cli::{daemons, offline, tenant, Output};
+use kangaroo_control::Mode;
+use kangaroo_orchestrator::driver::VmDriverKind;
+use kangaroo_orchestrator::infra::local::SecurePolicy;
+use kangaroo_orchestrator::packing::PackOptions;
+use kangaroo_orchestrator::server::{self, LocalSettings, ServeConfig};
+use kangaroo_orchestrator::service::{HostLostPolicy, HostRequest, NetworkRequest, VmRequest};
 
 /// Kangaroo: run nested VMs on the infrastructure VMs you rent, packed for cost.
 #[derive(Debug, Parser)]
@@ -57,11 +59,11 @@ enum Command {
         providers: Vec<(String, String)>,
         /// Nested-VM driver of local providers: `qemu` (real VMs, live migration) or `netns`
         /// (a namespace and a process; moves restart it).
-        #[arg(long, default_value = "netns")]
-        vm_driver: String,
+        #[arg(long, value_enum, default_value_t = VmDriverKind::Netns)]
+        vm_driver: VmDriverKind,
         /// Datapath mode of the local hosts' switches.
         #[arg(long, value_enum, default_value_t = kangaroo_control::mode::DEFAULT_MODE)]
-        switch_mode: kangaroo_control::Mode,
+        switch_mode: Mode,
         /// Guest image directory of the `qemu` driver (scripts/build-guest-image.sh builds it).
         #[arg(
             long,
@@ -75,7 +77,7 @@ enum Command {
         /// Which tunnels between local hosts are encrypted and authenticated (secure tunnels,
         /// the WireGuard protocol): `between-providers`, `always` or `off` (plain VXLAN).
         #[arg(long, default_value = "between-providers")]
-        secure_tunnels: kangaroo_orchestrator::infra::local::SecurePolicy,
+        secure_tunnels: SecurePolicy,
         /// The tenant's project and user name in the OpenStack-compatible API (its password is
         /// the API token).
         #[arg(long, default_value = "kangaroo")]
@@ -104,7 +106,7 @@ enum Command {
         /// its lease (etcd store): `leave` them marked lost, or `recreate` them on other hosts
         /// of the provider.
         #[arg(long, value_enum, default_value = "leave")]
-        on_host_lost: kangaroo_orchestrator::service::HostLostPolicy,
+        on_host_lost: HostLostPolicy,
         /// Give every local host its own `kangaroo agent` (etcd store), started when the host
         /// is rented: the agent drives the host's switch and VMs, the controllers rent hosts,
         /// run migrations and settle what crosses hosts. Without it the leader drives every
@@ -133,18 +135,18 @@ enum Command {
         /// Seconds of the heartbeat lease: the host is lost this long after the agent stops.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
         lease_secs: u64,
-        /// How the host is driven: `local` or `sim`.
-        #[arg(long, default_value = "sim")]
-        driver: String,
+        /// How the host is driven.
+        #[arg(long, value_enum, default_value_t = AgentDriver::Sim)]
+        driver: AgentDriver,
         /// A local provider, in the order the controllers name them (repeatable; `local`).
         #[arg(long = "local-provider")]
         local_providers: Vec<String>,
-        /// Nested-VM driver (`local`): `qemu` or `netns`, as the controllers'.
-        #[arg(long, default_value = "netns")]
-        vm_driver: String,
+        /// Nested-VM driver (`local`), as the controllers'.
+        #[arg(long, value_enum, default_value_t = VmDriverKind::Netns)]
+        vm_driver: VmDriverKind,
         /// Datapath mode of the host's switch (`local`).
         #[arg(long, value_enum, default_value_t = kangaroo_control::mode::DEFAULT_MODE)]
-        switch_mode: kangaroo_control::Mode,
+        switch_mode: Mode,
         /// Guest image directory of the `qemu` driver (`local`).
         #[arg(
             long,
@@ -154,7 +156,7 @@ enum Command {
         guest_image: PathBuf,
         /// Which tunnels are secure tunnels (`local`), as the controllers'.
         #[arg(long, default_value = "between-providers")]
-        secure_tunnels: kangaroo_orchestrator::infra::local::SecurePolicy,
+        secure_tunnels: SecurePolicy,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
     /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
@@ -285,9 +287,9 @@ enum VmCmd {
         /// Guest image.
         #[arg(long)]
         image: Option<String>,
-        /// Nested-VM driver on local hosts: `qemu` or `netns` (default: the server's).
-        #[arg(long)]
-        driver: Option<String>,
+        /// Nested-VM driver on local hosts (default: the server's).
+        #[arg(long, value_enum)]
+        driver: Option<VmDriverKind>,
         /// The application it belongs to.
         #[arg(long)]
         app: Option<String>,
@@ -361,6 +363,15 @@ enum CatalogCmd {
     },
 }
 
+/// How `kangaroo agent` drives its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AgentDriver {
+    /// A host of a local provider: its switch, peers, FDB entries and VMs.
+    Local,
+    /// A simulated host: holds the lease and logs what is assigned (scale tests).
+    Sim,
+}
+
 fn parse_provider(s: &str) -> Result<(String, String), String> {
     let (n, c) = s
         .split_once('=')
@@ -368,280 +379,11 @@ fn parse_provider(s: &str) -> Result<(String, String), String> {
     Ok((n.to_owned(), c.to_owned()))
 }
 
-/// A client of the API.
-struct Client {
-    url: String,
-    token: String,
-    agent: ureq::Agent,
-}
-
-impl Client {
-    fn new(cli: &Cli) -> anyhow::Result<Client> {
-        let token = match &cli.token {
-            Some(t) => t.clone(),
-            None => {
-                let dir = cli
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(server::default_data_dir);
-                let p = dir.join(kangaroo_orchestrator::token::TOKEN_FILE);
-                std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading the API token from {} (is `kangaroo serve` using this data directory? or pass --token)", p.display()))?
-                    .trim()
-                    .to_owned()
-            }
-        };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Ok(Client {
-            url: cli.url.trim_end_matches('/').to_owned(),
-            token,
-            agent,
-        })
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{}", self.url, path);
-        let auth = format!("Bearer {}", self.token);
-        let resp = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            ("DELETE", _) => self
-                .agent
-                .delete(&url)
-                .header("Authorization", &auth)
-                .call(),
-            (_, Some(b)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_json(b),
-            (_, None) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_empty(),
-        };
-        let mut resp = resp.with_context(|| {
-            format!(
-                "cannot reach the Kangaroo API at {} (is `kangaroo serve` running?)",
-                self.url
-            )
-        })?;
-        let status = resp.status();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let v: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        if !status.is_success() {
-            let msg = v
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| v.to_string());
-            bail!(
-                "{} {}: {msg}",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or("")
-            );
-        }
-        Ok(v)
-    }
-}
-
-/// Until SIGINT or SIGTERM.
-fn until_signalled() -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    });
-    Ok(())
-}
-
-fn local_agent(
-    store: &str,
-    host: &str,
-    lease_secs: u64,
-    locals: &[String],
-    data_dir: &std::path::Path,
-    settings: &server::LocalSettings,
-) -> anyhow::Result<()> {
-    use kangaroo_orchestrator::store::etcd::{EtcdStore, EtcdUrl};
-    let url: EtcdUrl = store
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--store {e}"))?;
-    kangaroo_orchestrator::model::Name::new(host)
-        .map_err(|e| anyhow::anyhow!("--host {host:?}: {e}"))?;
-    if locals.is_empty() {
-        bail!("--driver local needs the local providers (--local-provider NAME, in the controllers' order)");
-    }
-    let realizer = std::sync::Arc::new(server::local_realizer(
-        locals.to_vec(),
-        data_dir,
-        settings,
-        true,
-    )?);
-    let e = EtcdStore::connect(&url)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let _ = until_signalled();
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        });
-    }
-    eprintln!("kangaroo agent {host}: driving local host {host} from {url} (lease {lease_secs} s)");
-    kangaroo_orchestrator::agent::run_local_agent(
-        &e,
-        host,
-        realizer,
-        std::time::Duration::from_secs(lease_secs),
-        stop,
-    )
-}
-
-fn agent(store: &str, host: &str, lease_secs: u64, driver: &str) -> anyhow::Result<()> {
-    use kangaroo_orchestrator::store::etcd::{EtcdStore, EtcdUrl};
-    if driver != "sim" {
-        bail!("--driver {driver:?}: use \"local\" (a host of a local provider) or \"sim\"");
-    }
-    let url: EtcdUrl = store
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--store {e}"))?;
-    kangaroo_orchestrator::model::Name::new(host)
-        .map_err(|e| anyhow::anyhow!("--host {host:?}: {e}"))?;
-    let e = EtcdStore::connect(&url)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let h = host.to_owned();
-    e.run_agent(
-        host.to_owned(),
-        std::time::Duration::from_secs(lease_secs),
-        std::sync::Arc::new(move |desired| {
-            let names: Vec<String> = desired.keys().cloned().collect();
-            eprintln!(
-                "kangaroo agent {h}: {} VMs: {}",
-                names.len(),
-                names.join(" ")
-            );
-            names
-        }),
-        stop.clone(),
-    );
-    eprintln!("kangaroo agent {host}: running on {url} (lease {lease_secs} s)");
-    until_signalled()?;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    Ok(())
-}
-
-fn s(v: &Value, p: &str) -> String {
-    match v.pointer(p) {
-        Some(Value::String(x)) => x.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(x) => x.to_string(),
-    }
-}
-
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<width$}", c, width = w[i]))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_uppercase()).collect());
-    for r in rows {
-        line(r);
-    }
-}
-
-fn print_plan(p: &Plan, currency: &str) {
-    let rows = p
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            vec![
-                format!("{}", i + 1),
-                h.instance_type.to_string(),
-                format!("{:.4}", h.price_per_hour),
-                format!(
-                    "{}/{}",
-                    format_vcpus(h.used.cpu_quarters),
-                    format_vcpus(h.capacity.cpu_quarters)
-                ),
-                format!(
-                    "{}/{}",
-                    format_memory(h.used.memory_mib),
-                    format_memory(h.capacity.memory_mib)
-                ),
-                h.vms
-                    .iter()
-                    .map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ]
-        })
-        .collect();
-    table(&["host", "type", "$/h", "vcpu", "memory", "vms"], rows);
-    println!();
-    println!(
-        "cost:                   {:.4} {currency}/h",
-        p.cost_per_hour
-    );
-    println!(
-        "one VM per instance:    {:.4} {currency}/h",
-        p.baseline_cost_per_hour
-    );
-    println!(
-        "saving:                 {:.4} {currency}/h ({:.1}%)",
-        p.saving_per_hour, p.saving_percent
-    );
-    println!(
-        "utilisation:            {:.1}% vCPU, {:.1}% memory",
-        100.0 * p.cpu_utilisation,
-        100.0 * p.memory_utilisation
-    );
-    for g in &p.split_groups {
-        println!(
-            "affinity group {} split over {} hosts: {}",
-            g.group, g.parts, g.reason
-        );
-    }
-    for u in &p.unplaced {
-        println!("unplaced {}: {}", u.name, u.reason);
-    }
-}
-
-fn read_workload(file: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(file)
-        .with_context(|| format!("reading workload file {}", file.display()))
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let json_out = cli.json;
-    let emit = |v: &Value, human: &dyn Fn(&Value)| {
-        if json_out {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-        } else {
-            human(v);
-        }
-    };
-    match &cli.command {
+    let out = Output { json: cli.json };
+    let data_dir = cli::data_dir(cli.data_dir.as_ref());
+    let api = || tenant::connect(&cli.url, cli.token.as_deref(), &data_dir);
+    match cli.command {
         Command::Serve {
             listen,
             providers,
@@ -659,526 +401,132 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             on_host_lost,
             local_agents,
             config: _,
-        } => {
-            let cfg = ServeConfig {
-                on_host_lost: *on_host_lost,
-                local_agents: *local_agents,
-                store: store.clone(),
-                advertise: advertise.clone(),
-                lease: std::time::Duration::from_secs(*lease_secs),
-                openstack: server::OpenStackSettings {
-                    project: openstack_project.clone(),
-                    token_ttl: std::time::Duration::from_secs(*openstack_token_ttl),
-                    flavors: match flavors {
-                        Some(f) => kangaroo_orchestrator::openstack::flavors::load_flavors(f)
-                            .with_context(|| format!("--flavors {}", f.display()))?,
-                        None => kangaroo_orchestrator::openstack::flavors::default_flavors(),
-                    },
+        } => daemons::serve(ServeConfig {
+            on_host_lost,
+            local_agents,
+            store,
+            advertise,
+            lease: std::time::Duration::from_secs(lease_secs),
+            openstack: server::OpenStackSettings {
+                project: openstack_project,
+                token_ttl: std::time::Duration::from_secs(openstack_token_ttl),
+                flavors: match flavors {
+                    Some(f) => kangaroo_orchestrator::openstack::flavors::load_flavors(&f)
+                        .with_context(|| format!("--flavors {}", f.display()))?,
+                    None => kangaroo_orchestrator::openstack::flavors::default_flavors(),
                 },
-                local: server::LocalSettings {
-                    driver: vm_driver.clone(),
-                    switch_mode: *switch_mode,
-                    guest_image: guest_image.clone(),
-                    reconcile_secs: *reconcile_secs,
-                    secure: *secure_tunnels,
-                },
-                data_dir: cli
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(server::default_data_dir),
-                listen: *listen,
-                providers: providers.clone(),
-                options: PackOptions::default(),
-            };
-            let rt = tokio::runtime::Runtime::new()?;
-            let dir = cfg.data_dir.clone();
-            rt.block_on(server::serve(cfg, |addr| {
-                eprintln!(
-                    "kangaroo: serving the API on http://{addr} (state and token in {})",
-                    dir.display()
-                );
-            }))
-        }
-        Command::GuestService { name, listen } => guest_service(name, *listen),
+            },
+            local: LocalSettings {
+                driver: vm_driver,
+                switch_mode,
+                guest_image,
+                reconcile_secs,
+                secure: secure_tunnels,
+            },
+            data_dir,
+            listen,
+            providers,
+            options: PackOptions::default(),
+        }),
+        Command::GuestService { name, listen } => daemons::guest_service(&name, listen),
         Command::Agent {
             store,
             host,
             lease_secs,
-            driver,
+            driver: AgentDriver::Local,
             local_providers,
             vm_driver,
             switch_mode,
             guest_image,
             secure_tunnels,
-        } => match driver.as_str() {
-            "local" => local_agent(
-                store,
+        } => daemons::local_agent(
+            &store,
+            &host,
+            lease_secs,
+            &local_providers,
+            &data_dir,
+            &LocalSettings {
+                driver: vm_driver,
+                switch_mode,
+                guest_image,
+                reconcile_secs: 0,
+                secure: secure_tunnels,
+            },
+        ),
+        Command::Agent {
+            store,
+            host,
+            lease_secs,
+            driver: AgentDriver::Sim,
+            ..
+        } => daemons::sim_agent(&store, &host, lease_secs),
+        Command::Vm(VmCmd::Exec { name, command }) => daemons::vm_exec(&data_dir, &name, &command),
+        Command::Plan { file } => offline::plan(out, &file),
+        Command::Catalog(CatalogCmd::Ls) => offline::catalog_ls(out),
+        Command::Catalog(CatalogCmd::Show { name }) => offline::catalog_show(out, &name),
+        Command::Apply { file } => tenant::apply(&api()?, out, &file),
+        Command::App(AppCmd::Migrate { name, to }) => tenant::app_migrate(&api()?, out, &name, &to),
+        Command::Reconcile => tenant::reconcile(&api()?, out),
+        Command::Consolidate { .. } => tenant::consolidate(&api()?, out),
+        Command::Host(HostCmd::Ls) => tenant::host_ls(&api()?, out),
+        Command::Host(HostCmd::Add {
+            instance_type,
+            name,
+            provider,
+        }) => tenant::host_add(
+            &api()?,
+            out,
+            &HostRequest {
+                name,
+                provider,
+                instance_type,
+            },
+        ),
+        Command::Host(HostCmd::Tunnels { name }) => tenant::host_tunnels(&api()?, out, &name),
+        Command::Host(HostCmd::Rm { name }) => tenant::host_rm(&api()?, out, &name),
+        Command::Network(NetworkCmd::Ls) => tenant::network_ls(&api()?, out),
+        Command::Network(NetworkCmd::Create { name, vni, subnet }) => {
+            tenant::network_create(&api()?, out, &NetworkRequest { name, vni, subnet })
+        }
+        Command::Network(NetworkCmd::Rm { name }) => tenant::network_rm(&api()?, out, &name),
+        Command::Vm(VmCmd::Ls) => tenant::vm_ls(&api()?, out),
+        Command::Vm(VmCmd::Create {
+            name,
+            vcpus,
+            memory,
+            network,
+            affinity,
+            anti_affinity,
+            image,
+            driver,
+            app,
+            host,
+            provider,
+        }) => tenant::vm_create(
+            &api()?,
+            out,
+            &VmRequest {
+                name,
+                vcpus,
+                memory,
+                network,
+                image,
+                driver,
+                app,
+                affinity,
+                anti_affinity,
                 host,
-                *lease_secs,
-                local_providers,
-                &cli.data_dir
-                    .clone()
-                    .unwrap_or_else(server::default_data_dir),
-                &server::LocalSettings {
-                    driver: vm_driver.clone(),
-                    switch_mode: *switch_mode,
-                    guest_image: guest_image.clone(),
-                    reconcile_secs: 0,
-                    secure: *secure_tunnels,
-                },
-            ),
-            _ => agent(store, host, *lease_secs, driver),
-        },
-        Command::Vm(VmCmd::Exec { name, command }) => {
-            let dir = cli
-                .data_dir
-                .clone()
-                .unwrap_or_else(server::default_data_dir);
-            let ns = format!("{}-v-{name}", server::local_prefix(&dir));
-            if !std::path::Path::new("/run/netns").join(&ns).exists() {
-                bail!(
-                    "VM {name} is not a netns VM on a local host of the server using {}",
-                    dir.display()
-                );
-            }
-            let status = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns])
-                .args(command)
-                .status()
-                .context("running ip netns exec")?;
-            std::process::exit(status.code().unwrap_or(1));
-        }
-        Command::Plan { file } => {
-            let text = read_workload(file)?;
-            let w = Workload::parse(&text)?;
-            let c = Catalog::load(&w.catalog)?;
-            if std::io::stderr().is_terminal() && w.vms.len() > 1000 {
-                eprintln!("planning {} VMs on catalog {}…", w.vms.len(), c.name);
-            }
-            let p = packing::plan(&w.demands(), &c.instances, &w.options);
-            emit(&serde_json::to_value(&p)?, &|_| print_plan(&p, &c.currency));
-            Ok(())
-        }
-        Command::Catalog(CatalogCmd::Ls) => {
-            let cats = Catalog::builtins()?;
-            let v = serde_json::to_value(&cats)?;
-            emit(&v, &|_| {
-                table(
-                    &["catalog", "provider", "region", "types"],
-                    cats.iter()
-                        .map(|c| {
-                            vec![
-                                c.name.clone(),
-                                c.provider.clone(),
-                                c.region.clone(),
-                                c.instances.len().to_string(),
-                            ]
-                        })
-                        .collect(),
-                )
-            });
-            Ok(())
-        }
-        Command::Catalog(CatalogCmd::Show { name }) => {
-            let c = Catalog::load(name)?;
-            let v = serde_json::to_value(&c)?;
-            emit(&v, &|_| {
-                table(
-                    &["type", "vcpus", "memory", "$/h"],
-                    c.instances
-                        .iter()
-                        .map(|i| {
-                            vec![
-                                i.name.to_string(),
-                                i.vcpus.to_string(),
-                                format_memory(i.memory_mib),
-                                format!("{}", i.price_per_hour),
-                            ]
-                        })
-                        .collect(),
-                )
-            });
-            Ok(())
-        }
-        cmd => {
-            let c = Client::new(&cli)?;
-            let vm_row = |v: &Value| {
-                let q = v["cpu_quarters"]
-                    .as_u64()
-                    .and_then(|x| u32::try_from(x).ok())
-                    .unwrap_or(0);
-                let m = v["memory_mib"].as_u64().unwrap_or(0);
-                vec![
-                    s(v, "/name"),
-                    s(v, "/state"),
-                    s(v, "/host"),
-                    s(v, "/network"),
-                    s(v, "/ip"),
-                    format_vcpus(q),
-                    format_memory(m),
-                ]
-            };
-            let vm_headers = ["name", "state", "host", "network", "ip", "vcpus", "memory"];
-            match cmd {
-                Command::Apply { file } => {
-                    let text = read_workload(file)?;
-                    if std::io::stderr().is_terminal() {
-                        eprintln!("applying {}…", file.display());
-                    }
-                    let v = c.call("POST", "/v1/plans/apply", Some(json!({ "workload": text })))?;
-                    emit(&v, &|v| {
-                        println!(
-                            "rented {} hosts, created {} VMs ({} already existed)",
-                            v["rented"].as_array().map_or(0, Vec::len),
-                            v["created"].as_array().map_or(0, Vec::len),
-                            v["existing"].as_array().map_or(0, Vec::len)
-                        );
-                        if let Ok(p) = serde_json::from_value::<PlanView>(v["plan"].clone()) {
-                            println!(
-                                "cost {:.4}/h, one VM per instance {:.4}/h, saving {:.1}%",
-                                p.cost_per_hour, p.baseline_cost_per_hour, p.saving_percent
-                            );
-                        }
-                    });
-                }
-                Command::App(AppCmd::Migrate { name, to }) => {
-                    if std::io::stderr().is_terminal() {
-                        eprintln!("moving application {name} to {to}…");
-                    }
-                    let v = c.call(
-                        "POST",
-                        &format!("/v1/apps/{name}/migrate"),
-                        Some(json!({ "to": to })),
-                    )?;
-                    emit(&v, &|v| {
-                        let n =
-                            |x: &Value, p: &str| x.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-                        let rows = v["moved"]
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .map(|m| {
-                                        let mig = &m["migration"];
-                                        vec![
-                                            s(m, "/vm"),
-                                            s(m, "/from"),
-                                            s(m, "/to"),
-                                            match mig.get("live").and_then(Value::as_bool) {
-                                                Some(true) => "live".to_owned(),
-                                                Some(false) => "restarted".to_owned(),
-                                                None => "-".to_owned(),
-                                            },
-                                            format!("{}", n(mig, "/stats/total_ms")),
-                                            format!("{}", n(mig, "/stats/downtime_ms")),
-                                        ]
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        table(&["vm", "from", "to", "move", "ms", "paused ms"], rows);
-                        let list = |p: &str| {
-                            v.pointer(p)
-                                .and_then(Value::as_array)
-                                .map(|a| {
-                                    a.iter()
-                                        .filter_map(Value::as_str)
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                })
-                                .unwrap_or_default()
-                        };
-                        println!("rented: {}", list("/rented"));
-                        println!("released: {}", list("/released"));
-                        println!(
-                            "cost: {:.4}/h -> {:.4}/h; took {} ms",
-                            v["cost_per_hour_before"].as_f64().unwrap_or(0.0),
-                            v["cost_per_hour_after"].as_f64().unwrap_or(0.0),
-                            n(v, "/total_ms")
-                        );
-                    });
-                }
-                Command::Reconcile => {
-                    let v = c.call("POST", "/v1/reconcile", None)?;
-                    emit(&v, &|v| {
-                        let lines = |p: &str| {
-                            v.pointer(p)
-                                .and_then(Value::as_array)
-                                .cloned()
-                                .unwrap_or_default()
-                        };
-                        for a in lines("/adopted") {
-                            println!("adopted: VM {} on {}", s(&a, "/0"), s(&a, "/1"));
-                        }
-                        for r in lines("/repaired") {
-                            println!("repaired: {}", r.as_str().unwrap_or(""));
-                        }
-                        for e in lines("/errors") {
-                            println!("error: {}", e.as_str().unwrap_or(""));
-                        }
-                        if lines("/adopted").is_empty()
-                            && lines("/repaired").is_empty()
-                            && lines("/errors").is_empty()
-                        {
-                            println!("everything matches the state");
-                        }
-                    });
-                }
-                Command::Consolidate { .. } => {
-                    let v = c.call("GET", "/v1/consolidation", None)?;
-                    emit(&v, &|v| {
-                        let rows = v["migrations"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|m| vec![s(m, "/vm"), s(m, "/from"), s(m, "/to")])
-                            .collect();
-                        table(&["vm", "from", "to"], rows);
-                        println!(
-                            "\nreleases {} hosts: {:.4}/h -> {:.4}/h",
-                            v["released"].as_array().map_or(0, Vec::len),
-                            v["cost_before"].as_f64().unwrap_or(0.0),
-                            v["cost_after"].as_f64().unwrap_or(0.0)
-                        );
-                    });
-                }
-                Command::Host(HostCmd::Ls) => {
-                    let v = c.call("GET", "/v1/hosts", None)?;
-                    emit(&v, &|v| {
-                        let rows = v
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|h| {
-                                vec![
-                                    s(h, "/name"),
-                                    s(h, "/provider"),
-                                    s(h, "/instance_type/name"),
-                                    s(h, "/state"),
-                                    s(h, "/instance_type/price_per_hour"),
-                                ]
-                            })
-                            .collect();
-                        table(&["name", "provider", "type", "state", "$/h"], rows);
-                    });
-                }
-                Command::Host(HostCmd::Add {
-                    instance_type,
-                    name,
-                    provider,
-                }) => {
-                    let v = c.call("POST", "/v1/hosts", Some(json!({ "instance_type": instance_type, "name": name, "provider": provider })))?;
-                    emit(&v, &|v| {
-                        println!("rented {} ({})", s(v, "/name"), s(v, "/instance_type/name"))
-                    });
-                }
-                Command::Host(HostCmd::Tunnels { name }) => {
-                    let v = c.call("GET", &format!("/v1/hosts/{name}/tunnels"), None)?;
-                    emit(&v, &|v| {
-                        let rows = v
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|t| {
-                                [
-                                    "/peer",
-                                    "/address",
-                                    "/encryption",
-                                    "/path",
-                                    "/rtt_ms",
-                                    "/tx_packets",
-                                    "/rx_packets",
-                                ]
-                                .iter()
-                                .map(|p| s(t, p))
-                                .collect()
-                            })
-                            .collect();
-                        table(
-                            &[
-                                "peer",
-                                "address",
-                                "encryption",
-                                "path",
-                                "rtt ms",
-                                "tx",
-                                "rx",
-                            ],
-                            rows,
-                        );
-                    });
-                }
-                Command::Host(HostCmd::Rm { name }) => {
-                    c.call("DELETE", &format!("/v1/hosts/{name}"), None)?;
-                    emit(&json!({ "released": name }), &|_| {
-                        println!("released {name}")
-                    });
-                }
-                Command::Network(NetworkCmd::Ls) => {
-                    let v = c.call("GET", "/v1/networks", None)?;
-                    emit(&v, &|v| {
-                        let rows = v
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|n| {
-                                vec![
-                                    s(n, "/name"),
-                                    s(n, "/vni"),
-                                    format!("{}/{}", s(n, "/subnet"), s(n, "/prefix")),
-                                ]
-                            })
-                            .collect();
-                        table(&["name", "vni", "subnet"], rows);
-                    });
-                }
-                Command::Network(NetworkCmd::Create { name, vni, subnet }) => {
-                    let v = c.call(
-                        "POST",
-                        "/v1/networks",
-                        Some(json!({ "name": name, "vni": vni, "subnet": subnet })),
-                    )?;
-                    emit(&v, &|v| {
-                        println!("created network {} (VNI {})", s(v, "/name"), s(v, "/vni"))
-                    });
-                }
-                Command::Network(NetworkCmd::Rm { name }) => {
-                    c.call("DELETE", &format!("/v1/networks/{name}"), None)?;
-                    emit(&json!({ "deleted": name }), &|_| {
-                        println!("deleted network {name}")
-                    });
-                }
-                Command::Vm(VmCmd::Ls) => {
-                    let v = c.call("GET", "/v1/vms", None)?;
-                    emit(&v, &|v| {
-                        table(
-                            &vm_headers,
-                            v.as_array()
-                                .cloned()
-                                .unwrap_or_default()
-                                .iter()
-                                .map(vm_row)
-                                .collect(),
-                        )
-                    });
-                }
-                Command::Vm(VmCmd::Create {
-                    name,
-                    vcpus,
-                    memory,
-                    network,
-                    affinity,
-                    anti_affinity,
-                    image,
-                    driver,
-                    app,
-                    host,
-                    provider,
-                }) => {
-                    let body = json!({ "name": name, "vcpus": vcpus, "memory": memory, "network": network, "affinity": affinity, "anti_affinity": anti_affinity, "image": image, "driver": driver, "app": app, "host": host, "provider": provider });
-                    let v = c.call("POST", "/v1/vms", Some(body))?;
-                    emit(&v, &|v| {
-                        println!(
-                            "created {} on {} with {} ({})",
-                            s(v, "/name"),
-                            s(v, "/host"),
-                            s(v, "/ip"),
-                            s(v, "/mac")
-                        )
-                    });
-                }
-                Command::Vm(VmCmd::Show { name }) => {
-                    let v = c.call("GET", &format!("/v1/vms/{name}"), None)?;
-                    emit(&v, &|v| table(&vm_headers, vec![vm_row(v)]));
-                }
-                Command::Vm(VmCmd::Start { name }) | Command::Vm(VmCmd::Stop { name }) => {
-                    let action = if matches!(cmd, Command::Vm(VmCmd::Start { .. })) {
-                        "start"
-                    } else {
-                        "stop"
-                    };
-                    let v = c.call("POST", &format!("/v1/vms/{name}/{action}"), None)?;
-                    emit(&v, &|v| println!("{} is {}", s(v, "/name"), s(v, "/state")));
-                }
-                Command::Vm(VmCmd::Rm { name }) => {
-                    c.call("DELETE", &format!("/v1/vms/{name}"), None)?;
-                    emit(&json!({ "deleted": name }), &|_| println!("deleted {name}"));
-                }
-                Command::Vm(VmCmd::Migrate { name, to }) => {
-                    let v = c.call(
-                        "POST",
-                        &format!("/v1/vms/{name}/migrate"),
-                        Some(json!({ "to": to })),
-                    )?;
-                    emit(&v, &|v| {
-                        println!("{} is now on {}", s(v, "/name"), s(v, "/host"));
-                        if let Some(m) = v.get("migration").filter(|m| !m.is_null()) {
-                            let n = |p: &str| m.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-                            if m.get("live").and_then(Value::as_bool) == Some(true) {
-                                println!(
-                                    "live migration: {} ms, VM paused {} ms, {} MiB of memory sent",
-                                    n("/stats/total_ms"),
-                                    n("/stats/downtime_ms"),
-                                    n("/stats/transferred_bytes") >> 20
-                                );
-                            } else {
-                                println!(
-                                    "moved by stop-and-start in {} ms (the driver cannot migrate live)",
-                                    n("/stats/total_ms")
-                                );
-                            }
-                        }
-                    });
-                }
-                Command::Billing => {
-                    let v = c.call("GET", "/v1/billing", None)?;
-                    emit(&v, &|v| {
-                        println!(
-                            "hosts now:             {:.4}/h",
-                            v["cost_per_hour"].as_f64().unwrap_or(0.0)
-                        );
-                        println!(
-                            "one VM per instance:   {:.4}/h",
-                            v["baseline_cost_per_hour"].as_f64().unwrap_or(0.0)
-                        );
-                        println!(
-                            "accrued:               {:.4} over {} s",
-                            v["accrued"].as_f64().unwrap_or(0.0),
-                            s(v, "/clock_secs")
-                        );
-                    });
-                }
-                Command::Controller => {
-                    let v = c.call("GET", "/v1/controller", None)?;
-                    emit(&v, &|v| {
-                        println!("role:     {}", s(v, "/role"));
-                        if v.get("leader").is_some() {
-                            println!("leader:   {}", s(v, "/leader"));
-                        }
-                        println!("store:    {}", s(v, "/store"));
-                        println!("revision: {}", s(v, "/revision"));
-                    });
-                }
-                Command::Serve { .. }
-                | Command::Agent { .. }
-                | Command::GuestService { .. }
-                | Command::Vm(VmCmd::Exec { .. })
-                | Command::Plan { .. }
-                | Command::Catalog(_) => {}
-            }
-            Ok(())
-        }
+                provider,
+            },
+        ),
+        Command::Vm(VmCmd::Show { name }) => tenant::vm_show(&api()?, out, &name),
+        Command::Vm(VmCmd::Start { name }) => tenant::vm_start_stop(&api()?, out, &name, true),
+        Command::Vm(VmCmd::Stop { name }) => tenant::vm_start_stop(&api()?, out, &name, false),
+        Command::Vm(VmCmd::Rm { name }) => tenant::vm_rm(&api()?, out, &name),
+        Command::Vm(VmCmd::Migrate { name, to }) => tenant::vm_migrate(&api()?, out, &name, &to),
+        Command::Billing => tenant::billing(&api()?, out),
+        Command::Controller => tenant::controller(&api()?, out),
     }
-}
-
-#[derive(serde::Deserialize)]
-struct PlanView {
-    cost_per_hour: f64,
-    baseline_cost_per_hour: f64,
-    saving_percent: f64,
 }
 
 /// `kangaroo serve --config FILE`: the file's settings become the flags the command line does
@@ -1292,41 +640,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `kangaroo guest-service`: a tiny HTTP responder, one request per connection.
-fn guest_service(name: &str, listen: SocketAddr) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("guest-service: binding {listen}"))?;
-    let boot: String = (0..16)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    let started = std::time::Instant::now();
-    let mut hits: u64 = 0;
-    for conn in listener.incoming() {
-        let Ok(mut c) = conn else { continue };
-        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-        let mut buf = [0u8; 2048];
-        let n = c.read(&mut buf).unwrap_or(0);
-        let req = String::from_utf8_lossy(&buf[..n]);
-        let path = req.split_whitespace().nth(1).unwrap_or("/");
-        let body = if path == "/cgi-bin/hits" {
-            hits += 1;
-            format!("name={name} boot={boot} hits={hits}\n")
-        } else {
-            format!(
-                "name={name} boot={boot} counter={}\n",
-                started.elapsed().as_millis() / 100
-            )
-        };
-        let _ = write!(
-            c,
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -350,7 +350,7 @@ pub struct NestedVm {
     pub image: String,
     /// Nested-VM driver on local hosts (`qemu`, `netns`); the server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
+    pub driver: Option<crate::driver::VmDriverKind>,
     /// The application it belongs to (moved together by an application migration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::driver::netns::NetnsDriver;
 use crate::driver::qemu::{QemuConfig, QemuDriver};
-use crate::driver::VmDriver;
+use crate::driver::{VmDriver, VmDriverKind};
 use crate::infra::local::{LocalCloud, LocalConfig};
 use crate::infra::realize::{AgentLaunch, Drive, Realizer};
 use crate::packing::PackOptions;
@@ -111,8 +111,8 @@ impl Default for OpenStackSettings {
 /// Settings of the `local` providers.
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
-    /// Nested-VM driver: `qemu` or `netns`.
-    pub driver: String,
+    /// The default nested-VM driver.
+    pub driver: crate::driver::VmDriverKind,
     /// The switches' datapath mode.
     pub switch_mode: kangaroo_control::Mode,
     /// The guest image directory (the `qemu` driver).
@@ -126,7 +126,7 @@ pub struct LocalSettings {
 impl Default for LocalSettings {
     fn default() -> LocalSettings {
         LocalSettings {
-            driver: "netns".to_owned(),
+            driver: crate::driver::VmDriverKind::Netns,
             switch_mode: kangaroo_control::mode::DEFAULT_MODE,
             guest_image: crate::driver::qemu::QemuConfig::default().image_dir,
             reconcile_secs: 10,
@@ -194,12 +194,11 @@ pub fn local_realizer(
         ..QemuConfig::default()
     });
     // The default driver first; `qemu` is offered as a second driver when its image exists.
-    let drivers: Vec<Arc<dyn VmDriver>> = match (settings.driver.as_str(), qemu) {
-        ("qemu", Ok(q)) => vec![Arc::new(q), netns],
-        ("qemu", Err(e)) => return Err(anyhow::anyhow!("--vm-driver qemu: {e}")),
-        ("netns", Ok(q)) => vec![netns, Arc::new(q)],
-        ("netns", Err(_)) => vec![netns],
-        (other, _) => anyhow::bail!("--vm-driver {other:?}: use \"qemu\" or \"netns\""),
+    let drivers: Vec<Arc<dyn VmDriver>> = match (settings.driver, qemu) {
+        (VmDriverKind::Qemu, Ok(q)) => vec![Arc::new(q), netns],
+        (VmDriverKind::Qemu, Err(e)) => return Err(anyhow::anyhow!("--vm-driver qemu: {e}")),
+        (VmDriverKind::Netns, Ok(q)) => vec![netns, Arc::new(q)],
+        (VmDriverKind::Netns, Err(_)) => vec![netns],
     };
     let drive = if agent { Drive::Agent } else { Drive::Whole };
     Ok(Realizer::new(cloud, drivers, locals).with_drive(drive))
@@ -225,7 +224,7 @@ pub fn agent_command(
         "--lease-secs".into(),
         cfg.lease.as_secs().max(1).to_string(),
         "--vm-driver".into(),
-        cfg.local.driver.clone(),
+        cfg.local.driver.to_string(),
         "--switch-mode".into(),
         cfg.local.switch_mode.to_string(),
         "--guest-image".into(),

@@ -49,7 +49,9 @@ fn controllers_on_etcd_fail_over_during_a_deployment_and_reconnect_after_etcd_re
     std::fs::create_dir_all(&dir).unwrap();
     let _teardown = Teardown(dir.clone());
     let prefix = kangaroo_orchestrator::server::local_prefix(&dir);
-    let pa = 20000 + (rand::random::<u16>() % 20000);
+    // Below the ephemeral range (32768-), where a restarted server could find its port taken
+    // by an outgoing connection.
+    let pa = 20000 + (rand::random::<u16>() % 12000);
     let pb = pa + 1;
 
     let mut a = Serve::start_on_etcd(&dir, pa, &etcd);
@@ -242,7 +244,9 @@ fn local_hosts_driven_by_agents_survive_a_leader_kill_an_agent_kill_and_an_etcd_
     std::fs::create_dir_all(&dir).unwrap();
     let _teardown = Teardown(dir.clone());
     let prefix = kangaroo_orchestrator::server::local_prefix(&dir);
-    let pa = 20000 + (rand::random::<u16>() % 20000);
+    // Below the ephemeral range (32768-), where a restarted server could find its port taken
+    // by an outgoing connection.
+    let pa = 20000 + (rand::random::<u16>() % 12000);
     let pb = pa + 1;
     let extra = [
         "--local-agents",

@@ -622,7 +622,9 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
     std::fs::create_dir_all(&dir).unwrap();
     let _teardown = Teardown(dir.clone());
     let prefix = kangaroo_orchestrator::server::local_prefix(&dir);
-    let port = 20000 + (rand::random::<u16>() % 20000);
+    // Below the ephemeral range (32768-), where a restarted server could find its port taken
+    // by an outgoing connection.
+    let port = 20000 + (rand::random::<u16>() % 12000);
     let mut s = Serve::start(&dir, port);
     s.ok(&[
         "network",
@@ -781,7 +783,9 @@ fn whole_application_moves_to_the_other_provider_without_a_failed_request() {
     let dir = std::env::temp_dir().join(format!("kgr-app-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     let _teardown = Teardown(dir.clone());
-    let port = 20000 + (rand::random::<u16>() % 20000);
+    // Below the ephemeral range (32768-), where a restarted server could find its port taken
+    // by an outgoing connection.
+    let port = 20000 + (rand::random::<u16>() % 12000);
     let s = Serve::start_with(&dir, port, "qemu", &[("KANGAROO_GUEST_DIR", &image)]);
     s.ok(&[
         "network",
@@ -934,7 +938,9 @@ fn orchestrator_killed_during_a_live_migration_ends_with_one_copy() {
     let dir = std::env::temp_dir().join(format!("kgr-mig-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     let _teardown = Teardown(dir.clone());
-    let port = 20000 + (rand::random::<u16>() % 20000);
+    // Below the ephemeral range (32768-), where a restarted server could find its port taken
+    // by an outgoing connection.
+    let port = 20000 + (rand::random::<u16>() % 12000);
     let guest = [("KANGAROO_GUEST_DIR", image.as_path())];
     let mut s = Serve::start_with(&dir, port, "qemu", &guest);
     s.ok(&[

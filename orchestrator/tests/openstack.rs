@@ -185,7 +185,9 @@ fn start(driver: &str, guest: &[(&str, &std::path::Path)]) -> (Serve, Teardown) 
     let dir = std::env::temp_dir().join(format!("kgr-os-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     let teardown = Teardown(dir.clone());
-    let port = 20000 + (rand::random::<u16>() % 20000);
+    // Below the ephemeral range (32768-), where a restarted server could find its port taken
+    // by an outgoing connection.
+    let port = 20000 + (rand::random::<u16>() % 12000);
     (Serve::start_with(&dir, port, driver, guest), teardown)
 }
 

@@ -107,7 +107,9 @@ pub enum VmStatus {
 }
 
 /// Figures of one live migration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct MigrationStats {
     /// Wall time from start to completion, in milliseconds.
     pub total_ms: u64,
@@ -119,8 +121,8 @@ pub struct MigrationStats {
 
 /// A nested-VM driver: how VMs are made and moved on a host.
 pub trait VmDriver: Send + Sync {
-    /// Driver name (`qemu`, `netns`).
-    fn name(&self) -> &'static str;
+    /// Which driver this is.
+    fn kind(&self) -> VmDriverKind;
     /// Whether `migrate_out` keeps the VM running (live) or restarts it at the destination.
     fn live_migration(&self) -> bool;
     /// The host-side interface of the VM's NIC on `host` (the switch port).

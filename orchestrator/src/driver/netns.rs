@@ -61,8 +61,8 @@ impl NetnsDriver {
 }
 
 impl VmDriver for NetnsDriver {
-    fn name(&self) -> &'static str {
-        "netns"
+    fn kind(&self) -> super::VmDriverKind {
+        super::VmDriverKind::Netns
     }
 
     fn live_migration(&self) -> bool {

@@ -271,8 +271,8 @@ fn num(v: &Value, path: &str) -> u64 {
 }
 
 impl VmDriver for QemuDriver {
-    fn name(&self) -> &'static str {
-        "qemu"
+    fn kind(&self) -> super::VmDriverKind {
+        super::VmDriverKind::Qemu
     }
 
     fn live_migration(&self) -> bool {

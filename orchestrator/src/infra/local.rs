@@ -1019,7 +1019,7 @@ impl LocalCloud {
 }
 
 /// What a migration did.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MigrationReport {
     /// Whether the VM kept running (live) or was restarted.
     pub live: bool,

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::local::{
     host_address, provider_subnet, FdbDest, LocalCloud, MigrationReport, SecurePolicy, WantedPeer,
 };
-use crate::driver::{HostRef, VmDriver, VmSpec, VmStatus};
+use crate::driver::{HostRef, VmDriver, VmDriverKind, VmSpec, VmStatus};
 use crate::model::{Host, HostState, Name, NestedVm, VmState};
 use crate::store::State;
 use crate::sys::{InfraError, Result};
@@ -23,8 +23,8 @@ use crate::sys::{InfraError, Result};
 /// The local cloud with its driver, serialising every change.
 pub struct Realizer {
     cloud: LocalCloud,
-    drivers: BTreeMap<String, Arc<dyn VmDriver>>,
-    default_driver: String,
+    drivers: BTreeMap<VmDriverKind, Arc<dyn VmDriver>>,
+    default_driver: Option<VmDriverKind>,
     /// Names of the `local` providers, in order (the index picks the underlay subnet).
     providers: Vec<String>,
     /// The switches' public keys, by host, as last read from them (a switch that is down
@@ -59,7 +59,7 @@ pub struct AgentLaunch {
 }
 
 /// One tunnel of a host's switch, as the switch reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Tunnel {
     /// The host at the other end (its underlay address when it is not in the state), or
     /// `rendezvous` for the switch's tunnel to the rendezvous.
@@ -79,7 +79,9 @@ pub struct Tunnel {
 }
 
 /// What a convergence pass did.
-#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct ConvergeReport {
     /// VMs found running on another host than recorded (a migration completed, its record
     /// did not): (vm, host). The caller records them.
@@ -111,15 +113,10 @@ impl Realizer {
         drivers: Vec<Arc<dyn VmDriver>>,
         providers: Vec<String>,
     ) -> Realizer {
-        let default_driver = drivers
-            .first()
-            .map_or_else(String::new, |d| d.name().to_owned());
+        let default_driver = drivers.first().map(|d| d.kind());
         Realizer {
             cloud,
-            drivers: drivers
-                .into_iter()
-                .map(|d| (d.name().to_owned(), d))
-                .collect(),
+            drivers: drivers.into_iter().map(|d| (d.kind(), d)).collect(),
             default_driver,
             providers,
             keys: Mutex::new(BTreeMap::new()),
@@ -151,14 +148,20 @@ impl Realizer {
     /// # Errors
     /// The driver is not available on this server.
     pub fn driver_of(&self, vm: &NestedVm) -> Result<Arc<dyn VmDriver>> {
-        let name = vm.driver.as_deref().unwrap_or(&self.default_driver);
-        self.drivers.get(name).cloned().ok_or_else(|| {
+        let have = || {
+            self.drivers
+                .keys()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let kind = vm.driver.or(self.default_driver).ok_or_else(|| {
+            InfraError::new(format!("VM {}", vm.name), "this server has no VM driver")
+        })?;
+        self.drivers.get(&kind).cloned().ok_or_else(|| {
             InfraError::new(
                 format!("VM {}", vm.name),
-                format!(
-                    "driver {name} is not available here (have: {})",
-                    self.drivers.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
+                format!("driver {kind} is not available here (have: {})", have()),
             )
         })
     }
@@ -182,6 +185,31 @@ impl Realizer {
             .iter()
             .position(|p| p == provider)
             .ok_or_else(|| InfraError::new("the local cloud", format!("{provider} is not local")))
+    }
+
+    /// The hosts of `provider` that exist on this machine now (a namespace whose underlay
+    /// address is in the provider's subnet), whether or not the state has them.
+    ///
+    /// # Errors
+    /// `provider` is not local.
+    pub fn owned_hosts(&self, provider: &str) -> Result<Vec<String>> {
+        let subnet = crate::infra::local::provider_subnet(self.index(provider)?)?.octets();
+        let prefix = self.cloud.host_netns("");
+        let mut out: Vec<String> = crate::sys::netns_with_prefix(&prefix)
+            .into_iter()
+            .filter(|ns| {
+                crate::sys::run(&["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "ul0"])
+                    .ok()
+                    .and_then(|o| {
+                        let cidr = o.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+                        cidr.split('/').next()?.parse::<Ipv4Addr>().ok()
+                    })
+                    .is_some_and(|a| a.octets()[..3] == subnet[..3])
+            })
+            .filter_map(|ns| ns.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// The lowest free underlay address for a new host of `provider`.

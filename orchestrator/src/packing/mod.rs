@@ -20,12 +20,12 @@ pub mod synth;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{InstanceType, Name, Resources, QUARTERS_PER_VCPU};
 
 /// Packing options.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackOptions {
     /// Held back on every host for the hypervisor and the switch.
     pub reserve: Resources,
@@ -52,7 +52,7 @@ impl PackOptions {
 }
 
 /// One nested VM to place.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Demand {
     /// Its name.
     pub name: Name,
@@ -65,7 +65,7 @@ pub struct Demand {
 }
 
 /// A host in a plan.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlannedHost {
     /// The instance type to rent.
     pub instance_type: Name,
@@ -80,7 +80,7 @@ pub struct PlannedHost {
 }
 
 /// A VM that could not be placed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Unplaced {
     /// The VM.
     pub name: Name,
@@ -89,7 +89,7 @@ pub struct Unplaced {
 }
 
 /// An affinity group that could not be kept on one host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SplitGroup {
     /// The group.
     pub group: Name,
@@ -100,7 +100,7 @@ pub struct SplitGroup {
 }
 
 /// A packing result.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Plan {
     /// Hosts to rent, with their VMs.
     pub hosts: Vec<PlannedHost>,
@@ -376,7 +376,7 @@ pub struct ExistingHost {
 }
 
 /// Where [`place_one`] put a VM.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Decision {
     /// On an existing host.
     Existing(Name),
@@ -434,7 +434,7 @@ pub fn place_one(
 }
 
 /// A proposed migration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Migration {
     /// The VM.
     pub vm: Name,
@@ -445,7 +445,7 @@ pub struct Migration {
 }
 
 /// A consolidation proposal.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Consolidation {
     /// Migrations, in order.
     pub migrations: Vec<Migration>,

@@ -81,9 +81,7 @@ impl Service {
                     h.name
                 ));
                 if policy == HostLostPolicy::Recreate {
-                    if let Some(r) = &self.realizer {
-                        report.extend(r.fence(&g.state, h.name.as_str()));
-                    }
+                    report.extend(self.renter(&h.provider).power_off(&g.state, &h.name));
                 }
                 let vms: Vec<NestedVm> = view
                     .vms

@@ -1,13 +1,13 @@
 //! Hosts: renting (for a request or for a placement), releasing, and their tunnels.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::model::{self, Host, HostState, Name};
 use crate::store::{Op, State};
 
 /// Request to rent a host.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostRequest {
     /// Name (generated when absent).
@@ -53,23 +53,18 @@ impl Service {
         name: Option<Name>,
         pending: &[Op],
     ) -> Result<Host, ServiceError> {
-        let (state, underlay) = match (&self.realizer, provider.kind) {
-            (Some(r), ProviderKind::Local) => {
-                // Addresses taken by hosts of this transaction count too.
-                let mut view = State {
-                    hosts: g.state.hosts.clone(),
-                    ..State::default()
-                };
-                for op in pending {
-                    if let Op::PutHost(h) = op {
-                        view.hosts.insert(h.name.clone(), h.clone());
-                    }
-                }
-                let a = r.allocate_underlay(&view, provider.name.as_str())?;
-                (HostState::Provisioning, Some(a))
-            }
-            _ => (HostState::Running, None),
+        // Hosts of this transaction count too (their addresses are taken).
+        let mut view = State {
+            hosts: g.state.hosts.clone(),
+            ..State::default()
         };
+        for op in pending {
+            if let Op::PutHost(h) = op {
+                view.hosts.insert(h.name.clone(), h.clone());
+            }
+        }
+        let crate::provider::Reservation { state, underlay } =
+            self.renter(&provider.name).reserve(&view)?;
         let name = name.unwrap_or_else(|| loop {
             meta.next_host += 1;
             if let Ok(n) = Name::new(&format!("host-{}", meta.next_host)) {
@@ -143,13 +138,14 @@ impl Service {
     /// Releases `name` for real and removes its record (a failed rent's clean-up).
     pub(super) fn forget_host(&self, name: &Name) {
         let mut g = self.lock();
-        if g.state.hosts.contains_key(name) {
+        let provider = g.state.hosts.get(name).map(|h| h.provider.clone());
+        if provider.is_some() {
             let _ = self.commit(&mut g, vec![Op::DeleteHost(name.clone())]);
         }
         let state = g.state.clone();
         drop(g);
-        if let Some(r) = &self.realizer {
-            let _ = r.release_host(&state, name.as_str());
+        if let Some(p) = provider {
+            let _ = self.renter(&p).release(&state, name);
         }
     }
 
@@ -189,12 +185,12 @@ impl Service {
             kind: "host",
             name: name.to_owned(),
         })?;
-        if !g.state.hosts.contains_key(&n) {
+        let Some(provider) = g.state.hosts.get(&n).map(|h| h.provider.clone()) else {
             return Err(ServiceError::NotFound {
                 kind: "host",
                 name: name.to_owned(),
             });
-        }
+        };
         let on: Vec<String> = g
             .state
             .vms
@@ -211,11 +207,9 @@ impl Service {
         self.commit(&mut g, vec![Op::DeleteHost(n.clone())])?;
         let state = g.state.clone();
         drop(g);
-        if let Some(r) = &self.realizer {
-            // The record is gone; a release that fails here is retried by the reconciler
-            // (it removes namespaces of hosts the state does not have).
-            r.release_host(&state, n.as_str())?;
-        }
+        // The record is gone; a release that fails here is retried by the reconciler (it
+        // removes what the state does not have).
+        self.renter(&provider).release(&state, &n)?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use crate::packing::{self, Demand};
 use crate::store::{Op, State};
 
 /// Request to move a VM.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateRequest {
     /// Destination host.
@@ -18,7 +18,7 @@ pub struct MigrateRequest {
 }
 
 /// Request to move a whole application to another provider.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppMigrateRequest {
     /// The destination provider.
@@ -26,7 +26,7 @@ pub struct AppMigrateRequest {
 }
 
 /// One VM of an application migration.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppMove {
     /// The VM.
     pub vm: Name,
@@ -39,7 +39,7 @@ pub struct AppMove {
 }
 
 /// What an application migration did.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppMigrateResult {
     /// The application.
     pub app: Name,

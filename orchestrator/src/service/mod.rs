@@ -14,18 +14,18 @@ mod providers;
 mod reconcile;
 mod vms;
 
+pub use crate::provider::{ProviderInfo as Provider, ProviderKind};
 pub use agents::HostLostPolicy;
 pub use hosts::HostRequest;
 pub use migrate::{AppMigrateRequest, AppMigrateResult, AppMove, MigrateRequest};
 pub use networks::{NetworkRequest, DEFAULT_NETWORK};
 pub use plans::{ApplyResult, Billing, ClockRequest, WorkloadRequest};
-pub use providers::{Provider, ProviderKind};
+pub use vms::VmRequest;
 use vms::{check_fits, demand_of, free_ip, mac_for};
-pub use vms::{VmRequest, VM_DRIVERS};
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::infra::realize::Realizer;
@@ -63,6 +63,12 @@ pub enum ServiceError {
     Infra(String),
 }
 
+impl From<crate::provider::ProviderError> for ServiceError {
+    fn from(e: crate::provider::ProviderError) -> ServiceError {
+        ServiceError::Infra(e.to_string())
+    }
+}
+
 impl From<crate::infra::InfraError> for ServiceError {
     fn from(e: crate::infra::InfraError) -> ServiceError {
         ServiceError::Infra(e.to_string())
@@ -90,6 +96,8 @@ pub struct Service {
     store: Box<dyn Store>,
     inner: Mutex<Inner>,
     providers: Vec<Provider>,
+    /// The provider behind each of `providers`, in the same order.
+    renters: Vec<Arc<dyn crate::provider::Provider>>,
     opts: PackOptions,
     realizer: Option<Arc<Realizer>>,
     tasks: Mutex<std::collections::HashMap<Name, Task>>,
@@ -97,7 +105,7 @@ pub struct Service {
 
 /// An operation in progress on a VM (not persisted: after a restart the reconciler finishes or
 /// rolls back whatever was in flight).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// Being created.
@@ -149,10 +157,19 @@ impl Service {
             });
         }
         anyhow::ensure!(!ps.is_empty(), "at least one provider is needed");
+        // Until a realizer makes local providers real, every provider's hosts are records.
+        let renters: Vec<Arc<dyn crate::provider::Provider>> = ps
+            .iter()
+            .map(|p| {
+                Arc::new(crate::provider::sim::SimProvider::new(p.clone()))
+                    as Arc<dyn crate::provider::Provider>
+            })
+            .collect();
         Ok(Service {
             store,
             inner: Mutex::new(Inner { state, rev }),
             providers: ps,
+            renters,
             opts,
             realizer: None,
             tasks: Mutex::new(std::collections::HashMap::new()),

@@ -1,13 +1,13 @@
 //! Tenant networks (one VNI and IPv4 subnet each).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::model::{self, Network};
 use crate::store::Op;
 
 /// Request to create a network.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkRequest {
     /// Name.

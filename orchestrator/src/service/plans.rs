@@ -11,7 +11,7 @@ use crate::store::Op;
 use crate::workload::Workload;
 
 /// A workload (the TOML text of a workload file).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadRequest {
     /// Workload file contents (TOML).
@@ -19,7 +19,7 @@ pub struct WorkloadRequest {
 }
 
 /// Result of applying a workload.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApplyResult {
     /// The plan for the VMs that did not exist yet.
     pub plan: Plan,
@@ -32,7 +32,7 @@ pub struct ApplyResult {
 }
 
 /// Request to advance the simulated billing clock.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClockRequest {
     /// Seconds to advance.
@@ -40,7 +40,7 @@ pub struct ClockRequest {
 }
 
 /// What the rented hosts cost.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Billing {
     /// The simulated clock, seconds.
     pub clock_secs: u64,

@@ -11,6 +11,14 @@ use crate::store::Op;
 impl Service {
     /// Makes hosts of `local` providers and their VMs real through `realizer`.
     pub fn with_realizer(mut self, realizer: Arc<Realizer>) -> Service {
+        for (p, r) in self.providers.iter().zip(self.renters.iter_mut()) {
+            if p.kind == ProviderKind::Local {
+                *r = Arc::new(crate::provider::local::LocalProvider::new(
+                    p.clone(),
+                    realizer.clone(),
+                ));
+            }
+        }
         self.realizer = Some(realizer);
         self
     }
@@ -72,11 +80,9 @@ impl Service {
         Ok(report)
     }
 
-    /// Rents, for real, every local host still marked provisioning; marks it running.
+    /// Rents, for real, every host still marked provisioning (through its provider); marks
+    /// it running.
     pub(super) fn realize_pending_hosts(&self) -> Result<(), ServiceError> {
-        let Some(r) = &self.realizer else {
-            return Ok(());
-        };
         let state = self.snapshot();
         let mut first = None;
         for h in state
@@ -85,7 +91,7 @@ impl Service {
             .filter(|h| h.state == HostState::Provisioning)
         {
             // Every pending host is tried; the first failure is reported.
-            if let Err(e) = r.ensure_host(&state, h) {
+            if let Err(e) = self.renter(&h.provider).rent(&state, h) {
                 first.get_or_insert(ServiceError::from(e));
                 continue;
             }

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::model::{self, HostState, Name, NestedVm, Network, Resources, VmState};
@@ -10,7 +10,7 @@ use crate::packing::{self, Decision, Demand, ExistingHost, PackOptions};
 use crate::store::{Op, State};
 
 /// Request to create a nested VM.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmRequest {
     /// Name.
@@ -24,7 +24,7 @@ pub struct VmRequest {
     /// Guest image.
     pub image: Option<String>,
     /// Nested-VM driver on local hosts: `qemu` or `netns` (the server's default when absent).
-    pub driver: Option<String>,
+    pub driver: Option<crate::driver::VmDriverKind>,
     /// The application it belongs to.
     pub app: Option<String>,
     /// Affinity group.
@@ -38,9 +38,6 @@ pub struct VmRequest {
     #[serde(default)]
     pub provider: Option<String>,
 }
-
-/// The nested-VM drivers a VM may ask for.
-pub const VM_DRIVERS: [&str; 2] = ["qemu", "netns"];
 
 impl Service {
     /// Nested VMs.
@@ -100,17 +97,6 @@ impl Service {
             ));
         }
         let network = name_field("network", &req.network)?;
-        if let Some(d) = &req.driver {
-            if !VM_DRIVERS.contains(&d.as_str()) {
-                return Err(invalid(
-                    "driver",
-                    format!(
-                        "{d:?} is not a driver: use one of {}",
-                        VM_DRIVERS.join(", ")
-                    ),
-                ));
-            }
-        }
         let affinity = req
             .affinity
             .as_deref()
@@ -186,7 +172,7 @@ impl Service {
             cpu_quarters: cpu,
             memory_mib: mem,
             image: req.image.clone().unwrap_or_else(|| "busybox".to_owned()),
-            driver: req.driver.clone(),
+            driver: req.driver,
             app,
             network: net.name.clone(),
             mac: mac_for(&ip),
