@@ -843,18 +843,7 @@ mod tests {
             sample("tcp-1", "bridge", 10.0),
             sample("tcp-1", "ovs", f64::NAN),
         ];
-        let r = Results {
-            schema: SCHEMA.into(),
-            machine: json!({}),
-            suite: "quick".into(),
-            reps: 1,
-            seconds: 1.0,
-            interrupted: false,
-            summary: summarize(&samples),
-            samples,
-            sweeps: Vec::new(),
-            sweep_summary: Vec::new(),
-        };
+        let r = results(samples);
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains("\"value\":null"), "{text}");
         let back: Results = serde_json::from_str(&text).unwrap();

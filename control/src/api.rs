@@ -3,23 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Encryption;
+use crate::config::{PeerSection, PortSection};
 
-/// `POST /v1/ports`: take over an interface as a port.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortRequest {
-    /// Interface to take over.
-    pub interface: String,
-    /// Network.
-    pub vni: u32,
-    /// Port security MAC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-    /// Port security IPv4 addresses.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<String>,
-}
+/// `POST /v1/ports`: take over an interface as a port (the same as a `[[port]]` of the file).
+pub type PortRequest = PortSection;
 
 /// `POST /v1/fdb`: a static entry, toward a local port or a peer's VTEP.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -37,25 +24,8 @@ pub struct FdbRequest {
     pub vtep: Option<String>,
 }
 
-/// `POST /v1/peers`: a peer switch.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerRequest {
-    /// Its VTEP address.
-    pub address: String,
-    /// The VNIs it carries (default: every VNI of a local port).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vnis: Option<Vec<u32>>,
-    /// The peer's public key (base64): its traffic goes through a secure tunnel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
-    /// "required" (the default with a key) or "off".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<Encryption>,
-    /// Where to reach its tunnel first (default: its address, this host's secure port).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-}
+/// `POST /v1/peers`: a peer switch (the same as a `[[peer]]` of the file).
+pub type PeerRequest = PeerSection;
 
 /// `PUT /v1/peers/{address}/endpoint`: where a secure peer is reached now.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -46,3 +46,31 @@ impl Provider for SimProvider {
         Ok(Vec::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::ProviderKind;
+
+    #[test]
+    fn a_simulated_host_is_a_record_that_runs_at_once() {
+        let p = SimProvider::new(ProviderInfo {
+            name: Name::new("east").unwrap(),
+            kind: ProviderKind::Sim,
+            region: "r".into(),
+            catalog: "c".into(),
+            instance_types: Vec::new(),
+        });
+        let r = p.reserve(&State::default()).unwrap();
+        assert_eq!(r.state, HostState::Running);
+        assert_eq!(r.underlay, None);
+        let n = Name::new("h1").unwrap();
+        p.release(&State::default(), &n).unwrap();
+        assert!(p.power_off(&State::default(), &n).is_empty());
+        assert!(
+            p.owned().unwrap().is_empty(),
+            "nothing exists outside the state"
+        );
+        assert_eq!(p.info().name.as_str(), "east");
+    }
+}

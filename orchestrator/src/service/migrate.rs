@@ -79,18 +79,7 @@ impl Service {
     ) -> Result<(NestedVm, Option<MigrationReport>), ServiceError> {
         let to = name_field("to", &req.to)?;
         let mut g = self.lock();
-        let Some(mut vm) = g
-            .state
-            .vms
-            .values()
-            .find(|v| v.name.as_str() == name)
-            .cloned()
-        else {
-            return Err(ServiceError::NotFound {
-                kind: "VM",
-                name: name.to_owned(),
-            });
-        };
+        let mut vm = vm_record(&g.state, name)?;
         if vm.host == to {
             return Err(ServiceError::Conflict(format!(
                 "VM {name} is already on {to}"

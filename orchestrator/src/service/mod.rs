@@ -21,7 +21,7 @@ pub use migrate::{AppMigrateRequest, AppMigrateResult, AppMove, MigrateRequest};
 pub use networks::{NetworkRequest, DEFAULT_NETWORK};
 pub use plans::{ApplyResult, Billing, ClockRequest, WorkloadRequest};
 pub use vms::VmRequest;
-use vms::{check_fits, demand_of, free_ip, mac_for};
+use vms::{check_fits, demand_of, free_ip, mac_for, vm_record};
 
 use std::sync::{Arc, Mutex};
 

@@ -360,3 +360,39 @@ fn an_application_moves_to_another_provider_and_its_hosts_are_released() {
         }
     ));
 }
+
+#[test]
+fn provider_kinds_come_from_the_settings_and_unreal_local_hosts_are_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let providers = vec![
+        ("here".to_owned(), "local:ec2-2026".to_owned()),
+        ("there".to_owned(), "ec2-2014".to_owned()),
+    ];
+    let s = Service::new(
+        Box::new(RedbStore::open(dir.path()).unwrap()),
+        &providers,
+        PackOptions::default(),
+    )
+    .unwrap();
+    let kinds: Vec<ProviderKind> = s.providers().iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, [ProviderKind::Local, ProviderKind::Sim]);
+    assert_eq!(s.local_providers(), ["here"]);
+    assert_eq!(s.providers()[0].catalog, "ec2-2026");
+    // Without a realizer nothing is made real: the host is a record that runs at once.
+    let h = s
+        .add_host(&HostRequest {
+            name: None,
+            provider: Some("here".into()),
+            instance_type: cheapest_type(&s, "here"),
+        })
+        .unwrap();
+    assert_eq!((h.state, h.underlay), (HostState::Running, None));
+    // Released through its provider, the record goes.
+    s.remove_host(h.name.as_str()).unwrap();
+    assert!(s.hosts().is_empty());
+    let e = s.remove_host(h.name.as_str()).unwrap_err();
+    assert!(
+        matches!(e, ServiceError::NotFound { kind: "host", .. }),
+        "{e}"
+    );
+}

@@ -246,18 +246,7 @@ impl Service {
 
     pub(super) fn set_state(&self, name: &str, st: VmState) -> Result<NestedVm, ServiceError> {
         let mut g = self.lock();
-        let Some(mut vm) = g
-            .state
-            .vms
-            .values()
-            .find(|v| v.name.as_str() == name)
-            .cloned()
-        else {
-            return Err(ServiceError::NotFound {
-                kind: "VM",
-                name: name.to_owned(),
-            });
-        };
+        let mut vm = vm_record(&g.state, name)?;
         let _task = self.begin(
             &vm.name,
             match st {
@@ -377,4 +366,17 @@ pub(super) fn free_ip(net: &Network, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
 pub(super) fn mac_for(ip: &Ipv4Addr) -> String {
     let o = ip.octets();
     format!("02:6b:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// The record of VM `name` in `state`.
+pub(super) fn vm_record(state: &State, name: &str) -> Result<NestedVm, ServiceError> {
+    state
+        .vms
+        .values()
+        .find(|v| v.name.as_str() == name)
+        .cloned()
+        .ok_or_else(|| ServiceError::NotFound {
+            kind: "VM",
+            name: name.to_owned(),
+        })
 }
