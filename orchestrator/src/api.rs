@@ -100,7 +100,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(_) => {
                 ApiError(StatusCode::CONFLICT, "conflict", e.to_string(), None)
             }
-            ServiceError::Infra(_) => ApiError(
+            ServiceError::Infra(_) | ServiceError::Provider(_) => ApiError(
                 StatusCode::BAD_GATEWAY,
                 "infrastructure",
                 e.to_string(),

@@ -196,7 +196,9 @@ pub fn local_realizer(
     // The default driver first; `qemu` is offered as a second driver when its image exists.
     let drivers: Vec<Arc<dyn VmDriver>> = match (settings.driver, qemu) {
         (VmDriverKind::Qemu, Ok(q)) => vec![Arc::new(q), netns],
-        (VmDriverKind::Qemu, Err(e)) => return Err(anyhow::anyhow!("--vm-driver qemu: {e}")),
+        (VmDriverKind::Qemu, Err(e)) => {
+            return Err(anyhow::Error::new(e).context("--vm-driver qemu"))
+        }
         (VmDriverKind::Netns, Ok(q)) => vec![netns, Arc::new(q)],
         (VmDriverKind::Netns, Err(_)) => vec![netns],
     };
@@ -381,7 +383,7 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
                     // Keys the agents reported reach the rendezvous.
                     if let Some(r) = s.realizer().filter(|r| r.agents_drive()) {
                         if let Err(err) = r.sync_rendezvous(&s.snapshot()) {
-                            eprintln!("kangaroo: agents: {err}");
+                            eprintln!("kangaroo: agents: {}", crate::sys::report(&err));
                         }
                     }
                 }

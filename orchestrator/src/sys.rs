@@ -4,38 +4,56 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Why an infrastructure step failed: what was being done, and the cause.
-#[derive(Debug, thiserror::Error)]
-#[error("{step}: {cause}")]
+/// Why an infrastructure step failed: the step, with its cause as the error's source.
+#[derive(Debug)]
 pub struct InfraError {
     /// The step, e.g. `starting the switch of host-1`.
     pub step: String,
-    /// The cause.
-    pub cause: String,
+    /// Why it failed.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for InfraError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.step)
+    }
+}
+
+impl std::error::Error for InfraError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
 }
 
 impl InfraError {
-    /// An error for `step` caused by `cause`.
-    pub fn new(step: impl Into<String>, cause: impl ToString) -> InfraError {
+    /// An error for `step` caused by `cause` (an error, or a message).
+    pub fn new(
+        step: impl Into<String>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> InfraError {
         InfraError {
             step: step.into(),
-            cause: cause.to_string(),
+            source: cause.into(),
         }
     }
 }
 
 impl From<kangaroo_control::client::ClientError> for InfraError {
     fn from(e: kangaroo_control::client::ClientError) -> InfraError {
-        // The client's error names the request and the socket; its causes follow.
-        let mut cause = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            cause.push_str(": ");
-            cause.push_str(&s.to_string());
-            source = s.source();
-        }
-        InfraError::new("the switch's control API", cause)
+        InfraError::new("the switch's control API", e)
     }
+}
+
+/// `e` and every cause below it, joined by `: ` (what a message to a person shows).
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 /// Result of an infrastructure step.
@@ -243,5 +261,25 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn a_step_keeps_its_cause_as_the_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = InfraError::new("starting the switch of h1", io);
+        assert_eq!(e.to_string(), "starting the switch of h1");
+        assert_eq!(report(&e), "starting the switch of h1: no such file");
+        let outer = InfraError::new("renting h1", e);
+        assert_eq!(
+            report(&outer),
+            "renting h1: starting the switch of h1: no such file"
+        );
+        let msg = InfraError::new("a step", "a message");
+        assert_eq!(report(&msg), "a step: a message");
     }
 }

@@ -425,7 +425,7 @@ impl VmDriver for QemuDriver {
         if let Err(e) = Self::confirm_running(dst, vm) {
             Self::quit(dst, vm);
             let _ = resume(&mut q);
-            return Err(InfraError::new(&step, e.to_string()));
+            return Err(InfraError::new(&step, e));
         }
         progress(&format!(
             "completed in {} ms, downtime {} ms, {} MiB",

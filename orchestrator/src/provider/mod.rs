@@ -87,11 +87,12 @@ pub struct Reservation {
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The infrastructure step failed.
-    #[error("provider {provider}: {cause}")]
+    #[error("provider {provider}")]
     Infra {
         /// The provider.
         provider: Name,
         /// The step and its cause.
+        #[source]
         cause: InfraError,
     },
 }

@@ -58,21 +58,13 @@ pub enum ServiceError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The infrastructure failed (what was being done and why); nothing was changed.
-    #[error("{0}")]
-    Infra(String),
-}
-
-impl From<crate::provider::ProviderError> for ServiceError {
-    fn from(e: crate::provider::ProviderError) -> ServiceError {
-        ServiceError::Infra(e.to_string())
-    }
-}
-
-impl From<crate::infra::InfraError> for ServiceError {
-    fn from(e: crate::infra::InfraError) -> ServiceError {
-        ServiceError::Infra(e.to_string())
-    }
+    /// An infrastructure step failed; nothing was changed. The message is the step and every
+    /// cause below it: this is where the error becomes what a tenant reads.
+    #[error("{}", crate::sys::report(.0))]
+    Infra(#[from] crate::sys::InfraError),
+    /// A provider failed to rent, release or fence; nothing was changed.
+    #[error("{}", crate::sys::report(.0))]
+    Provider(#[from] crate::provider::ProviderError),
 }
 
 fn invalid(field: &str, message: impl ToString) -> ServiceError {

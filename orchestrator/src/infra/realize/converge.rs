@@ -32,11 +32,11 @@ impl Realizer {
         {
             match self.cloud.ensure_rendezvous() {
                 Ok(_) => r.repaired.push("the rendezvous (re)started".into()),
-                Err(e) => r.errors.push(e.to_string()),
+                Err(e) => r.errors.push(crate::sys::report(&e)),
             }
         }
         if let Err(e) = self.sync_rendezvous(state) {
-            r.errors.push(e.to_string());
+            r.errors.push(crate::sys::report(&e));
         }
         let local: Vec<(&Host, HostRef)> = state
             .hosts
@@ -108,7 +108,7 @@ impl Realizer {
                 true
             }
             Err(e) => {
-                r.errors.push(e.to_string());
+                r.errors.push(crate::sys::report(&e));
                 self.cloud.switch_alive(hr)
             }
         }
@@ -131,7 +131,7 @@ impl Realizer {
                 match Self::spec(state, vm).and_then(|s| Ok((s, self.driver_of(vm)?))) {
                     Ok(s) => s,
                     Err(e) => {
-                        r.errors.push(e.to_string());
+                        r.errors.push(crate::sys::report(&e));
                         continue;
                     }
                 };
@@ -149,11 +149,11 @@ impl Realizer {
                 VmState::Lost => Ok(()),
             };
             if let Err(e) = res {
-                r.errors.push(e.to_string());
+                r.errors.push(crate::sys::report(&e));
             }
         }
         if let Err(e) = self.sync_fdb(state, hr, skip, &moving) {
-            r.errors.push(e.to_string());
+            r.errors.push(crate::sys::report(&e));
         }
         // VMs on it the state does not have at all (deleted while nobody drove this host).
         for d in self.drivers.values() {
@@ -177,7 +177,7 @@ impl Realizer {
                         "VM {name}: removed from {} (not in the state)",
                         hr.name
                     )),
-                    Err(e) => r.errors.push(e.to_string()),
+                    Err(e) => r.errors.push(crate::sys::report(&e)),
                 }
             }
         }
@@ -255,7 +255,7 @@ impl Realizer {
                 match Self::spec(state, vm).and_then(|s| Ok((s, self.driver_of(vm)?))) {
                     Ok(s) => s,
                     Err(e) => {
-                        r.errors.push(e.to_string());
+                        r.errors.push(crate::sys::report(&e));
                         continue;
                     }
                 };
@@ -319,7 +319,7 @@ impl Realizer {
                         .and_then(|()| self.cloud.publish_location(hosts, &spec, &h, &port))
                     {
                         Ok(()) => r.adopted.push((vm.name.to_string(), h.name.clone())),
-                        Err(e) => r.errors.push(e.to_string()),
+                        Err(e) => r.errors.push(crate::sys::report(&e)),
                     }
                     skip.adopted.insert(vm.name.to_string());
                     continue;
@@ -327,7 +327,7 @@ impl Realizer {
             }
             for (h, _) in &elsewhere {
                 if let Err(e) = self.cloud.destroy_vm(driver.as_ref(), &[], h, &spec) {
-                    r.errors.push(e.to_string());
+                    r.errors.push(crate::sys::report(&e));
                 } else {
                     r.repaired
                         .push(format!("VM {}: stray copy on {} removed", vm.name, h.name));
@@ -361,7 +361,7 @@ impl Realizer {
                 if !state.vms.keys().any(|k| k.as_str() == name) {
                     match crate::sys::delete_netns(&ns) {
                         Ok(()) => r.repaired.push(format!("VM {name}: namespace removed")),
-                        Err(e) => r.errors.push(e.to_string()),
+                        Err(e) => r.errors.push(crate::sys::report(&e)),
                     }
                 }
                 continue;
@@ -376,7 +376,7 @@ impl Realizer {
                         Ok(()) => r
                             .repaired
                             .push(format!("host {name}: released (not in the state)")),
-                        Err(e) => r.errors.push(e.to_string()),
+                        Err(e) => r.errors.push(crate::sys::report(&e)),
                     }
                 }
             }
@@ -428,7 +428,11 @@ impl Realizer {
             let _ = self.cloud.detach(&hr, &d.port_name(&spec));
             out.push(match d.destroy(&hr, &spec) {
                 Ok(()) => format!("VM {}: stopped on lost host {name} (fenced)", vm.name),
-                Err(e) => format!("VM {}: fencing it on lost host {name} failed: {e}", vm.name),
+                Err(e) => format!(
+                    "VM {}: fencing it on lost host {name} failed: {}",
+                    vm.name,
+                    crate::sys::report(&e)
+                ),
             });
         }
         out

@@ -524,7 +524,7 @@ fn nova_error(e: ServiceError, no_host: bool) -> OsError {
             format!("No valid host was found. {msg}."),
         ),
         ServiceError::Conflict(_) => OsError::new(NOVA, StatusCode::CONFLICT, msg),
-        ServiceError::Infra(_) | ServiceError::Store(_) => {
+        ServiceError::Infra(_) | ServiceError::Provider(_) | ServiceError::Store(_) => {
             OsError::new(NOVA, StatusCode::INTERNAL_SERVER_ERROR, msg)
         }
     }
