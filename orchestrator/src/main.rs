@@ -76,7 +76,7 @@ enum Command {
         reconcile_secs: u64,
         /// Which tunnels between local hosts are encrypted and authenticated (secure tunnels,
         /// the WireGuard protocol): `between-providers`, `always` or `off` (plain VXLAN).
-        #[arg(long, default_value = "between-providers")]
+        #[arg(long, value_enum, default_value_t = SecurePolicy::BetweenProviders)]
         secure_tunnels: SecurePolicy,
         /// The tenant's project and user name in the OpenStack-compatible API (its password is
         /// the API token).
@@ -155,7 +155,7 @@ enum Command {
         )]
         guest_image: PathBuf,
         /// Which tunnels are secure tunnels (`local`), as the controllers'.
-        #[arg(long, default_value = "between-providers")]
+        #[arg(long, value_enum, default_value_t = SecurePolicy::BetweenProviders)]
         secure_tunnels: SecurePolicy,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with

@@ -149,7 +149,7 @@ impl Service {
         vm: &NestedVm,
         provider: &Name,
         ops: &mut Vec<Op>,
-    ) -> Option<Result<Name, String>> {
+    ) -> Option<Result<Name, ServiceError>> {
         let p = self.providers.iter().find(|p| &p.name == provider)?;
         let mut existing = Self::existing_hosts(view);
         existing.retain(|e| {
@@ -160,8 +160,8 @@ impl Service {
         Some(
             match packing::place_one(&demand_of(vm), &existing, &p.instance_types, &self.opts) {
                 Ok(Decision::Existing(h)) => Ok(h),
-                Ok(Decision::Rent(t)) => self.rent(g, meta, p, &t, ops).map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+                Ok(Decision::Rent(t)) => self.rent(g, meta, p, &t, ops),
+                Err(e) => Err(ServiceError::Conflict(e)),
             },
         )
     }

@@ -50,7 +50,7 @@ pub struct LocalConfig {
 
 /// Which tunnels between hosts are secure tunnels (the WireGuard protocol; the switch's
 /// `encryption = "required"`), and which plain VXLAN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SecurePolicy {
     /// None: every tunnel is plain VXLAN (the switches get no key).
     Off,
@@ -79,20 +79,6 @@ impl SecurePolicy {
             SecurePolicy::BetweenProviders => "between-providers",
             SecurePolicy::Always => "always",
         }
-    }
-}
-
-impl std::str::FromStr for SecurePolicy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<SecurePolicy, String> {
-        [
-            SecurePolicy::Off,
-            SecurePolicy::BetweenProviders,
-            SecurePolicy::Always,
-        ]
-        .into_iter()
-        .find(|p| p.name() == s)
-        .ok_or_else(|| format!("{s:?}: use \"between-providers\", \"always\" or \"off\""))
     }
 }
 
@@ -597,13 +583,11 @@ mod tests {
         assert!(BetweenProviders.requires("a", "b") && !BetweenProviders.requires("a", "a"));
         assert!(Always.requires("a", "a"));
         for p in [Off, BetweenProviders, Always] {
-            assert_eq!(p.name().parse::<SecurePolicy>(), Ok(p));
+            use clap::ValueEnum;
+            assert_eq!(p.to_possible_value().unwrap().get_name(), p.name());
+            assert_eq!(SecurePolicy::from_str(p.name(), false), Ok(p));
         }
-        let e = "sometimes".parse::<SecurePolicy>().unwrap_err();
-        assert!(
-            e.contains("sometimes") && e.contains("between-providers"),
-            "{e}"
-        );
+        assert!(<SecurePolicy as clap::ValueEnum>::from_str("sometimes", false).is_err());
     }
 
     #[test]
