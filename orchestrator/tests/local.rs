@@ -1000,8 +1000,11 @@ fn orchestrator_killed_during_a_live_migration_ends_with_one_copy() {
     let mut host = "ha".to_owned();
     let mut outcomes = Vec::new();
     // Rounds: before the transfer; during it, slowed so that it is still in flight at restart
-    // (cancelled: rolled back); during it, left to finish on its own (completed).
-    for (delay_ms, slow) in [(0u64, false), (150, true), (150, false)] {
+    // (cancelled: rolled back); during it, left to finish on its own (completed). In the last,
+    // the destination QEMU is held (SIGSTOP) from the moment it appears until the server is
+    // dead, so the kill lands mid-operation however fast this machine migrates (a 91 MiB guest
+    // moved in 41 ms here), and is let go after it.
+    for (delay_ms, slow, hold) in [(0u64, false, false), (150, true, false), (150, false, true)] {
         let other = if host == "ha" { "hb" } else { "ha" };
         let cli = {
             let dir = dir.clone();
@@ -1021,8 +1024,22 @@ fn orchestrator_killed_during_a_live_migration_ends_with_one_copy() {
             assert!(Instant::now() < deadline, "no destination QEMU appeared");
             std::thread::sleep(Duration::from_millis(5));
         }
+        let held = hold
+            .then(|| {
+                qemu_copies(&dir, "mover")
+                    .into_iter()
+                    .find(|(h, _)| h == other)
+                    .map(|(_, pid)| pid)
+            })
+            .flatten();
+        if let Some(pid) = held {
+            kangaroo_orchestrator::sys::signal(pid, "STOP");
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         s.kill9();
+        if let Some(pid) = held {
+            kangaroo_orchestrator::sys::signal(pid, "CONT");
+        }
         // A transfer still running is slowed to a crawl, so that it is still in flight when the
         // server is back: the reconciler must cancel it, not race it.
         let qmp_of = |h: &str| dir.join(format!("local/hosts/{h}/vms/mover/qmp.sock"));
