@@ -33,7 +33,7 @@ echo "guest image: $guest"
 
 K=$PWD/target/demo/kangaroo
 data=$(mktemp -d /tmp/kangaroo-demo.XXXXXX)
-port=$(( 20000 + RANDOM % 20000 ))
+port=$(( 20000 + RANDOM % 12000 ))  # below the ephemeral range
 export KANGAROO_URL="http://127.0.0.1:$port" KANGAROO_DATA_DIR="$data"
 server=
 cleanup() {

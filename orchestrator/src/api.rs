@@ -33,6 +33,9 @@ use crate::service::{
 pub struct Api {
     service: Arc<Service>,
     token: Arc<str>,
+    /// The OpenStack face's token checker (same key and lifetime as the face's own), for the
+    /// requests a standby forwards.
+    os_tokens: Arc<crate::openstack::Tokens>,
 }
 
 /// The JSON error body.
@@ -484,6 +487,10 @@ pub fn router_with(
     let api = Api {
         service,
         token: Arc::from(token),
+        os_tokens: Arc::new(crate::openstack::Tokens::new(
+            &openstack.password,
+            openstack.token_ttl,
+        )),
     };
     let (routes, doc) = OpenApiRouter::with_openapi(Doc::openapi())
         .routes(routes!(list_providers))
@@ -544,8 +551,10 @@ pub fn router_with(
             )
             .into_response()
         })
-        .layer(middleware::from_fn_with_state(api.clone(), auth))
-        .layer(middleware::from_fn_with_state(api, to_leader));
+        // The outermost layer runs first: nothing is forwarded (and no body read) before the
+        // request is authenticated.
+        .layer(middleware::from_fn_with_state(api.clone(), to_leader))
+        .layer(middleware::from_fn_with_state(api, auth));
     (app, doc)
 }
 
@@ -553,12 +562,8 @@ pub fn router_with(
 /// answers with the leader's response; reads are answered here, from the copy the standby keeps
 /// current by watching the store. With no leader elected yet, such requests get 503.
 async fn to_leader(State(a): State<Api>, req: Request, next: Next) -> Response {
-    let reads = matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    );
     let leader = match a.service.role() {
-        crate::store::Role::Standby { leader } if !reads => leader,
+        crate::store::Role::Standby { leader } if is_write(req.method()) => leader,
         _ => return next.run(req).await,
     };
     let Some(leader) = leader else {
@@ -576,6 +581,17 @@ async fn to_leader(State(a): State<Api>, req: Request, next: Next) -> Response {
     };
     forward(&leader, req).await
 }
+
+/// Whether a request with `method` may change state (a standby forwards it).
+fn is_write(method: &axum::http::Method) -> bool {
+    !matches!(
+        *method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    )
+}
+
+/// The largest body a standby forwards: what the API itself accepts (axum's default limit).
+pub const FORWARD_BODY_LIMIT: usize = 2 << 20;
 
 /// Marks a request a standby forwarded, so it is never forwarded twice.
 const FORWARDED: &str = "x-kangaroo-forwarded";
@@ -595,8 +611,10 @@ pub async fn forward(leader: &str, req: axum::extract::Request) -> axum::respons
         ));
     }
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
-        return unavailable("the request body could not be read (over 64 MiB?)".into());
+    let Ok(bytes) = axum::body::to_bytes(body, FORWARD_BODY_LIMIT).await else {
+        let body = serde_json::json!({"error": {"status": 413, "code": "too_large",
+            "message": format!("the request body is over {FORWARD_BODY_LIMIT} bytes or could not be read")}});
+        return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
     };
     let url = format!(
         "{}{}",
@@ -663,8 +681,26 @@ pub async fn forward(leader: &str, req: axum::extract::Request) -> axum::respons
 }
 
 async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {
-    // The OpenStack face checks its own tokens (X-Auth-Token).
-    if req.uri().path() == "/health" || crate::openstack::is_openstack_path(req.uri().path()) {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    // The OpenStack face checks its own tokens (X-Auth-Token) where it answers; a request a
+    // standby forwards is checked here first, so that nobody unauthenticated makes a standby
+    // read and relay a body. Token requests carry their credentials in the body: the leader
+    // checks those.
+    if crate::openstack::is_openstack_path(req.uri().path()) {
+        let forwarded = is_write(req.method())
+            && matches!(a.service.role(), crate::store::Role::Standby { .. })
+            && req.uri().path() != "/identity/v3/auth/tokens";
+        let token_ok = !forwarded
+            || req
+                .headers()
+                .get("x-auth-token")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| a.os_tokens.validate(t).is_ok());
+        if !token_ok {
+            return crate::openstack::unauthorized(req.uri().path());
+        }
         return next.run(req).await;
     }
     let ok = req
@@ -683,5 +719,106 @@ async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {
             None,
         )
         .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Op, RedbStore, Role, State, Store, StoreError};
+
+    /// The embedded store, acting as a standby whose leader is unreachable.
+    struct Standby(RedbStore);
+
+    impl Store for Standby {
+        fn load(&self) -> Result<(State, u64), StoreError> {
+            self.0.load()
+        }
+        fn commit(&self, expected: u64, ops: &[Op]) -> Result<u64, StoreError> {
+            self.0.commit(expected, ops)
+        }
+        fn role(&self) -> Role {
+            // Nothing listens on loopback's discard port: a forwarded request fails with 503.
+            Role::Standby {
+                leader: Some("http://127.0.0.1:9".into()),
+            }
+        }
+    }
+
+    fn call(
+        url: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut b = axum::http::Request::builder()
+            .method(method)
+            .uri(format!("{url}{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(body.to_vec()).unwrap();
+        let mut r = agent.run(req).unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    /// A standby authenticates before it forwards, and forwards no more than the API accepts.
+    #[test]
+    fn a_standby_forwards_nothing_unauthenticated_or_oversized() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Standby(RedbStore::open(dir.path()).unwrap());
+        let service = Arc::new(
+            Service::new(
+                Box::new(store),
+                &[("p".to_owned(), "ec2-2026".to_owned())],
+                crate::packing::PackOptions::default(),
+            )
+            .unwrap(),
+        );
+        let (app, _) = router(service, "secret");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move { axum::serve(listener, app).await });
+        let bearer = [("authorization", "Bearer secret")];
+        let vm = br#"{"name":"a","vcpus":1,"memory":"1GiB","network":"n"}"#;
+        // Without the token: refused here, not forwarded (the unreachable leader would be 503).
+        let (st, body) = call(&url, "POST", "/v1/vms", &[], vm);
+        assert_eq!(st, 401, "{body}");
+        let (st, body) = call(&url, "POST", "/compute/v2.1/servers", &[], b"{}");
+        assert_eq!(st, 401, "{body}");
+        let (st, body) = call(
+            &url,
+            "DELETE",
+            "/compute/v2.1/servers/x",
+            &[("x-auth-token", "forged")],
+            b"",
+        );
+        assert_eq!(st, 401, "{body}");
+        // With it, forwarded (and the leader is unreachable).
+        let (st, body) = call(&url, "POST", "/v1/vms", &bearer, vm);
+        assert_eq!(st, 503, "{body}");
+        let (st, body) = call(
+            &url,
+            "POST",
+            "/compute/v2.1/servers",
+            &[("x-auth-token", "secret")],
+            b"{}",
+        );
+        assert_eq!(st, 503, "{body}");
+        // A body over what the API accepts is not read on, let alone forwarded.
+        let big = vec![b' '; FORWARD_BODY_LIMIT + 1];
+        let (st, body) = call(&url, "POST", "/v1/vms", &bearer, &big);
+        assert_eq!(st, 413, "{body}");
+        // Reads are answered by the standby itself.
+        let (st, body) = call(&url, "GET", "/v1/vms", &bearer, b"");
+        assert_eq!((st, body.as_str()), (200, "[]"));
     }
 }

@@ -131,15 +131,7 @@ pub fn router(service: Arc<Service>, cfg: OpenStackConfig) -> Router {
 /// The answer to a request under an OpenStack prefix that no route takes: 404, or 405 when
 /// the path exists with other methods, in the style of the service the prefix names.
 pub fn unrouted(path: &str, method_not_allowed: bool) -> Response {
-    let style = if path.starts_with("/compute") {
-        Style::Nova
-    } else if path.starts_with("/network") {
-        Style::Neutron
-    } else if path.starts_with("/image") {
-        Style::Glance
-    } else {
-        Style::Keystone
-    };
+    let style = style_of(path);
     if method_not_allowed {
         OsError::new(
             style,
@@ -371,6 +363,24 @@ pub(crate) async fn require_token(
     } else {
         OsError::unauthorized(style).into_response()
     }
+}
+
+/// The error style of the service an OpenStack path belongs to.
+fn style_of(path: &str) -> Style {
+    if path.starts_with("/compute") {
+        Style::Nova
+    } else if path.starts_with("/network") {
+        Style::Neutron
+    } else if path.starts_with("/image") {
+        Style::Glance
+    } else {
+        Style::Keystone
+    }
+}
+
+/// The 401 of the service that `path` belongs to, in its own format.
+pub fn unauthorized(path: &str) -> Response {
+    OsError::unauthorized(style_of(path)).into_response()
 }
 
 /// A link pair (`self`, `bookmark`) as Nova and Glance write them.
