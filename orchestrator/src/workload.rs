@@ -120,6 +120,10 @@ struct VmFile {
 /// Largest `count` accepted for one entry.
 pub const MAX_COUNT: u32 = 100_000;
 
+/// Most VMs one workload may describe, all entries together: a plan is computed per request,
+/// so this bounds what one request can cost the controller.
+pub const MAX_VMS: usize = 20_000;
+
 impl Workload {
     /// Parses and validates workload text.
     ///
@@ -196,6 +200,16 @@ impl Workload {
                     format!("{count} is not between 1 and {MAX_COUNT}"),
                 ));
             }
+            // Checked before expanding: nothing is allocated for a workload that is too large.
+            if vms.len() + count as usize > MAX_VMS {
+                return Err(bad(
+                    "count",
+                    format!(
+                        "{count} more VMs make {} in all: a workload may have at most {MAX_VMS}",
+                        vms.len() + count as usize
+                    ),
+                ));
+            }
             for k in 1..=count {
                 let n = if count == 1 {
                     name.clone()
@@ -260,6 +274,37 @@ vcpus = 2
 memory = "8GiB"
 affinity = "shop"
 "#;
+
+    #[test]
+    fn the_total_of_all_entries_is_capped_before_anything_is_expanded() {
+        let entries = |n: usize, count: u32| {
+            let mut t = "catalog = 'ec2-2026'\n".to_owned();
+            for i in 0..n {
+                t.push_str(&format!(
+                    "[[vm]]\nname = 'v{i}'\nvcpus = 0.25\nmemory = '256MiB'\ncount = {count}\n"
+                ));
+            }
+            t
+        };
+        // 200 entries of 100,000 each (20 million VMs): refused at once, naming the entry.
+        let started = std::time::Instant::now();
+        let e = Workload::parse(&entries(200, MAX_COUNT))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vm[0]") && e.contains("count") && e.contains("at most 20000"),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let e = Workload::parse(&entries(2, 15_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vm[1]") && e.contains("30000 in all"), "{e}");
+        assert_eq!(
+            Workload::parse(&entries(2, 10_000)).unwrap().vms.len(),
+            MAX_VMS
+        );
+    }
 
     #[test]
     fn parses_and_expands_counts() {

@@ -71,13 +71,40 @@ impl Service {
     pub fn apply(&self, req: &WorkloadRequest) -> Result<ApplyResult, ServiceError> {
         let w = Workload::parse(&req.workload).map_err(|e| invalid("workload", e))?;
         let provider = self.provider(None)?;
-        let mut g = self.lock();
-        let (existing, new): (Vec<_>, Vec<_>) = w
-            .vms
-            .iter()
-            .partition(|v| g.state.vms.contains_key(&v.demand.name));
-        let demands: Vec<Demand> = new.iter().map(|v| v.demand.clone()).collect();
-        let plan = packing::plan(&demands, &provider.instance_types, &w.options);
+        // The plan is computed outside the state's lock (other operations go on meanwhile); it
+        // depends only on which of the workload's VMs exist, which is checked again under the
+        // lock before anything is committed.
+        let mut attempts = 0;
+        let (mut g, existing, new, plan) = loop {
+            let exists: Vec<bool> = {
+                let g = self.lock();
+                w.vms
+                    .iter()
+                    .map(|v| g.state.vms.contains_key(&v.demand.name))
+                    .collect()
+            };
+            let (existing, new): (Vec<_>, Vec<_>) =
+                w.vms.iter().zip(&exists).partition(|(_, e)| **e);
+            let existing: Vec<_> = existing.into_iter().map(|(v, _)| v).collect();
+            let new: Vec<_> = new.into_iter().map(|(v, _)| v).collect();
+            let demands: Vec<Demand> = new.iter().map(|v| v.demand.clone()).collect();
+            let plan = packing::plan(&demands, &provider.instance_types, &w.options);
+            let g = self.lock();
+            let unchanged = w
+                .vms
+                .iter()
+                .zip(&exists)
+                .all(|(v, e)| g.state.vms.contains_key(&v.demand.name) == *e);
+            if unchanged {
+                break (g, existing, new, plan);
+            }
+            attempts += 1;
+            if attempts == 3 {
+                return Err(ServiceError::Conflict(
+                    "the workload's VMs kept changing while it was planned: apply it again".into(),
+                ));
+            }
+        };
         let mut ops = Vec::new();
         let mut meta = g.state.meta.clone();
         let mut rented = Vec::new();
