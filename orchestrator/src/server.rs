@@ -305,6 +305,7 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
             })
             .await
             .context("reading the token from etcd")??;
+            crate::token::check(&t).context("the token in etcd")?;
             crate::token::write(&cfg.data_dir, &t)?;
             t
         }

@@ -16,7 +16,11 @@ pub const TOKEN_FILE: &str = "token";
 pub fn load_or_create(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(t) if !t.trim().is_empty() => {
+            let t = t.trim().to_owned();
+            check(&t).with_context(|| format!("{}", path.display()))?;
+            return Ok(t);
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -54,6 +58,28 @@ pub fn write(dir: &Path, t: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fewest characters a token may have: it is the OpenStack face's password and the key its
+/// tokens are signed with, so an empty or short one would let anyone in.
+pub const MIN_LEN: usize = 32;
+
+/// Checks a token read from a file or a shared store before it is used.
+///
+/// # Errors
+/// It is shorter than [`MIN_LEN`] (an empty one included) or holds white space or control
+/// characters; the message says which.
+pub fn check(t: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        t.len() >= MIN_LEN,
+        "the API token has {} characters; at least {MIN_LEN} are needed",
+        t.len()
+    );
+    anyhow::ensure!(
+        !t.chars().any(|c| c.is_whitespace() || c.is_control()),
+        "the API token holds white space or control characters"
+    );
+    Ok(())
+}
+
 /// Compares secrets in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -79,5 +105,20 @@ mod tests {
         assert!(constant_time_eq(t.as_bytes(), t.as_bytes()));
         assert!(!constant_time_eq(t.as_bytes(), generate().as_bytes()));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn empty_short_or_odd_tokens_are_refused() {
+        check(&generate()).unwrap();
+        for bad in ["", "short", &format!("{} x", "a".repeat(40))] {
+            assert!(check(bad).is_err(), "{bad:?}");
+        }
+        let e = check("").unwrap_err().to_string();
+        assert!(e.contains("0 characters") && e.contains("32"), "{e}");
+        // A token file an operator shortened is refused by name, not used.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(TOKEN_FILE), "guessable\n").unwrap();
+        let e = format!("{:#}", load_or_create(d.path()).unwrap_err());
+        assert!(e.contains(TOKEN_FILE) && e.contains("9 characters"), "{e}");
     }
 }

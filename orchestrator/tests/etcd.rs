@@ -300,6 +300,51 @@ fn a_bad_etcd_url_or_a_dead_etcd_is_a_clear_error() {
     );
 }
 
+/// An empty API token in etcd (which made the OpenStack password "" and its signing key a
+/// constant) stops a controller from starting, with a message that says so.
+#[test]
+fn an_empty_token_in_etcd_is_refused() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    let url: EtcdUrl = format!("{}/t-token", etcd.url()).parse().unwrap();
+    let e = EtcdStore::connect(&url).unwrap();
+    assert_eq!(e.shared_value("token", String::new).unwrap(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--provider", "sim=ec2-2026", "--store", &url.to_string()])
+        .env("KANGAROO_DATA_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a controller started (or ran 15 s): {err}"
+    );
+    assert!(
+        err.contains("the token in etcd") && err.contains("0 characters"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("token").exists(),
+        "nothing written from it"
+    );
+}
+
 /// `kangaroo serve` on etcd with one simulated provider, as a child process.
 struct Controller {
     child: std::process::Child,
