@@ -403,10 +403,30 @@ fn openstack_client_live_migrates_a_qemu_server() {
         s.ok(&["host", "add", t, "--name", h, "--provider", "cloud-a"]);
     }
     let watch = Watch::start(&s, "mover");
+    // The new QEMU is frozen for a moment as soon as it exists, so the server is still being
+    // built while the watcher polls, however fast this machine boots it.
+    let pid_file = s.dir.join("local/hosts/ha/vms/mover/qemu.pid");
+    let holder = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                kangaroo_orchestrator::sys::signal(pid, "STOP");
+                std::thread::sleep(Duration::from_millis(600));
+                kangaroo_orchestrator::sys::signal(pid, "CONT");
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    });
     let vm = os.json(
         &s,
         &w("server create --flavor m1.tiny --image busybox --network n --availability-zone cloud-a:ha mover --wait"),
     );
+    assert!(holder.join().unwrap(), "the server's QEMU appeared");
     let seen = watch.stop();
     assert!(
         seen.contains(&"BUILD".to_owned()),
