@@ -57,27 +57,11 @@ enum Command {
         /// placement.
         #[arg(long = "provider", value_parser = parse_provider, default_value = "sim=ec2-2026")]
         providers: Vec<(String, String)>,
-        /// Nested-VM driver of local providers: `qemu` (real VMs, live migration) or `netns`
-        /// (a namespace and a process; moves restart it).
-        #[arg(long, value_enum, default_value_t = VmDriverKind::Netns)]
-        vm_driver: VmDriverKind,
-        /// Datapath mode of the local hosts' switches.
-        #[arg(long, value_enum, default_value_t = kangaroo_control::mode::DEFAULT_MODE)]
-        switch_mode: Mode,
-        /// Guest image directory of the `qemu` driver (scripts/build-guest-image.sh builds it).
-        #[arg(
-            long,
-            env = "KANGAROO_GUEST_DIR",
-            default_value = "/var/cache/kangaroo/guest"
-        )]
-        guest_image: PathBuf,
+        #[command(flatten)]
+        local: LocalFlags,
         /// Seconds between reconciler passes over local hosts (0: start-up and on request only).
         #[arg(long, default_value_t = 10)]
         reconcile_secs: u64,
-        /// Which tunnels between local hosts are encrypted and authenticated (secure tunnels,
-        /// the WireGuard protocol): `between-providers`, `always` or `off` (plain VXLAN).
-        #[arg(long, value_enum, default_value_t = SecurePolicy::BetweenProviders)]
-        secure_tunnels: SecurePolicy,
         /// The tenant's project and user name in the OpenStack-compatible API (its password is
         /// the API token).
         #[arg(long, default_value = "kangaroo")]
@@ -141,22 +125,9 @@ enum Command {
         /// A local provider, in the order the controllers name them (repeatable; `local`).
         #[arg(long = "local-provider")]
         local_providers: Vec<String>,
-        /// Nested-VM driver (`local`), as the controllers'.
-        #[arg(long, value_enum, default_value_t = VmDriverKind::Netns)]
-        vm_driver: VmDriverKind,
-        /// Datapath mode of the host's switch (`local`).
-        #[arg(long, value_enum, default_value_t = kangaroo_control::mode::DEFAULT_MODE)]
-        switch_mode: Mode,
-        /// Guest image directory of the `qemu` driver (`local`).
-        #[arg(
-            long,
-            env = "KANGAROO_GUEST_DIR",
-            default_value = "/var/cache/kangaroo/guest"
-        )]
-        guest_image: PathBuf,
-        /// Which tunnels are secure tunnels (`local`), as the controllers'.
-        #[arg(long, value_enum, default_value_t = SecurePolicy::BetweenProviders)]
-        secure_tunnels: SecurePolicy,
+        /// How the host is run (`local`): the same as the controllers'.
+        #[command(flatten)]
+        local: LocalFlags,
     },
     /// The service a `netns` nested VM runs: HTTP on ADDR answering `/` with
     /// `name=NAME boot=ID counter=N` (N: tenths of a second since start) and `/cgi-bin/hits`
@@ -363,6 +334,43 @@ enum CatalogCmd {
     },
 }
 
+/// How local hosts are run: the flags `serve` (for every local host) and `agent --driver
+/// local` (for its one host) share, and must agree on.
+#[derive(Debug, clap::Args)]
+struct LocalFlags {
+    /// Nested-VM driver on local hosts: `qemu` (real VMs, live migration) or `netns` (a
+    /// namespace and a process; moves restart it).
+    #[arg(long, value_enum, default_value_t = VmDriverKind::Netns)]
+    vm_driver: VmDriverKind,
+    /// Datapath mode of the local hosts' switches.
+    #[arg(long, value_enum, default_value_t = kangaroo_control::mode::DEFAULT_MODE)]
+    switch_mode: Mode,
+    /// Guest image directory of the `qemu` driver (scripts/build-guest-image.sh builds it).
+    #[arg(
+        long,
+        env = "KANGAROO_GUEST_DIR",
+        default_value = "/var/cache/kangaroo/guest"
+    )]
+    guest_image: PathBuf,
+    /// Which tunnels between local hosts are encrypted and authenticated (secure tunnels, the
+    /// WireGuard protocol): `between-providers`, `always` or `off` (plain VXLAN).
+    #[arg(long, value_enum, default_value_t = SecurePolicy::BetweenProviders)]
+    secure_tunnels: SecurePolicy,
+}
+
+impl LocalFlags {
+    /// The settings, with reconciler passes every `reconcile_secs` (0: none on a timer).
+    fn settings(self, reconcile_secs: u64) -> LocalSettings {
+        LocalSettings {
+            driver: self.vm_driver,
+            switch_mode: self.switch_mode,
+            guest_image: self.guest_image,
+            reconcile_secs,
+            secure: self.secure_tunnels,
+        }
+    }
+}
+
 /// How `kangaroo agent` drives its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum AgentDriver {
@@ -387,11 +395,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             providers,
-            vm_driver,
-            switch_mode,
-            guest_image,
+            local,
             reconcile_secs,
-            secure_tunnels,
             openstack_project,
             openstack_token_ttl,
             flavors,
@@ -416,13 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     None => kangaroo_orchestrator::openstack::flavors::default_flavors(),
                 },
             },
-            local: LocalSettings {
-                driver: vm_driver,
-                switch_mode,
-                guest_image,
-                reconcile_secs,
-                secure: secure_tunnels,
-            },
+            local: local.settings(reconcile_secs),
             data_dir,
             listen,
             providers,
@@ -435,23 +434,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lease_secs,
             driver: AgentDriver::Local,
             local_providers,
-            vm_driver,
-            switch_mode,
-            guest_image,
-            secure_tunnels,
+            local,
         } => daemons::local_agent(
             &store,
             &host,
             lease_secs,
             &local_providers,
             &data_dir,
-            &LocalSettings {
-                driver: vm_driver,
-                switch_mode,
-                guest_image,
-                reconcile_secs: 0,
-                secure: secure_tunnels,
-            },
+            &local.settings(0),
         ),
         Command::Agent {
             store,

@@ -220,7 +220,7 @@ pub fn agent_command(
         cfg.data_dir.display().to_string(),
         "agent".into(),
         "--driver".into(),
-        "local".into(),
+        crate::provider::ProviderKind::Local.name().into(),
         "--store".into(),
         url.to_string(),
         "--lease-secs".into(),
