@@ -164,6 +164,21 @@ pub fn sync_members(secure: &Secure, cfg: &RendezvousConfig) -> Result<MemberCha
     Ok(c)
 }
 
+/// Most members one query may ask for.
+pub const MAX_WANTED: usize = 256;
+
+/// The members a query asks for: each VTEP once, never the asker itself, at most
+/// [`MAX_WANTED`]; so one query makes at most one message per other member.
+fn wanted(m: &RendezvousMessage, asker: Ipv4Addr) -> Vec<Ipv4Addr> {
+    let mut seen = std::collections::BTreeSet::new();
+    m.want
+        .iter()
+        .copied()
+        .filter(|w| *w != asker && seen.insert(*w))
+        .take(MAX_WANTED)
+        .collect()
+}
+
 /// Answers one member's message: its own endpoint and the wanted members', and tells each
 /// wanted member where the asker is.
 pub fn answer(secure: &Secure, ip: &[u8]) {
@@ -180,7 +195,7 @@ pub fn answer(secure: &Secure, ip: &[u8]) {
     };
     let asker_at = secure.observed(&asker);
     let mut found = Vec::new();
-    for w in m.want.iter().take(256) {
+    for w in &wanted(&m, asker_vtep) {
         let Some(member) = secure.member(*w) else {
             continue;
         };
@@ -240,6 +255,29 @@ pub fn run(secure: &Secure, stop: &AtomicBool, reload: &AtomicBool, on_reload: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_names_each_other_member_once() {
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let b = Ipv4Addr::new(10, 0, 0, 2);
+        let m = RendezvousMessage {
+            want: [vec![b; 256], vec![a; 10], vec![b]].concat(),
+            ..Default::default()
+        };
+        assert_eq!(
+            wanted(&m, a),
+            vec![b],
+            "one message to b, none to the asker"
+        );
+        let many: Vec<Ipv4Addr> = (0..1000u32)
+            .map(|i| Ipv4Addr::from(0x0a01_0000 + i))
+            .collect();
+        let m = RendezvousMessage {
+            want: many.clone(),
+            ..Default::default()
+        };
+        assert_eq!(wanted(&m, a), many[..MAX_WANTED].to_vec());
+    }
 
     const KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
 
