@@ -31,8 +31,13 @@ struct Cli {
         default_value = "http://127.0.0.1:7878"
     )]
     url: String,
-    /// API token (default: read from the data directory).
-    #[arg(long, global = true, env = "KANGAROO_TOKEN", hide_env_values = true)]
+    /// A file holding the API token (default: the data directory's). The environment
+    /// variable KANGAROO_TOKEN gives the token itself; it is not taken on the command line,
+    /// where every user of the machine could read it in the process list.
+    #[arg(long, global = true, env = "KANGAROO_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Refused: see --token-file.
+    #[arg(long, global = true, hide = true)]
     token: Option<String>,
     /// Data directory (state database and API token).
     #[arg(long, global = true, env = "KANGAROO_DATA_DIR")]
@@ -390,7 +395,21 @@ fn parse_provider(s: &str) -> Result<(String, String), String> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output { json: cli.json };
     let data_dir = cli::data_dir(cli.data_dir.as_ref());
-    let api = || tenant::connect(&cli.url, cli.token.as_deref(), &data_dir);
+    anyhow::ensure!(
+        cli.token.is_none(),
+        "--token would show the API token to every user of this machine (in the process list): \
+         set KANGAROO_TOKEN or use --token-file FILE"
+    );
+    let env_token = std::env::var("KANGAROO_TOKEN").ok();
+    let token_file = cli.token_file.clone();
+    let api = || {
+        tenant::connect(
+            &cli.url,
+            env_token.as_deref(),
+            token_file.as_deref(),
+            &data_dir,
+        )
+    };
     match cli.command {
         Command::Serve {
             listen,
@@ -640,6 +659,28 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_token_is_never_taken_from_the_command_line() {
+        let cli = Cli::try_parse_from(["kangaroo", "--token", "s3cret", "vm", "ls"]).unwrap();
+        let e = run(cli).unwrap_err().to_string();
+        assert!(
+            e.contains("process list")
+                && e.contains("KANGAROO_TOKEN")
+                && e.contains("--token-file"),
+            "{e}"
+        );
+        // --token-file is read; a missing one is named.
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t");
+        std::fs::write(&f, "from-the-file\n").unwrap();
+        assert!(cli::tenant::connect("http://127.0.0.1:1", None, Some(&f), d.path()).is_ok());
+        let missing = d.path().join("none");
+        let e = cli::tenant::connect("http://127.0.0.1:1", None, Some(&missing), d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--token-file") && e.contains("none"), "{e}");
     }
 
     fn flags() -> Vec<(String, bool)> {

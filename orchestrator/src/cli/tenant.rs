@@ -15,19 +15,29 @@ use serde_json::json;
 
 use super::{or_dash, table, Output};
 
-/// A client of the API at `url`, with `token` or the one in the data directory.
+/// A client of the API at `url`, with `token` (from the environment), else the one in
+/// `token_file`, else the one in the data directory.
 ///
 /// # Errors
-/// No token given and none readable in the data directory.
-pub fn connect(url: &str, token: Option<&str>, data_dir: &Path) -> anyhow::Result<ApiClient> {
-    let token = match token {
-        Some(t) => t.to_owned(),
-        None => {
+/// No token given and none readable where it was looked for.
+pub fn connect(
+    url: &str,
+    token: Option<&str>,
+    token_file: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<ApiClient> {
+    let token = match (token, token_file) {
+        (Some(t), _) => t.to_owned(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the API token from --token-file {}", f.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => {
             let p = data_dir.join(kangaroo_orchestrator::token::TOKEN_FILE);
             std::fs::read_to_string(&p)
                 .with_context(|| {
                     format!(
-                        "reading the API token from {} (is `kangaroo serve` using this data directory? or pass --token)",
+                        "reading the API token from {} (is `kangaroo serve` using this data directory? or set KANGAROO_TOKEN or --token-file)",
                         p.display()
                     )
                 })?
