@@ -87,12 +87,14 @@ fn a_vm_rents_the_cheapest_host_that_fits_and_the_next_packs_beside_it() {
     assert_eq!(a.mac, "02:6b:c0:a8:07:02");
     // A second small VM goes beside it when it fits, and gets the next address.
     let cap = s.options().usable(&h.instance_type);
-    if cap.cpu_quarters >= 4 && cap.memory_mib >= 1024 {
-        let b = s.create_vm(&vm("b", 0.5, "512MiB")).unwrap();
-        assert_eq!(b.host, a.host, "packed on the rented host");
-        assert_eq!(b.ip.to_string(), "192.168.7.3");
-        assert_eq!(s.hosts().len(), 1);
-    }
+    assert!(
+        cap.cpu_quarters >= 4 && cap.memory_mib >= 1024,
+        "the cheapest type holds two such VMs: {cap:?}"
+    );
+    let b = s.create_vm(&vm("b", 0.5, "512MiB")).unwrap();
+    assert_eq!(b.host, a.host, "packed on the rented host");
+    assert_eq!(b.ip.to_string(), "192.168.7.3");
+    assert_eq!(s.hosts().len(), 1);
     // The bill counts the one host.
     let bill = s.billing();
     assert!((bill.cost_per_hour - h.instance_type.price_per_hour).abs() < 1e-9);

@@ -50,16 +50,7 @@ impl Service {
     /// # Errors
     /// Not found.
     pub fn vm(&self, name: &str) -> Result<NestedVm, ServiceError> {
-        self.lock()
-            .state
-            .vms
-            .values()
-            .find(|v| v.name.as_str() == name)
-            .cloned()
-            .ok_or_else(|| ServiceError::NotFound {
-                kind: "VM",
-                name: name.to_owned(),
-            })
+        vm_record(&self.lock().state, name)
     }
 
     /// The hosts placement may use (not lost ones), each with its VMs' demands; one pass over

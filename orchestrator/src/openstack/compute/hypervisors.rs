@@ -60,32 +60,29 @@ pub(super) fn hypervisor_view(
     v
 }
 
-pub(super) async fn list_hypervisors(
-    State(os): State<Shared>,
-    Extension(m): Extension<Micro>,
-) -> Json<Value> {
+fn hypervisor_list(os: &Shared, m: Micro, detail: bool) -> Json<Value> {
     let vms = os.service.vms();
     let list: Vec<Value> = os
         .service
         .hosts()
         .iter()
-        .map(|h| hypervisor_view(&os, h, &vms, m, false))
+        .map(|h| hypervisor_view(os, h, &vms, m, detail))
         .collect();
     Json(json!({ "hypervisors": list }))
+}
+
+pub(super) async fn list_hypervisors(
+    State(os): State<Shared>,
+    Extension(m): Extension<Micro>,
+) -> Json<Value> {
+    hypervisor_list(&os, m, false)
 }
 
 pub(super) async fn list_hypervisors_detail(
     State(os): State<Shared>,
     Extension(m): Extension<Micro>,
 ) -> Json<Value> {
-    let vms = os.service.vms();
-    let list: Vec<Value> = os
-        .service
-        .hosts()
-        .iter()
-        .map(|h| hypervisor_view(&os, h, &vms, m, true))
-        .collect();
-    Json(json!({ "hypervisors": list }))
+    hypervisor_list(&os, m, true)
 }
 
 pub(super) async fn show_hypervisor(
