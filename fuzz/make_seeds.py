@@ -127,3 +127,8 @@ put("tenant_api", "plans", reqs(
     "POST /v1/plans\n" + json.dumps({"workload": wl}),
     "POST /v1/plans/apply\n" + json.dumps({"workload": wl}),
     'POST /v1/apps/shop/migrate\n{"to": "old"}', "POST /v1/reconcile", "GET /health noauth"))
+
+# secure_receive takes `arbitrary` forgeries; seeds of varied bytes give it lists of several
+# templates, message types and flips to start from.
+for i, seed in enumerate([bytes(range(0, 96)), bytes(range(255, 95, -1)), b"\x01\x04\x02" * 40]):
+    put("secure_receive", "forgeries-%d" % i, seed)

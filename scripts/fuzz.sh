@@ -38,7 +38,7 @@ case "${1:-}" in
 	;;
 esac
 
-all=(switch_frames vxlan arp offload switch_config control_api workload tenant_api)
+all=(switch_frames vxlan arp offload switch_config control_api workload tenant_api secure_receive)
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=("${all[@]}")
 

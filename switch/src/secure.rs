@@ -55,6 +55,8 @@ const DOWN_AFTER: Duration = Duration::from_secs(30);
 pub const RELAY_HEADER: usize = 12;
 /// Room for a handshake message or an encrypted packet of the largest datagram, relayed.
 pub const BUFFER: usize = 65_536 + SECURE_OVERHEAD + RELAY_HEADER;
+/// WireGuard's cookie reply (message type 3).
+const COOKIE_REPLY: u8 = 3;
 /// A datagram for the relay to pass on (first byte; WireGuard's own types are 1 to 4).
 const RELAY_TO: u8 = 0xf0;
 /// A datagram the relay passed on.
@@ -457,7 +459,12 @@ pub struct Secure {
     socket: UdpSocket,
     port: u16,
     keepalive: Option<u16>,
+    /// Counts handshakes (once each, here in [`Self::take`]) and answers with cookies past the
+    /// limit.
     rate_limiter: Arc<RateLimiter>,
+    /// What each tunnel checks messages with again: the MACs only, never a second count (two
+    /// counts halved the limit, and a cookie demanded inside the tunnel looked like a reply).
+    verifier: Arc<RateLimiter>,
     peers: RwLock<Peers>,
     generation: AtomicU64,
     counters: SecureCounters,
@@ -565,6 +572,7 @@ impl Secure {
         socket.set_nonblocking(true)?;
         let port = socket.local_addr()?.port();
         let rate_limiter = Arc::new(RateLimiter::new(&keys.public, HANDSHAKE_RATE_LIMIT));
+        let verifier = Arc::new(RateLimiter::new(&keys.public, u64::MAX));
         let now = Instant::now();
         Ok(Secure {
             keys,
@@ -577,6 +585,7 @@ impl Secure {
             port,
             keepalive: (keepalive > 0).then_some(keepalive),
             rate_limiter,
+            verifier,
             peers: RwLock::new(Peers {
                 by_vtep: HashMap::new(),
                 by_index: HashMap::new(),
@@ -589,6 +598,12 @@ impl Secure {
             next_tick: Mutex::new(now),
             next_reset: Mutex::new(now),
         })
+    }
+
+    /// Answers at most `per_second` handshakes a second before demanding cookies.
+    #[cfg(test)]
+    fn limit_handshakes(&mut self, per_second: u64) {
+        self.rate_limiter = Arc::new(RateLimiter::new(&self.keys.public, per_second));
     }
 
     /// This host's public key.
@@ -678,7 +693,7 @@ impl Secure {
             None,
             self.keepalive,
             index,
-            Some(self.rate_limiter.clone()),
+            Some(self.verifier.clone()),
         );
         Arc::new(SecurePeer {
             vtep,
@@ -1109,8 +1124,10 @@ impl Secure {
         Some(self.take(&datagram[..n], from, out, scratch))
     }
 
-    /// Takes one datagram that came from `from`.
-    fn take(
+    /// Takes one datagram that came from `from` ([`Self::receive_one`] after its `recv`):
+    /// `out` receives a decrypted packet, `scratch` (both at least [`BUFFER`] bytes) holds
+    /// replies. A peer's endpoint moves to `from` only on a message that authenticates it.
+    pub fn take(
         &self,
         datagram: &[u8],
         from: SocketAddrV4,
@@ -1154,7 +1171,16 @@ impl Secure {
             Ok(p) => p,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 c.under_load.fetch_add(1, Ordering::Relaxed);
-                if self.send_to(cookie, from) {
+                // The cookie goes back the way the handshake came: to a relayed peer through
+                // the relay (its source here is the rendezvous, which would drop it).
+                let sent = match relayed_from {
+                    None => self.send_to(cookie, from),
+                    Some(vtep) => {
+                        let peer = self.read_peers().by_vtep.get(&vtep).cloned();
+                        peer.is_some_and(|p| self.send_message(&p, Route::Relay, cookie))
+                    }
+                };
+                if sent {
                     c.handshakes_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 return Received::Nothing;
@@ -1219,6 +1245,10 @@ impl Secure {
             return Received::Nothing;
         }
         let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
+        // Ok((authenticated, replies)): `authenticated` when the message proved it came from
+        // the peer (a data packet, or a handshake message the tunnel took); only then may the
+        // peer's endpoint move. A cookie reply proves nothing: anyone who saw our initiation
+        // and knows the peer's public key can make one.
         let result = match tunn.decapsulate(src, datagram, out) {
             TunnResult::Done => {
                 let mut queue = Vec::new();
@@ -1233,7 +1263,13 @@ impl Secure {
                 } else if is_handshake {
                     c.handshakes_completed.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Some(queue))
+                Ok((is_data || is_handshake, queue))
+            }
+            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
+                // The tunnel's own check is never under load ([`Self::verifier`]); should it
+                // demand a cookie all the same, that is no completed handshake.
+                c.under_load.fetch_add(1, Ordering::Relaxed);
+                Ok((false, vec![reply.to_vec()]))
             }
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake response (we answered an initiation) or the keepalive that
@@ -1256,7 +1292,7 @@ impl Secure {
                         queue.push(p.to_vec());
                     }
                 }
-                Ok(Some(queue))
+                Ok((is_data || is_handshake, queue))
             }
             TunnResult::WriteToTunnelV4(ip, source) => {
                 if source != peer.vtep {
@@ -1286,9 +1322,11 @@ impl Secure {
             }
         };
         drop(tunn);
-        if let Ok(replies) = result {
-            self.heard(&peer, route);
-            for r in replies.unwrap_or_default() {
+        if let Ok((authenticated, replies)) = result {
+            if authenticated {
+                self.heard(&peer, route);
+            }
+            for r in replies {
                 let data = is_data_message(&r);
                 if self.send_message(&peer, route, &r) {
                     if data {
@@ -2055,6 +2093,144 @@ mod tests {
             a.segmented.load(Ordering::Relaxed),
             "the batch left in one segmented send"
         );
+    }
+
+    /// Two switches a and b as [`pair`], b answering at most `limit` handshakes a second.
+    fn pair_limited(limit: u64) -> (Secure, Secure) {
+        let (a, mut b) = (open(), open());
+        b.limit_handshakes(limit);
+        a.add_peer(&PeerSpec {
+            vtep: B_VTEP,
+            public_key: b.public_key(),
+            endpoint: Some(addr(&b)),
+        })
+        .unwrap();
+        b.add_peer(&PeerSpec {
+            vtep: A_VTEP,
+            public_key: a.public_key(),
+            endpoint: Some(addr(&a)),
+        })
+        .unwrap();
+        (a, b)
+    }
+
+    /// a's handshake initiation toward b, as anyone on the path sees it.
+    fn sniff_initiation(a: &Secure, b: &Secure) -> (Vec<u8>, SocketAddrV4) {
+        let mut buf = vec![0u8; BUFFER];
+        assert!(a.encrypt_and_send(&peer(a, B_VTEP), &ip_packet(A_VTEP, B_VTEP, b"x"), &mut buf));
+        let (init, from) = raw_recv(b);
+        assert_eq!(init[0], 1, "a handshake initiation");
+        (init, from)
+    }
+
+    fn take_from(s: &Secure, datagram: &[u8], from: SocketAddrV4) -> Received {
+        let (mut out, mut scratch) = (vec![0u8; BUFFER], vec![0u8; BUFFER]);
+        s.take(datagram, from, &mut out, &mut scratch)
+    }
+
+    #[test]
+    fn a_forged_cookie_reply_does_not_move_the_endpoint() {
+        let (a, b) = pair();
+        let (init, _) = sniff_initiation(&a, &b);
+        // A cookie reply is sealed with a key derived from b's public key alone: anyone who
+        // saw the initiation makes one, here with the rate limiter b itself would use.
+        let attacker = UdpSocket::bind("127.0.0.7:0").unwrap();
+        let SocketAddr::V4(attacker_at) = attacker.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let forger = RateLimiter::new(&x25519::PublicKey::from(b.public_key().0), 0);
+        let mut cookie = vec![0u8; 64];
+        let forged =
+            match forger.verify_packet(Some(IpAddr::V4(*attacker_at.ip())), &init, &mut cookie) {
+                Err(TunnResult::WriteToNetwork(c)) => c.to_vec(),
+                _ => panic!("the forger made no cookie reply"),
+            };
+        assert_eq!(forged[0], 3, "a cookie reply");
+        assert!(matches!(
+            take_from(&a, &forged, attacker_at),
+            Received::Nothing
+        ));
+        assert_eq!(
+            Secure::endpoint(&peer(&a, B_VTEP)),
+            addr(&b),
+            "the forged cookie reply moved b's endpoint"
+        );
+        assert_eq!(count(&a, "endpoint_changes"), 0);
+        // The tunnel still comes up with the real b.
+        assert!(matches!(take_from(&b, &init, addr(&a)), Received::Nothing));
+        assert_eq!(take_one(&a), None);
+        assert_eq!(count(&a, "handshakes_completed"), 1);
+    }
+
+    #[test]
+    fn a_replayed_initiation_at_the_rate_limit_moves_nothing_and_the_limit_is_whole() {
+        // The limit is the configured one: two initiations a second pass a limit of 2.
+        let (a, b) = pair_limited(2);
+        let c = open();
+        c.add_peer(&PeerSpec {
+            vtep: B_VTEP,
+            public_key: b.public_key(),
+            endpoint: Some(addr(&b)),
+        })
+        .unwrap();
+        b.add_peer(&PeerSpec {
+            vtep: Ipv4Addr::new(10, 0, 0, 3),
+            public_key: c.public_key(),
+            endpoint: Some(addr(&c)),
+        })
+        .unwrap();
+        for s in [&a, &c] {
+            let (init, from) = sniff_initiation(s, &b);
+            take_from(&b, &init, from);
+        }
+        assert_eq!(count(&b, "under_load"), 0, "{:?}", b.counters().snapshot());
+        assert_eq!(count(&b, "handshakes_completed"), 2);
+
+        // At the limit's boundary, an initiation b took once and an attacker replays from
+        // elsewhere moves nothing.
+        let (a, b) = pair_limited(3);
+        let (init, from) = sniff_initiation(&a, &b);
+        take_from(&b, &init, from);
+        assert_eq!(count(&b, "handshakes_completed"), 1);
+        let attacker = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 7), 4444);
+        take_from(&b, &init, attacker);
+        assert_eq!(Secure::endpoint(&peer(&b, A_VTEP)), addr(&a));
+        assert_eq!(count(&b, "endpoint_changes"), 0);
+    }
+
+    #[test]
+    fn under_load_the_cookie_for_a_relayed_peer_goes_back_through_the_relay() {
+        let (a, mut b, r) = behind_nat();
+        b.limit_handshakes(0);
+        // a's initiation toward b, as the relay hands it on.
+        let sniffer = UdpSocket::bind("127.0.0.11:0").unwrap();
+        let SocketAddr::V4(sniffer_at) = sniffer.local_addr().unwrap() else {
+            unreachable!()
+        };
+        assert!(a.set_endpoint(b.vtep, sniffer_at));
+        let mut buf = vec![0u8; BUFFER];
+        assert!(a.encrypt_and_send(
+            &peer(&a, b.vtep),
+            &ip_packet(a.vtep, b.vtep, b"x"),
+            &mut buf
+        ));
+        sniffer
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let n = sniffer.recv(&mut buf).unwrap();
+        assert_eq!(buf[0], 1, "a handshake initiation");
+        let mut relayed = vec![RELAY_FROM, 0, 0, 0];
+        relayed.extend_from_slice(&a.vtep.octets());
+        relayed.extend_from_slice(&b.vtep.octets());
+        relayed.extend_from_slice(&buf[..n]);
+        take_from(&b, &relayed, addr_of(&r));
+        assert_eq!(count(&b, "under_load"), 1);
+        // The cookie leaves for a through the relay, not as a bare message to the relay.
+        let (sent, _) = raw_recv(&r);
+        assert_eq!(sent[0], RELAY_TO, "{sent:?}");
+        assert_eq!(&sent[4..8], &b.vtep.octets());
+        assert_eq!(&sent[8..12], &a.vtep.octets());
+        assert_eq!(sent[RELAY_HEADER], 3, "a cookie reply");
     }
 
     #[test]
