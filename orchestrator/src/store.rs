@@ -221,7 +221,7 @@ impl RedbStore {
             path: path.clone(),
             source: e,
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(Box::new(e)))?;
+        crate::sys::private_dir(dir).map_err(|e| open_err(Box::new(e)))?;
         let db = Database::create(&path).map_err(|e| open_err(Box::new(e)))?;
         let w = db.begin_write().map_err(db_err)?;
         for t in [HOSTS, NETWORKS, VMS, META] {

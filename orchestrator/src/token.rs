@@ -40,7 +40,7 @@ pub fn generate() -> String {
 /// Writes `t` as the token file in `dir` (mode 0600, replaced atomically).
 pub fn write(dir: &Path, t: &str) -> anyhow::Result<()> {
     let path = dir.join(TOKEN_FILE);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::sys::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!("{TOKEN_FILE}.tmp.{}", std::process::id()));
     {
         use std::os::unix::fs::OpenOptionsExt;

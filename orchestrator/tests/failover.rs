@@ -397,12 +397,9 @@ fn local_hosts_driven_by_agents_survive_a_leader_kill_an_agent_kill_and_an_etcd_
 
     // spare's agent dies: the host is lost within the lease (2 s) and the leader's sweep
     // (1 s), and cache is re-created on another host, whose agent makes it.
-    let pid: i32 = std::fs::read_to_string(dir.join("local/hosts/spare/agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    kangaroo_orchestrator::sys::signal(pid, "KILL");
+    let pid = kangaroo_orchestrator::sys::live_pid(&dir.join("local/hosts/spare/agent.pid"))
+        .expect("spare's agent runs");
+    kangaroo_orchestrator::sys::process::signal_pid(pid, libc::SIGKILL);
     let killed = Instant::now();
     wait_for("spare is lost", 10, || {
         let hs = b.json(&["host", "ls"]);

@@ -197,6 +197,30 @@ fn qemu_vms_across_hosts_scenario() {
     c.create(netns.clone(), a, spec("client", 2, None));
     println!("3 QEMU VMs and a client created in {:?}", t0.elapsed());
     let client_ns = format!("{}-v-client", c.cloud.config().prefix);
+    // Each QEMU runs unprivileged and sandboxed: a guest that escapes into it is not root.
+    for (host, vm) in [(a, "web1"), (b, "web2"), (b, "web3")] {
+        let pidfile = c.hosts[host].dir.join("vms").join(vm).join("qemu.pid");
+        let pid = kangaroo_orchestrator::sys::live_pid(&pidfile).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert!(
+            field("Uid:").iter().all(|u| *u != "0"),
+            "{vm}'s QEMU runs as root: {:?}",
+            field("Uid:")
+        );
+        assert_eq!(
+            field("Seccomp:"),
+            ["2"],
+            "{vm}'s QEMU has no seccomp filter"
+        );
+        assert_eq!(field("NoNewPrivs:"), ["1"], "{vm}");
+    }
 
     for ip in [11, 12, 13] {
         let t = wait_http(&client_ns, Ipv4Addr::new(10, 50, 0, ip), 60);
@@ -386,16 +410,13 @@ fn qemu_vms_across_hosts_scenario() {
     let killer = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(pid) = std::fs::read_to_string(&dst_pid)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
+            if let Some(pid) = kangaroo_orchestrator::sys::live_pid(&dst_pid) {
                 // Mid-transfer, however fast this machine migrates (a 91 MiB guest moved in
                 // 85 ms here): the destination is frozen as soon as it exists, so the transfer
                 // stalls in it, and killed a moment later.
-                kangaroo_orchestrator::sys::signal(pid, "STOP");
+                kangaroo_orchestrator::sys::process::signal_pid(pid, libc::SIGSTOP);
                 std::thread::sleep(Duration::from_millis(150));
-                kangaroo_orchestrator::sys::signal(pid, "KILL");
+                kangaroo_orchestrator::sys::process::signal_pid(pid, libc::SIGKILL);
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -680,12 +701,11 @@ fn orchestrator_deploys_survives_kill_9_moves_and_releases() {
         dir.join("local/hosts").join(&w2_host).join("switch.pid"),
         dir.join("local/rendezvous/rendezvous.pid"),
     ] {
-        let pid = std::fs::read_to_string(&pidfile).unwrap();
-        assert!(Command::new("kill")
-            .args(["-KILL", pid.trim()])
-            .status()
-            .unwrap()
-            .success());
+        let pid = kangaroo_orchestrator::sys::live_pid(&pidfile).unwrap();
+        assert!(kangaroo_orchestrator::sys::process::signal_pid(
+            pid,
+            libc::SIGKILL
+        ));
     }
     std::thread::sleep(Duration::from_millis(300));
     let out = s2.ok(&["reconcile"]);
@@ -1033,12 +1053,12 @@ fn orchestrator_killed_during_a_live_migration_ends_with_one_copy() {
             })
             .flatten();
         if let Some(pid) = held {
-            kangaroo_orchestrator::sys::signal(pid, "STOP");
+            kangaroo_orchestrator::sys::process::signal_pid(pid, libc::SIGSTOP);
         }
         std::thread::sleep(Duration::from_millis(delay_ms));
         s.kill9();
         if let Some(pid) = held {
-            kangaroo_orchestrator::sys::signal(pid, "CONT");
+            kangaroo_orchestrator::sys::process::signal_pid(pid, libc::SIGCONT);
         }
         // A transfer still running is slowed to a crawl, so that it is still in flight when the
         // server is back: the reconciler must cancel it, not race it.

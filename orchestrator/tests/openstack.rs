@@ -409,13 +409,10 @@ fn openstack_client_live_migrates_a_qemu_server() {
     let holder = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                kangaroo_orchestrator::sys::signal(pid, "STOP");
+            if let Some(pid) = kangaroo_orchestrator::sys::live_pid(&pid_file) {
+                kangaroo_orchestrator::sys::process::signal_pid(pid, libc::SIGSTOP);
                 std::thread::sleep(Duration::from_millis(600));
-                kangaroo_orchestrator::sys::signal(pid, "CONT");
+                kangaroo_orchestrator::sys::process::signal_pid(pid, libc::SIGCONT);
                 return true;
             }
             std::thread::sleep(Duration::from_millis(2));

@@ -782,9 +782,13 @@ pub fn serve(
     shutdown: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use anyhow::Context;
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() {
         // A socket someone answers on belongs to a running switch: two switches on the same
@@ -803,10 +807,12 @@ pub fn serve(
         .build()?;
     let listener = {
         let _g = rt.enter();
-        tokio::net::UnixListener::bind(path)
+        let std = bind_private(path)
+            .with_context(|| format!("binding control socket {}", path.display()))?;
+        std.set_nonblocking(true)?;
+        tokio::net::UnixListener::from_std(std)
             .with_context(|| format!("binding control socket {}", path.display()))?
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let path: PathBuf = path.to_owned();
     Ok(std::thread::spawn(move || {
         rt.block_on(async move {
@@ -820,10 +826,89 @@ pub fn serve(
     }))
 }
 
+/// Binds a Unix socket at `path` that is mode 0600 from the moment the path exists: it is bound
+/// in a private directory (0700, beside `path`), made 0600 there and renamed into place, so no
+/// connection can be opened while it has the umask's mode.
+fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the socket path has no file name"))?;
+    let staging = path.with_file_name(format!(
+        ".{}.{:08x}",
+        name.to_string_lossy(),
+        rand::random::<u32>()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let inside = staging.join("s");
+    let bound = std::os::unix::net::UnixListener::bind(&inside).and_then(|l| {
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inside, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&inside);
+    let _ = std::fs::remove_dir(&staging);
+    bound
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use kangaroo_control::client::request;
+
+    /// The socket path never exists with another mode than 0600, not even for a moment: a
+    /// connection made while it was wider (bound with the umask's mode, changed afterwards)
+    /// stayed open.
+    #[test]
+    fn the_socket_is_private_from_the_moment_it_exists() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let path = temp_socket();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let wider = std::sync::Arc::new(AtomicU32::new(0));
+        let watcher = {
+            let (path, done, wider) = (path.clone(), done.clone(), wider.clone());
+            std::thread::spawn(move || {
+                let mut looks = 0u64;
+                while !done.load(Ordering::Relaxed) && looks < 50_000_000 {
+                    looks += 1;
+                    if let Ok(m) = std::fs::symlink_metadata(&path) {
+                        let mode = m.permissions().mode() & 0o777;
+                        if mode != 0o600 {
+                            wider.store(mode, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        };
+        for _ in 0..2000 {
+            let l = bind_private(&path).unwrap();
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            drop(l);
+            std::fs::remove_file(&path).unwrap();
+            if wider.load(Ordering::Relaxed) != 0 {
+                break;
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        watcher.join().unwrap();
+        assert_eq!(
+            wider.load(Ordering::Relaxed),
+            0,
+            "the socket existed with mode {:o}",
+            wider.load(Ordering::Relaxed)
+        );
+        let parent = path.parent().unwrap();
+        let strays: Vec<_> = std::fs::read_dir(parent)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".kgr-ctl-"))
+            .collect();
+        assert!(strays.is_empty(), "staging left behind: {strays:?}");
+    }
 
     fn temp_socket() -> PathBuf {
         std::env::temp_dir().join(format!(

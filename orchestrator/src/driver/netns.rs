@@ -39,7 +39,7 @@ impl NetnsDriver {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| host.dir.clone());
-        std::fs::create_dir_all(&dir)
+        crate::sys::private_dir(&dir)
             .map_err(|e| InfraError::new(format!("creating {}", dir.display()), e))?;
         let bin = self.service_bin.display().to_string();
         let listen = format!("{}:80", vm.ip);

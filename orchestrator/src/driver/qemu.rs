@@ -27,6 +27,12 @@ pub struct QemuConfig {
     /// Upper bound of the guest memory actually given (the VM's size still counts in
     /// placement); MiB.
     pub max_memory_mib: u64,
+    /// The user QEMU runs as once it has opened its tap, sockets and files (`-runas`); `None`
+    /// leaves it root. Default `nobody`, or `KANGAROO_QEMU_USER` (empty: root).
+    pub run_as: Option<String>,
+    /// QEMU's seccomp sandbox (`-sandbox on`: no obsolete system calls, no spawning, no
+    /// resource control; set-uid calls only for `-runas`, after which it cannot regain root).
+    pub sandbox: bool,
 }
 
 impl Default for QemuConfig {
@@ -39,6 +45,12 @@ impl Default for QemuConfig {
             ),
             accel: "tcg".to_owned(),
             max_memory_mib: 256,
+            run_as: match std::env::var("KANGAROO_QEMU_USER") {
+                Ok(u) if u.is_empty() => None,
+                Ok(u) => Some(u),
+                Err(_) => Some("nobody".to_owned()),
+            },
+            sandbox: true,
         }
     }
 }
@@ -124,7 +136,7 @@ impl QemuDriver {
 
     fn launch(&self, host: &HostRef, vm: &VmSpec, incoming: Option<u16>) -> Result<()> {
         let f = Self::files(host, vm);
-        std::fs::create_dir_all(&f.dir)
+        crate::sys::private_dir(&f.dir)
             .map_err(|e| InfraError::new(format!("creating {}", f.dir.display()), e))?;
         let _ = std::fs::remove_file(&f.qmp);
         let tap = self.ensure_tap(host, vm)?;
@@ -178,6 +190,16 @@ impl QemuDriver {
             "-qmp".into(),
             qmp,
         ];
+        if self.cfg.sandbox {
+            args.push("-sandbox".into());
+            args.push(
+                "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
+            );
+        }
+        if let Some(user) = &self.cfg.run_as {
+            args.push("-runas".into());
+            args.push(user.clone());
+        }
         if let Some(port) = incoming {
             args.push("-incoming".into());
             args.push(format!("tcp:{}:{port}", host.underlay));

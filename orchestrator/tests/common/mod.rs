@@ -541,13 +541,8 @@ pub fn qemu_copies(dir: &std::path::Path, vm: &str) -> Vec<(String, i32)> {
                     .and_then(|h| h.file_name())
                     .map(|h| h.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let pid = std::fs::read_to_string(&p)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok());
-                if let Some(pid) = pid {
-                    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                        out.push((host, pid));
-                    }
+                if let Some(pid) = kangaroo_orchestrator::sys::live_pid(&p) {
+                    out.push((host, pid));
                 }
             }
         }

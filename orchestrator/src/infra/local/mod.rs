@@ -186,7 +186,7 @@ impl LocalCloud {
                 format!("prefix {:?}: 1–8 lowercase letters or digits", cfg.prefix),
             ));
         }
-        std::fs::create_dir_all(&cfg.state_dir)
+        crate::sys::private_dir(&cfg.state_dir)
             .map_err(|e| InfraError::new(format!("creating {}", cfg.state_dir.display()), e))?;
         let seed = 40000 + (short_hash(&cfg.prefix) % 10000) as u16;
         Ok(LocalCloud {
@@ -286,7 +286,7 @@ impl LocalCloud {
     fn provision(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
         let subnet = self.ensure_underlay(index)?;
         let host = self.host_ref(name, underlay);
-        std::fs::create_dir_all(&host.dir)
+        crate::sys::private_dir(&host.dir)
             .map_err(|e| InfraError::new(format!("creating {}", host.dir.display()), e))?;
         sys::ensure_netns(&host.netns)?;
         let router = self.router_netns();
@@ -399,7 +399,7 @@ impl LocalCloud {
         if self.agent_alive(host) {
             return Ok(());
         }
-        std::fs::create_dir_all(&host.dir)
+        crate::sys::private_dir(&host.dir)
             .map_err(|e| InfraError::new(format!("creating {}", host.dir.display()), e))?;
         let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
         args.extend(["--host", host.name.as_str()]);

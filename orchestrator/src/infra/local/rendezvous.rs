@@ -46,7 +46,7 @@ impl LocalCloud {
         let addr = format!("{}/32", RENDEZVOUS.ip());
         sys::run(&["ip", "-n", &ns, "addr", "replace", &addr, "dev", "lo"])?;
         let dir = self.rendezvous_dir();
-        std::fs::create_dir_all(&dir)
+        crate::sys::private_dir(&dir)
             .map_err(|e| InfraError::new(format!("creating {}", dir.display()), e))?;
         let config = dir.join("rendezvous.toml");
         if !config.exists() {
@@ -143,9 +143,7 @@ impl LocalCloud {
             return Ok(());
         }
         write_atomically(&config, &text)?;
-        if let Some(pid) = sys::live_pid(&dir.join("rendezvous.pid")) {
-            sys::signal(pid, "HUP");
-        }
+        sys::process::signal(&dir.join("rendezvous.pid"), libc::SIGHUP);
         Ok(())
     }
 }

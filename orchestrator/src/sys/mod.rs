@@ -4,6 +4,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod process;
+
 /// Why an infrastructure step failed: the step, with its cause as the error's source.
 #[derive(Debug)]
 pub struct InfraError {
@@ -124,7 +126,7 @@ pub fn delete_netns(ns: &str) -> Result<()> {
                 .filter_map(|p| p.parse().ok())
                 .collect();
             for pid in &pids {
-                signal(*pid, "KILL");
+                process::signal_pid(*pid, libc::SIGKILL);
             }
             let deadline = Instant::now() + Duration::from_secs(2);
             while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
@@ -159,10 +161,10 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
     out
 }
 
-/// The pid in `pidfile` if that process is alive.
+/// The pid in `pidfile` if the process it names is running: the one started with that pid
+/// ([`process::Identity`]), not whichever holds the pid now.
 pub fn live_pid(pidfile: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    alive(pid).then_some(pid)
+    process::read(pidfile).map(|p| p.pid)
 }
 
 /// Whether process `pid` exists and is not a zombie.
@@ -176,32 +178,46 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-/// Sends `signal` to `pid`, ignoring a process that is already gone.
-pub fn signal(pid: i32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Stops the process in `pidfile`: SIGTERM, then SIGKILL after `grace`; removes the file.
+/// Stops the process `pidfile` names, if it runs: SIGTERM, then SIGKILL after `grace`; removes
+/// the file.
 pub fn stop_pidfile(pidfile: &Path, grace: Duration) {
-    if let Some(pid) = live_pid(pidfile) {
-        signal(pid, "TERM");
+    if let Some(p) = process::read(pidfile) {
+        process::signal(pidfile, libc::SIGTERM);
         let deadline = Instant::now() + grace;
-        while alive(pid) && Instant::now() < deadline {
+        while p.running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if alive(pid) {
-            signal(pid, "KILL");
+        if p.running() {
+            process::signal(pidfile, libc::SIGKILL);
             let deadline = Instant::now() + Duration::from_secs(2);
-            while alive(pid) && Instant::now() < deadline {
+            while p.running() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
     let _ = std::fs::remove_file(pidfile);
+}
+
+/// Creates `dir` and any missing parents with mode 0700 (never the umask's mode).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes `text` to `path`, created with mode 0600 (an existing file keeps its mode).
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 /// Starts `args` inside namespace `ns` (this process's own when empty) as a detached process
@@ -210,11 +226,15 @@ pub fn stop_pidfile(pidfile: &Path, grace: Duration) {
 pub fn spawn_detached(ns: &str, args: &[&str], log: &Path, pidfile: &Path) -> Result<i32> {
     use std::os::unix::process::CommandExt;
     let step = format!("starting {} in {ns}", args.first().copied().unwrap_or("?"));
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| InfraError::new(&step, format!("{}: {e}", log.display())))?;
+    let out = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log)
+    }
+    .map_err(|e| InfraError::new(&step, format!("{}: {e}", log.display())))?;
     let err = out
         .try_clone()
         .map_err(|e| InfraError::new(&step, format!("{}: {e}", log.display())))?;
@@ -228,6 +248,7 @@ pub fn spawn_detached(ns: &str, args: &[&str], log: &Path, pidfile: &Path) -> Re
         c.args(["netns", "exec", ns]).args(args);
         c
     };
+    process::private_files(&mut cmd);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(out)
@@ -242,7 +263,9 @@ pub fn spawn_detached(ns: &str, args: &[&str], log: &Path, pidfile: &Path) -> Re
         let mut child = child;
         let _ = child.wait();
     });
-    std::fs::write(pidfile, pid.to_string())
+    // A process that already exited has no identity: its pid file names nothing.
+    let line = process::Identity::of(pid).map_or_else(|| format!("{pid} 0 -\n"), |p| p.line());
+    write_private(pidfile, &line)
         .map_err(|e| InfraError::new(&step, format!("{}: {e}", pidfile.display())))?;
     Ok(pid)
 }
@@ -281,5 +304,79 @@ mod error_tests {
         );
         let msg = InfraError::new("a step", "a message");
         assert_eq!(report(&msg), "a step: a message");
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    fn temp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    /// A pid file that names a process this code did not start (left from before a reboot, or
+    /// the pid reused since) never gets that process signalled.
+    #[test]
+    fn a_pid_file_naming_another_process_is_never_signalled() {
+        let dir = temp();
+        let mut victim = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = victim.id() as i32;
+        let file = dir.path().join("stale.pid");
+        for stale in [
+            format!("{pid}\n"),
+            format!("{pid} 1 {}\n", boot_id_for_test()),
+            format!("{pid} {} 00000000-0000-0000-0000-000000000000\n", 1),
+        ] {
+            std::fs::write(&file, &stale).unwrap();
+            assert_eq!(live_pid(&file), None, "{stale:?} names another process");
+            std::fs::write(&file, &stale).unwrap();
+            stop_pidfile(&file, Duration::from_millis(100));
+            assert!(alive(pid), "{stale:?}: an unrelated process was signalled");
+        }
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+
+        // What this code started, it finds and stops.
+        let started = spawn_detached(
+            "",
+            &["sleep", "30"],
+            &dir.path().join("log"),
+            &dir.path().join("own.pid"),
+        )
+        .unwrap();
+        assert_eq!(live_pid(&dir.path().join("own.pid")), Some(started));
+        stop_pidfile(&dir.path().join("own.pid"), Duration::from_secs(2));
+        assert!(!alive(started));
+    }
+
+    fn boot_id_for_test() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// What a detached process creates (QEMU's QMP socket, its logs) is private to root
+    /// whatever the caller's umask.
+    #[test]
+    fn detached_processes_create_private_files() {
+        let dir = temp();
+        let log = dir.path().join("log");
+        let pid = spawn_detached("", &["sh", "-c", "umask"], &log, &dir.path().join("p")).unwrap();
+        wait_for("sh", Duration::from_secs(5), || !alive(pid)).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), "0077");
+    }
+
+    #[test]
+    fn directories_are_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp();
+        let deep = dir.path().join("a/b");
+        private_dir(&deep).unwrap();
+        for d in [dir.path().join("a"), deep] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
     }
 }
