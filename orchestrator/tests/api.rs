@@ -785,6 +785,128 @@ fn auth_body(user: &str, password: &str, project: &str) -> String {
     .to_string()
 }
 
+fn token_auth_body(token: &str, scoped: bool) -> String {
+    let mut b = json!({"auth": {"identity": {"methods": ["token"], "token": {"id": token}}}});
+    if scoped {
+        b["auth"]["scope"] =
+            json!({"project": {"name": "kangaroo", "domain": {"name": "Default"}}});
+    }
+    b.to_string()
+}
+
+/// A token from the `token` method keeps its parent's expiry (a stolen token cannot be renewed
+/// forever), revoking any token of a chain revokes the chain, and the scope is bound into the
+/// token: an unscoped token opens no service.
+#[test]
+fn openstack_tokens_from_tokens_keep_the_expiry_die_with_the_chain_and_carry_their_scope() {
+    let s = start();
+    let parent = s.os(
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        Some(&auth_body("kangaroo", &s.token, "kangaroo")),
+    );
+    assert_eq!(parent.status, 201);
+    let parent_token = parent.headers["x-subject-token"].clone();
+    // A second later, so a fresh lifetime would end later than the parent's.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let child = s.os(
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        Some(&token_auth_body(&parent_token, true)),
+    );
+    assert_eq!(child.status, 201, "{}", child.body);
+    assert_eq!(
+        child.body["token"]["expires_at"], parent.body["token"]["expires_at"],
+        "a token renewed from a token expires with it"
+    );
+    let child_token = child.headers["x-subject-token"].clone();
+    let grandchild = s.os(
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        Some(&token_auth_body(&child_token, true)),
+    );
+    assert_eq!(grandchild.status, 201);
+    let grandchild_token = grandchild.headers["x-subject-token"].clone();
+    let servers = |t: &str| {
+        s.os("GET", "/compute/v2.1/servers", &[("X-Auth-Token", t)], None)
+            .status
+    };
+    assert_eq!(servers(&grandchild_token), 200);
+
+    // Revoking the parent revokes what was made from it.
+    let r = s.os(
+        "DELETE",
+        "/identity/v3/auth/tokens",
+        &[
+            ("X-Auth-Token", &s.os_token()),
+            ("X-Subject-Token", &parent_token),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 204);
+    for t in [&parent_token, &child_token, &grandchild_token] {
+        assert_eq!(
+            servers(t),
+            401,
+            "a token of a revoked chain still opens compute"
+        );
+    }
+    let r = s.os(
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        Some(&token_auth_body(&child_token, true)),
+    );
+    assert_eq!(r.status, 401, "a revoked chain renews nothing");
+
+    // An unscoped token opens identity only; scoping it to the project (token method) opens
+    // the services.
+    let unscoped = s.os(
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        Some(
+            &json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "kangaroo", "domain": {"name": "Default"}, "password": s.token}}}}})
+                .to_string(),
+        ),
+    );
+    assert_eq!(unscoped.status, 201);
+    assert!(unscoped.body["token"].get("project").is_none());
+    let unscoped_token = unscoped.headers["x-subject-token"].clone();
+    assert_eq!(
+        servers(&unscoped_token),
+        401,
+        "an unscoped token opened compute"
+    );
+    let r = s.os(
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[
+            ("X-Auth-Token", &unscoped_token),
+            ("X-Subject-Token", &unscoped_token),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body["token"].get("project").is_none(),
+        "validating an unscoped token shows no project: {}",
+        r.body
+    );
+    let scoped = s.os(
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        Some(&token_auth_body(&unscoped_token, true)),
+    );
+    assert_eq!(scoped.status, 201);
+    assert_eq!(scoped.body["token"]["project"]["name"], "kangaroo");
+    assert_eq!(servers(&scoped.headers["x-subject-token"]), 200);
+}
+
 #[test]
 fn openstack_identity_issues_checks_and_revokes_tokens() {
     let s = start();

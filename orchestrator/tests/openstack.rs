@@ -337,7 +337,7 @@ fn openstack_client_and_sdk_drive_nested_vms() {
         .args([
             "-s",
             "-H",
-            "X-Auth-Token: kgo1.1.9999999999.00.ff",
+            "X-Auth-Token: kgo2.1.9999999999.p.00.00.ff",
             &format!("{}/compute/v2.1/servers", s.url),
         ])
         .output()

@@ -26,9 +26,12 @@ const ID: Style = Style::Keystone;
 const DOMAIN_ID: &str = "default";
 const DOMAIN_NAME: &str = "Default";
 
-/// Issues and checks signed tokens: `kgo1.<issued>.<expires>.<nonce>.<mac>`, the MAC an
-/// HMAC-SHA256 over the rest keyed from the API token. Nothing is stored but revocations, which
-/// are kept in memory until the token would have expired.
+/// Issues and checks signed tokens: `kgo2.<issued>.<expires>.<scope>.<chain>.<nonce>.<mac>`,
+/// the MAC an HMAC-SHA256 over the rest keyed from the API token. `scope` is `p` (the project)
+/// or `u` (unscoped); `chain` is the nonce of the token a password authentication issued, which
+/// every token made from it with the `token` method carries on, with its expiry (as Keystone
+/// keeps the original expiry). Nothing is stored but revoked chains, kept in memory until they
+/// expire.
 pub struct Tokens {
     key: Vec<u8>,
     api_token: String,
@@ -47,13 +50,33 @@ pub enum TokenError {
     Revoked,
 }
 
-/// A valid token's times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A valid token's times, scope and chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
     /// Issued at, seconds since the epoch.
     pub issued: u64,
     /// Expires at.
     pub expires: u64,
+    /// Scoped to the tenant's project (else unscoped: identity only).
+    pub scoped: bool,
+    /// The token's own id for audits (its nonce).
+    pub audit: String,
+    /// The chain it belongs to: the audit id of the token a password issued (Keystone's
+    /// audit chain id); revoking any token of a chain revokes all of it.
+    pub chain: String,
+}
+
+impl TokenInfo {
+    /// The API token's: scoped, never expires, no chain.
+    fn api_token() -> TokenInfo {
+        TokenInfo {
+            issued: 0,
+            expires: u64::MAX,
+            scoped: true,
+            audit: String::new(),
+            chain: String::new(),
+        }
+    }
 }
 
 impl Tokens {
@@ -82,19 +105,34 @@ impl Tokens {
             .collect()
     }
 
-    /// A new token issued at `now`.
-    pub fn issue_at(&self, now: u64) -> (String, TokenInfo) {
+    /// A new token issued at `now`: for a password authentication (`parent` `None`), a new
+    /// chain with the full lifetime; for the `token` method, one of the parent's chain that
+    /// expires with it (the API token as the parent starts a new chain).
+    pub fn issue_at(
+        &self,
+        now: u64,
+        parent: Option<&TokenInfo>,
+        scoped: bool,
+    ) -> (String, TokenInfo) {
         let nonce: String = (0..12)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        let expires = now.saturating_add(self.ttl.as_secs());
-        let body = format!("kgo1.{now}.{expires}.{nonce}");
+        let fresh = now.saturating_add(self.ttl.as_secs());
+        let (expires, chain) = match parent {
+            Some(p) if !p.chain.is_empty() => (p.expires.min(fresh), p.chain.clone()),
+            _ => (fresh, nonce.clone()),
+        };
+        let scope = if scoped { "p" } else { "u" };
+        let body = format!("kgo2.{now}.{expires}.{scope}.{chain}.{nonce}");
         let mac = self.mac(&body);
         (
             format!("{body}.{mac}"),
             TokenInfo {
                 issued: now,
                 expires,
+                scoped,
+                audit: nonce,
+                chain,
             },
         )
     }
@@ -104,31 +142,37 @@ impl Tokens {
         if !self.api_token.is_empty()
             && constant_time_eq(token.as_bytes(), self.api_token.as_bytes())
         {
-            return Ok(TokenInfo {
-                issued: 0,
-                expires: u64::MAX,
-            });
+            return Ok(TokenInfo::api_token());
         }
         let (body, mac) = token.rsplit_once('.').ok_or(TokenError::Invalid)?;
         if !constant_time_eq(mac.as_bytes(), self.mac(body).as_bytes()) {
             return Err(TokenError::Invalid);
         }
-        let mut f = body.split('.');
-        let (Some("kgo1"), Some(i), Some(e), Some(_), None) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
+        let f: Vec<&str> = body.split('.').collect();
+        let ["kgo2", i, e, scope, chain, nonce] = f[..] else {
             return Err(TokenError::Invalid);
         };
         let (Ok(issued), Ok(expires)) = (i.parse::<u64>(), e.parse::<u64>()) else {
             return Err(TokenError::Invalid);
         };
+        let scoped = match scope {
+            "p" => true,
+            "u" => false,
+            _ => return Err(TokenError::Invalid),
+        };
         if now >= expires {
             return Err(TokenError::Expired);
         }
-        if self.revoked_lock().contains_key(mac) {
+        if self.revoked_lock().contains_key(chain) {
             return Err(TokenError::Revoked);
         }
-        Ok(TokenInfo { issued, expires })
+        Ok(TokenInfo {
+            issued,
+            expires,
+            scoped,
+            audit: nonce.to_owned(),
+            chain: chain.to_owned(),
+        })
     }
 
     /// Checks `token` now.
@@ -136,20 +180,19 @@ impl Tokens {
         self.validate_at(token, now_secs())
     }
 
-    /// Revokes a valid token.
+    /// Revokes a valid token and its whole chain: the token a password issued and every token
+    /// made from any of them. Every token of a chain expires with it, so the revocation is kept
+    /// until then.
     pub fn revoke(&self, token: &str) -> Result<(), TokenError> {
         let now = now_secs();
         let info = self.validate_at(token, now)?;
-        if info.expires == u64::MAX {
+        if info.chain.is_empty() {
             // The API token is not revocable here; it is rotated by replacing its file.
             return Err(TokenError::Invalid);
         }
-        let Some((_, mac)) = token.rsplit_once('.') else {
-            return Err(TokenError::Invalid);
-        };
         let mut r = self.revoked_lock();
         r.retain(|_, exp| *exp > now);
-        r.insert(mac.to_owned(), info.expires);
+        r.insert(info.chain, info.expires);
         Ok(())
     }
 
@@ -274,8 +317,9 @@ fn bad(msg: impl Into<String>) -> OsError {
 }
 
 /// Checks the credentials and the scope; the error says what was wrong without telling which
-/// part of a credential failed (Keystone's behaviour).
-fn authenticate(os: &Shared, a: &Auth) -> OsResult<()> {
+/// part of a credential failed (Keystone's behaviour). With the `token` method alone, the
+/// token's: the new token belongs to its chain.
+fn authenticate(os: &Shared, a: &Auth) -> OsResult<Option<TokenInfo>> {
     let methods: Vec<&str> = a.identity.methods.iter().map(String::as_str).collect();
     if methods.is_empty() {
         return Err(bad(
@@ -313,18 +357,25 @@ fn authenticate(os: &Shared, a: &Auth) -> OsResult<()> {
             ));
         }
     }
+    let mut parent = None;
     if methods.contains(&"token") {
         let Some(t) = &a.identity.token else {
             return Err(bad("Expecting to find identity.token in the request."));
         };
-        if os.tokens.validate(&t.id).is_err() {
+        let Ok(info) = os.tokens.validate(&t.id) else {
             return Err(OsError::unauthorized(ID));
+        };
+        // With a password too, the password makes a new chain.
+        if !methods.contains(&"password") {
+            parent = Some(info);
         }
     }
     // Scope: the tenant's project (by id, or by name in the Default domain), or none.
-    let Some(scope) = &a.scope else { return Ok(()) };
+    let Some(scope) = &a.scope else {
+        return Ok(parent);
+    };
     if scope.as_str() == Some("unscoped") {
-        return Ok(());
+        return Ok(parent);
     }
     let Some(p) = scope.get("project") else {
         return Err(OsError::new(
@@ -345,7 +396,7 @@ fn authenticate(os: &Shared, a: &Auth) -> OsResult<()> {
         (None, None) => return Err(bad("Expecting to find scope.project.id or name.")),
     };
     if ok {
-        Ok(())
+        Ok(parent)
     } else {
         Err(OsError::new(
             ID,
@@ -359,16 +410,25 @@ fn authenticate(os: &Shared, a: &Auth) -> OsResult<()> {
     }
 }
 
-fn token_body(os: &Shared, base: &str, info: super::identity::TokenInfo, scoped: bool) -> Value {
+fn token_body(os: &Shared, base: &str, info: &TokenInfo) -> Value {
     let domain = json!({"id": DOMAIN_ID, "name": DOMAIN_NAME});
+    let method = if info.audit == info.chain {
+        "password"
+    } else {
+        "token"
+    };
+    let mut audit_ids = vec![info.audit.clone()];
+    if info.chain != info.audit {
+        audit_ids.push(info.chain.clone());
+    }
     let mut t = json!({
-        "methods": ["password"],
+        "methods": [method],
         "user": {"id": os.user_id(), "name": os.cfg.project, "domain": domain, "password_expires_at": null},
-        "audit_ids": [hex_id("audit", &info.issued.to_string())[..22].to_owned()],
+        "audit_ids": audit_ids,
         "issued_at": iso8601(info.issued),
         "expires_at": if info.expires == u64::MAX { Value::Null } else { iso8601(info.expires).into() },
     });
-    if scoped {
+    if info.scoped {
         t["project"] = json!({"id": os.project_id(), "name": os.cfg.project, "domain": domain});
         t["roles"] = json!([{"id": hex_id("role", "member"), "name": "member"}, {"id": hex_id("role", "admin"), "name": "admin"}]);
         t["is_domain"] = json!(false);
@@ -408,16 +468,16 @@ fn service_catalog(base: &str) -> Value {
 
 async fn issue_token(State(os): State<Shared>, h: HeaderMap, b: Bytes) -> OsResult<Response> {
     let body: AuthBody = super::json_body(&b, ID)?;
-    authenticate(&os, &body.auth)?;
+    let parent = authenticate(&os, &body.auth)?;
     let scoped = body
         .auth
         .scope
         .as_ref()
         .is_some_and(|s| s.get("project").is_some());
-    let (token, info) = os.tokens.issue_at(now_secs());
+    let (token, info) = os.tokens.issue_at(now_secs(), parent.as_ref(), scoped);
     let mut r = (
         StatusCode::CREATED,
-        Json(token_body(&os, &base_url(&h), info, scoped)),
+        Json(token_body(&os, &base_url(&h), &info)),
     )
         .into_response();
     let v = HeaderValue::from_str(&token)
@@ -455,7 +515,7 @@ async fn check_token(State(os): State<Shared>, h: HeaderMap) -> OsResult<Respons
             ),
         )
     })?;
-    let mut r = ok_json(token_body(&os, &base_url(&h), info, true));
+    let mut r = ok_json(token_body(&os, &base_url(&h), &info));
     if let Ok(v) = HeaderValue::from_str(subject) {
         r.headers_mut().insert("x-subject-token", v);
     }
@@ -528,24 +588,37 @@ mod tests {
     #[test]
     fn tokens_verify_expire_and_revoke() {
         let t = Tokens::new("secret", Duration::from_secs(60));
-        let (tok, info) = t.issue_at(1000);
+        let (tok, info) = t.issue_at(1000, None, true);
         assert_eq!(info.expires, 1060);
-        assert_eq!(t.validate_at(&tok, 1059), Ok(info));
+        assert_eq!(t.validate_at(&tok, 1059), Ok(info.clone()));
         assert_eq!(t.validate_at(&tok, 1060), Err(TokenError::Expired));
         // Another key, a changed expiry, or a cut token: all invalid.
         let other = Tokens::new("other", Duration::from_secs(60));
         assert_eq!(other.validate_at(&tok, 1001), Err(TokenError::Invalid));
         let forged = tok.replacen(".1060.", ".9999999999.", 1);
         assert_eq!(t.validate_at(&forged, 1001), Err(TokenError::Invalid));
-        assert_eq!(t.validate_at("kgo1.1", 1001), Err(TokenError::Invalid));
+        assert_eq!(t.validate_at("kgo2.1", 1001), Err(TokenError::Invalid));
+        let rescoped = tok.replacen(".p.", ".u.", 1);
+        assert_eq!(t.validate_at(&rescoped, 1001), Err(TokenError::Invalid));
+        // A token from a token: same chain, same expiry, whatever its own lifetime.
+        let (child, c) = t.issue_at(1030, Some(&info), false);
+        assert_eq!((c.expires, &c.chain, c.scoped), (1060, &info.chain, false));
+        assert_eq!(t.validate_at(&child, 1059), Ok(c));
+        // From the API token: a new chain.
+        let api = t.validate_at("secret", 1030).unwrap();
+        let (_, fresh) = t.issue_at(1030, Some(&api), true);
+        assert_eq!(fresh.expires, 1090);
+        assert_eq!(fresh.chain, fresh.audit);
         assert_eq!(t.validate_at("", 1001), Err(TokenError::Invalid));
         // The API token itself is accepted and never expires.
         assert!(t.validate_at("secret", u64::MAX - 1).is_ok());
         // A token issued now can be revoked; the API token cannot.
-        let (live, _) = t.issue_at(now_secs());
+        let (live, parent) = t.issue_at(now_secs(), None, true);
+        let (child, _) = t.issue_at(now_secs(), Some(&parent), true);
         assert!(t.validate(&live).is_ok());
-        t.revoke(&live).unwrap();
-        assert_eq!(t.validate(&live), Err(TokenError::Revoked));
+        t.revoke(&child).unwrap();
+        assert_eq!(t.validate(&live), Err(TokenError::Revoked), "the chain");
+        assert_eq!(t.validate(&child), Err(TokenError::Revoked));
         assert!(t.revoke("secret").is_err());
     }
 }

@@ -347,7 +347,8 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8], style: Sty
 }
 
 /// The token check shared by the compute, image and network services: `X-Auth-Token` must be
-/// a token this server issued (or the API token itself).
+/// a project-scoped token this server issued (or the API token itself); an unscoped token
+/// opens identity only.
 pub(crate) async fn require_token(
     State((os, style)): State<(Shared, Style)>,
     req: Request,
@@ -357,7 +358,7 @@ pub(crate) async fn require_token(
         .headers()
         .get("x-auth-token")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| os.tokens.validate(t).is_ok());
+        .is_some_and(|t| os.tokens.validate(t).is_ok_and(|i| i.scoped));
     if ok {
         next.run(req).await
     } else {
