@@ -456,6 +456,70 @@ fn qemu_vms_across_hosts_scenario() {
     );
 }
 
+/// A VM whose port name is already taken by an interface another VM made (two names that
+/// hash alike) is refused, and the other VM's interface is left alone: before, the second
+/// VM's create reused it and its failed create deleted it.
+#[test]
+fn a_vm_never_takes_over_an_interface_another_vm_made() {
+    let _serial = serial();
+    if let Some(why) = skip_reason(false) {
+        println!("skipping: {why}");
+        return;
+    }
+    let mut c = Cloud::new(&local_mode());
+    let netns = c.netns_driver();
+    let a = c.rent("host-a", 0, 0);
+    c.create(netns.clone(), a, spec("victim", 21, None));
+    let ns = c.hosts[a].netns.clone();
+    // The interface a colliding VM's port would be: made and marked by another VM.
+    let intruder = spec("intruder", 22, None);
+    let port = netns.port_name(&intruder);
+    for args in [
+        vec![
+            "ip", "-n", &ns, "link", "add", &port, "type", "veth", "peer", "name", "kcollide",
+        ],
+        vec![
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "dev",
+            &port,
+            "alias",
+            "kangaroo vm victim",
+        ],
+    ] {
+        assert!(Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let e = c
+        .cloud
+        .create_vm(netns.as_ref(), &c.hosts, &c.hosts[a], &intruder)
+        .expect_err("a VM took over another VM's interface");
+    let e = kangaroo_orchestrator::sys::report(&e);
+    assert!(e.contains("victim"), "the error names the owner: {e}");
+    assert!(
+        Command::new("ip")
+            .args(["-n", &ns, "link", "show", "dev", &port])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "the failed create deleted another VM's interface"
+    );
+    assert_eq!(
+        netns.status(&c.hosts[a], &c.vms[c.vm("victim")].0),
+        VmStatus::Running
+    );
+    let _ = Command::new("ip")
+        .args(["-n", &ns, "link", "del", &port])
+        .status();
+}
+
 #[test]
 fn netns_vms_move_by_stop_and_start() {
     let _serial = serial();

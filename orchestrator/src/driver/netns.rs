@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{HostRef, MigrationStats, VmDriver, VmSpec, VmStatus};
 use crate::sys;
-use crate::sys::{short_hash, InfraError, Result};
+use crate::sys::{InfraError, Result};
 
 /// The driver.
 #[derive(Debug, Clone)]
@@ -70,14 +70,14 @@ impl VmDriver for NetnsDriver {
     }
 
     fn port_name(&self, vm: &VmSpec) -> String {
-        format!("kn{:08x}", short_hash(&vm.name))
+        super::interface_name("kn", &vm.name)
     }
 
     fn create(&self, host: &HostRef, vm: &VmSpec) -> Result<()> {
         let ns = self.vm_netns(vm);
         let port = self.port_name(vm);
         sys::ensure_netns(&ns)?;
-        if !sys::link_exists(&host.netns, &port) {
+        if !super::claim_link(&host.netns, &port, &super::vm_owner(vm))? {
             // A NIC left from another host (an interrupted move) goes first.
             if sys::link_exists(&ns, "eth0") {
                 sys::run(&["ip", "-n", &ns, "link", "del", "eth0"])?;
@@ -98,6 +98,7 @@ impl VmDriver for NetnsDriver {
                 &ns,
             ])?;
         }
+        super::mark_link(&host.netns, &port, &super::vm_owner(vm))?;
         let addr = format!("{}/{}", vm.ip, vm.prefix);
         sys::run(&["ip", "-n", &ns, "link", "set", "eth0", "address", &vm.mac])?;
         let _ = sys::run(&["ip", "-n", &ns, "addr", "replace", &addr, "dev", "eth0"]);
@@ -120,10 +121,7 @@ impl VmDriver for NetnsDriver {
 
     fn destroy(&self, host: &HostRef, vm: &VmSpec) -> Result<()> {
         sys::stop_pidfile(&Self::pidfile(host, vm), Duration::from_secs(2));
-        let port = self.port_name(vm);
-        if sys::netns_exists(&host.netns) && sys::link_exists(&host.netns, &port) {
-            sys::run(&["ip", "-n", &host.netns, "link", "del", &port])?;
-        }
+        super::delete_own_link(&host.netns, &self.port_name(vm), &super::vm_owner(vm))?;
         sys::delete_netns(&self.vm_netns(vm))?;
         let _ = std::fs::remove_dir_all(host.dir.join("vms").join(&vm.name));
         Ok(())

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::qmp::Qmp;
 use super::{HostRef, MigrationStats, VmDriver, VmSpec, VmStatus};
 use crate::sys;
-use crate::sys::{short_hash, InfraError, Result};
+use crate::sys::{InfraError, Result};
 
 /// Settings of the `qemu` driver.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ impl QemuDriver {
 
     fn ensure_tap(&self, host: &HostRef, vm: &VmSpec) -> Result<String> {
         let tap = self.port_name(vm);
-        if !sys::link_exists(&host.netns, &tap) {
+        if !super::claim_link(&host.netns, &tap, &super::vm_owner(vm))? {
             sys::run(&[
                 "ip",
                 "-n",
@@ -120,6 +120,7 @@ impl QemuDriver {
                 "tap",
             ])?;
         }
+        super::mark_link(&host.netns, &tap, &super::vm_owner(vm))?;
         sys::run(&[
             "ip",
             "-n",
@@ -302,7 +303,7 @@ impl VmDriver for QemuDriver {
     }
 
     fn port_name(&self, vm: &VmSpec) -> String {
-        format!("kt{:08x}", short_hash(&vm.name))
+        super::interface_name("kt", &vm.name)
     }
 
     fn create(&self, host: &HostRef, vm: &VmSpec) -> Result<()> {
@@ -341,10 +342,7 @@ impl VmDriver for QemuDriver {
 
     fn destroy(&self, host: &HostRef, vm: &VmSpec) -> Result<()> {
         Self::quit(host, vm);
-        let tap = self.port_name(vm);
-        if sys::netns_exists(&host.netns) && sys::link_exists(&host.netns, &tap) {
-            sys::run(&["ip", "-n", &host.netns, "link", "del", &tap])?;
-        }
+        super::delete_own_link(&host.netns, &self.port_name(vm), &super::vm_owner(vm))?;
         let _ = std::fs::remove_dir_all(Self::files(host, vm).dir);
         Ok(())
     }

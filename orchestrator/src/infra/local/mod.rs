@@ -290,9 +290,12 @@ impl LocalCloud {
             .map_err(|e| InfraError::new(format!("creating {}", host.dir.display()), e))?;
         sys::ensure_netns(&host.netns)?;
         let router = self.router_netns();
-        let peer = format!("u{:08x}", short_hash(&host.netns));
+        let peer = crate::driver::interface_name("ku", &host.netns);
+        let owner = format!("host {}", host.name);
+        // Another host's uplink whose name collides is refused, never taken or deleted.
+        let ours = crate::driver::claim_link(&router, &peer, &owner)?;
         if !sys::link_exists(&host.netns, "ul0") {
-            if sys::link_exists(&router, &peer) {
+            if ours {
                 sys::run(&["ip", "-n", &router, "link", "del", &peer])?;
             }
             sys::run(&[
@@ -311,6 +314,7 @@ impl LocalCloud {
                 &host.netns,
             ])?;
         }
+        crate::driver::mark_link(&router, &peer, &owner)?;
         let mtu = UNDERLAY_MTU.to_string();
         let br = format!("br{index}");
         sys::run(&[
