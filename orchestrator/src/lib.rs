@@ -9,6 +9,7 @@ pub mod api;
 pub mod catalog;
 pub mod client;
 pub mod driver;
+pub mod http;
 pub mod infra;
 pub mod model;
 pub mod openstack;

@@ -102,6 +102,17 @@ enum Command {
         /// local host itself.
         #[arg(long, env = "KANGAROO_LOCAL_AGENTS")]
         local_agents: bool,
+        /// API connections open at once (lowered to what the open-file limit leaves room
+        /// for); further clients wait until one closes.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_connections: u64,
+        /// Seconds a client has to send a request's headers; idle connections close after it.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        header_timeout_secs: u64,
+        /// Serve the API's plain HTTP on an address other than loopback (the bearer token then
+        /// crosses the network in clear). Without it such a --listen is refused.
+        #[arg(long)]
+        insecure_plain_http: bool,
         /// A TOML file of these settings: each key is a flag's long name (`store =
         /// "etcd://10.0.0.5:2379"`, `lease_secs = 5`, `local_agents = true`, `provider =
         /// ["cloud-a=local:ec2-2026"]`). A flag given on the command line wins over the file,
@@ -424,8 +435,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lease_secs,
             on_host_lost,
             local_agents,
+            max_connections,
+            header_timeout_secs,
+            insecure_plain_http,
             config: _,
         } => daemons::serve(ServeConfig {
+            http: kangaroo_orchestrator::http::HttpLimits {
+                max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+                header_timeout: std::time::Duration::from_secs(header_timeout_secs),
+            },
+            plain_http_off_loopback: insecure_plain_http,
             on_host_lost,
             local_agents,
             store,

@@ -85,6 +85,11 @@ pub struct ServeConfig {
     /// Every local host gets its own `kangaroo agent` (etcd store), which drives its switch
     /// and VMs; otherwise the leader drives them itself.
     pub local_agents: bool,
+    /// Connections and header deadline of the API's HTTP server.
+    pub http: crate::http::HttpLimits,
+    /// Serve plain HTTP on an address other than loopback (the bearer token then crosses the
+    /// network in clear); refused unless set.
+    pub plain_http_off_loopback: bool,
 }
 
 /// Settings of the OpenStack-compatible API (its password is the API token).
@@ -266,6 +271,14 @@ fn log_reconcile(r: &Result<crate::infra::realize::ConvergeReport, crate::servic
 /// # Errors
 /// If the store, token or socket cannot be opened.
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
+    if !cfg.listen.ip().is_loopback() && !cfg.plain_http_off_loopback {
+        anyhow::bail!(
+            "--listen {}: the API speaks plain HTTP, so the bearer token would cross the network in clear; listen on loopback (127.0.0.1) behind a TLS proxy, or pass --insecure-plain-http on a network you trust",
+            cfg.listen
+        );
+    }
+    let open_files = crate::sys::process::raise_open_files_limit();
+    let http = cfg.http.within(open_files);
     let (store, etcd): (Box<dyn Store>, Option<EtcdStore>) = match &cfg.store {
         StoreChoice::Embedded => (Box::new(RedbStore::open(&cfg.data_dir)?), None),
         StoreChoice::Etcd(url) => {
@@ -411,15 +424,20 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
     };
     let (app, _) = crate::api::router_with(service, &token, os);
     ready(addr);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-        })
-        .await?;
+    eprintln!(
+        "kangaroo: API limits: at most {} connections (open files {open_files}), {} s for a request's headers",
+        http.max_connections,
+        http.header_timeout.as_secs_f64()
+    );
+    crate::http::serve(listener, app, http, async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    })
+    .await?;
     if let Some(e) = &etcd {
         // Hand over now rather than after the lease.
         let e = e.clone();

@@ -122,6 +122,30 @@ pub fn signal_pid(pid: i32, signal: libc::c_int) -> bool {
     unsafe { libc::kill(pid, signal) == 0 }
 }
 
+/// Raises this process's soft limit of open files to its hard limit (as a server that holds
+/// a descriptor per client should); returns the soft limit in force afterwards.
+pub fn raise_open_files_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limits into the struct it is given, which lives here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return 1024;
+    }
+    if l.rlim_cur < l.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: l.rlim_max,
+            rlim_max: l.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given, which lives here.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    l.rlim_cur
+}
+
 /// In a child between fork and exec: files and sockets it creates are private (mode 0600,
 /// directories 0700), whatever this process's umask.
 pub fn private_files(cmd: &mut std::process::Command) {
