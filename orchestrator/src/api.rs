@@ -623,13 +623,15 @@ pub async fn forward(leader: &str, req: axum::extract::Request) -> axum::respons
     );
     let leader = leader.to_owned();
     let sent = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut cfg = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_connect(Some(std::time::Duration::from_secs(3)))
-            .timeout_global(Some(std::time::Duration::from_secs(900)))
-            .build()
-            .into();
+            .timeout_global(Some(std::time::Duration::from_secs(900)));
+        if let Some(tls) = crate::tls::peers() {
+            cfg = cfg.tls_config(tls);
+        }
+        let agent: ureq::Agent = cfg.build().into();
         let mut rb = axum::http::Request::builder()
             .method(parts.method.clone())
             .uri(&url)

@@ -88,6 +88,24 @@ impl ApiClient {
         }
     }
 
+    /// A client of the API at an `https://` `url` that trusts only the CA in `ca_pem` (the
+    /// controller's own, `tls/ca.pem` in its data directory).
+    ///
+    /// # Errors
+    /// If `ca_pem` holds no certificate.
+    pub fn with_ca(url: &str, token: &str, ca_pem: &str) -> anyhow::Result<ApiClient> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(crate::tls::ureq_tls(ca_pem)?)
+            .build()
+            .into();
+        Ok(ApiClient {
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            agent,
+        })
+    }
+
     fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &'static str,

@@ -56,8 +56,9 @@ impl HttpLimits {
     }
 }
 
-/// Serves `app` on `listener` within `limits` until `shutdown` resolves; then stops accepting
-/// and waits up to 10 s for the requests in flight.
+/// Serves `app` on `listener` within `limits` (over TLS with `tls`) until `shutdown` resolves;
+/// then stops accepting and waits up to 10 s for the requests in flight. A TLS handshake has
+/// the header deadline to finish.
 ///
 /// # Errors
 /// Never for a failed connection (it is logged and the server goes on); only if the listener
@@ -66,8 +67,10 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -103,18 +106,20 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|r: hyper::Request<Incoming>| r.map(Body::new)),
-        );
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let (app, watcher, acceptor) = (app.clone(), graceful.watcher(), acceptor.clone());
         tokio::spawn(async move {
-            // Errors here are one client's (a timeout, a reset): nothing for the server.
-            let _ = conn.await;
+            // Errors here are one client's (a timeout, a reset, a failed handshake): nothing
+            // for the server.
+            match acceptor {
+                None => connection(stream, app, limits, watcher).await,
+                Some(a) => {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(limits.header_timeout, a.accept(stream)).await
+                    {
+                        connection(tls, app, limits, watcher).await;
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -126,6 +131,24 @@ pub async fn serve(
         eprintln!("kangaroo: requests still running 10 s after the shutdown began; leaving them");
     }
     Ok(())
+}
+
+/// Serves one connection until it closes, or the shutdown tells it to finish.
+async fn connection<I>(
+    io: I,
+    app: Router,
+    limits: HttpLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        TowerToHyperService::new(app.map_request(|r: hyper::Request<Incoming>| r.map(Body::new)));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = watcher.watch(conn).await;
 }
 
 #[cfg(test)]

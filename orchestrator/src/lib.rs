@@ -19,5 +19,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod sys;
+pub mod tls;
 pub mod token;
 pub mod workload;

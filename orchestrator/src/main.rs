@@ -36,6 +36,10 @@ struct Cli {
     /// where every user of the machine could read it in the process list.
     #[arg(long, global = true, env = "KANGAROO_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The CA certificate an `https://` API is checked against (default: the data
+    /// directory's `tls/ca.pem`, which `kangaroo serve` makes).
+    #[arg(long, global = true, env = "KANGAROO_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Refused: see --token-file.
     #[arg(long, global = true, hide = true)]
     token: Option<String>,
@@ -110,9 +114,17 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
         header_timeout_secs: u64,
         /// Serve the API's plain HTTP on an address other than loopback (the bearer token then
-        /// crosses the network in clear). Without it such a --listen is refused.
+        /// crosses the network in clear). Without it such an address gets HTTPS, with a
+        /// certificate from the controller's own CA (`DATA_DIR/tls/ca.pem`).
         #[arg(long)]
         insecure_plain_http: bool,
+        /// HTTPS on loopback too (elsewhere it is the default).
+        #[arg(long)]
+        tls: bool,
+        /// Another name or address the API is reached at, for its certificate (repeatable;
+        /// the listening and advertised addresses, loopback and the host name are in it).
+        #[arg(long = "tls-name")]
+        tls_names: Vec<String>,
         /// A TOML file of these settings: each key is a flag's long name (`store =
         /// "etcd://10.0.0.5:2379"`, `lease_secs = 5`, `local_agents = true`, `provider =
         /// ["cloud-a=local:ec2-2026"]`). A flag given on the command line wins over the file,
@@ -413,11 +425,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     let env_token = std::env::var("KANGAROO_TOKEN").ok();
     let token_file = cli.token_file.clone();
+    let ca_file = cli.ca_file.clone();
     let api = || {
         tenant::connect(
             &cli.url,
             env_token.as_deref(),
             token_file.as_deref(),
+            ca_file.as_deref(),
             &data_dir,
         )
     };
@@ -438,6 +452,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             header_timeout_secs,
             insecure_plain_http,
+            tls,
+            tls_names,
             config: _,
         } => daemons::serve(ServeConfig {
             http: kangaroo_orchestrator::http::HttpLimits {
@@ -445,6 +461,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 header_timeout: std::time::Duration::from_secs(header_timeout_secs),
             },
             plain_http_off_loopback: insecure_plain_http,
+            tls_on_loopback: tls,
+            tls_names,
             on_host_lost,
             local_agents,
             store,
@@ -694,9 +712,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("t");
         std::fs::write(&f, "from-the-file\n").unwrap();
-        assert!(cli::tenant::connect("http://127.0.0.1:1", None, Some(&f), d.path()).is_ok());
+        assert!(cli::tenant::connect("http://127.0.0.1:1", None, Some(&f), None, d.path()).is_ok());
         let missing = d.path().join("none");
-        let e = cli::tenant::connect("http://127.0.0.1:1", None, Some(&missing), d.path())
+        let e = cli::tenant::connect("http://127.0.0.1:1", None, Some(&missing), None, d.path())
             .unwrap_err()
             .to_string();
         assert!(e.contains("--token-file") && e.contains("none"), "{e}");

@@ -88,8 +88,13 @@ pub struct ServeConfig {
     /// Connections and header deadline of the API's HTTP server.
     pub http: crate::http::HttpLimits,
     /// Serve plain HTTP on an address other than loopback (the bearer token then crosses the
-    /// network in clear); refused unless set.
+    /// network in clear); without it such an address gets HTTPS.
     pub plain_http_off_loopback: bool,
+    /// HTTPS on loopback too (off loopback it is the default).
+    pub tls_on_loopback: bool,
+    /// More names and addresses for the serving certificate (besides the listening and
+    /// advertised addresses, loopback, `localhost` and the host name).
+    pub tls_names: Vec<String>,
 }
 
 /// Settings of the OpenStack-compatible API (its password is the API token).
@@ -271,12 +276,11 @@ fn log_reconcile(r: &Result<crate::infra::realize::ConvergeReport, crate::servic
 /// # Errors
 /// If the store, token or socket cannot be opened.
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
-    if !cfg.listen.ip().is_loopback() && !cfg.plain_http_off_loopback {
-        anyhow::bail!(
-            "--listen {}: the API speaks plain HTTP, so the bearer token would cross the network in clear; listen on loopback (127.0.0.1) behind a TLS proxy, or pass --insecure-plain-http on a network you trust",
-            cfg.listen
-        );
-    }
+    let use_tls = if cfg.listen.ip().is_loopback() {
+        cfg.tls_on_loopback
+    } else {
+        !cfg.plain_http_off_loopback
+    };
     let open_files = crate::sys::process::raise_open_files_limit();
     let http = cfg.http.within(open_files);
     let (store, etcd): (Box<dyn Store>, Option<EtcdStore>) = match &cfg.store {
@@ -324,10 +328,48 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         }
         None => crate::token::load_or_create(&cfg.data_dir)?,
     };
+    // The CA: made at first start, or shared by the controllers on etcd (as the token is).
+    let authority = match &etcd {
+        _ if !use_tls && !crate::tls::ca_path(&cfg.data_dir).exists() => None,
+        Some(e) => {
+            let e = e.clone();
+            let pem = tokio::task::spawn_blocking(move || {
+                e.shared_value("tls-ca", || {
+                    crate::tls::Authority::generate_pem().unwrap_or_default()
+                })
+            })
+            .await
+            .context("reading the CA from etcd")??;
+            let a = crate::tls::Authority::from_pem(&pem).context("the CA in etcd")?;
+            a.save(&cfg.data_dir)?;
+            Some(a)
+        }
+        None => Some(crate::tls::Authority::load_or_create(&cfg.data_dir)?),
+    };
+    if let Some(a) = &authority {
+        crate::tls::trust_peers(&a.ca_pem)?;
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if use_tls { "https" } else { "http" };
+    let tls =
+        match (&authority, use_tls) {
+            (Some(a), true) => {
+                let (names, ips) =
+                    crate::tls::serving_names(addr, cfg.advertise.as_deref(), &cfg.tls_names);
+                eprintln!(
+                "kangaroo: TLS with the controller's CA {} ({}); the certificate names {} and {}",
+                a.fingerprint(),
+                crate::tls::ca_path(&cfg.data_dir).display(),
+                names.join(", "),
+                ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            );
+                Some(a.server_config(&names, &ips)?)
+            }
+            _ => None,
+        };
     let reconciles = service.realizer().is_some();
     match &etcd {
         None if reconciles => {
@@ -351,7 +393,10 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
                 }
             }));
             let s = service.clone();
-            let advertise = cfg.advertise.clone().unwrap_or(format!("http://{addr}"));
+            let advertise = cfg
+                .advertise
+                .clone()
+                .unwrap_or(format!("{scheme}://{addr}"));
             e.campaign(
                 advertise,
                 cfg.lease,
@@ -423,13 +468,17 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         flavors: cfg.openstack.flavors.clone(),
     };
     let (app, _) = crate::api::router_with(service, &token, os);
+    eprintln!(
+        "kangaroo: serving the API on {scheme}://{addr} (state and token in {})",
+        cfg.data_dir.display()
+    );
     ready(addr);
     eprintln!(
         "kangaroo: API limits: at most {} connections (open files {open_files}), {} s for a request's headers",
         http.max_connections,
         http.header_timeout.as_secs_f64()
     );
-    crate::http::serve(listener, app, http, async {
+    crate::http::serve(listener, app, http, tls, async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {

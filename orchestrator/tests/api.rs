@@ -22,12 +22,13 @@ fn start() -> Server {
 }
 
 fn start_with(openstack: server::OpenStackSettings) -> Server {
-    start_cfg(openstack, Default::default())
+    start_cfg(openstack, Default::default(), false)
 }
 
 fn start_cfg(
     openstack: server::OpenStackSettings,
     http: kangaroo_orchestrator::http::HttpLimits,
+    tls: bool,
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ServeConfig {
@@ -47,6 +48,8 @@ fn start_cfg(
         local_agents: false,
         http,
         plain_http_off_loopback: false,
+        tls_on_loopback: tls,
+        tls_names: Vec::new(),
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -582,6 +585,7 @@ fn idle_and_slow_connections_are_closed_and_the_api_keeps_answering() {
             max_connections: 8,
             header_timeout: Duration::from_secs(1),
         },
+        false,
     );
     let mut idle: Vec<std::net::TcpStream> = (0..8)
         .map(|i| {
@@ -622,6 +626,70 @@ fn idle_and_slow_connections_are_closed_and_the_api_keeps_answering() {
     for _ in 0..20 {
         assert_eq!(s.req("GET", "/health", None, false).0, 200);
     }
+}
+
+/// With TLS the API answers HTTPS only, with a certificate from the controller's own CA: a
+/// client that trusts that CA (the CLI reads it from the data directory) gets through, one
+/// that trusts only the public roots or another CA does not, and plain HTTP gets no answer.
+#[test]
+fn the_api_serves_https_with_the_controllers_own_ca() {
+    use std::io::{Read, Write};
+    let s = start_cfg(
+        server::OpenStackSettings::default(),
+        Default::default(),
+        true,
+    );
+    let ca = kangaroo_orchestrator::tls::ca_path(s._dir.path());
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let url = format!("https://{}", s.addr);
+    let client =
+        kangaroo_orchestrator::client::ApiClient::with_ca(&url, &s.token, &ca_pem).unwrap();
+    assert!(client.vms().unwrap().is_empty());
+
+    // The public roots do not vouch for it; nor does another controller's CA.
+    let public: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let e = public.get(&format!("{url}/health")).call().unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    let other = kangaroo_orchestrator::tls::Authority::generate_pem().unwrap();
+    let other = kangaroo_orchestrator::client::ApiClient::with_ca(&url, &s.token, &other).unwrap();
+    assert!(other.vms().is_err());
+
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        !got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // The CLI takes the CA from the data directory, or --ca-file; a wrong one is named.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args(["--url", &url, "--data-dir"])
+            .arg(s._dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cli(&["vm", "ls", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let wrong = s._dir.path().join("other-ca.pem");
+    std::fs::write(
+        &wrong,
+        kangaroo_orchestrator::tls::Authority::generate_pem().unwrap(),
+    )
+    .unwrap();
+    let o = cli(&["--ca-file", wrong.to_str().unwrap(), "vm", "ls"]);
+    assert!(!o.status.success());
+    let missing = cli(&["--ca-file", "/nonexistent/ca.pem", "vm", "ls"]);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
 
 #[test]

@@ -15,13 +15,7 @@ use kangaroo_orchestrator::store::etcd::{EtcdStore, EtcdUrl};
 /// The server fails to start (address in use, store unreachable, a bad provider).
 pub fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let dir = cfg.data_dir.clone();
-    rt.block_on(server::serve(cfg, |addr| {
-        eprintln!(
-            "kangaroo: serving the API on http://{addr} (state and token in {})",
-            dir.display()
-        );
-    }))
+    rt.block_on(server::serve(cfg, |_| {}))
 }
 
 /// `kangaroo vm exec NAME -- COMMAND…`: runs the command in a `netns` VM of a local host here

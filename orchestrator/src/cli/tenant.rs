@@ -24,6 +24,7 @@ pub fn connect(
     url: &str,
     token: Option<&str>,
     token_file: Option<&Path>,
+    ca_file: Option<&Path>,
     data_dir: &Path,
 ) -> anyhow::Result<ApiClient> {
     let token = match (token, token_file) {
@@ -45,7 +46,20 @@ pub fn connect(
                 .to_owned()
         }
     };
-    Ok(ApiClient::new(url, &token))
+    if !url.starts_with("https://") {
+        return Ok(ApiClient::new(url, &token));
+    }
+    let ca = match ca_file {
+        Some(f) => f.to_owned(),
+        None => kangaroo_orchestrator::tls::ca_path(data_dir),
+    };
+    let pem = std::fs::read_to_string(&ca).with_context(|| {
+        format!(
+            "reading the controller's CA certificate from {} (copy it from the controller's data directory, tls/ca.pem, and pass --ca-file)",
+            ca.display()
+        )
+    })?;
+    ApiClient::with_ca(url, &token, &pem).with_context(|| format!("--ca-file {}", ca.display()))
 }
 
 fn progress(what: impl FnOnce() -> String) {
