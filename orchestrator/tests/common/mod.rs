@@ -479,7 +479,7 @@ pub fn where_vms_run(prefix: &str, s: &Serve) -> Vec<(String, String, Vec<String
         .iter()
         .map(|v| {
             let name = v["name"].as_str().unwrap().to_owned();
-            let port = format!("kn{:08x}", kangaroo_orchestrator::sys::short_hash(&name));
+            let port = kangaroo_orchestrator::driver::interface_name("kn", &name);
             let on = hosts
                 .iter()
                 .filter(|h| {
