@@ -265,6 +265,26 @@ async fn remove_host(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Revokes the credential of a host's agent (the agent is refused from then on, and the host
+/// is lost after the lease unless it joins again with a new token).
+#[utoipa::path(delete, path = "/v1/hosts/{name}/agent", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn revoke_agent(
+    State(a): State<Api>,
+    Param(name, _): Param<String, ApiError>,
+) -> std::result::Result<StatusCode, ApiError> {
+    let n = name.clone();
+    if blocking(&a, move |s| s.revoke_agent_credential(&n)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("host {name} has no agent credential"),
+            None,
+        ))
+    }
+}
+
 /// The tunnels of a local host's switch: the hosts it peers with, whether each tunnel is
 /// encrypted (`required`) or plain VXLAN (`off`), and a secure tunnel's path and round trip.
 #[utoipa::path(get, path = "/v1/hosts/{name}/tunnels", params(("name" = String, Path)), responses((status = 200, body = Vec<crate::infra::realize::Tunnel>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
@@ -499,6 +519,7 @@ pub fn router_with(
         .routes(routes!(list_hosts, add_host))
         .routes(routes!(remove_host))
         .routes(routes!(host_tunnels))
+        .routes(routes!(revoke_agent))
         .routes(routes!(list_networks, create_network))
         .routes(routes!(delete_network))
         .routes(routes!(list_vms, create_vm))
@@ -527,6 +548,7 @@ pub fn router_with(
             }),
         )
         .merge(crate::openstack::router(api.service.clone(), openstack))
+        .merge(crate::agentapi::routes(api.service.clone(), token))
         .fallback(|uri: axum::http::Uri| async move {
             if crate::openstack::is_openstack_path(uri.path()) {
                 return crate::openstack::unrouted(uri.path(), false);
@@ -684,6 +706,33 @@ pub async fn forward(leader: &str, req: axum::extract::Request) -> axum::respons
 
 async fn auth(State(a): State<Api>, req: Request, next: Next) -> Response {
     if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    // The agents' routes check their own credentials (join tokens, host credentials) where
+    // they answer. A standby forwards only a report whose credential it can check itself (the
+    // state it follows holds the credentials' hashes) and joins, whose token the leader checks
+    // (at most 2 MiB read, as every forwarded body).
+    if let Some(rest) = req.uri().path().strip_prefix(crate::agentapi::PREFIX) {
+        let standby_write = is_write(req.method())
+            && matches!(a.service.role(), crate::store::Role::Standby { .. });
+        if standby_write && rest != "/join" {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Agent "))
+                .and_then(|v| v.split_once(' '))
+                .is_some_and(|(h, s)| a.service.check_agent_credential(h, s));
+            if !ok {
+                return ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "no valid agent credential".into(),
+                    None,
+                )
+                .into_response();
+            }
+        }
         return next.run(req).await;
     }
     // The OpenStack face checks its own tokens (X-Auth-Token) where it answers; a request a

@@ -221,6 +221,14 @@ impl ApiClient {
         self.delete(&format!("/v1/hosts/{}", segment(name)))
     }
 
+    /// Revokes the credential of a host's agent.
+    ///
+    /// # Errors
+    /// [`ClientError`] (404 if it has none).
+    pub fn revoke_agent(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/hosts/{}/agent", segment(name)))
+    }
+
     /// A host's tunnels to its peers.
     ///
     /// # Errors

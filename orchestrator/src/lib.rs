@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod agentapi;
 pub mod api;
 pub mod catalog;
 pub mod client;

@@ -138,9 +138,24 @@ enum Command {
     /// with --local-agents starts it when it rents the host); `sim` observes what is assigned
     /// (simulated hosts; for scale tests).
     Agent {
-        /// Where the state lives: etcd://HOST:PORT[/PREFIX].
-        #[arg(long, env = "KANGAROO_STORE")]
-        store: String,
+        /// Where the state lives: etcd://HOST:PORT[/PREFIX] (an agent that reads the store
+        /// itself; or --controller).
+        #[arg(
+            long,
+            env = "KANGAROO_STORE",
+            required_unless_present = "controller",
+            conflicts_with = "controller"
+        )]
+        store: Option<String>,
+        /// The controller's API (an agent that talks only to the API; `--driver sim`): it
+        /// joins with --join-token-file the first time and keeps its credential in the data
+        /// directory.
+        #[arg(long, env = "KANGAROO_CONTROLLER")]
+        controller: Option<String>,
+        /// A file holding the join token (`kangaroo host join-token HOST` on the controller);
+        /// needed until the agent has a credential.
+        #[arg(long, env = "KANGAROO_JOIN_TOKEN_FILE")]
+        join_token_file: Option<PathBuf>,
         /// The host this agent is for.
         #[arg(long)]
         host: String,
@@ -233,6 +248,20 @@ enum HostCmd {
     },
     /// The tunnels of a local host's switch: peers, encryption, path and round trip.
     Tunnels {
+        /// Host name.
+        name: String,
+    },
+    /// Print a join token with which the agent of host NAME joins this controller (made from
+    /// the data directory's API token and CA, on the controller's machine; nothing is stored).
+    JoinToken {
+        /// Host name.
+        name: String,
+        /// Seconds the token is valid.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..=604_800))]
+        ttl_secs: u64,
+    },
+    /// Revoke the credential of host NAME's agent: it is refused from then on.
+    Revoke {
         /// Host name.
         name: String,
     },
@@ -485,12 +514,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::GuestService { name, listen } => daemons::guest_service(&name, listen),
         Command::Agent {
-            store,
+            controller: Some(url),
+            host,
+            join_token_file,
+            driver: AgentDriver::Sim,
+            ..
+        } => daemons::api_agent(&url, &host, join_token_file.as_deref(), &data_dir),
+        Command::Agent {
+            controller: Some(_),
+            ..
+        } => anyhow::bail!("--controller: only --driver sim talks to the API yet; --driver local reads the store (--store)"),
+        Command::Agent {
+            store: Some(store),
             host,
             lease_secs,
             driver: AgentDriver::Local,
             local_providers,
             local,
+            ..
         } => daemons::local_agent(
             &store,
             &host,
@@ -500,12 +541,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &local.settings(0),
         ),
         Command::Agent {
-            store,
+            store: Some(store),
             host,
             lease_secs,
             driver: AgentDriver::Sim,
             ..
         } => daemons::sim_agent(&store, &host, lease_secs),
+        Command::Agent { .. } => anyhow::bail!("kangaroo agent: --store or --controller"),
+        Command::Host(HostCmd::JoinToken { name, ttl_secs }) => {
+            offline::join_token(out, &data_dir, &name, ttl_secs)
+        }
+        Command::Host(HostCmd::Revoke { name }) => tenant::host_revoke(&api()?, out, &name),
         Command::Vm(VmCmd::Exec { name, command }) => daemons::vm_exec(&data_dir, &name, &command),
         Command::Plan { file } => offline::plan(out, &file),
         Command::Catalog(CatalogCmd::Ls) => offline::catalog_ls(out),

@@ -366,6 +366,7 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
                 names.join(", "),
                 ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             );
+                crate::tls::set_serving_ca(&a.ca_pem);
                 Some(a.server_config(&names, &ips)?)
             }
             _ => None,
@@ -418,7 +419,7 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
     if let Some(e) = &etcd {
         // Agents' heartbeats: every second, and whenever one expires, the leader compares the
         // hosts with a live agent lease against the hosts that had one.
-        let (s, e, policy) = (service.clone(), e.clone(), cfg.on_host_lost);
+        let (s, e, policy, lease) = (service.clone(), e.clone(), cfg.on_host_lost, cfg.lease);
         // An expired heartbeat wakes the sweep at once.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         e.watch_agents_gone(Arc::new(move || {
@@ -434,7 +435,12 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
             if !matches!(s.role(), crate::store::Role::Leader { .. }) {
                 continue;
             }
-            match e.live_agents().map(|alive| s.sweep_agents(&alive, policy)) {
+            // Agents on etcd hold leases; agents on the API report to the leader.
+            let alive = e.live_agents().map(|mut alive| {
+                alive.extend(s.api_agents_alive(lease));
+                alive
+            });
+            match alive.map(|alive| s.sweep_agents(&alive, policy)) {
                 Ok(Ok(lines)) => {
                     for l in lines {
                         eprintln!("kangaroo: agents: {l}");
@@ -447,6 +453,21 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
                     }
                 }
                 Ok(Err(err)) => eprintln!("kangaroo: agents: {err}"),
+                Err(err) => eprintln!("kangaroo: agents: {err}"),
+            }
+        });
+    }
+    if etcd.is_none() {
+        // Agents that report through the API: a host whose agent stops for the lease is lost.
+        let (s, policy, lease) = (service.clone(), cfg.on_host_lost, cfg.lease);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            match s.sweep_agents(&s.api_agents_alive(lease), policy) {
+                Ok(lines) => {
+                    for l in lines {
+                        eprintln!("kangaroo: agents: {l}");
+                    }
+                }
                 Err(err) => eprintln!("kangaroo: agents: {err}"),
             }
         });

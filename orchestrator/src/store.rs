@@ -44,6 +44,10 @@ pub struct Meta {
     pub clock_secs: u64,
     /// Counter for generated host names.
     pub next_host: u64,
+    /// Each host's agent credential, as the hex SHA-256 of the secret issued at its join
+    /// (the secret itself is only ever with the agent).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub agent_credentials: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything the orchestrator remembers.
@@ -382,7 +386,8 @@ mod tests {
                         Op::PutHost(host("h1")),
                         Op::PutMeta(Meta {
                             clock_secs: 5,
-                            next_host: 2
+                            next_host: 2,
+                            ..Meta::default()
                         })
                     ]
                 )
@@ -422,6 +427,7 @@ mod tests {
             Op::PutMeta(Meta {
                 clock_secs: 5,
                 next_host: 2,
+                ..Meta::default()
             }),
         ]);
         mem.apply(&[

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 struct Server {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     token: String,
     agent: ureq::Agent,
     _dir: tempfile::TempDir,
@@ -63,14 +65,18 @@ fn start_cfg(
     let token = kangaroo_orchestrator::token::load_or_create(dir.path()).unwrap();
     // A fresh connection per request: the server may close a connection after refusing a
     // request whose body it did not read, and a pooled one would then fail the next request.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_idle_connections(0)
         // Keystone's version list answers 300 Multiple Choices; it is not a redirect to follow.
-        .max_redirects(0)
-        .build()
-        .into();
+        .max_redirects(0);
+    if tls {
+        let ca = std::fs::read_to_string(kangaroo_orchestrator::tls::ca_path(dir.path())).unwrap();
+        agent = agent.tls_config(kangaroo_orchestrator::tls::ureq_tls(&ca).unwrap());
+    }
+    let agent: ureq::Agent = agent.build().into();
     Server {
+        scheme: if tls { "https" } else { "http" },
         addr,
         token,
         agent,
@@ -80,7 +86,7 @@ fn start_cfg(
 
 impl Server {
     fn req(&self, method: &str, path: &str, body: Option<Value>, auth: bool) -> (u16, Value) {
-        let url = format!("http://{}{}", self.addr, path);
+        let url = format!("{}://{}{}", self.scheme, self.addr, path);
         let bearer = format!("Bearer {}", self.token);
         let resp = match method {
             "GET" => {
@@ -130,7 +136,7 @@ impl Server {
         self.req("DELETE", p, None, true)
     }
     fn raw_post(&self, p: &str, body: &str) -> (u16, Value) {
-        let url = format!("http://{}{}", self.addr, p);
+        let url = format!("{}://{}{}", self.scheme, self.addr, p);
         let mut r = self
             .agent
             .post(&url)
@@ -692,6 +698,209 @@ fn the_api_serves_https_with_the_controllers_own_ca() {
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
 
+/// An agent on another machine joins with a join token that names the controller's CA,
+/// watches its host's desired state through the API (a long poll by revision), reports, and is
+/// refused once its credential is revoked; wrong tokens and a wrong CA are refused, each with a
+/// message that says which.
+#[test]
+fn agents_join_with_a_token_watch_through_the_api_and_can_be_revoked() {
+    use kangaroo_orchestrator::agentapi::{mint_join_token, AgentClient, AgentClientError};
+    use kangaroo_orchestrator::service::AgentReport;
+    use std::time::{Duration, Instant};
+    let s = start_cfg(
+        server::OpenStackSettings::default(),
+        Default::default(),
+        true,
+    );
+    let url = format!("https://{}", s.addr);
+    let data = s._dir.path().to_owned();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args(["--url", &url, "--data-dir"])
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (st, _) = s.req(
+        "POST",
+        "/v1/hosts",
+        Some(json!({"instance_type": "m5.large", "name": "h1"})),
+        true,
+    );
+    assert_eq!(st, 200);
+    let o = cli(&["host", "join-token", "h1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let ca = std::fs::read_to_string(kangaroo_orchestrator::tls::ca_path(&data)).unwrap();
+    let fp = kangaroo_orchestrator::tls::Authority::from_pem(&format!(
+        "{ca}{}",
+        std::fs::read_to_string(data.join("tls/ca.key")).unwrap()
+    ))
+    .unwrap()
+    .fingerprint();
+    assert!(token.starts_with(&format!("K1.{fp}.")), "{token}");
+
+    // Refusals, each saying which part was wrong.
+    let refused = |host: &str, t: &str| match AgentClient::join(&url, host, t) {
+        Ok(_) => panic!("{host} joined with {t}"),
+        Err(e) => e.to_string(),
+    };
+    let e = refused("h2", &token);
+    assert!(e.contains("for host h1, not h2"), "{e}");
+    let forged = token.replace(".h1", ".h2");
+    let e = refused("h2", &forged);
+    assert!(e.contains("not made by this controller"), "{e}");
+    let other_ca = format!("sha256:{}", "00".repeat(32));
+    let api_token = s.token.clone();
+    let e = refused(
+        "h1",
+        &mint_join_token(&api_token, Some(&other_ca), "h1", u64::MAX / 2),
+    );
+    assert!(
+        e.contains(&other_ca) && e.contains(&fp),
+        "the CA mismatch names both: {e}"
+    );
+    let e = refused("h1", &mint_join_token(&api_token, Some(&fp), "h1", 1000));
+    assert!(e.contains("expired"), "{e}");
+    let e = refused("h1", "K1.nonsense");
+    assert!(e.contains("not a join token"), "{e}");
+
+    // The join: a credential, and a client that trusts the CA it checked.
+    let (agent, ca_seen, _cred) = AgentClient::join(&url, "h1", &token).unwrap();
+    assert_eq!(ca_seen.as_deref(), Some(ca.as_str()));
+    let d = agent.desired(0, Duration::from_secs(1)).unwrap();
+    assert!(d.hosts.iter().any(|h| h.name.as_str() == "h1"));
+    // A long poll answers when the state changes, not at its end.
+    let rev = d.revision;
+    let t = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        let d = agent.desired(rev, Duration::from_secs(20)).unwrap();
+        (agent, d, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (st, v) = s.req(
+        "POST",
+        "/v1/networks",
+        Some(json!({"name": "n1", "vni": 7, "subnet": "10.9.0.0/24"})),
+        true,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (agent, d, took) = waiter.join().unwrap();
+    assert!(d.revision > rev && d.networks.iter().any(|n| n.name.as_str() == "n1"));
+    assert!(
+        took < Duration::from_secs(5),
+        "the watch answered after {took:?}"
+    );
+
+    // Reports make the host an agent's; no reports for the lease (5 s here) make it lost.
+    agent
+        .report(&AgentReport {
+            public_key: Some("key-of-h1".into()),
+            ..AgentReport::default()
+        })
+        .unwrap();
+    let host_field = |f: &str| {
+        let (_, v) = s.req("GET", "/v1/hosts", None, true);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "h1")
+            .unwrap()[f]
+            .clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host_field("public_key") != "key-of-h1" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(host_field("public_key"), "key-of-h1");
+    assert_eq!(host_field("agent"), true);
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while host_field("state") != "lost" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(host_field("state"), "lost", "silent past the lease");
+    agent.report(&AgentReport::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host_field("state") != "running" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(host_field("state"), "running", "back when it reports again");
+
+    // No credential, or a revoked one: refused.
+    let stranger = AgentClient::new(&url, "h1", Some(&ca), "0".repeat(64).as_str()).unwrap();
+    assert!(matches!(
+        stranger.desired(0, Duration::from_secs(0)),
+        Err(AgentClientError::Refused { status: 401, .. })
+    ));
+    let o = cli(&["host", "revoke", "h1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    match agent.desired(0, Duration::from_secs(0)) {
+        Err(AgentClientError::Refused {
+            status: 401,
+            message,
+        }) => {
+            assert!(message.contains("revoked"), "{message}")
+        }
+        other => panic!("a revoked credential was taken: {other:?}"),
+    }
+    assert!(agent.report(&AgentReport::default()).is_err());
+    // The agent binary: joins with a new token, reports; exits with a message when revoked.
+    let o = cli(&["host", "join-token", "h1"]);
+    let token_file = data.join("join-token");
+    std::fs::write(&token_file, &o.stdout).unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+        .args(["--data-dir"])
+        .arg(agent_dir.path())
+        .args([
+            "agent",
+            "--controller",
+            &url,
+            "--host",
+            "h1",
+            "--join-token-file",
+        ])
+        .arg(&token_file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent_dir.path().join("agent/credential").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(agent_dir.path().join("agent/credential"))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(cli(&["host", "revoke", "h1"]).status.code(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent went on with a revoked credential");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success());
+    assert!(err.contains("joined") && err.contains("revoked"), "{err}");
+}
+
 #[test]
 fn requests_without_the_token_are_rejected() {
     let s = start();
@@ -752,6 +961,7 @@ fn the_openapi_document_matches_the_routes() {
         ("POST", "/v1/hosts"),
         ("DELETE", "/v1/hosts/{name}"),
         ("GET", "/v1/hosts/{name}/tunnels"),
+        ("DELETE", "/v1/hosts/{name}/agent"),
         ("GET", "/v1/networks"),
         ("POST", "/v1/networks"),
         ("DELETE", "/v1/networks/{name}"),
@@ -856,7 +1066,7 @@ struct OsResp {
 impl Server {
     /// A request to the OpenStack face with `headers` (no bearer token).
     fn os(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> OsResp {
-        let url = format!("http://{}{}", self.addr, path);
+        let url = format!("{}://{}{}", self.scheme, self.addr, path);
         let resp = match (method, body) {
             ("GET", _) | ("DELETE", _) => {
                 let mut r = if method == "GET" {

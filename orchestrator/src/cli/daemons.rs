@@ -134,6 +134,75 @@ pub fn sim_agent(store: &str, host: &str, lease_secs: u64) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `kangaroo agent --controller URL --driver sim`: joins the controller (with the join token,
+/// the first time; the credential and the controller's CA are kept in `DATA_DIR/agent/`), then
+/// watches its host's desired state through the API and reports what is assigned to it.
+///
+/// # Errors
+/// The join is refused (which part of the token, or the CA, is named), or the credential is
+/// revoked later.
+pub fn api_agent(
+    url: &str,
+    host: &str,
+    join_token_file: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    use kangaroo_orchestrator::agentapi::{AgentClient, Desired};
+    use kangaroo_orchestrator::service::AgentReport;
+    kangaroo_orchestrator::model::Name::new(host)
+        .map_err(|e| anyhow::anyhow!("--host {host:?}: {e}"))?;
+    let dir = data_dir.join("agent");
+    let (cred_file, ca_file) = (dir.join("credential"), dir.join("ca.pem"));
+    let client = match std::fs::read_to_string(&cred_file) {
+        Ok(cred) => {
+            let ca = std::fs::read_to_string(&ca_file).ok();
+            AgentClient::new(url, host, ca.as_deref(), cred.trim())?
+        }
+        Err(_) => {
+            let f = join_token_file.with_context(|| {
+                format!("no credential in {} yet: join with --join-token-file (kangaroo host join-token {host} on the controller)", cred_file.display())
+            })?;
+            let token = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the join token from {}", f.display()))?;
+            let (client, ca, credential) = AgentClient::join(url, host, token.trim())
+                .with_context(|| format!("joining {url} as host {host}"))?;
+            kangaroo_orchestrator::sys::private_dir(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            if let Some(ca) = ca {
+                std::fs::write(&ca_file, ca)
+                    .with_context(|| format!("writing {}", ca_file.display()))?;
+            }
+            kangaroo_orchestrator::sys::write_private(&cred_file, &credential)
+                .with_context(|| format!("writing {}", cred_file.display()))?;
+            eprintln!("kangaroo agent {host}: joined {url}");
+            client
+        }
+    };
+    eprintln!("kangaroo agent {host}: watching {url}");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let h = host.to_owned();
+    kangaroo_orchestrator::agentapi::run_agent(&client, &stop, |d: &Desired| {
+        let names: Vec<String> = d
+            .vms
+            .iter()
+            .filter(|v| v.host.as_str() == h)
+            .map(|v| v.name.to_string())
+            .collect();
+        eprintln!(
+            "kangaroo agent {h}: revision {}: {} VMs: {}",
+            d.revision,
+            names.len(),
+            names.join(" ")
+        );
+        AgentReport {
+            observed: names,
+            ..AgentReport::default()
+        }
+    })
+    .with_context(|| format!("kangaroo agent {host}"))?;
+    Ok(())
+}
+
 /// `kangaroo guest-service`: a tiny HTTP responder, one request per connection.
 pub fn guest_service(name: &str, listen: SocketAddr) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(listen)

@@ -140,3 +140,41 @@ pub fn print_plan(p: &Plan, currency: &str) {
         println!("unplaced {}: {}", u.name, u.reason);
     }
 }
+
+/// `kangaroo host join-token NAME`: a join token made from this controller's data directory
+/// (its API token and, if it serves HTTPS, its CA's fingerprint).
+///
+/// # Errors
+/// The data directory holds no token (not a controller's).
+pub fn join_token(out: Output, data_dir: &Path, host: &str, ttl_secs: u64) -> anyhow::Result<()> {
+    kangaroo_orchestrator::model::Name::new(host)
+        .map_err(|e| anyhow::anyhow!("host {host:?}: {e}"))?;
+    let p = data_dir.join(kangaroo_orchestrator::token::TOKEN_FILE);
+    let token = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "reading the API token from {} (run this where `kangaroo serve` keeps its data)",
+            p.display()
+        )
+    })?;
+    let ca = kangaroo_orchestrator::tls::ca_path(data_dir);
+    let fingerprint = match std::fs::read_to_string(&ca) {
+        Ok(pem) => {
+            use rustls::pki_types::pem::PemObject;
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                .with_context(|| format!("the CA in {}", ca.display()))?;
+            Some(kangaroo_orchestrator::tls::fingerprint(&der))
+        }
+        Err(_) => None,
+    };
+    let expires = kangaroo_orchestrator::service::now_secs() + ttl_secs;
+    let t = kangaroo_orchestrator::agentapi::mint_join_token(
+        token.trim(),
+        fingerprint.as_deref(),
+        host,
+        expires,
+    );
+    out.emit(
+        &serde_json::json!({ "host": host, "token": t, "expires": expires, "ca_fingerprint": fingerprint }),
+        |_| println!("{t}"),
+    )
+}

@@ -277,6 +277,17 @@ pub fn host_rm(c: &ApiClient, out: Output, name: &str) -> anyhow::Result<()> {
     })
 }
 
+/// `kangaroo host revoke NAME`.
+///
+/// # Errors
+/// The API refuses.
+pub fn host_revoke(c: &ApiClient, out: Output, name: &str) -> anyhow::Result<()> {
+    c.revoke_agent(name)?;
+    out.emit(&json!({ "revoked": name }), |_| {
+        println!("revoked the agent credential of {name}")
+    })
+}
+
 /// `kangaroo network ls`.
 ///
 /// # Errors

@@ -166,3 +166,109 @@ impl Service {
         )
     }
 }
+
+/// What an agent that talks to the API reports with each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReport {
+    /// The VMs running on its host.
+    #[serde(default)]
+    pub observed: Vec<String>,
+    /// Its switch's public key for secure tunnels.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// The revision of the state it last applied.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Service {
+    /// Issues a new credential for `host`'s agent (replacing any earlier one, which stops
+    /// working): a random secret, of which the state keeps only the SHA-256.
+    ///
+    /// # Errors
+    /// No such host, or the store failed.
+    pub fn issue_agent_credential(&self, host: &str) -> Result<String, ServiceError> {
+        let mut g = self.lock();
+        if !g.state.hosts.values().any(|h| h.name.as_str() == host) {
+            return Err(ServiceError::NotFound {
+                kind: "host",
+                name: host.to_owned(),
+            });
+        }
+        let secret: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let mut meta = g.state.meta.clone();
+        meta.agent_credentials
+            .insert(host.to_owned(), sha256_hex(&secret));
+        self.commit(&mut g, vec![Op::PutMeta(meta)])?;
+        Ok(secret)
+    }
+
+    /// Whether `secret` is the credential of `host`'s agent (compared in constant time).
+    pub fn check_agent_credential(&self, host: &str, secret: &str) -> bool {
+        let g = self.lock();
+        g.state.meta.agent_credentials.get(host).is_some_and(|h| {
+            crate::token::constant_time_eq(h.as_bytes(), sha256_hex(secret).as_bytes())
+        })
+    }
+
+    /// Revokes the credential of `host`'s agent; true if it had one. Its reports stop
+    /// counting at once, so the host is lost after the lease unless it joins again.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn revoke_agent_credential(&self, host: &str) -> Result<bool, ServiceError> {
+        let mut g = self.lock();
+        if !g.state.meta.agent_credentials.contains_key(host) {
+            return Ok(false);
+        }
+        let mut meta = g.state.meta.clone();
+        meta.agent_credentials.remove(host);
+        self.commit(&mut g, vec![Op::PutMeta(meta)])?;
+        drop(g);
+        self.heartbeats_lock().remove(host);
+        Ok(true)
+    }
+
+    fn heartbeats_lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BTreeMap<String, (std::time::Instant, Option<String>)>,
+    > {
+        // Plain values: a panic elsewhere cannot leave the map half-updated.
+        self.heartbeats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a heartbeat of `host`'s agent (already authenticated).
+    pub fn agent_reported(&self, host: &str, report: &AgentReport) {
+        self.heartbeats_lock().insert(
+            host.to_owned(),
+            (std::time::Instant::now(), report.public_key.clone()),
+        );
+    }
+
+    /// The hosts whose agent reported through the API within `lease`, with the public key
+    /// each reported: what [`Service::sweep_agents`] takes.
+    pub fn api_agents_alive(
+        &self,
+        lease: std::time::Duration,
+    ) -> std::collections::BTreeMap<String, Option<String>> {
+        let now = std::time::Instant::now();
+        self.heartbeats_lock()
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) <= lease)
+            .map(|(h, (_, k))| (h.clone(), k.clone()))
+            .collect()
+    }
+}

@@ -15,7 +15,7 @@ mod reconcile;
 mod vms;
 
 pub use crate::provider::{ProviderInfo as Provider, ProviderKind};
-pub use agents::HostLostPolicy;
+pub use agents::{AgentReport, HostLostPolicy};
 pub use hosts::HostRequest;
 pub use migrate::{AppMigrateRequest, AppMigrateResult, AppMove, MigrateRequest};
 pub use networks::{NetworkRequest, DEFAULT_NETWORK};
@@ -93,6 +93,9 @@ pub struct Service {
     opts: PackOptions,
     realizer: Option<Arc<Realizer>>,
     tasks: Mutex<std::collections::HashMap<Name, Task>>,
+    /// Reports of agents that talk to this controller's API: when each host's agent last
+    /// reported, and the public key it reported (its heartbeat; not persisted).
+    heartbeats: Mutex<std::collections::BTreeMap<String, (std::time::Instant, Option<String>)>>,
 }
 
 /// An operation in progress on a VM (not persisted: after a restart the reconciler finishes or
@@ -165,6 +168,7 @@ impl Service {
             opts,
             realizer: None,
             tasks: Mutex::new(std::collections::HashMap::new()),
+            heartbeats: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
