@@ -203,14 +203,16 @@ struct WatchQuery {
 struct AgentApi {
     service: Arc<Service>,
     api_token: Arc<str>,
+    ca_pem: Option<Arc<str>>,
 }
 
 /// The agents' routes, with their own authentication (join tokens, host credentials; never the
 /// tenant's token).
-pub fn routes(service: Arc<Service>, api_token: &str) -> Router {
+pub fn routes(service: Arc<Service>, api_token: &str, ca_pem: Option<Arc<str>>) -> Router {
     let a = AgentApi {
         service,
         api_token: Arc::from(api_token),
+        ca_pem,
     };
     Router::new()
         .route(&format!("{PREFIX}/ca"), get(ca))
@@ -226,9 +228,13 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Res
     (status, Json(body)).into_response()
 }
 
-async fn ca() -> Response {
-    match crate::tls::serving_ca() {
-        Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+async fn ca(State(a): State<AgentApi>) -> Response {
+    match a.ca_pem {
+        Some(pem) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            pem.to_string(),
+        )
+            .into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             "not_found",

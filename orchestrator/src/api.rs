@@ -36,6 +36,9 @@ pub struct Api {
     /// The OpenStack face's token checker (same key and lifetime as the face's own), for the
     /// requests a standby forwards.
     os_tokens: Arc<crate::openstack::Tokens>,
+    /// The CA this controller serves HTTPS with (what agents fetch and check, and what it
+    /// trusts when it forwards to the leader, which shares it).
+    ca_pem: Option<Arc<str>>,
 }
 
 /// The JSON error body.
@@ -494,6 +497,7 @@ pub fn router(service: Arc<Service>, token: &str) -> (Router, utoipa::openapi::O
         service,
         token,
         crate::openstack::OpenStackConfig::new(token),
+        None,
     )
 }
 
@@ -503,6 +507,7 @@ pub fn router_with(
     service: Arc<Service>,
     token: &str,
     openstack: crate::openstack::OpenStackConfig,
+    ca_pem: Option<&str>,
 ) -> (Router, utoipa::openapi::OpenApi) {
     let api = Api {
         service,
@@ -511,6 +516,7 @@ pub fn router_with(
             &openstack.password,
             openstack.token_ttl,
         )),
+        ca_pem: ca_pem.map(Arc::from),
     };
     let (routes, doc) = OpenApiRouter::with_openapi(Doc::openapi())
         .routes(routes!(list_providers))
@@ -548,7 +554,11 @@ pub fn router_with(
             }),
         )
         .merge(crate::openstack::router(api.service.clone(), openstack))
-        .merge(crate::agentapi::routes(api.service.clone(), token))
+        .merge(crate::agentapi::routes(
+            api.service.clone(),
+            token,
+            api.ca_pem.clone(),
+        ))
         .fallback(|uri: axum::http::Uri| async move {
             if crate::openstack::is_openstack_path(uri.path()) {
                 return crate::openstack::unrouted(uri.path(), false);
@@ -601,7 +611,7 @@ async fn to_leader(State(a): State<Api>, req: Request, next: Next) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         return r;
     };
-    forward(&leader, req).await
+    forward(&leader, a.ca_pem.as_deref(), req).await
 }
 
 /// Whether a request with `method` may change state (a standby forwards it).
@@ -619,7 +629,11 @@ pub const FORWARD_BODY_LIMIT: usize = 2 << 20;
 const FORWARDED: &str = "x-kangaroo-forwarded";
 
 /// Sends `req` to the controller at `leader` and returns its answer (a standby's writes).
-pub async fn forward(leader: &str, req: axum::extract::Request) -> axum::response::Response {
+pub async fn forward(
+    leader: &str,
+    ca_pem: Option<&str>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
     let unavailable = |msg: String| {
@@ -644,13 +658,15 @@ pub async fn forward(leader: &str, req: axum::extract::Request) -> axum::respons
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
     let leader = leader.to_owned();
+    // Another controller on HTTPS shares this one's CA: trust it, and only it.
+    let tls = ca_pem.and_then(|pem| crate::tls::ureq_tls(pem).ok());
     let sent = tokio::task::spawn_blocking(move || {
         let mut cfg = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_connect(Some(std::time::Duration::from_secs(3)))
             .timeout_global(Some(std::time::Duration::from_secs(900)));
-        if let Some(tls) = crate::tls::peers() {
+        if let Some(tls) = tls {
             cfg = cfg.tls_config(tls);
         }
         let agent: ureq::Agent = cfg.build().into();

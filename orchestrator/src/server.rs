@@ -346,9 +346,6 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         }
         None => Some(crate::tls::Authority::load_or_create(&cfg.data_dir)?),
     };
-    if let Some(a) = &authority {
-        crate::tls::trust_peers(&a.ca_pem)?;
-    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -366,7 +363,6 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
                 names.join(", "),
                 ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             );
-                crate::tls::set_serving_ca(&a.ca_pem);
                 Some(a.server_config(&names, &ips)?)
             }
             _ => None,
@@ -488,7 +484,10 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> anyhow::
         token_ttl: cfg.openstack.token_ttl,
         flavors: cfg.openstack.flavors.clone(),
     };
-    let (app, _) = crate::api::router_with(service, &token, os);
+    // The CA: what agents fetch and check against their join token, and what a standby
+    // trusts when it forwards to the leader (they share it).
+    let ca_pem = authority.as_ref().map(|a| a.ca_pem.as_str());
+    let (app, _) = crate::api::router_with(service, &token, os, ca_pem);
     eprintln!(
         "kangaroo: serving the API on {scheme}://{addr} (state and token in {})",
         cfg.data_dir.display()

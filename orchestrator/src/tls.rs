@@ -295,37 +295,6 @@ pub fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> 
     Ok(Arc::new(cfg))
 }
 
-/// The CA of this controller's HTTPS, which agents fetch and check against a join token.
-static SERVING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Records the CA this controller serves HTTPS with (once per process).
-pub fn set_serving_ca(ca_pem: &str) {
-    let _ = SERVING.set(ca_pem.to_owned());
-}
-
-/// The CA this controller serves HTTPS with, if it does.
-pub fn serving_ca() -> Option<String> {
-    SERVING.get().cloned()
-}
-
-/// What this controller trusts when it forwards to another controller: the CA they share.
-static PEERS: std::sync::OnceLock<ureq::tls::TlsConfig> = std::sync::OnceLock::new();
-
-/// Trusts the CA in `ca_pem` for requests to other controllers (once per process).
-///
-/// # Errors
-/// If `ca_pem` holds no certificate.
-pub fn trust_peers(ca_pem: &str) -> anyhow::Result<()> {
-    let cfg = ureq_tls(ca_pem)?;
-    let _ = PEERS.set(cfg);
-    Ok(())
-}
-
-/// The TLS settings for requests to other controllers, once [`trust_peers`] was called.
-pub fn peers() -> Option<ureq::tls::TlsConfig> {
-    PEERS.get().cloned()
-}
-
 /// An HTTP client (ureq) that trusts only the CA in `ca_pem` for `https://` URLs.
 ///
 /// # Errors

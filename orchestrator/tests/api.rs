@@ -85,6 +85,20 @@ fn start_cfg(
 }
 
 impl Server {
+    /// Runs the `kangaroo` CLI against this server (its URL and data directory).
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args([
+                "--url",
+                &format!("{}://{}", self.scheme, self.addr),
+                "--data-dir",
+            ])
+            .arg(self._dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     fn req(&self, method: &str, path: &str, body: Option<Value>, auth: bool) -> (u16, Value) {
         let url = format!("{}://{}{}", self.scheme, self.addr, path);
         let bearer = format!("Bearer {}", self.token);
@@ -675,14 +689,7 @@ fn the_api_serves_https_with_the_controllers_own_ca() {
     );
 
     // The CLI takes the CA from the data directory, or --ca-file; a wrong one is named.
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
-            .args(["--url", &url, "--data-dir"])
-            .arg(s._dir.path())
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| s.cli(args);
     let o = cli(&["vm", "ls", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let wrong = s._dir.path().join("other-ca.pem");
@@ -714,14 +721,7 @@ fn agents_join_with_a_token_watch_through_the_api_and_can_be_revoked() {
     );
     let url = format!("https://{}", s.addr);
     let data = s._dir.path().to_owned();
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kangaroo"))
-            .args(["--url", &url, "--data-dir"])
-            .arg(&data)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| s.cli(args);
     let (st, _) = s.req(
         "POST",
         "/v1/hosts",

@@ -1745,20 +1745,7 @@ mod tests {
 
     /// Two switches that know each other: a (10.0.0.1) and b (10.0.0.2) on loopback.
     fn pair() -> (Secure, Secure) {
-        let (a, b) = (open(), open());
-        a.add_peer(&PeerSpec {
-            vtep: B_VTEP,
-            public_key: b.public_key(),
-            endpoint: Some(addr(&b)),
-        })
-        .unwrap();
-        b.add_peer(&PeerSpec {
-            vtep: A_VTEP,
-            public_key: a.public_key(),
-            endpoint: Some(addr(&a)),
-        })
-        .unwrap();
-        (a, b)
+        pair_limited(HANDSHAKE_RATE_LIMIT)
     }
 
     /// Reads one datagram from `s`'s socket, waiting up to a second.
