@@ -183,3 +183,127 @@ fn kill_9_during_a_burst_of_creates_loses_nothing_acknowledged() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// An agent that talks to the API keeps going while its controller is gone (`kill -9`), and
+/// catches up when it is back: it reports again (the host stays running) and learns the VM
+/// assigned to its host meanwhile, by revision.
+#[test]
+fn an_api_agent_outlives_its_controller_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = serve(dir.path(), port);
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    let api: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let call =
+        |method: &str, path: &str, body: Option<serde_json::Value>| -> (u16, serde_json::Value) {
+            let req = api_request(method, &format!("{url}{path}"), &token, body);
+            let mut r = api.run(req).unwrap();
+            let status = r.status().as_u16();
+            let text = r.body_mut().read_to_string().unwrap();
+            (status, serde_json::from_str(&text).unwrap_or_default())
+        };
+    let (st, v) = call(
+        "POST",
+        "/v1/hosts",
+        Some(json!({"instance_type": "m5.large", "name": "h1"})),
+    );
+    assert_eq!(st, 200, "{v}");
+    let o = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "host",
+            "join-token",
+            "h1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let token_file = agent_dir.path().join("join-token");
+    std::fs::write(&token_file, &o.stdout).unwrap();
+    let log = agent_dir.path().join("agent.log");
+    let mut agent = Serve(
+        Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+            .args(["--data-dir", agent_dir.path().to_str().unwrap()])
+            .args([
+                "agent",
+                "--controller",
+                &url,
+                "--host",
+                "h1",
+                "--join-token-file",
+            ])
+            .arg(&token_file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let host =
+        |call: &dyn Fn(&str, &str, Option<serde_json::Value>) -> (u16, serde_json::Value)| {
+            let (_, v) = call("GET", "/v1/hosts", None);
+            v.as_array()
+                .and_then(|a| a.iter().find(|h| h["name"] == "h1").cloned())
+                .unwrap_or_default()
+        };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host(&call)["agent"] != true && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(host(&call)["agent"], true, "the agent reported");
+
+    // The controller dies; the agent does not.
+    drop(server);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent stopped without its controller:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    // Back: a VM for h1 reaches the agent, and the host is running (not lost).
+    let _server = serve(dir.path(), port);
+    let (st, v) = call(
+        "POST",
+        "/v1/vms",
+        Some(
+            json!({"name": "late", "vcpus": 0.5, "memory": "512MiB", "network": "default", "host": "h1"}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("1 VMs: late") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        text.contains("1 VMs: late"),
+        "the agent did not catch up:\n{text}"
+    );
+    assert!(text.contains("the controller answers again"), "{text}");
+    assert_eq!(host(&call)["state"], "running");
+    let _ = agent.0.kill();
+}
+
+fn api_request(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> ureq::http::Request<Vec<u8>> {
+    ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .header("content-type", "application/json")
+        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
+        .unwrap()
+}
