@@ -244,18 +244,17 @@ fn an_api_agent_outlives_its_controller_and_catches_up() {
             .spawn()
             .unwrap(),
     );
-    let host =
-        |call: &dyn Fn(&str, &str, Option<serde_json::Value>) -> (u16, serde_json::Value)| {
-            let (_, v) = call("GET", "/v1/hosts", None);
-            v.as_array()
-                .and_then(|a| a.iter().find(|h| h["name"] == "h1").cloned())
-                .unwrap_or_default()
-        };
+    let host = || {
+        let (_, v) = call("GET", "/v1/hosts", None);
+        v.as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == "h1").cloned())
+            .unwrap_or_default()
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while host(&call)["agent"] != true && Instant::now() < deadline {
+    while host()["agent"] != true && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(host(&call)["agent"], true, "the agent reported");
+    assert_eq!(host()["agent"], true, "the agent reported");
 
     // The controller dies; the agent does not.
     drop(server);
@@ -289,7 +288,7 @@ fn an_api_agent_outlives_its_controller_and_catches_up() {
         "the agent did not catch up:\n{text}"
     );
     assert!(text.contains("the controller answers again"), "{text}");
-    assert_eq!(host(&call)["state"], "running");
+    assert_eq!(host()["state"], "running");
     let _ = agent.0.kill();
 }
 
