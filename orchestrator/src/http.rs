@@ -116,6 +116,17 @@ pub async fn serve(
                     if let Ok(Ok(tls)) =
                         tokio::time::timeout(limits.header_timeout, a.accept(stream)).await
                     {
+                        // Handlers that build URLs (the OpenStack catalog) see the scheme the
+                        // client used; a header the client sent itself is replaced.
+                        let app = app.layer(axum::middleware::map_request(
+                            |mut r: axum::extract::Request| async move {
+                                r.headers_mut().insert(
+                                    "x-forwarded-proto",
+                                    axum::http::HeaderValue::from_static("https"),
+                                );
+                                r
+                            },
+                        ));
                         connection(tls, app, limits, watcher).await;
                     }
                 }

@@ -473,3 +473,68 @@ fn openstack_client_live_migrates_a_qemu_server() {
     os.ok(&s, &["server", "delete", "--wait", "mover"]);
     assert!(qemu_copies(&s.dir, "mover").is_empty());
 }
+
+/// The unmodified client against a controller on HTTPS: with the controller's CA as `cacert`
+/// (`OS_CACERT`) it authenticates and lists; without it, it refuses the certificate.
+#[test]
+fn openstack_client_trusts_the_controllers_ca_over_https() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = 20000 + (rand::random::<u16>() % 12000);
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kangaroo"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--tls", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ca = dir.path().join("tls/ca.pem");
+    let url = format!("https://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let up = loop {
+        let ok = ca.exists()
+            && Command::new("curl")
+                .args(["-fsS", "-m", "1", "--cacert", ca.to_str().unwrap()])
+                .arg(format!("{url}/health"))
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if ok || Instant::now() > deadline {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !up {
+        let _ = server.kill();
+        panic!("kangaroo serve --tls did not come up on {url}");
+    }
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    let mut os = Osc {
+        bin: client_bin(),
+        env: vec![
+            ("OS_AUTH_URL", format!("{url}/identity/v3")),
+            ("OS_USERNAME", "kangaroo".into()),
+            ("OS_PASSWORD", token.trim().to_owned()),
+            ("OS_PROJECT_NAME", "kangaroo".into()),
+            ("OS_USER_DOMAIN_NAME", "Default".into()),
+            ("OS_PROJECT_DOMAIN_NAME", "Default".into()),
+            ("OS_IDENTITY_API_VERSION", "3".into()),
+        ],
+    };
+    let (ok, out, err) = os.run(&["flavor", "list", "-f", "json"]);
+    assert!(!ok, "trusted a certificate no public CA signed: {out}");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("SSL"),
+        "{err}"
+    );
+    os.env.push(("OS_CACERT", ca.display().to_string()));
+    let (ok, out, err) = os.run(&["flavor", "list", "-f", "json"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(ok, "openstack flavor list with OS_CACERT: {out}{err}");
+    let flavors: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        names(&flavors, "Name").contains(&"m1.small".to_owned()),
+        "{out}"
+    );
+}

@@ -213,7 +213,16 @@ pub(crate) fn base_url(headers: &HeaderMap) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
         })
         .unwrap_or("127.0.0.1");
-    format!("http://{host}")
+    // `https` when the request came over TLS (the server sets this header itself on TLS
+    // connections) or through a TLS proxy that says so; anything else is `http`.
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
 }
 
 /// How a service spells its errors.
