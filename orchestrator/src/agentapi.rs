@@ -432,12 +432,8 @@ impl AgentClient {
                 .call()
                 .map_err(transport)?;
             let pem = r.body_mut().read_to_string().map_err(transport)?;
-            let der = {
-                use rustls::pki_types::pem::PemObject;
-                rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-                    .map_err(|e| transport(format!("the controller's CA: {e}")))?
-            };
-            let got = crate::tls::fingerprint(&der);
+            let got = crate::tls::pem_fingerprint(&pem)
+                .map_err(|e| transport(format!("the controller's CA: {e:#}")))?;
             if got != want {
                 return Err(AgentClientError::WrongCa { want, got });
             }

@@ -111,23 +111,12 @@ pub async fn serve(
             // Errors here are one client's (a timeout, a reset, a failed handshake): nothing
             // for the server.
             match acceptor {
-                None => connection(stream, app, limits, watcher).await,
+                None => connection(stream, false, app, limits, watcher).await,
                 Some(a) => {
                     if let Ok(Ok(tls)) =
                         tokio::time::timeout(limits.header_timeout, a.accept(stream)).await
                     {
-                        // Handlers that build URLs (the OpenStack catalog) see the scheme the
-                        // client used; a header the client sent itself is replaced.
-                        let app = app.layer(axum::middleware::map_request(
-                            |mut r: axum::extract::Request| async move {
-                                r.headers_mut().insert(
-                                    "x-forwarded-proto",
-                                    axum::http::HeaderValue::from_static("https"),
-                                );
-                                r
-                            },
-                        ));
-                        connection(tls, app, limits, watcher).await;
+                        connection(tls, true, app, limits, watcher).await;
                     }
                 }
             }
@@ -144,17 +133,29 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it closes, or the shutdown tells it to finish.
+/// Serves one connection (`https`: over TLS) until it closes, or the shutdown tells it to
+/// finish.
 async fn connection<I>(
     io: I,
+    https: bool,
     app: Router,
     limits: HttpLimits,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service =
-        TowerToHyperService::new(app.map_request(|r: hyper::Request<Incoming>| r.map(Body::new)));
+    let service = TowerToHyperService::new(app.map_request(move |r: hyper::Request<Incoming>| {
+        let mut r = r.map(Body::new);
+        if https {
+            // Handlers that build URLs (the OpenStack catalog) see the scheme the client used;
+            // a header the client sent itself is replaced.
+            r.headers_mut().insert(
+                "x-forwarded-proto",
+                axum::http::HeaderValue::from_static("https"),
+            );
+        }
+        r
+    }));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)

@@ -206,6 +206,14 @@ pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+/// The fingerprint ([`fingerprint`]) of the first certificate in `pem`.
+///
+/// # Errors
+/// If `pem` holds no certificate.
+pub fn pem_fingerprint(pem: &str) -> anyhow::Result<String> {
+    Ok(fingerprint(&rustls_pki_der(pem)?))
+}
+
 /// The DER of the first certificate in `pem`.
 fn rustls_pki_der(pem: &str) -> anyhow::Result<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;

@@ -40,11 +40,16 @@ struct Osc {
 
 impl Osc {
     fn new(s: &Serve) -> Osc {
-        let token = std::fs::read_to_string(s.dir.join("token")).unwrap();
+        Osc::at(&s.url, &s.dir)
+    }
+
+    /// The client of the server at `url` whose data directory is `dir` (its token).
+    fn at(url: &str, dir: &std::path::Path) -> Osc {
+        let token = std::fs::read_to_string(dir.join("token")).unwrap();
         Osc {
             bin: client_bin(),
             env: vec![
-                ("OS_AUTH_URL", format!("{}/identity/v3", s.url)),
+                ("OS_AUTH_URL", format!("{url}/identity/v3")),
                 ("OS_USERNAME", "kangaroo".into()),
                 ("OS_PASSWORD", token.trim().to_owned()),
                 ("OS_PROJECT_NAME", "kangaroo".into()),
@@ -508,19 +513,7 @@ fn openstack_client_trusts_the_controllers_ca_over_https() {
         let _ = server.kill();
         panic!("kangaroo serve --tls did not come up on {url}");
     }
-    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
-    let mut os = Osc {
-        bin: client_bin(),
-        env: vec![
-            ("OS_AUTH_URL", format!("{url}/identity/v3")),
-            ("OS_USERNAME", "kangaroo".into()),
-            ("OS_PASSWORD", token.trim().to_owned()),
-            ("OS_PROJECT_NAME", "kangaroo".into()),
-            ("OS_USER_DOMAIN_NAME", "Default".into()),
-            ("OS_PROJECT_DOMAIN_NAME", "Default".into()),
-            ("OS_IDENTITY_API_VERSION", "3".into()),
-        ],
-    };
+    let mut os = Osc::at(&url, dir.path());
     let (ok, out, err) = os.run(&["flavor", "list", "-f", "json"]);
     assert!(!ok, "trusted a certificate no public CA signed: {out}");
     assert!(

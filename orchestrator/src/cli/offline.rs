@@ -158,12 +158,10 @@ pub fn join_token(out: Output, data_dir: &Path, host: &str, ttl_secs: u64) -> an
     })?;
     let ca = kangaroo_orchestrator::tls::ca_path(data_dir);
     let fingerprint = match std::fs::read_to_string(&ca) {
-        Ok(pem) => {
-            use rustls::pki_types::pem::PemObject;
-            let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-                .with_context(|| format!("the CA in {}", ca.display()))?;
-            Some(kangaroo_orchestrator::tls::fingerprint(&der))
-        }
+        Ok(pem) => Some(
+            kangaroo_orchestrator::tls::pem_fingerprint(&pem)
+                .with_context(|| format!("the CA in {}", ca.display()))?,
+        ),
         Err(_) => None,
     };
     let expires = kangaroo_orchestrator::service::now_secs() + ttl_secs;

@@ -255,17 +255,24 @@ impl LocalCloud {
     /// # Errors
     /// The step that failed; what was made is removed again.
     pub fn rent_host(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
-        let r = self.try_rent(name, index, underlay);
+        self.released_on_error(name, || {
+            let host = self.provision(name, index, underlay)?;
+            self.ensure_switch(&host)?;
+            Ok(host)
+        })
+    }
+
+    /// `make`'s host, or its error with whatever it made of host `name` removed again.
+    fn released_on_error(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<HostRef>,
+    ) -> Result<HostRef> {
+        let r = make();
         if r.is_err() {
             let _ = self.release_host(name);
         }
         r
-    }
-
-    fn try_rent(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
-        let host = self.provision(name, index, underlay)?;
-        self.ensure_switch(&host)?;
-        Ok(host)
     }
 
     /// Makes host `name` of provider `index` exist with address `underlay` on its provider's
@@ -276,11 +283,7 @@ impl LocalCloud {
     /// # Errors
     /// The step that failed.
     pub fn provision_host(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
-        let r = self.provision(name, index, underlay);
-        if r.is_err() {
-            let _ = self.release_host(name);
-        }
-        r
+        self.released_on_error(name, || self.provision(name, index, underlay))
     }
 
     fn provision(&self, name: &str, index: usize, underlay: Ipv4Addr) -> Result<HostRef> {
